@@ -1,0 +1,56 @@
+"""What every command shares: the run state, option types, and confirmation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gridctl.errors import UsageError
+from gridctl.output import Format, Streams
+
+
+@dataclass
+class State:
+    inventory_option: str | None = None
+    templates: str | None = None
+    debug: bool = False
+    streams: Streams = field(default_factory=Streams)
+
+    @property
+    def root(self) -> Path:
+        from gridctl.inventory.load import resolve_root
+
+        return resolve_root(self.inventory_option, self.streams.environ)
+
+    def load(self):  # type: ignore[no-untyped-def]
+        from gridctl.inventory.load import load_inventory
+
+        return load_inventory(self.root)
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, State)
+    return obj
+
+
+OutputOpt = Annotated[
+    Format,
+    typer.Option("--output", "-o", help="Output format: table, wide, json, yaml or name.", case_sensitive=False),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def confirm(st: State, question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, require --yes. Declining exits 1 with nothing changed."""
+    if yes:
+        return
+    if not st.streams.interactive:
+        raise UsageError(f"{question.rstrip('?')}: refusing without --yes (no terminal to ask on)", hint="add --yes to confirm")
+    if not typer.confirm(question, default=False, err=True):
+        from gridctl.errors import GridctlError
+
+        raise GridctlError("aborted; nothing was changed")

@@ -1,0 +1,33 @@
+"""``gridctl init``: write a commented starter inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gridctl.cli.common import state
+from gridctl.errors import ConflictError
+
+
+def init(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="Where to create the inventory.")] = Path("inventory"),
+) -> None:
+    """Create a commented starter inventory in DIR (default ./inventory)."""
+    from gridctl.inventory.starter import FILES
+    from gridctl.inventory.store import write_atomic
+
+    st = state(ctx)
+    if directory.exists() and any(directory.iterdir()):
+        raise ConflictError(
+            f"{directory} already exists and is not empty; nothing was written",
+            hint="choose a new directory, e.g. `gridctl init ./my-grid`",
+        )
+    for rel, text in FILES.items():
+        write_atomic(directory / rel, text)
+    st.streams.out(f"created inventory {directory}")
+    st.streams.info(
+        f"next: edit {directory}/grid.yaml and {directory}/sites/, then `gridctl -i {directory} inventory validate`"
+    )

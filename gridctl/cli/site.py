@@ -1,0 +1,208 @@
+"""``gridctl site``: list, show, add, set, remove, drain sites."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state
+from gridctl.errors import UsageError
+from gridctl.inventory.edit import Outcome
+from gridctl.output import Column, Format, render_list, render_object
+
+app = typer.Typer(help="Sites of the grid: list, show, add, change, drain, remove.", no_args_is_help=True)
+
+TargetArg = Annotated[
+    str | None,
+    typer.Argument(help="Target pattern: glob, 'a,b', '!x', region:R, kind:K, jurisdiction:CC, label:k=v."),
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Only sites serving this model (glob).")]
+
+
+def _models(r: Mapping[str, Any]) -> str:
+    return ",".join(m["name"] for m in r["models"]) or "-"
+
+
+COLUMNS = [
+    Column("NAME", lambda r: r["name"]),
+    Column("KIND", lambda r: r["kind"]),
+    Column("REGION", lambda r: r["region"]),
+    Column("JURIS", lambda r: r["jurisdiction"]),
+    Column("NODES", lambda r: len(r["nodes"])),
+    Column("GPUS", lambda r: r["gpus"]),
+    Column("MODELS", lambda r: len(r["models"])),
+    Column("STATE", lambda r: "drained" if r["drain"] else "active", lambda v: "yellow" if v == "drained" else None),
+]
+WIDE = [
+    Column("$/GPU-H", lambda r: f"{r['cost_per_gpu_hour']:.2f}"),
+    Column("LAT", lambda r: r["location"]["lat"]),
+    Column("LON", lambda r: r["location"]["lon"]),
+    Column("ENDPOINT", lambda r: r["endpoint"]),
+    Column("MODEL-NAMES", _models),
+    Column("LABELS", lambda r: r["labels"]),
+]
+
+
+@app.command("ls")
+def ls(ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table) -> None:
+    """List sites, optionally filtered by a target pattern and a model."""
+    from gridctl.inventory.export import site_dict
+    from gridctl.inventory.targets import select_sites
+
+    st = state(ctx)
+    inv = st.load()
+    rows = [site_dict(s) for s in select_sites(inv, target, model)]
+    st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
+    if not rows and output in (Format.table, Format.wide):
+        st.streams.info("No sites match.")
+
+
+def _describe(r: Mapping[str, Any], wide: bool) -> str:
+    lines = [
+        f"Name:          {r['name']}",
+        f"Kind:          {r['kind']}",
+        f"Region:        {r['region']}",
+        f"Jurisdiction:  {r['jurisdiction']}",
+        f"Location:      {r['location']['lat']}, {r['location']['lon']}",
+        f"Endpoint:      {r['endpoint']}",
+        f"API key env:   {r['api_key_env'] or '-'}",
+        f"Cost:          {r['cost_per_gpu_hour']:.2f} per GPU-hour",
+        f"State:         {'drained' if r['drain'] else 'active'}",
+        f"Labels:        {', '.join(f'{k}={v}' for k, v in r['labels'].items()) or '-'}",
+        f"File:          {r['file']}",
+        "Models:",
+    ]
+    lines += [f"  {m['name']:<32} capacity {m['capacity']}" for m in r["models"]] or ["  -"]
+    lines.append("Nodes:")
+    for n in r["nodes"]:
+        gpus = f"{n['gpus']['count']}x {n['gpus']['model']}" if n["gpus"] else "no GPUs"
+        user = f"{n['user']}@" if n["user"] else ""
+        extra = f"  key {n['key']}" if wide and n["key"] else ""
+        lines.append(f"  {n['name']:<24} {user}{n['host']}:{n['port']}  {gpus}{extra}")
+    if not r["nodes"]:
+        lines.append("  -")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], output: OutputOpt = Format.table) -> None:
+    """Show one site in full."""
+    from gridctl.inventory.edit import require_site
+    from gridctl.inventory.export import site_dict
+
+    st = state(ctx)
+    site = require_site(st.load(), name)
+    st.streams.stdout.write(render_object(output, site_dict(site), _describe))
+
+
+def _parse_models(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, cap = item.partition("=")
+        if sep:
+            try:
+                out[name] = int(cap)
+            except ValueError:
+                raise UsageError(f"--model {item}: capacity must be an integer", hint="e.g. --model llama-3.1-8b-instruct=64") from None
+        else:
+            out[name] = DEFAULT_CAPACITY
+    return out
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item}: expected KEY=VALUE", hint="e.g. --label tier=metro")
+        out[key] = value
+    return out
+
+
+DEFAULT_CAPACITY = 16
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name (a DNS label).")],
+    kind: Annotated[str, typer.Option(help="regional-pop, central-office, edge or cloud.")],
+    region: Annotated[str, typer.Option(help="Client region the site sits in (from grid.yaml).")],
+    jurisdiction: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 code, e.g. US, DE.")],
+    lat: Annotated[float, typer.Option(help="Latitude.")],
+    lon: Annotated[float, typer.Option(help="Longitude.")],
+    endpoint: Annotated[str, typer.Option(help="Base URL of the site's OpenAI-compatible server.")],
+    model: Annotated[list[str] | None, typer.Option("--model", help=f"Model served, NAME or NAME=CAPACITY (default capacity {DEFAULT_CAPACITY}); repeatable.")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Label KEY=VALUE; repeatable.")] = None,
+    cost_per_gpu_hour: Annotated[float | None, typer.Option(help="Cost per GPU-hour.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the site's API key.")] = None,
+) -> None:
+    """Add a site. Re-running with the same values changes nothing; different values are refused."""
+    from gridctl.inventory.edit import SiteSpec, add_site
+
+    st = state(ctx)
+    spec = SiteSpec(
+        name=name,
+        kind=kind,
+        region=region,
+        jurisdiction=jurisdiction,
+        lat=lat,
+        lon=lon,
+        endpoint=endpoint,
+        models=_parse_models(model) if model else None,
+        labels=_parse_labels(label) if label else None,
+        cost_per_gpu_hour=cost_per_gpu_hour,
+        api_key_env=api_key_env,
+    )
+    report_outcome(st, add_site(st.root, spec))
+
+
+def report_outcome(st: State, outcome: Outcome) -> None:
+    text = f"{outcome.kind}/{outcome.name} {outcome.action}"
+    if outcome.details:
+        text += f" ({'; '.join(outcome.details)})"
+    st.streams.out(text)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    assignments: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove (labels.K, models.M, api_key_env).", metavar="KEY=VALUE...")],
+) -> None:
+    """Change fields of a site, keeping the file's comments and order."""
+    from gridctl.inventory.edit import set_site
+
+    st = state(ctx)
+    report_outcome(st, set_site(st.root, name, assignments))
+
+
+@app.command("rm")
+def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], yes: YesOpt = False) -> None:
+    """Remove a site and its file (asks first; --yes when not on a terminal)."""
+    from gridctl.inventory.edit import require_site, remove_site
+
+    st = state(ctx)
+    site = require_site(st.load(), name)
+    confirm(st, f"Remove site {name} ({len(site.nodes)} nodes, {site.file})?", yes)
+    report_outcome(st, remove_site(st.root, name))
+
+
+@app.command("drain")
+def drain(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")]) -> None:
+    """Take a site out of routing (drain: true)."""
+    from gridctl.inventory.edit import set_drain
+
+    st = state(ctx)
+    report_outcome(st, set_drain(st.root, name, True))
+
+
+@app.command("undrain")
+def undrain(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")]) -> None:
+    """Put a drained site back into routing (drain: false)."""
+    from gridctl.inventory.edit import set_drain
+
+    st = state(ctx)
+    report_outcome(st, set_drain(st.root, name, False))

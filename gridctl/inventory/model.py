@@ -1,0 +1,119 @@
+"""The inventory as plain, frozen data. Built by ``load``; read by everything else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SITE_KINDS: tuple[str, ...] = ("regional-pop", "central-office", "edge", "cloud")
+
+
+@dataclass(frozen=True)
+class Location:
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True)
+class Gpus:
+    model: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    site: str
+    host: str
+    port: int  # effective: the node's, else grid defaults, else 22
+    user: str | None  # effective: the node's, else grid defaults, else the local user
+    key: str | None  # private key path; the SSH agent when None
+    gpus: Gpus | None
+
+    @property
+    def address(self) -> str:
+        """``SITE/NODE``: how targets name a node."""
+        return f"{self.site}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ModelServing:
+    name: str
+    capacity: int  # concurrent requests the site can serve for this model
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    kind: str
+    region: str
+    jurisdiction: str
+    location: Location
+    endpoint: str
+    api_key_env: str | None = None
+    cost_per_gpu_hour: float = 0.0
+    drain: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    models: tuple[ModelServing, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    file: str = ""  # relative to the inventory root
+
+    def serves(self, model: str) -> bool:
+        return any(m.name == model for m in self.models)
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(n.gpus.count for n in self.nodes if n.gpus)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A client region: where requests come from, and where their data may go."""
+
+    name: str
+    location: Location
+    jurisdiction: str
+    allowed_jurisdictions: tuple[str, ...]  # as written (codes and groups such as EU)
+    allowed: frozenset[str]  # expanded to country codes
+    latency_ms: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class SshDefaults:
+    user: str | None = None
+    port: int = 22
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    latency: float = 0.6
+    cost: float = 0.25
+    headroom: float = 0.15
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    ssh: SshDefaults = SshDefaults()
+    slo_ms: float = 500.0
+    weights: Weights = Weights()
+    regions: tuple[Region, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    root: Path
+    grid: Grid
+    sites: tuple[Site, ...]  # sorted by name
+
+    def site(self, name: str) -> Site | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+    def region(self, name: str) -> Region | None:
+        return next((r for r in self.grid.regions if r.name == name), None)
+
+    def nodes(self) -> Iterator[Node]:
+        for site in self.sites:
+            yield from site.nodes
