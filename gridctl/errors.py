@@ -78,10 +78,17 @@ class InventoryError(GridctlError):
 
     exit_code = ExitCode.INVALID_INVENTORY
 
-    def __init__(self, problems: list[Problem], root: str, hint: str | None = None) -> None:
+    def __init__(
+        self, problems: list[Problem], root: str, hint: str | None = None, refused: bool = False
+    ) -> None:
         self.problems = sorted(problems)
         n = len(self.problems)
-        head = f"inventory {root} is invalid ({n} problem{'s' if n != 1 else ''})"
+        count = f"{n} problem{'s' if n != 1 else ''}"
+        head = (
+            f"change refused: it would leave inventory {root} invalid ({count})"
+            if refused
+            else f"inventory {root} is invalid ({count})"
+        )
         super().__init__(
             head,
             hint or "fix the lines above, then run `gridctl inventory validate`",

@@ -186,7 +186,8 @@ def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name."
 
     st = state(ctx)
     site = require_site(st.load(), name)
-    confirm(st, f"Remove site {name} ({len(site.nodes)} nodes, {site.file})?", yes)
+    nodes = f"{len(site.nodes)} node{'s' if len(site.nodes) != 1 else ''}"
+    confirm(st, f"Remove site {name} ({nodes}, {site.file})?", yes)
     report_outcome(st, remove_site(st.root, name))
 
 

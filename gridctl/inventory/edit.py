@@ -138,10 +138,14 @@ def add_site(root: Path, spec: SiteSpec) -> Outcome:
 
 
 def _dump_new(doc: dict[str, Any]) -> str:
+    """Block style, lists indented under their key, like hand-written files."""
     import yaml
 
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text: str = yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    class _Dumper(yaml.SafeDumper):
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+            super().increase_indent(flow, False)
+
+    text: str = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return text
 
 

@@ -105,9 +105,7 @@ def run_change(root: Path, plan: Callable[[Inventory], Changes]) -> tuple[Invent
             after = load_inventory(root, overrides=changes)
         except InventoryError as exc:
             raise InventoryError(
-                exc.problems,
-                str(root),
-                hint="the change was refused and nothing was written: it would leave the inventory invalid",
+                exc.problems, str(root), hint="nothing was written; fix the values and retry", refused=True
             ) from None
         for rel, text in changes.items():
             if text is None:

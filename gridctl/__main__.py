@@ -1,0 +1,3 @@
+from gridctl.cli.main import main
+
+main()

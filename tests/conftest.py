@@ -1,0 +1,68 @@
+"""Shared fixtures: a scratch copy of the example inventory, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "inventory"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    def __repr__(self) -> str:
+        return f"Result(rc={self.rc}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCTL_")}
+    env.update({"NO_COLOR": "1", "PYTHONPATH": str(REPO)})
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, inventory: Path | None = None, env: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 60) -> Result:
+    """Run the real entry point (``python -m gridctl``) in a subprocess."""
+    argv = [sys.executable, "-m", "gridctl"]
+    if inventory is not None:
+        argv += ["-i", str(inventory)]
+    proc = subprocess.run(
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        input=input,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> Path:
+    """A private copy of the example inventory."""
+    dest = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns(".gridctl.lock", ".state"))
+    return dest
+
+
+@pytest.fixture
+def cli(inv: Path):
+    """``cli("site", "ls")`` runs gridctl on the scratch inventory."""
+
+    def _run(*args: str, **kw) -> Result:
+        return run_cli(*args, inventory=kw.pop("inventory", inv), **kw)
+
+    return _run
