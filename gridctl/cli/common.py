@@ -25,6 +25,12 @@ class State:
 
         return resolve_root(self.inventory_option, self.streams.environ)
 
+    @property
+    def templates_dir(self) -> Path:
+        from gridctl.templating import resolve_templates_dir
+
+        return resolve_templates_dir(self.templates, self.root)
+
     def load(self):  # type: ignore[no-untyped-def]
         from gridctl.inventory.load import load_inventory
 

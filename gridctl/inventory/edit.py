@@ -222,6 +222,7 @@ def parse_assignments(items: list[str]) -> list[Assignment]:
     """``KEY=VALUE`` sets, ``KEY-`` removes (labels, models, api_key_env)."""
     out: list[Assignment] = []
     for item in items:
+        value: Any
         if "=" not in item and item.endswith("-"):
             key, value = item[:-1], None
         elif "=" in item:
