@@ -7,15 +7,18 @@ the inventory as it *would* be after a change, before touching the disk.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from gridctl.errors import InventoryError, NotFoundError, Problem
 from gridctl.inventory.model import Grid, Inventory, Site, SshDefaults
-from gridctl.inventory.schema import Issue, build_grid, build_site
+from gridctl.inventory.schema import DNS_LABEL, Issue, build_grid, build_site
 from gridctl.inventory.yamldoc import Document, DocumentError, parse_document, path_str
 
 GRID_FILE = "grid.yaml"
@@ -39,14 +42,42 @@ def list_site_files(root: Path) -> list[str]:
         entries = os.listdir(sites)
     except FileNotFoundError:
         return []
-    return sorted(
-        f"{SITES_DIR}/{e}" for e in entries if e.endswith(SITE_SUFFIXES) and not e.startswith(".")
-    )
+    return sorted(f"{SITES_DIR}/{e}" for e in entries if e.endswith(SITE_SUFFIXES) and not e.startswith("."))
 
 
 def read_text(root: Path, rel: str) -> str:
     with open(root / rel, encoding="utf-8") as fh:
         return fh.read()
+
+
+class _SiteFile:
+    """One site file while loading: its text (for locating problems later), the
+    plain parsed value (for cross-file checks, even when the site is invalid)
+    and the built Site when valid. The YAML node tree is not kept."""
+
+    __slots__ = ("rel", "text", "value", "site", "_doc")
+
+    def __init__(self, rel: str, text: str, value: Any, site: Site | None) -> None:
+        self.rel, self.text, self.value, self.site = rel, text, value, site
+        self._doc: Document | None = None
+
+    def at(self, path: tuple[str | int, ...], message: str, at_key: bool = False) -> Problem:
+        if self._doc is None:
+            self._doc = parse_document(self.text)
+        return Problem(self.rel, self._doc.line_of(path, at_key), path_str(path), message)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Loading builds many small containers that all live to the end: the cyclic
+    collector would rescan them again and again (most of the time at 10k sites)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None) -> Inventory:
@@ -57,61 +88,80 @@ def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None
             f"inventory directory {root} not found",
             hint="pass --inventory DIR, set GRIDCTL_INVENTORY, or create one with `gridctl init`",
         )
-    problems: list[Problem] = []
-    grid, gdoc = _load_grid(root, overrides, problems)
-    ssh = grid.ssh if grid else SshDefaults()
-    files = set(list_site_files(root)) | {f for f, t in overrides.items() if t is not None and f.startswith(f"{SITES_DIR}/")}
-    files -= {f for f, t in overrides.items() if t is None}
-    sites: list[tuple[Site, Document]] = []
-    for rel in sorted(files):
-        text = overrides.get(rel)
-        try:
-            if text is None:
-                text = read_text(root, rel)
-            doc = parse_document(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(rel, 0, "", f"cannot read: {exc}"))
-            continue
-        except DocumentError as exc:
-            problems.append(Problem(rel, exc.line, "", exc.message))
-            continue
-        site, issues = build_site(doc.value, ssh)
-        problems.extend(_locate(rel, doc, issues))
-        if site is not None:
-            stem = rel.rsplit("/", 1)[1].rsplit(".", 1)[0]
-            if site.name != stem:
-                problems.append(_at(rel, doc, ("name",), f"must match the file name '{stem}' (rename the file or the site)"))
-                continue
-            sites.append((replace(site, file=rel), doc))
-    if grid is not None and gdoc is not None:
-        problems.extend(_check_references(grid, gdoc, sites))
-    problems.extend(_check_duplicates(sites))
-    if problems:
-        raise InventoryError(problems, str(root))
-    assert grid is not None
-    return Inventory(root=root, grid=grid, sites=tuple(sorted((s for s, _ in sites), key=lambda s: s.name)))
+    with _gc_paused():
+        problems: list[Problem] = []
+        grid, graw, gtext = _load_grid(root, overrides, problems)
+        ssh = grid.ssh if grid else _raw_ssh_defaults(graw)
+        files = set(list_site_files(root))
+        files |= {f for f, t in overrides.items() if t is not None and f.startswith(f"{SITES_DIR}/")}
+        files -= {f for f, t in overrides.items() if t is None}
+        loaded = [sf for rel in sorted(files) if (sf := _load_site(root, rel, overrides, ssh, problems))]
+        if grid is not None:  # with grid.yaml broken, "unknown region" would be noise
+            problems.extend(_check_references(graw, gtext, loaded))
+        problems.extend(_check_duplicates(loaded, ssh))
+        if problems:
+            raise InventoryError(problems, str(root))
+        assert grid is not None
+        sites = sorted((sf.site for sf in loaded if sf.site is not None), key=lambda s: s.name)
+        return Inventory(root=root, grid=grid, sites=tuple(sites))
+
+
+def _load_site(
+    root: Path, rel: str, overrides: Mapping[str, str | None], ssh: SshDefaults, problems: list[Problem]
+) -> _SiteFile | None:
+    text = overrides.get(rel)
+    try:
+        if text is None:
+            text = read_text(root, rel)
+        doc = parse_document(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(rel, 0, "", f"cannot read: {exc}"))
+        return None
+    except DocumentError as exc:
+        problems.append(Problem(rel, exc.line, "", exc.message))
+        return None
+    site, issues = build_site(doc.value, ssh)
+    problems.extend(_locate(rel, doc, issues))
+    stem = rel.rsplit("/", 1)[1].rsplit(".", 1)[0]
+    name = doc.value.get("name") if isinstance(doc.value, dict) else None
+    if isinstance(name, str) and DNS_LABEL.match(name) and name != stem:
+        problems.append(
+            _at(rel, doc, ("name",), f"must match the file name '{stem}' (rename the file or the site)")
+        )
+    return _SiteFile(rel, text, doc.value, replace(site, file=rel) if site else None)
+
+
+def _raw_ssh_defaults(graw: Any) -> SshDefaults:
+    """The SSH port default from a grid.yaml too broken to build, for address checks."""
+    try:
+        port = graw["defaults"]["ssh"]["port"]
+        return SshDefaults(port=port if isinstance(port, int) and not isinstance(port, bool) else 22)
+    except (KeyError, TypeError):
+        return SshDefaults()
 
 
 def _load_grid(
     root: Path, overrides: Mapping[str, str | None], problems: list[Problem]
-) -> tuple[Grid | None, Document | None]:
+) -> tuple[Grid | None, Any, str]:
     text = overrides.get(GRID_FILE)
     try:
         if text is None:
             text = read_text(root, GRID_FILE)
         doc = parse_document(text)
     except FileNotFoundError:
-        problems.append(Problem(GRID_FILE, 0, "", "missing: every inventory needs a grid.yaml (see `gridctl init`)"))
-        return None, None
+        problems.append(
+            Problem(GRID_FILE, 0, "", "missing: every inventory needs a grid.yaml (see `gridctl init`)")
+        )
+        return None, None, ""
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(GRID_FILE, 0, "", f"cannot read: {exc}"))
-        return None, None
+        return None, None, ""
     except DocumentError as exc:
         problems.append(Problem(GRID_FILE, exc.line, "", exc.message))
-        return None, None
+        return None, None, ""
     grid, issues = build_grid(doc.value)
     problems.extend(_locate(GRID_FILE, doc, issues))
-    return grid, doc
+    return grid, doc.value, text
 
 
 def _locate(rel: str, doc: Document, issues: list[Issue]) -> list[Problem]:
@@ -122,44 +172,97 @@ def _at(rel: str, doc: Document, path: tuple[str | int, ...], message: str, at_k
     return Problem(rel, doc.line_of(path, at_key), path_str(path), message)
 
 
-def _check_references(grid: Grid, gdoc: Document, sites: list[tuple[Site, Document]]) -> list[Problem]:
+def _names(items: Any) -> list[tuple[int, str]]:
+    """(index, name) of the mappings in a raw list that have a string name."""
+    if not isinstance(items, list):
+        return []
+    return [
+        (i, it["name"])
+        for i, it in enumerate(items)
+        if isinstance(it, dict) and isinstance(it.get("name"), str)
+    ]
+
+
+def _check_references(graw: Any, gtext: str, sites: list[_SiteFile]) -> list[Problem]:
+    """Sites name existing regions; regions' latency_ms name existing sites.
+
+    Works on the plain parsed values, so a problem elsewhere in a file does not
+    hide these."""
     problems: list[Problem] = []
-    regions = [r.name for r in grid.regions]
-    for site, doc in sites:
-        if site.region not in regions:
-            near = difflib.get_close_matches(site.region, regions, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
+    raw_regions = graw.get("regions", []) if isinstance(graw, dict) else None
+    regions = [name for _, name in _names(raw_regions)]
+    # Only when every region has a name can a site's region be called unknown.
+    regions_known = isinstance(raw_regions, list) and len(regions) == len(raw_regions)
+    for sf in sites if regions_known else []:
+        region = sf.value.get("region") if isinstance(sf.value, dict) else None
+        if isinstance(region, str) and DNS_LABEL.match(region) and region not in regions:
+            near = difflib.get_close_matches(region, regions, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
             known = ", ".join(regions) or "none defined"
-            problems.append(_at(site.file, doc, ("region",), f"unknown region '{site.region}'; {hint}(regions in grid.yaml: {known})"))
-    names = {s.name for s, _ in sites}
-    for i, region in enumerate(grid.regions):
-        for site_name in region.latency_ms:
-            if site_name not in names:
+            problems.append(
+                sf.at(("region",), f"unknown region '{region}'{hint} (regions in grid.yaml: {known})")
+            )
+    names = {
+        sf.value["name"]
+        for sf in sites
+        if isinstance(sf.value, dict) and isinstance(sf.value.get("name"), str)
+    }
+    grid_file = _SiteFile(GRID_FILE, gtext, graw, None)
+    for i, region in enumerate(raw_regions if isinstance(raw_regions, list) else []):
+        latency = region.get("latency_ms") if isinstance(region, dict) else None
+        for site_name in latency if isinstance(latency, dict) else {}:
+            if isinstance(site_name, str) and DNS_LABEL.match(site_name) and site_name not in names:
                 near = difflib.get_close_matches(site_name, sorted(names), n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else ""
-                problems.append(_at(GRID_FILE, gdoc, ("regions", i, "latency_ms", site_name), f"unknown site '{site_name}'{hint}", at_key=True))
+                path = ("regions", i, "latency_ms", site_name)
+                problems.append(grid_file.at(path, f"unknown site '{site_name}'{hint}", at_key=True))
     return problems
 
 
-def _check_duplicates(sites: list[tuple[Site, Document]]) -> list[Problem]:
+def _check_duplicates(sites: list[_SiteFile], ssh: SshDefaults) -> list[Problem]:
+    """Site names, node names and host:port are unique across all files."""
     problems: list[Problem] = []
     site_seen: dict[str, str] = {}
-    node_seen: dict[str, str] = {}
-    addr_seen: dict[tuple[str, int], str] = {}
-    for site, doc in sites:
-        if site.name in site_seen:
-            problems.append(_at(site.file, doc, ("name",), f"duplicate site name '{site.name}' (also in {site_seen[site.name]})"))
-        else:
-            site_seen[site.name] = site.file
-        for i, node in enumerate(site.nodes):
-            where = f"{site.file}:{doc.line_of(('nodes', i, 'name'))}"
-            if node.name in node_seen:
-                problems.append(_at(site.file, doc, ("nodes", i, "name"), f"duplicate node name '{node.name}' (also at {node_seen[node.name]}); node names are unique across the grid"))
+    Seen = tuple[_SiteFile, tuple[str | int, ...]]
+    node_seen: dict[str, Seen] = {}
+    addr_seen: dict[tuple[str, int], Seen] = {}
+    for sf in sites:
+        if not isinstance(sf.value, dict):
+            continue
+        name = sf.value.get("name")
+        if isinstance(name, str):
+            if name in site_seen:
+                problems.append(sf.at(("name",), f"duplicate site name '{name}' (also in {site_seen[name]})"))
             else:
-                node_seen[node.name] = where
-            addr = (node.host.lower(), node.port)
+                site_seen[name] = sf.rel
+        nodes: list[Any] = sf.value.get("nodes") or []
+        for i, node_name in _names(nodes):
+            if node_name in node_seen:
+                message = (
+                    f"duplicate node name '{node_name}' (also at {_where(node_seen[node_name])}); "
+                    "node names are unique across the grid"
+                )
+                problems.append(sf.at(("nodes", i, "name"), message))
+            else:
+                node_seen[node_name] = (sf, ("nodes", i, "name"))
+            node = nodes[i]
+            host, port = node.get("host"), node.get("port", ssh.port)
+            if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+                continue
+            addr = (host.lower(), port)
             if addr in addr_seen:
-                problems.append(_at(site.file, doc, ("nodes", i, "host"), f"duplicate address {node.host}:{node.port} (also at {addr_seen[addr]})"))
+                problems.append(
+                    sf.at(
+                        ("nodes", i, "host"),
+                        f"duplicate address {host}:{port} (also at {_where(addr_seen[addr])})",
+                    )
+                )
             else:
-                addr_seen[addr] = where
+                addr_seen[addr] = (sf, ("nodes", i, "host"))
     return problems
+
+
+def _where(seen: tuple[_SiteFile, tuple[str | int, ...]]) -> str:
+    """``file:line`` of an earlier occurrence (located only when reported)."""
+    p = seen[0].at(seen[1], "")
+    return f"{p.file}:{p.line}"

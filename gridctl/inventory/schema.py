@@ -152,7 +152,7 @@ class _Checker:
         what = "an ISO 3166-1 alpha-2 country code such as US or DE"
         if isinstance(value, str) and (is_code(value) or (groups and value in GROUPS)):
             return value
-        if isinstance(value, str) and is_code(value.upper()):
+        if isinstance(value, str) and (is_code(value.upper()) or (groups and value.upper() in GROUPS)):
             self.fail(path, f"must be {what} (got {show(value)}); write it in capitals: {value.upper()}")
         else:
             groups_txt = f", or a group: {', '.join(GROUPS)}" if groups else ""
@@ -163,8 +163,14 @@ class _Checker:
         loc = self.want_mapping(value, path, LOCATION_KEYS)
         if loc is None:
             return None
-        lat = self.want_number(loc.get("lat"), (*path, "lat"), -90, 90, "a latitude") if "lat" in loc else None
-        lon = self.want_number(loc.get("lon"), (*path, "lon"), -180, 180, "a longitude") if "lon" in loc else None
+        lat = (
+            self.want_number(loc.get("lat"), (*path, "lat"), -90, 90, "a latitude") if "lat" in loc else None
+        )
+        lon = (
+            self.want_number(loc.get("lon"), (*path, "lon"), -180, 180, "a longitude")
+            if "lon" in loc
+            else None
+        )
         return Location(lat, lon) if lat is not None and lon is not None else None
 
     def want_url(self, value: Any, path: Path) -> str | None:
@@ -235,7 +241,10 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
             if region is None:
                 continue
             if region.name in seen:
-                ck.fail(("regions", i, "name"), f"duplicate region name '{region.name}' (also regions[{seen[region.name]}])")
+                ck.fail(
+                    ("regions", i, "name"),
+                    f"duplicate region name '{region.name}' (also regions[{seen[region.name]}])",
+                )
                 continue
             seen[region.name] = i
             regions.append(region)
@@ -376,7 +385,9 @@ def _labels(ck: _Checker, value: Any) -> dict[str, str]:
     for k, v in value.items():
         path: Path = ("labels", str(k))
         key = ck.want_str(k, path, LABEL_KEY, "a label key: letters, digits, '.', '_', '/', '-'")
-        val = ck.want_str(v, path, LABEL_VALUE, "a label value: letters, digits, '.', '_', '-' (quote numbers)")
+        val = ck.want_str(
+            v, path, LABEL_VALUE, "a label value: letters, digits, '.', '_', '-' (quote numbers)"
+        )
         if key is not None and val is not None:
             out[key] = val
     return out
@@ -392,7 +403,11 @@ def _models(ck: _Checker, value: Any) -> list[ModelServing]:
         if m is None:
             continue
         name = ck.want_str(m["name"], (*path, "name"), MODEL_NAME, "a model name") if "name" in m else None
-        cap = ck.want_int(m["capacity"], (*path, "capacity"), 1, MAX_CAPACITY, "a positive integer") if "capacity" in m else None
+        cap = (
+            ck.want_int(m["capacity"], (*path, "capacity"), 1, MAX_CAPACITY, "a positive integer")
+            if "capacity" in m
+            else None
+        )
         if name is not None and name in seen:
             ck.fail((*path, "name"), f"model '{name}' is listed twice")
         elif name is not None and cap is not None:
@@ -410,7 +425,11 @@ def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
         if m is None:
             continue
         name = ck.want_name(m["name"], (*path, "name")) if "name" in m else None
-        host = ck.want_str(m["host"], (*path, "host"), HOST, "a host name or IP address") if "host" in m else None
+        host = (
+            ck.want_str(m["host"], (*path, "host"), HOST, "a host name or IP address")
+            if "host" in m
+            else None
+        )
         port = ck.want_int(m["port"], (*path, "port"), 1, 65535, "a port") if "port" in m else ssh.port
         user = ck.want_str(m["user"], (*path, "user"), USER, "a user name") if "user" in m else ssh.user
         key = _key_path(ck, m["key"], (*path, "key")) if "key" in m else ssh.key
@@ -424,6 +443,14 @@ def _gpus(ck: _Checker, value: Any, path: Path) -> Gpus | None:
     m = ck.want_mapping(value, path, GPUS_KEYS)
     if m is None:
         return None
-    model = ck.want_str(m["model"], (*path, "model"), GPU_MODEL, "a GPU model such as H100 or L40S") if "model" in m else None
-    count = ck.want_int(m["count"], (*path, "count"), 1, MAX_GPUS_PER_NODE, "a positive integer") if "count" in m else None
+    model = (
+        ck.want_str(m["model"], (*path, "model"), GPU_MODEL, "a GPU model such as H100 or L40S")
+        if "model" in m
+        else None
+    )
+    count = (
+        ck.want_int(m["count"], (*path, "count"), 1, MAX_GPUS_PER_NODE, "a positive integer")
+        if "count" in m
+        else None
+    )
     return Gpus(model, count) if model is not None and count is not None else None

@@ -16,10 +16,19 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-try:
-    _Loader: type = yaml.CSafeLoader
-except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+_Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
+
+
+class _Loader(_Base):  # type: ignore[misc, valid-type]
+    """The safe loader, minus resolver-path bookkeeping: no path resolvers are
+    registered, so descending and ascending the path is wasted work per node."""
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
 
 Path = tuple[str | int, ...]
 
@@ -57,13 +66,11 @@ class Document:
         for i, seg in enumerate(path):
             last = i == len(path) - 1
             if isinstance(node, MappingNode):
-                for knode, vnode in node.value:
-                    if isinstance(knode, ScalarNode) and _scalar(knode) == seg:
-                        line = (knode if (last and at_key) else vnode).start_mark.line + 1
-                        node = vnode
-                        break
-                else:
+                pair = _find_key(node, seg)
+                if pair is None:
                     return line
+                knode, node = pair
+                line = (knode if (last and at_key) else node).start_mark.line + 1
             elif isinstance(node, SequenceNode) and isinstance(seg, int):
                 if not 0 <= seg < len(node.value):
                     return line
@@ -74,6 +81,14 @@ class Document:
         return line
 
 
+def _find_key(node: MappingNode, seg: str | int) -> tuple[Node, Node] | None:
+    """The (key, value) nodes named by ``seg``: the equal key, else one whose text it is
+    (a problem path names the keys 1 or true as "1" or "True")."""
+    keys = [(k, v) for k, v in node.value if isinstance(k, ScalarNode)]
+    exact = next((kv for kv in keys if _scalar(kv[0]) == seg), None)
+    return exact or next((kv for kv in keys if str(_scalar(kv[0])) == seg), None)
+
+
 def parse_document(text: str) -> Document:
     """YAML text -> Document; raises DocumentError with the offending line."""
     try:
@@ -82,6 +97,13 @@ def parse_document(text: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "cannot parse"
         return _raise(mark.line + 1 if mark else 0, f"invalid YAML: {what}")
+    except yaml.reader.ReaderError as exc:
+        # its str() spans two lines and names no line; any occurrence of the
+        # character is refused, so its first occurrence is where the reader stopped
+        pos = text.find(chr(exc.character))
+        line = text.count("\n", 0, pos) + 1 if pos >= 0 else 0
+        what = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        return _raise(line, f"invalid YAML: {what}")
     except yaml.YAMLError as exc:
         return _raise(0, f"invalid YAML: {exc}")
     except (ValueError, UnicodeError) as exc:
@@ -124,7 +146,10 @@ def _scalar(node: ScalarNode) -> Any:
     except (ValueError, ArithmeticError) as exc:
         raise DocumentError(node.start_mark.line + 1, f"invalid number {node.value!r}") from exc
     if tag == _BOOL:
-        return node.value.lower() in ("yes", "true", "on", "y")
+        low = node.value.lower()
+        if low in ("yes", "true", "on", "y", "no", "false", "off", "n"):
+            return low in ("yes", "true", "on", "y")
+        raise DocumentError(node.start_mark.line + 1, f"invalid boolean {node.value!r}")
     if tag == _NULL:
         return None
     return node.value  # timestamps, binary and custom tags stay text
@@ -149,6 +174,7 @@ class _Converter:
         try:
             if isinstance(node, SequenceNode):
                 return [self.convert(item, depth + 1, ()) for item in node.value]
+            assert isinstance(node, MappingNode)
             return self._mapping(node, depth)
         finally:
             self.stack.discard(id(node))
