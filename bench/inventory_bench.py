@@ -84,8 +84,7 @@ def run_once(case: Case) -> tuple[float, subprocess.CompletedProcess[str]]:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(
-            f"benchmark command failed (exit {proc.returncode}): {case.shell()}\n"
-            + proc.stderr[-2000:]
+            f"benchmark command failed (exit {proc.returncode}): {case.shell()}\n" + proc.stderr[-2000:]
         )
     if case.check is not None:
         case.check(proc)
@@ -209,9 +208,7 @@ def import_costs(argv: list[str], top: int) -> ImportCosts:
     floor = {
         m
         for _, _, _, m in parse_importtime(
-            subprocess.run(
-                [PY, "-X", "importtime", "-c", "pass"], capture_output=True, text=True
-            ).stderr
+            subprocess.run([PY, "-X", "importtime", "-c", "pass"], capture_output=True, text=True).stderr
         )
     }
     proc = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, capture_output=True, text=True)
@@ -382,9 +379,7 @@ def build_grid_yaml(site_names_by_region: dict[str, list[str]], rng: random.Rand
         ]
         measured = site_names_by_region.get(name, [])[:5]
         if measured:
-            out.append(
-                "    latency_ms:                       # measured RTT from the region's probe"
-            )
+            out.append("    latency_ms:                       # measured RTT from the region's probe")
             out += [f"      {s}: {rng.uniform(0.8, 12.0):.1f}" for s in measured]
         out.append("")
     return "\n".join(out)
@@ -394,9 +389,7 @@ def build_site_yaml(i: int, rng: random.Random) -> tuple[str, str, str]:
     """-> (site name, region name, YAML text) for site number ``i``: realistic and valid."""
     region, _, _, _, metros = REGIONS[i % len(REGIONS)]
     metro, mlat, mlon, country = metros[(i // len(REGIONS)) % len(metros)]
-    kind, abbr, _, gpu_choices, (clo, chi), cap = rng.choices(KINDS, weights=[k[2] for k in KINDS])[
-        0
-    ]
+    kind, abbr, _, gpu_choices, (clo, chi), cap = rng.choices(KINDS, weights=[k[2] for k in KINDS])[0]
     name = f"{metro}-{abbr}-{i:05d}"
     gpu = rng.choice(gpu_choices)
     models = rng.sample(MODELS["small"], 1) + rng.sample(
@@ -410,8 +403,7 @@ def build_site_yaml(i: int, rng: random.Random) -> tuple[str, str, str]:
         f"kind: {kind}",
         f"region: {region}",
         f"jurisdiction: {country}",
-        f"location: {{lat: {mlat + rng.uniform(-0.3, 0.3):.4f}, "
-        f"lon: {mlon + rng.uniform(-0.3, 0.3):.4f}}}",
+        f"location: {{lat: {mlat + rng.uniform(-0.3, 0.3):.4f}, lon: {mlon + rng.uniform(-0.3, 0.3):.4f}}}",
         f"endpoint: https://{name}.infer.example.net",
         f"api_key_env: GRID_KEY_{name.upper().replace('-', '_')}",
         f"cost_per_gpu_hour: {rng.uniform(clo, chi):.2f}",
@@ -464,9 +456,7 @@ print(json.dumps({"files": len(files) - 1, "loop_s": time.perf_counter() - t0}))
 
 # Diagnostic peer: gridctl's own entry point, unchanged, with Python's cyclic GC off,
 # to show how much of validate is collector passes over the many objects it keeps.
-GC_OFF = (
-    "import gc, sys; gc.disable(); from gridctl.cli.main import run; sys.exit(run(sys.argv[1:]))"
-)
+GC_OFF = "import gc, sys; gc.disable(); from gridctl.cli.main import run; sys.exit(run(sys.argv[1:]))"
 
 
 @dataclass
@@ -664,9 +654,7 @@ def validate_markdown(res: ValidateResult, env: dict[str, str], command: str, ru
             f"{grid.median / cload.median:.2f}× the CSafeLoader loop",
         ),
         stats_row(f"CSafeLoader loop, {n:,} files (no validation)", cload.times, "1.00× (peer)"),
-        stats_row(
-            f"SafeLoader (pure Python) loop, {res.subset:,} files (measured)", pure.times, "—"
-        ),
+        stats_row(f"SafeLoader (pure Python) loop, {res.subset:,} files (measured)", pure.times, "—"),
         stats_row(
             f"SafeLoader (pure Python) loop, scaled to {n:,} files",
             pure_scaled,
@@ -769,9 +757,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="sites in the generated inventory (default 10000)",
     )
-    p.add_argument(
-        "--runs", type=int, default=5, metavar="R", help="timed runs of each command (default 5)"
-    )
+    p.add_argument("--runs", type=int, default=5, metavar="R", help="timed runs of each command (default 5)")
     p.add_argument(
         "--startup-runs",
         type=int,
@@ -786,9 +772,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="K",
         help="files parsed by the pure-Python SafeLoader, scaled to N (default 1000)",
     )
-    p.add_argument(
-        "--keep", action="store_true", help="keep the generated inventory and print where it is"
-    )
+    p.add_argument("--keep", action="store_true", help="keep the generated inventory and print where it is")
     p.add_argument(
         "--write-readme",
         action="store_true",
@@ -831,8 +815,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 c.shell(),
                 c.times,
-                f"{c.median / floor.median:.2f}x interpreter, "
-                f"{c.median / yfloor.median:.2f}x import yaml",
+                f"{c.median / floor.median:.2f}x interpreter, {c.median / yfloor.median:.2f}x import yaml",
             )
             for c in res.gridctl
         ]

@@ -32,8 +32,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, inventory: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 60) -> Result:
+def run_cli(
+    *args: str,
+    inventory: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+) -> Result:
     """Run the real entry point (``python -m gridctl``) in a subprocess."""
     argv = [sys.executable, "-m", "gridctl"]
     if inventory is not None:

@@ -17,7 +17,9 @@ from tests.conftest import REPO
 def test_wheel_contains_templates_and_example_inventory(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("gridctl-*.whl"))

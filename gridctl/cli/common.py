@@ -45,7 +45,9 @@ def state(ctx: typer.Context) -> State:
 
 OutputOpt = Annotated[
     Format,
-    typer.Option("--output", "-o", help="Output format: table, wide, json, yaml or name.", case_sensitive=False),
+    typer.Option(
+        "--output", "-o", help="Output format: table, wide, json, yaml or name.", case_sensitive=False
+    ),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -55,7 +57,10 @@ def confirm(st: State, question: str, yes: bool) -> None:
     if yes:
         return
     if not st.streams.interactive:
-        raise UsageError(f"{question.rstrip('?')}: refusing without --yes (no terminal to ask on)", hint="add --yes to confirm")
+        raise UsageError(
+            f"{question.rstrip('?')}: refusing without --yes (no terminal to ask on)",
+            hint="add --yes to confirm",
+        )
     if not typer.confirm(question, default=False, err=True):
         from gridctl.errors import GridctlError
 

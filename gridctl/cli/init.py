@@ -29,5 +29,6 @@ def init(
         write_atomic(directory / rel, text)
     st.streams.out(f"created inventory {directory}")
     st.streams.info(
-        f"next: edit {directory}/grid.yaml and {directory}/sites/, then `gridctl -i {directory} inventory validate`"
+        f"next: edit {directory}/grid.yaml and {directory}/sites/, "
+        f"then `gridctl -i {directory} inventory validate`"
     )

@@ -31,7 +31,13 @@ def validate(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
         raise
     nodes = sum(len(s.nodes) for s in inv.sites)
     if output in (Format.json, Format.yaml):
-        data = {"valid": True, "problems": [], "sites": len(inv.sites), "nodes": nodes, "regions": len(inv.grid.regions)}
+        data = {
+            "valid": True,
+            "problems": [],
+            "sites": len(inv.sites),
+            "nodes": nodes,
+            "regions": len(inv.grid.regions),
+        }
         st.streams.stdout.write(dump_json(data) if output is Format.json else dump_yaml(data))
     else:
         st.streams.out(
@@ -72,7 +78,8 @@ def show(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     w = d["weights"]
     lines = [
         f"Grid:      {g['name']}  ({inv.root})",
-        f"SSH:       user {d['ssh']['user'] or '(local user)'}, port {d['ssh']['port']}, key {d['ssh']['key'] or '(agent)'}",
+        f"SSH:       user {d['ssh']['user'] or '(local user)'}, port {d['ssh']['port']}, "
+        f"key {d['ssh']['key'] or '(agent)'}",
         f"SLO:       {d['slo_ms']:g} ms",
         f"Weights:   latency {w['latency']:g}, cost {w['cost']:g}, headroom {w['headroom']:g}",
         f"Sites:     {len(inv.sites)} ({sum(1 for s in inv.sites if s.drain)} drained), "
@@ -91,7 +98,12 @@ class ExportFormat(str, Enum):
 @app.command("export")
 def export(
     ctx: typer.Context,
-    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="json: the whole inventory; ansible: a YAML inventory for ansible.")] = ExportFormat.json,
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format", "-f", help="json: the whole inventory; ansible: a YAML inventory for ansible."
+        ),
+    ] = ExportFormat.json,
 ) -> None:
     """Export the inventory for other tools (Ansible, scripts)."""
     from gridctl.inventory.export import build_ansible_inventory, inventory_dict

@@ -48,7 +48,9 @@ def _root(
     ctx: typer.Context,
     inventory: Annotated[
         str | None,
-        typer.Option("--inventory", "-i", help="Inventory directory (env GRIDCTL_INVENTORY, default ./inventory)."),
+        typer.Option(
+            "--inventory", "-i", help="Inventory directory (env GRIDCTL_INVENTORY, default ./inventory)."
+        ),
     ] = None,
     templates: Annotated[
         str | None,

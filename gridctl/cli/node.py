@@ -33,14 +33,18 @@ WIDE = [
 
 
 @app.command("ls")
-def ls(ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table) -> None:
+def ls(
+    ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List nodes; targets as for sites, plus SITE/NODE and node names."""
     from gridctl.inventory.export import node_dict
     from gridctl.inventory.targets import select_nodes
 
     st = state(ctx)
     rows = [node_dict(n) for n in select_nodes(st.load(), target, model)]
-    st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams, name=lambda r: f"{r['site']}/{r['name']}"))
+    st.streams.stdout.write(
+        render_list(output, rows, COLUMNS, WIDE, st.streams, name=lambda r: f"{r['site']}/{r['name']}")
+    )
     if not rows and output in (Format.table, Format.wide):
         st.streams.info("No nodes match.")
 
@@ -52,7 +56,9 @@ def _parse_gpus(text: str) -> tuple[str, int]:
     except ValueError:
         n = 0
     if not sep or not model or n <= 0:
-        raise UsageError(f"--gpus {text}: expected MODEL:COUNT", hint="e.g. --gpus H100:8 or --gpus 'RTX PRO 6000:4'")
+        raise UsageError(
+            f"--gpus {text}: expected MODEL:COUNT", hint="e.g. --gpus H100:8 or --gpus 'RTX PRO 6000:4'"
+        )
     return model, n
 
 
@@ -64,7 +70,9 @@ def add(
     host: Annotated[str, typer.Option(help="Host name or IP address to reach it over SSH.")],
     port: Annotated[int | None, typer.Option(help="SSH port [default: grid default, else 22].")] = None,
     user: Annotated[str | None, typer.Option(help="SSH user [default: grid default].")] = None,
-    key: Annotated[str | None, typer.Option(help="Private key file [default: grid default, else the SSH agent].")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Private key file [default: grid default, else the SSH agent].")
+    ] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs as MODEL:COUNT, e.g. H100:8.")] = None,
 ) -> None:
     """Add a node to a site. Re-running with the same values changes nothing."""

@@ -33,7 +33,11 @@ COLUMNS = [
     Column("NODES", lambda r: len(r["nodes"])),
     Column("GPUS", lambda r: r["gpus"]),
     Column("MODELS", lambda r: len(r["models"])),
-    Column("STATE", lambda r: "drained" if r["drain"] else "active", lambda v: "yellow" if v == "drained" else None),
+    Column(
+        "STATE",
+        lambda r: "drained" if r["drain"] else "active",
+        lambda v: "yellow" if v == "drained" else None,
+    ),
 ]
 WIDE = [
     Column("$/GPU-H", lambda r: f"{r['cost_per_gpu_hour']:.2f}"),
@@ -46,7 +50,9 @@ WIDE = [
 
 
 @app.command("ls")
-def ls(ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table) -> None:
+def ls(
+    ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List sites, optionally filtered by a target pattern and a model."""
     from gridctl.inventory.export import site_dict
     from gridctl.inventory.targets import select_sites
@@ -87,7 +93,11 @@ def _describe(r: Mapping[str, Any], wide: bool) -> str:
 
 
 @app.command("show")
-def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], output: OutputOpt = Format.table) -> None:
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    output: OutputOpt = Format.table,
+) -> None:
     """Show one site in full."""
     from gridctl.inventory.edit import require_site
     from gridctl.inventory.export import site_dict
@@ -105,7 +115,10 @@ def _parse_models(items: list[str]) -> dict[str, int]:
             try:
                 out[name] = int(cap)
             except ValueError:
-                raise UsageError(f"--model {item}: capacity must be an integer", hint="e.g. --model llama-3.1-8b-instruct=64") from None
+                raise UsageError(
+                    f"--model {item}: capacity must be an integer",
+                    hint="e.g. --model llama-3.1-8b-instruct=64",
+                ) from None
         else:
             out[name] = DEFAULT_CAPACITY
     return out
@@ -134,10 +147,18 @@ def add(
     lat: Annotated[float, typer.Option(help="Latitude.")],
     lon: Annotated[float, typer.Option(help="Longitude.")],
     endpoint: Annotated[str, typer.Option(help="Base URL of the site's OpenAI-compatible server.")],
-    model: Annotated[list[str] | None, typer.Option("--model", help=f"Model served, NAME or NAME=CAPACITY (default capacity {DEFAULT_CAPACITY}); repeatable.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help=f"Model served, NAME or NAME=CAPACITY (default capacity {DEFAULT_CAPACITY}); repeatable.",
+        ),
+    ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="Label KEY=VALUE; repeatable.")] = None,
     cost_per_gpu_hour: Annotated[float | None, typer.Option(help="Cost per GPU-hour.")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the site's API key.")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the site's API key.")
+    ] = None,
 ) -> None:
     """Add a site. Re-running with the same values changes nothing; different values are refused."""
     from gridctl.inventory.edit import SiteSpec, add_site
@@ -170,7 +191,12 @@ def report_outcome(st: State, outcome: Outcome) -> None:
 def set_(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Site name.")],
-    assignments: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove (labels.K, models.M, api_key_env).", metavar="KEY=VALUE...")],
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            help="KEY=VALUE to set, KEY- to remove (labels.K, models.M, api_key_env).", metavar="KEY=VALUE..."
+        ),
+    ],
 ) -> None:
     """Change fields of a site, keeping the file's comments and order."""
     from gridctl.inventory.edit import set_site
@@ -180,9 +206,11 @@ def set_(
 
 
 @app.command("rm")
-def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], yes: YesOpt = False) -> None:
+def rm(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], yes: YesOpt = False
+) -> None:
     """Remove a site and its file (asks first; --yes when not on a terminal)."""
-    from gridctl.inventory.edit import require_site, remove_site
+    from gridctl.inventory.edit import remove_site, require_site
 
     st = state(ctx)
     site = require_site(st.load(), name)

@@ -125,7 +125,8 @@ def add_site(root: Path, spec: SiteSpec) -> Outcome:
             if diffs:
                 raise ConflictError(
                     f"site '{spec.name}' already exists with different values: " + "; ".join(diffs),
-                    hint=f"change it with `gridctl site set {spec.name} KEY=VALUE`, or `gridctl site rm {spec.name}` first",
+                    hint=f"change it with `gridctl site set {spec.name} KEY=VALUE`, "
+                    f"or `gridctl site rm {spec.name}` first",
                 )
             result.append(Outcome("site", spec.name, "unchanged"))
             return {}
@@ -229,7 +230,10 @@ def parse_assignments(items: list[str]) -> list[Assignment]:
             key, _, text = item.partition("=")
             value = text
         else:
-            raise UsageError(f"'{item}' is not KEY=VALUE", hint="e.g. drain=true cost_per_gpu_hour=2.4 labels.tier=metro labels.old-")
+            raise UsageError(
+                f"'{item}' is not KEY=VALUE",
+                hint="e.g. drain=true cost_per_gpu_hour=2.4 labels.tier=metro labels.old-",
+            )
         if key.startswith("labels.") and len(key) > 7:
             out.append(Assignment(key, value, item))
             continue
@@ -377,7 +381,8 @@ def add_node(root: Path, site_name: str, spec: NodeSpec) -> Outcome:
             if diffs:
                 raise ConflictError(
                     f"node '{address}' already exists with different values: " + "; ".join(diffs),
-                    hint=f"remove it first with `gridctl node rm {site_name} {spec.name}`, or edit {site.file}",
+                    hint=f"remove it first with `gridctl node rm {site_name} {spec.name}`, "
+                    f"or edit {site.file}",
                 )
             result.append(Outcome("node", address, "unchanged"))
             return {}
@@ -405,7 +410,9 @@ def remove_node(root: Path, site_name: str, node_name: str) -> Outcome:
             near = difflib.get_close_matches(node_name, [n.name for n in site.nodes], n=1)
             raise NotFoundError(
                 f"no node '{node_name}' in site {site_name}",
-                hint=f"did you mean '{near[0]}'?" if near else f"list them with `gridctl node ls {site_name}`",
+                hint=f"did you mean '{near[0]}'?"
+                if near
+                else f"list them with `gridctl node ls {site_name}`",
             )
         return {site.file: edit_text(read_text(root, site.file), apply)}
 

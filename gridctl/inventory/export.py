@@ -58,7 +58,11 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
             "defaults": {
                 "ssh": {"user": g.ssh.user, "port": g.ssh.port, "key": g.ssh.key},
                 "slo_ms": g.slo_ms,
-                "weights": {"latency": g.weights.latency, "cost": g.weights.cost, "headroom": g.weights.headroom},
+                "weights": {
+                    "latency": g.weights.latency,
+                    "cost": g.weights.cost,
+                    "headroom": g.weights.headroom,
+                },
             },
             "regions": [region_dict(r) for r in g.regions],
         },
@@ -96,7 +100,11 @@ def build_ansible_inventory(inv: Inventory) -> dict[str, Any]:
                 "gridctl_drain": site.drain,
             },
         }
-        for prefix, value in (("region", site.region), ("kind", site.kind), ("jurisdiction", site.jurisdiction)):
+        for prefix, value in (
+            ("region", site.region),
+            ("kind", site.kind),
+            ("jurisdiction", site.jurisdiction),
+        ):
             parents.setdefault(_group(prefix, value), {"children": {}})["children"][site_group] = {}
     for name in sorted(parents):
         children[name] = parents[name]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from gridctl.errors import NotFoundError, UsageError
-from gridctl.inventory.model import Inventory, Node, Site
+from gridctl.inventory.model import SITE_KINDS, Inventory, Node, Site
 
 SELECTORS = ("region", "kind", "jurisdiction", "label")
 _GLOB = set("*?[")
@@ -44,20 +44,32 @@ def parse_pattern(pattern: str) -> list[Term]:
         negate = text.startswith("!")
         body = text[1:].strip() if negate else text
         if not body:
-            raise UsageError(f"empty term in target pattern {pattern!r}", hint="terms are separated by ',' e.g. 'phl-*,!phl-edge-04'")
+            raise UsageError(
+                f"empty term in target pattern {pattern!r}",
+                hint="terms are separated by ',' e.g. 'phl-*,!phl-edge-04'",
+            )
         if ":" in body and "/" not in body:
             sel, _, value = body.partition(":")
             if sel not in SELECTORS:
                 near = difflib.get_close_matches(sel, SELECTORS, n=1)
-                hint = f"did you mean '{near[0]}:{value}'?" if near else f"selectors: {', '.join(s + ':' for s in SELECTORS)}"
+                hint = (
+                    f"did you mean '{near[0]}:{value}'?"
+                    if near
+                    else f"selectors: {', '.join(s + ':' for s in SELECTORS)}"
+                )
                 raise UsageError(f"unknown selector '{sel}:' in target pattern {pattern!r}", hint=hint)
             if not value or (sel == "label" and "=" not in value):
-                raise UsageError(f"'{body}' needs a value", hint="e.g. region:eu-de, kind:edge, jurisdiction:DE, label:tier=metro")
+                raise UsageError(
+                    f"'{body}' needs a value",
+                    hint="e.g. region:eu-de, kind:edge, jurisdiction:DE, label:tier=metro",
+                )
             terms.append(Term(text, negate, sel, value))
         elif "/" in body:
             site, _, node = body.partition("/")
             if not site or not node or "/" in node:
-                raise UsageError(f"'{body}' is not SITE/NODE", hint="e.g. phl-co-12/phl-co-12-gpu-01 or 'phl-*/*'")
+                raise UsageError(
+                    f"'{body}' is not SITE/NODE", hint="e.g. phl-co-12/phl-co-12-gpu-01 or 'phl-*/*'"
+                )
             terms.append(Term(text, negate, "node", site, node))
         else:
             terms.append(Term(text, negate, "name", "*" if body == "all" else body))
@@ -93,7 +105,9 @@ def select_sites(inv: Inventory, pattern: str | None, model: str | None = None) 
     chosen = _apply(
         terms,
         inv.sites,
-        lambda t, s: any(_node_matches(t, n, s) for n in s.nodes) if t.selector == "node" else _site_matches(t, s),
+        lambda t, s: (
+            any(_node_matches(t, n, s) for n in s.nodes) if t.selector == "node" else _site_matches(t, s)
+        ),
     )
     _check_literals(inv, terms, node_level=False)
     if model:
@@ -124,27 +138,24 @@ def _check_literals(inv: Inventory, terms: list[Term], node_level: bool) -> None
     """A literal term that names nothing that exists is a typo: say so."""
     sites = [s.name for s in inv.sites]
     nodes = [n.name for n in inv.nodes()]
-    known: dict[str, list[str]] = {
-        "region": [r.name for r in inv.grid.regions],
-        "kind": ["regional-pop", "central-office", "edge", "cloud"],
-        "jurisdiction": sorted({s.jurisdiction for s in inv.sites}),
-    }
+    known: dict[str, list[str]] = {"region": [r.name for r in inv.grid.regions], "kind": list(SITE_KINDS)}
     for t in terms:
         if not t.literal or t.value == "*":
             continue
         if t.selector == "name":
             if t.value in sites or (node_level and t.value in nodes):
                 continue
-            _not_found("site or node" if node_level else "site", t.value, sites + nodes if node_level else sites)
+            _not_found(
+                "site or node" if node_level else "site", t.value, sites + nodes if node_level else sites
+            )
         elif t.selector == "node":
             site = inv.site(t.value)
             if site is None:
                 _not_found("site", t.value, sites)
             elif t.node not in [n.name for n in site.nodes]:
                 _not_found(f"node in site {t.value}", t.node, [n.name for n in site.nodes])
-        elif t.selector in known and t.selector != "jurisdiction":
-            if t.value not in known[t.selector]:
-                _not_found(t.selector, t.value, known[t.selector])
+        elif t.selector in ("region", "kind") and t.value not in known[t.selector]:
+            _not_found(t.selector, t.value, known[t.selector])
 
 
 def _not_found(what: str, value: str, pool: list[str]) -> None:

@@ -51,7 +51,9 @@ def test_inventory_commands_do_not_import_heavy_libraries(argv: list[str]) -> No
         "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY=\n" in proc.stderr, proc.stderr
 
@@ -63,7 +65,9 @@ def _run_on_tty(*args: str, no_color: bool) -> str:
     env["TERM"] = "xterm"
     if no_color:
         env["NO_COLOR"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "gridctl", *args], stdout=slave, stderr=slave, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridctl", *args], stdout=slave, stderr=slave, env=env, cwd=REPO
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -123,4 +127,10 @@ def test_inventory_show_and_json(cli) -> None:
 
 def test_validate_json_reports_valid(cli) -> None:
     r = cli("inventory", "validate", "-o", "json")
-    assert r.rc == 0 and json.loads(r.out) == {"valid": True, "problems": [], "sites": 15, "nodes": 24, "regions": 6}
+    assert r.rc == 0 and json.loads(r.out) == {
+        "valid": True,
+        "problems": [],
+        "sites": 15,
+        "nodes": 24,
+        "regions": 6,
+    }

@@ -10,8 +10,23 @@ import yaml
 
 from tests.conftest import run_cli
 
-ADD = ["site", "add", "bos-edge-01", "--kind", "edge", "--region", "us-east", "--jurisdiction", "US",
-       "--lat", "42.36", "--lon", "-71.06", "--endpoint", "https://bos-edge-01.example.net"]
+ADD = [
+    "site",
+    "add",
+    "bos-edge-01",
+    "--kind",
+    "edge",
+    "--region",
+    "us-east",
+    "--jurisdiction",
+    "US",
+    "--lat",
+    "42.36",
+    "--lon",
+    "-71.06",
+    "--endpoint",
+    "https://bos-edge-01.example.net",
+]
 
 
 def test_site_ls_table_is_kubectl_style(cli) -> None:
@@ -37,8 +52,22 @@ def test_site_ls_json_is_the_documented_shape(cli) -> None:
     assert r.rc == 0 and r.err == ""
     data = json.loads(r.out)
     assert [s["name"] for s in data] == ["lyo-co-05", "par-edge-02", "par-pop-01"]
-    assert set(data[0]) == {"name", "kind", "region", "jurisdiction", "location", "endpoint", "api_key_env",
-                            "cost_per_gpu_hour", "drain", "labels", "models", "nodes", "gpus", "file"}
+    assert set(data[0]) == {
+        "name",
+        "kind",
+        "region",
+        "jurisdiction",
+        "location",
+        "endpoint",
+        "api_key_env",
+        "cost_per_gpu_hour",
+        "drain",
+        "labels",
+        "models",
+        "nodes",
+        "gpus",
+        "file",
+    }
     assert set(data[0]["nodes"][0]) == {"name", "site", "host", "port", "user", "key", "gpus"}
 
 
@@ -148,8 +177,20 @@ def test_site_rm_needs_yes_without_a_terminal(cli, inv: Path) -> None:
 
 
 def test_node_add_ls_rm(cli, inv: Path) -> None:
-    r = cli("node", "add", "chi-co-07", "chi-co-07-gpu-02", "--host", "10.7.0.2", "--port", "2200",
-            "--user", "ops", "--gpus", "RTX PRO 6000:4")
+    r = cli(
+        "node",
+        "add",
+        "chi-co-07",
+        "chi-co-07-gpu-02",
+        "--host",
+        "10.7.0.2",
+        "--port",
+        "2200",
+        "--user",
+        "ops",
+        "--gpus",
+        "RTX PRO 6000:4",
+    )
     assert r.rc == 0 and r.out == "node/chi-co-07/chi-co-07-gpu-02 created\n", r
     r = cli("node", "add", "chi-co-07", "chi-co-07-gpu-02", "--host", "10.7.0.2")
     assert r.rc == 0 and "unchanged" in r.out
@@ -160,9 +201,15 @@ def test_node_add_ls_rm(cli, inv: Path) -> None:
     r = cli("node", "add", "chi-pop-01", "chi-pop-01-gpu-09", "--host", "10.7.0.2", "--port", "2200")
     assert r.rc == 5 and "duplicate address 10.7.0.2:2200" in r.err
     rows = json.loads(cli("node", "ls", "chi-co-07", "-o", "json").out)
-    assert rows[1] == {"name": "chi-co-07-gpu-02", "site": "chi-co-07", "host": "10.7.0.2", "port": 2200,
-                       "user": "ops", "key": "~/.ssh/gridops_ed25519",
-                       "gpus": {"model": "RTX PRO 6000", "count": 4}}
+    assert rows[1] == {
+        "name": "chi-co-07-gpu-02",
+        "site": "chi-co-07",
+        "host": "10.7.0.2",
+        "port": 2200,
+        "user": "ops",
+        "key": "~/.ssh/gridops_ed25519",
+        "gpus": {"model": "RTX PRO 6000", "count": 4},
+    }
     r = cli("node", "ls", "-o", "wide", "chi-co-07")
     assert r.out.splitlines()[0].split() == ["SITE", "NAME", "HOST", "PORT", "GPUS", "USER", "KEY"]
     r = cli("node", "rm", "chi-co-07", "chi-co-07-gpu-02", "--yes")

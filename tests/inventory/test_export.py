@@ -25,7 +25,10 @@ def test_ansible_inventory_accepts_the_export(cli, inv: Path, tmp_path: Path) ->
     exported.write_text(r.out)
     proc = subprocess.run(
         [_ansible_inventory(), "-i", str(exported), "--list"],
-        capture_output=True, text=True, env=cli_env(ANSIBLE_INVENTORY_UNPARSED_FAILED="true"), timeout=120,
+        capture_output=True,
+        text=True,
+        env=cli_env(ANSIBLE_INVENTORY_UNPARSED_FAILED="true"),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stderr.upper(), proc.stderr
@@ -40,7 +43,11 @@ def test_ansible_inventory_accepts_the_export(cli, inv: Path, tmp_path: Path) ->
     assert data["site_phl_co_12"]["hosts"] == ["phl-co-12-gpu-01", "phl-co-12-gpu-02"]
     assert set(data["region_us_phl"]["children"]) == {"site_phl_co_12", "site_phl_edge_04", "site_phl_pop_01"}
     assert set(data["kind_cloud"]["children"]) == {"site_cloud_use1"}
-    assert set(data["jurisdiction_fr"]["children"]) == {"site_lyo_co_05", "site_par_edge_02", "site_par_pop_01"}
+    assert set(data["jurisdiction_fr"]["children"]) == {
+        "site_lyo_co_05",
+        "site_par_edge_02",
+        "site_par_pop_01",
+    }
 
 
 def test_ansible_graph_resolves_a_region_to_its_hosts(cli, tmp_path: Path) -> None:
@@ -48,7 +55,10 @@ def test_ansible_graph_resolves_a_region_to_its_hosts(cli, tmp_path: Path) -> No
     exported.write_text(cli("inventory", "export", "--format", "ansible").out)
     proc = subprocess.run(
         [_ansible_inventory(), "-i", str(exported), "--graph", "region_eu_de"],
-        capture_output=True, text=True, env=cli_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     for host in ("fra-pop-01-gpu-01", "fra-pop-01-gpu-02", "muc-co-02-gpu-01", "ber-edge-01-gpu-01"):

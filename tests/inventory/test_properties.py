@@ -45,13 +45,32 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     labels=st.dictionaries(label, label_values, max_size=3),
     cost=st.one_of(st.none(), st.floats(0, 1000, allow_nan=False)),
 )
-def test_site_add_then_show_round_trips(name, kind, region, code, lat, lon, port, models, labels, cost) -> None:
+def test_site_add_then_show_round_trips(
+    name, kind, region, code, lat, lon, port, models, labels, cost
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inv = Path(tmp) / "inv"
         shutil.copytree(EXAMPLE, inv)
         endpoint = f"https://{name}.example.net:{port}"
-        argv = ["-i", str(inv), "site", "add", name, "--kind", kind, "--region", region,
-                "--jurisdiction", code, "--lat", repr(lat), "--lon", repr(lon), "--endpoint", endpoint]
+        argv = [
+            "-i",
+            str(inv),
+            "site",
+            "add",
+            name,
+            "--kind",
+            kind,
+            "--region",
+            region,
+            "--jurisdiction",
+            code,
+            "--lat",
+            repr(lat),
+            "--lon",
+            repr(lon),
+            "--endpoint",
+            endpoint,
+        ]
         for m, c in models.items():
             argv += ["--model", f"{m}={c}"]
         for k, v in labels.items():
@@ -90,26 +109,73 @@ def _check_text(tmp: Path, rel: str, text: str) -> None:
             assert p.file and str(p)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=300), target=st.sampled_from(["grid.yaml", "sites/phl-co-12.yaml", "sites/new.yaml"]))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    text=st.text(max_size=300),
+    target=st.sampled_from(["grid.yaml", "sites/phl-co-12.yaml", "sites/new.yaml"]),
+)
 def test_arbitrary_text_never_crashes_validation(tmp_path: Path, text: str, target: str) -> None:
     _check_text(tmp_path, target, text)
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
     st.sampled_from(["NO", "yes", "US", "edge", "https://x.example.net", "ftp://x", "four", "1e400", "0x1f"]),
 )
 _keys = st.one_of(
-    st.sampled_from(["name", "kind", "region", "jurisdiction", "location", "lat", "lon", "endpoint", "nodes",
-                     "models", "gpus", "count", "model", "host", "port", "labels", "drain", "regions",
-                     "defaults", "ssh", "weights", "allowed_jurisdictions", "latency_ms", "capacity"]),
+    st.sampled_from(
+        [
+            "name",
+            "kind",
+            "region",
+            "jurisdiction",
+            "location",
+            "lat",
+            "lon",
+            "endpoint",
+            "nodes",
+            "models",
+            "gpus",
+            "count",
+            "model",
+            "host",
+            "port",
+            "labels",
+            "drain",
+            "regions",
+            "defaults",
+            "ssh",
+            "weights",
+            "allowed_jurisdictions",
+            "latency_ms",
+            "capacity",
+        ]
+    ),
     st.text(max_size=8),
 )
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=6), max_leaves=25)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=6),
+    max_leaves=25,
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(doc=st.dictionaries(_keys, _values, max_size=10), target=st.sampled_from(["grid.yaml", "sites/phl-co-12.yaml"]))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    doc=st.dictionaries(_keys, _values, max_size=10),
+    target=st.sampled_from(["grid.yaml", "sites/phl-co-12.yaml"]),
+)
 def test_arbitrary_structures_never_crash_validation(tmp_path: Path, doc, target: str) -> None:
     _check_text(tmp_path, target, yaml.safe_dump(doc, allow_unicode=True))

@@ -30,9 +30,24 @@ def _popen_cli(inv: Path, *args: str) -> subprocess.Popen[str]:
 def test_twenty_concurrent_site_adds_all_succeed(inv: Path) -> None:
     procs = [
         _popen_cli(
-            inv, "site", "add", f"new-edge-{i:02d}", "--kind", "edge", "--region", "us-east",
-            "--jurisdiction", "US", "--lat", f"{40 + i / 100:.2f}", "--lon", "-74.0",
-            "--endpoint", f"https://new-edge-{i:02d}.example.net", "--model", "llama-3.1-8b-instruct=8",
+            inv,
+            "site",
+            "add",
+            f"new-edge-{i:02d}",
+            "--kind",
+            "edge",
+            "--region",
+            "us-east",
+            "--jurisdiction",
+            "US",
+            "--lat",
+            f"{40 + i / 100:.2f}",
+            "--lon",
+            "-74.0",
+            "--endpoint",
+            f"https://new-edge-{i:02d}.example.net",
+            "--model",
+            "llama-3.1-8b-instruct=8",
         )
         for i in range(20)
     ]
@@ -84,8 +99,18 @@ def test_writer_killed_at_any_point_leaves_old_or_new(tmp_path: Path) -> None:
     seen = set()
     for _ in range(25):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(target), str(tmp_path / "old.txt"), str(tmp_path / "new.txt")],
-            stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-c",
+                _WRITER,
+                str(target),
+                str(tmp_path / "old.txt"),
+                str(tmp_path / "new.txt"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=REPO,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0, 0.08))
@@ -143,25 +168,55 @@ nodes:
 def test_edits_keep_comments_and_key_order(inv: Path) -> None:
     site = inv / "sites" / "phl-co-12.yaml"
     site.write_text(COMMENTED)
-    assert run_cli("site", "set", "phl-co-12", "cost_per_gpu_hour=1.5", "labels.zone=b", inventory=inv).rc == 0
+    assert (
+        run_cli("site", "set", "phl-co-12", "cost_per_gpu_hour=1.5", "labels.zone=b", inventory=inv).rc == 0
+    )
     assert run_cli("site", "drain", "phl-co-12", inventory=inv).rc == 0
-    r = run_cli("node", "add", "phl-co-12", "phl-co-12-gpu-09", "--host", "10.9.9.9", "--gpus", "L40S:4", inventory=inv)
+    r = run_cli(
+        "node",
+        "add",
+        "phl-co-12",
+        "phl-co-12-gpu-09",
+        "--host",
+        "10.9.9.9",
+        "--gpus",
+        "L40S:4",
+        inventory=inv,
+    )
     assert r.rc == 0, r
     text = site.read_text()
-    for comment in ("# Philadelphia central office 12 -- owned by the metro team.",
-                    "# moved from edge in 2025", "# contract price", "# keep in sync with the CMDB",
-                    "# the main chat model", "# rack A3"):
+    for comment in (
+        "# Philadelphia central office 12 -- owned by the metro team.",
+        "# moved from edge in 2025",
+        "# contract price",
+        "# keep in sync with the CMDB",
+        "# the main chat model",
+        "# rack A3",
+    ):
         assert comment in text, comment
     assert re.search(r"^cost_per_gpu_hour: 1.5 +# contract price$", text, re.MULTILINE)
     assert "drain: true" in text
     assert "location: {lat: 39.9612, lon: -75.1538}" in text
     keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
-    assert keys == ["name", "kind", "region", "jurisdiction", "location", "endpoint",
-                    "cost_per_gpu_hour", "drain", "labels", "models", "nodes"]
+    assert keys == [
+        "name",
+        "kind",
+        "region",
+        "jurisdiction",
+        "location",
+        "endpoint",
+        "cost_per_gpu_hour",
+        "drain",
+        "labels",
+        "models",
+        "nodes",
+    ]
     assert text.index("phl-co-12-gpu-01") < text.index("phl-co-12-gpu-09")
     assert "  - name: phl-co-12-gpu-09\n    host: 10.9.9.9\n    gpus: {model: L40S, count: 4}\n" in text
     # Only what changed changed: undoing the edits gives back the original lines.
-    assert run_cli("site", "set", "phl-co-12", "cost_per_gpu_hour=1.35", "labels.zone-", inventory=inv).rc == 0
+    assert (
+        run_cli("site", "set", "phl-co-12", "cost_per_gpu_hour=1.35", "labels.zone-", inventory=inv).rc == 0
+    )
     assert run_cli("site", "undrain", "phl-co-12", inventory=inv).rc == 0
     assert run_cli("node", "rm", "phl-co-12", "phl-co-12-gpu-09", "--yes", inventory=inv).rc == 0
     assert site.read_text() == COMMENTED

@@ -32,7 +32,11 @@ def example():
         ("label:metro=p*", None, ["par-edge-02", "par-pop-01", "phl-co-12", "phl-edge-04", "phl-pop-01"]),
         ("!region:us-*,!region:eu-fr", None, ["ber-edge-01", "fra-pop-01", "muc-co-02"]),
         ("phl-co-12/phl-co-12-gpu-02", None, ["phl-co-12"]),
-        ("all", "llama-3.1-70b-instruct", ["chi-pop-01", "cloud-use1", "fra-pop-01", "nyc-pop-01", "par-pop-01", "phl-pop-01"]),
+        (
+            "all",
+            "llama-3.1-70b-instruct",
+            ["chi-pop-01", "cloud-use1", "fra-pop-01", "nyc-pop-01", "par-pop-01", "phl-pop-01"],
+        ),
         ("kind:edge", "parakeet-*", ["ber-edge-01", "jc-edge-01", "par-edge-02", "phl-edge-04"]),
         ("zzz-*", None, []),
     ],
@@ -89,4 +93,6 @@ def test_inventory_order_does_not_matter(tmp_path: Path, example) -> None:
     for f in sorted((dest / "sites").iterdir(), reverse=True):
         f.write_text(f.read_text())
     again = load_inventory(dest)
-    assert [s.name for s in select_sites(again, "region:us-*")] == [s.name for s in select_sites(example, "region:us-*")]
+    assert [s.name for s in select_sites(again, "region:us-*")] == [
+        s.name for s in select_sites(example, "region:us-*")
+    ]
