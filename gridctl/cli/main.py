@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from gridctl import __version__
+from gridctl.cli import fleet as fleet_cmd
 from gridctl.cli import init as init_cmd
 from gridctl.cli import inventory as inventory_cmd
 from gridctl.cli import node as node_cmd
@@ -35,6 +36,7 @@ app.add_typer(site_cmd.app, name="site")
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(inventory_cmd.app, name="inventory")
 app.command("init")(init_cmd.init)
+app.command("exec")(fleet_cmd.exec_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,101 @@
+"""``gridctl exec``: run a command on every matched node over SSH."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gridctl.cli.common import OutputOpt, State, state
+from gridctl.errors import ExitCode, UnreachableError, UsageError
+from gridctl.output import Format, dump_json, dump_yaml
+
+ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, max=4096, help="Nodes worked on at once.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", "-t", min=0.1, help="Hard deadline per node, in seconds (connect + work)."),
+]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option("--accept-new", help="Pin unknown host keys on first use (changed keys are still refused)."),
+]
+FleetTarget = Annotated[
+    str, typer.Argument(help="Target pattern (see `gridctl site ls --help`), e.g. 'phl-*'.")
+]
+
+
+def select_fleet(st: State, target: str | None):  # type: ignore[no-untyped-def]
+    from gridctl.inventory.targets import select_nodes
+
+    inv = st.load()
+    nodes = select_nodes(inv, target)
+    if not nodes:
+        raise UnreachableError(
+            f"no nodes match {target!r}" if target else "the inventory has no nodes",
+            hint="list them with `gridctl node ls`",
+        )
+    return inv, nodes
+
+
+def summary_line(counts: dict[str, list[str]], total: int, noun: str = "node") -> str:
+    parts = []
+    for status, names in counts.items():
+        if not names:
+            continue
+        shown = ", ".join(names[:5]) + (f", +{len(names) - 5} more" if len(names) > 5 else "")
+        parts.append(f"{len(names)} {status}" + ("" if status == "ok" else f" ({shown})"))
+    return f"{total} {noun}{'s' if total != 1 else ''}: " + ", ".join(parts)
+
+
+def exec_command(
+    ctx: typer.Context,
+    target: FleetTarget,
+    command: Annotated[list[str], typer.Argument(help="Command to run, after --.", metavar="-- COMMAND...")],
+    forks: ForksOpt = 64,
+    timeout: TimeoutOpt = 30.0,
+    accept_new: AcceptNewOpt = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Run a command on every matched node; output prefixed by node name.
+
+    One argument is a shell command line (`-- 'nvidia-smi | head'`); several are
+    quoted one by one. Exit 0 when all succeed, 1 when any command failed, 4 when
+    any node was unreachable.
+    """
+    from gridctl.cli.progress import progress
+    from gridctl.fleet.execute import build_remote_command, run_exec
+    from gridctl.fleet.ssh import ssh_options_for
+
+    st = state(ctx)
+    if not command:
+        raise UsageError("no command given", hint="e.g. gridctl exec 'phl-*' -- uptime")
+    inv, nodes = select_fleet(st, target)
+    opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ))
+    remote = build_remote_command(command)
+    with progress(st.streams, len(nodes), "exec") as advance:
+        results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance())
+    out, err = st.streams.stdout, st.streams.stderr
+    if output in (Format.json, Format.yaml):
+        data = [r.to_dict() for r in results]
+        out.write(dump_json(data) if output is Format.json else dump_yaml(data))
+    elif output is Format.name:
+        out.write("".join(f"{r.node.site}/{r.node.name}\n" for r in results if r.status == "ok"))
+    else:
+        for r in results:
+            _print_prefixed(out, r.node.name, r.stdout)
+            _print_prefixed(err, r.node.name, r.stderr)
+            if r.error:
+                err.write(f"{r.node.name} | {st.streams.paint(r.status.upper(), 'red', err)}: {r.error}\n")
+    counts = {s: [r.node.name for r in results if r.status == s] for s in ("ok", "failed", "unreachable")}
+    st.streams.info(summary_line(counts, len(results)))
+    if counts["unreachable"]:
+        raise typer.Exit(ExitCode.UNREACHABLE)
+    if counts["failed"]:
+        raise typer.Exit(ExitCode.ERROR)
+
+
+def _print_prefixed(stream, name: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    if not text:
+        return
+    lines = text.splitlines()
+    stream.write("".join(f"{name} | {line}\n" for line in lines))

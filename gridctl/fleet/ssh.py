@@ -1,0 +1,320 @@
+"""SSH sessions to nodes (paramiko), with a hard deadline on every step.
+
+One ``Session`` per node per run, reused for every command of that run. The
+deadline is absolute (``time.monotonic()``): connecting, the banner, the key
+exchange, authentication and each command all get only what is left of it, so
+a node that accepts TCP and never speaks SSH, one that drops packets, and a
+command that hangs all end on time. Failures to reach a node are data
+(``Unreachable`` with a kind and a sentence), never a crash of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gridctl.fleet.hostkeys import KnownHosts, fingerprint, host_entry
+from gridctl.inventory.model import Node
+
+if TYPE_CHECKING:
+    import paramiko
+
+
+def _quiet_paramiko() -> None:
+    """paramiko logs every failed handshake from its own thread; a node's failure
+    is reported once, in its result, not as a stray line on stderr."""
+    import logging
+
+    log = logging.getLogger("paramiko")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+    log.propagate = False
+
+
+MAX_STREAM_BYTES = 64 * 1024 * 1024  # per stream and command: more is cut, and said so
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+
+
+class Unreachable(Exception):
+    """The node could not be reached or trusted: data for the node's result."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # connect | timeout | hostkey-unknown | hostkey-changed | auth | ssh
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    rc: int | None  # None when the command did not finish (timed out, channel lost)
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class Identities:
+    """Private keys for authentication, loaded once per run and shared by all nodes."""
+
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _cache: dict[str, paramiko.PKey | Exception] = field(default_factory=dict)
+    _agent: list[paramiko.PKey] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_node(self, node: Node) -> list[tuple[str, paramiko.PKey]]:
+        """(label, key) to try in order; raises Unreachable when a named key can't be used."""
+        if node.key:
+            key = self._load(node.key)
+            if isinstance(key, Exception):
+                raise Unreachable("auth", f"cannot use key {node.key}: {key}")
+            return [(node.key, key)]
+        keys: list[tuple[str, paramiko.PKey]] = [("agent", k) for k in self._agent_keys()]
+        for path in DEFAULT_IDENTITIES:
+            if Path(path).expanduser().exists():
+                key = self._load(path)
+                if not isinstance(key, Exception):
+                    keys.append((path, key))
+        return keys
+
+    def _load(self, path: str) -> paramiko.PKey | Exception:
+        import paramiko
+
+        with self._lock:
+            if path not in self._cache:
+                try:
+                    self._cache[path] = paramiko.PKey.from_path(Path(path).expanduser())
+                except paramiko.PasswordRequiredException:
+                    self._cache[path] = ValueError("it is passphrase-protected; add it to ssh-agent")
+                except (OSError, paramiko.SSHException, ValueError) as exc:
+                    self._cache[path] = exc
+            return self._cache[path]
+
+    def _agent_keys(self) -> list[paramiko.PKey]:
+        import paramiko
+
+        with self._lock:
+            if self._agent is None:
+                self._agent = []
+                if self.environ.get("SSH_AUTH_SOCK"):
+                    with contextlib.suppress(paramiko.SSHException, OSError):
+                        self._agent = list(paramiko.Agent().get_keys())
+            return self._agent
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    known_hosts: KnownHosts
+    identities: Identities
+    accept_new: bool = False
+    # called with (node, key) when --accept-new meets an unknown key; pins it
+    on_new_key: Callable[[Node, paramiko.PKey], None] | None = None
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Unreachable("timeout", "timed out")
+    return left
+
+
+class Session:
+    """An authenticated SSH connection to one node."""
+
+    def __init__(self, node: Node, transport: paramiko.Transport, sock: socket.socket) -> None:
+        self.node = node
+        self.transport = transport
+        self.sock = sock
+
+    def run(self, command: str, deadline: float) -> CommandResult:
+        """Run ``command`` through the remote shell; both streams drained as they come."""
+        import paramiko
+
+        start = time.monotonic()
+        try:
+            channel = self.transport.open_session(timeout=_left(deadline))
+            channel.exec_command(command)
+        except Unreachable:
+            return CommandResult(None, "", "", time.monotonic() - start, timed_out=True)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            return CommandResult(None, "", f"cannot start command: {exc}", time.monotonic() - start)
+        out, err = bytearray(), bytearray()
+        truncated = timed_out = False
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                select.select([channel], [], [], min(left, 0.5))
+                while channel.recv_ready():
+                    chunk = channel.recv(1 << 16)
+                    if len(out) < MAX_STREAM_BYTES:
+                        out += chunk
+                    else:
+                        truncated = True
+                while channel.recv_stderr_ready():
+                    chunk = channel.recv_stderr(1 << 16)
+                    if len(err) < MAX_STREAM_BYTES:
+                        err += chunk
+                    else:
+                        truncated = True
+                if (channel.eof_received or channel.closed) and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    break
+            rc: int | None = None
+            if not timed_out and channel.status_event.wait(max(0.0, min(deadline - time.monotonic(), 5))):
+                rc = channel.exit_status
+            elif not timed_out:
+                timed_out = True
+        finally:
+            channel.close()
+        return CommandResult(
+            rc if rc is None or rc >= 0 else None,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            time.monotonic() - start,
+            timed_out=timed_out,
+            truncated=truncated,
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def connect_socket(host: str, port: int, deadline: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=_left(deadline))
+    except ConnectionRefusedError:
+        raise Unreachable("connect", f"connection refused by {host}:{port} (is sshd running?)") from None
+    except socket.gaierror as exc:
+        raise Unreachable("connect", f"cannot resolve {host}: {exc.strerror}") from None
+    except TimeoutError:
+        raise Unreachable("timeout", f"no answer from {host}:{port} (connect timed out)") from None
+    except OSError as exc:
+        raise Unreachable("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+
+
+def handshake(sock: socket.socket, node: Node, known: KnownHosts, deadline: float) -> paramiko.Transport:
+    """SSH banner and key exchange, asking for a key type that is pinned when one is."""
+    import paramiko
+
+    _quiet_paramiko()
+    transport = paramiko.Transport(sock)
+    pinned = known.types_for(node.host, node.port)
+    if pinned:
+        opts = transport.get_security_options()
+        offered = [t for t in opts.key_types if t in pinned]
+        if offered:
+            opts.key_types = offered
+    left = _left(deadline)
+    transport.banner_timeout = left
+    transport.handshake_timeout = left
+    try:
+        transport.start_client(timeout=left)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        transport.close()
+        if time.monotonic() >= deadline:
+            raise Unreachable("timeout", f"no SSH handshake from {node.host}:{node.port} in time") from None
+        raise Unreachable("ssh", f"SSH handshake with {node.host}:{node.port} failed: {exc}") from None
+    if not (transport.is_active() and getattr(transport, "initial_kex_done", True)):
+        # start_client gives up at its timeout without raising
+        transport.close()
+        raise Unreachable("timeout", f"no SSH handshake from {node.host}:{node.port} in time (no banner?)")
+    return transport
+
+
+def verify_host_key(transport: paramiko.Transport, node: Node, opts: SshOptions) -> None:
+    key = transport.get_remote_server_key()
+    check = opts.known_hosts.check(node.host, node.port, key)
+    where = host_entry(node.host, node.port)
+    if check.verdict == "known":
+        return
+    if check.verdict == "changed":
+        raise Unreachable(
+            "hostkey-changed",
+            f"HOST KEY CHANGED for {where}: known_hosts pins {', '.join(check.pinned)}, the node presented "
+            f"{key.get_name()} {check.presented}. Someone may be intercepting the connection, or the node "
+            f"was reinstalled. Refusing to connect; if the change is expected, re-pin it with "
+            f"`gridctl node trust {node.address} --replace`",
+        )
+    if opts.accept_new and opts.on_new_key is not None:
+        opts.on_new_key(node, key)
+        return
+    raise Unreachable(
+        "hostkey-unknown",
+        f"unknown host key for {where}: {key.get_name()} {check.presented}; "
+        f"check it and pin it with `gridctl node trust {node.address}` (or run with --accept-new)",
+    )
+
+
+def authenticate(transport: paramiko.Transport, node: Node, opts: SshOptions, deadline: float) -> None:
+    import paramiko
+
+    user = node.user or getpass.getuser()
+    keys = opts.identities.for_node(node)
+    if not keys:
+        raise Unreachable(
+            "auth",
+            f"no SSH key to offer as {user}: set `key:` in the inventory, or load one into ssh-agent",
+        )
+    tried = []
+    for label, key in keys:
+        transport.auth_timeout = _left(deadline)
+        try:
+            transport.auth_publickey(user, key)
+            return
+        except paramiko.AuthenticationException:
+            tried.append(f"{label} ({fingerprint(key)})")
+        except paramiko.SSHException as exc:
+            if time.monotonic() >= deadline:
+                raise Unreachable("timeout", "timed out during authentication") from None
+            raise Unreachable("ssh", f"authentication failed: {exc}") from None
+    raise Unreachable("auth", f"authentication failed as {user} with {', '.join(tried)}")
+
+
+def open_session(
+    node: Node, opts: SshOptions, deadline: float, register: Callable[[socket.socket], None]
+) -> Session:
+    """Connect, check the host key, authenticate. ``register`` gets the socket so a
+    watchdog can close it if anything overruns the deadline."""
+    sock = connect_socket(node.host, node.port, deadline)
+    register(sock)
+    transport = handshake(sock, node, opts.known_hosts, deadline)
+    try:
+        verify_host_key(transport, node, opts)
+        authenticate(transport, node, opts, deadline)
+    except BaseException:
+        transport.close()
+        raise
+    return Session(node, transport, sock)
+
+
+def ssh_options_for(root: Path, accept_new: bool, environ: dict[str, str]) -> SshOptions:
+    """Options for a run against the inventory at ``root``: its known_hosts, the
+    operator's keys, and with ``accept_new`` a callback that pins unknown keys."""
+    from gridctl.fleet.hostkeys import known_hosts_path, pin_keys
+
+    def pin(node: Node, key: paramiko.PKey) -> None:
+        pin_keys(root, [(node.host, node.port, key)])
+
+    return SshOptions(
+        known_hosts=KnownHosts(known_hosts_path(root)),
+        identities=Identities(environ=environ),
+        accept_new=accept_new,
+        on_new_key=pin if accept_new else None,
+    )

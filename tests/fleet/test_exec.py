@@ -1,0 +1,127 @@
+"""``gridctl exec`` against real sshd nodes: output, exit codes, deadlines, host keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.fleet.conftest import write_fleet_inventory
+from tests.fleet.sshd import free_port
+
+
+def test_exec_on_all_nodes_prefixes_output(fleet_inv: Path) -> None:
+    r = run_cli("exec", "all", "--", "echo hello from $GRIDCTL_FAKE_GPU_STATE", inventory=fleet_inv)
+    assert r.rc == 0, r
+    lines = sorted(r.out.splitlines())
+    assert lines == [f"node{i:03d} | hello from healthy" for i in range(8)]
+    assert "8 nodes: 8 ok" in r.err
+
+
+def test_exec_json_shape_and_failing_command(fleet_inv: Path) -> None:
+    r = run_cli(
+        "exec", "lab-a", "-o", "json", "--", "sh", "-c", "echo out; echo err >&2; exit 3", inventory=fleet_inv
+    )
+    assert r.rc == 1, r
+    data = json.loads(r.out)
+    assert [d["node"] for d in data] == ["node000", "node001", "node002", "node003"]
+    first = data[0]
+    assert set(first) == {"node", "site", "status", "rc", "stdout", "stderr", "seconds", "error"}
+    assert first["site"] == "lab-a" and first["rc"] == 3 and first["status"] == "failed"
+    assert first["stdout"] == "out\n" and first["stderr"] == "err\n"
+    assert "4 failed (node000, node001, node002, node003)" in r.err
+
+
+def test_arguments_are_quoted_one_by_one(fleet_inv: Path) -> None:
+    tricky = "a b; echo INJECTED $HOME 'q'"
+    r = run_cli("exec", "lab-a/node000", "-o", "json", "--", "printf", "%s\\n", tricky, inventory=fleet_inv)
+    assert r.rc == 0, r
+    assert json.loads(r.out)[0]["stdout"] == tricky + "\n"
+
+
+def test_large_output_on_both_streams_does_not_deadlock(fleet_inv: Path) -> None:
+    cmd = "head -c 3000000 /dev/zero | tr '\\0' a; head -c 2500000 /dev/zero | tr '\\0' b >&2"
+    r = run_cli(
+        "exec", "lab-a/node000,lab-b/node004", "-o", "json", "--", cmd, inventory=fleet_inv, timeout=120
+    )
+    assert r.rc == 0, r
+    for d in json.loads(r.out):
+        assert d["stdout"] == "a" * 3_000_000 and d["stderr"] == "b" * 2_500_000
+
+
+def test_hanging_command_ends_at_the_deadline(fleet_inv: Path) -> None:
+    start = time.monotonic()
+    r = run_cli("exec", "lab-a", "--timeout", "2", "--", "sleep 60", inventory=fleet_inv)
+    elapsed = time.monotonic() - start
+    assert r.rc == 1, r
+    assert "command timed out" in r.err
+    assert elapsed < 2 + 5  # the deadline plus process start-up; speed itself is in bench/
+
+
+def test_unreachable_nodes_are_reported_and_others_finish(
+    tmp_path: Path, ssh_fleet, frozen, blackhole
+) -> None:
+    refused = free_port()
+    inv = write_fleet_inventory(
+        tmp_path / "inv",
+        ssh_fleet,
+        extra_nodes={"frozen": frozen.port, "refused": refused, "hole": blackhole.port},
+    )
+    start = time.monotonic()
+    r = run_cli("exec", "all", "--timeout", "3", "-o", "json", "--", "echo ok", inventory=inv)
+    elapsed = time.monotonic() - start
+    assert r.rc == 4, r
+    data = {d["node"]: d for d in json.loads(r.out)}
+    assert all(data[f"node{i:03d}"]["status"] == "ok" for i in range(8))
+    assert data["refused"]["status"] == "unreachable" and "connection refused" in data["refused"]["error"]
+    assert data["frozen"]["status"] == "unreachable" and "handshake" in data["frozen"]["error"]
+    assert data["hole"]["status"] == "unreachable"
+    assert data["frozen"]["seconds"] < 3 + 1.5 and data["hole"]["seconds"] < 3 + 1.5
+    assert "3 unreachable" in r.err and "frozen" in r.err
+    assert elapsed < 3 + 6
+
+
+def test_unknown_host_key_fails_that_node_only(tmp_path: Path, ssh_fleet) -> None:
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet)
+    lines = (inv / "known_hosts").read_text().splitlines(keepends=True)
+    (inv / "known_hosts").write_text("".join(lines[1:]))  # forget node000's key
+    r = run_cli("exec", "lab-a", "-o", "json", "--", "true", inventory=inv)
+    assert r.rc == 4
+    data = {d["node"]: d for d in json.loads(r.out)}
+    assert data["node000"]["status"] == "unreachable"
+    assert "unknown host key" in data["node000"]["error"] and "SHA256:" in data["node000"]["error"]
+    assert "gridctl node trust lab-a/node000" in data["node000"]["error"]
+    assert all(data[f"node{i:03d}"]["status"] == "ok" for i in (1, 2, 3))
+    assert (inv / "known_hosts").read_text() == "".join(lines[1:])  # nothing pinned silently
+
+
+def test_accept_new_pins_unknown_keys(tmp_path: Path, ssh_fleet) -> None:
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet, pin=False)
+    r = run_cli("exec", "lab-b", "--accept-new", "--", "true", inventory=inv)
+    assert r.rc == 0, r
+    pinned = (inv / "known_hosts").read_text()
+    for node in ssh_fleet.nodes[4:8]:
+        assert f"[127.0.0.1]:{node.port} ssh-ed25519" in pinned
+    assert "[127.0.0.1]:%d " % ssh_fleet.nodes[0].port not in pinned
+    r = run_cli("exec", "lab-b", "--", "true", inventory=inv)  # now known
+    assert r.rc == 0, r
+
+
+def test_wrong_key_is_an_auth_failure(tmp_path: Path, ssh_fleet) -> None:
+    from tests.fleet.sshd import keygen
+
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet)
+    other = keygen(tmp_path / "other_key")
+    site = inv / "sites" / "lab-a.yaml"
+    site.write_text(site.read_text().replace(str(ssh_fleet.client_key), str(other)))
+    r = run_cli("exec", "lab-a,lab-b/node004", "-o", "json", "--", "true", inventory=inv)
+    assert r.rc == 4
+    data = {d["node"]: d for d in json.loads(r.out)}
+    assert "authentication failed" in data["node000"]["error"]
+    assert data["node004"]["status"] == "ok"
+
+
+def test_no_matching_nodes_is_exit_4(fleet_inv: Path) -> None:
+    r = run_cli("exec", "zzz-*", "--", "true", inventory=fleet_inv)
+    assert r.rc == 4 and "no nodes match" in r.err
