@@ -103,7 +103,7 @@ def test_accept_new_pins_unknown_keys(tmp_path: Path, ssh_fleet) -> None:
     pinned = (inv / "known_hosts").read_text()
     for node in ssh_fleet.nodes[4:8]:
         assert f"[127.0.0.1]:{node.port} ssh-ed25519" in pinned
-    assert "[127.0.0.1]:%d " % ssh_fleet.nodes[0].port not in pinned
+    assert f"[127.0.0.1]:{ssh_fleet.nodes[0].port} " not in pinned
     r = run_cli("exec", "lab-b", "--", "true", inventory=inv)  # now known
     assert r.rc == 0, r
 
