@@ -16,6 +16,7 @@ import typer
 
 from gridctl import __version__
 from gridctl.cli import fleet as fleet_cmd
+from gridctl.cli import health as health_cmd
 from gridctl.cli import init as init_cmd
 from gridctl.cli import inventory as inventory_cmd
 from gridctl.cli import node as node_cmd
@@ -37,6 +38,8 @@ app.add_typer(node_cmd.app, name="node")
 app.add_typer(inventory_cmd.app, name="inventory")
 app.command("init")(init_cmd.init)
 app.command("exec")(fleet_cmd.exec_command)
+app.command("health")(health_cmd.health)
+app.command("gpu")(health_cmd.gpu)
 
 
 def _version(value: bool) -> None:

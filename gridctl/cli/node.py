@@ -97,3 +97,84 @@ def rm(
     st = state(ctx)
     confirm(st, f"Remove node {site}/{name}?", yes)
     report_outcome(st, remove_node(st.root, site, name))
+
+
+TRUST_COLUMNS = [
+    Column("NODE", lambda r: f"{r['site']}/{r['node']}"),
+    Column("ADDRESS", lambda r: f"{r['host']}:{r['port']}"),
+    Column("KEY", lambda r: r["key_type"]),
+    Column("FINGERPRINT", lambda r: r["fingerprint"]),
+    Column(
+        "STATE",
+        lambda r: r["verdict"],
+        lambda v: {"changed": "red", "unreachable": "red", "new": "yellow"}.get(v),
+    ),
+]
+
+
+@app.command("trust")
+def trust(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="Target pattern of nodes whose host keys to pin.")],
+    yes: YesOpt = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Also re-pin keys that CHANGED (after you checked why).")
+    ] = False,
+    forks: Annotated[int, typer.Option("--forks", "-f", min=1, help="Nodes worked on at once.")] = 64,
+    timeout: Annotated[float, typer.Option("--timeout", "-t", min=0.1, help="Seconds per node.")] = 10.0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Fetch nodes' SSH host keys, show their SHA256 fingerprints, and pin them in known_hosts.
+
+    Asks before pinning (or --yes). A key that differs from the pinned one is only
+    replaced with --replace. Exit 4 when a node could not be reached.
+    """
+    from gridctl.errors import ConflictError, ExitCode
+    from gridctl.fleet.hostkeys import KnownHosts, known_hosts_path, pin_keys
+    from gridctl.fleet.trust import fetch_host_keys
+    from gridctl.inventory.targets import select_nodes
+    from gridctl.output import dump_json, dump_yaml, render_table
+
+    st = state(ctx)
+    inv = st.load()
+    nodes = select_nodes(inv, target)
+    if not nodes:
+        raise UsageError(f"no nodes match {target!r}", hint="list them with `gridctl node ls`")
+    reports = fetch_host_keys(nodes, KnownHosts(known_hosts_path(inv.root)), forks, timeout)
+    rows = [r.to_dict() for r in reports]
+    if output is Format.json:
+        st.streams.stdout.write(dump_json(rows))
+    elif output is Format.yaml:
+        st.streams.stdout.write(dump_yaml(rows))
+    else:
+        st.streams.stdout.write(render_table(rows, TRUST_COLUMNS, st.streams))
+    for r in reports:
+        if r.verdict == "changed":
+            st.streams.warn(
+                f"HOST KEY CHANGED for {r.node.address}: pinned {', '.join(r.pinned)}, now {r.fingerprint}"
+            )
+        elif r.verdict == "unreachable":
+            st.streams.warn(f"{r.node.address}: {r.error}")
+    new = [r for r in reports if r.verdict == "new"]
+    changed = [r for r in reports if r.verdict == "changed"]
+    to_pin = new + (changed if replace else [])
+    if to_pin:
+        confirm(
+            st, f"Pin {len(to_pin)} host key{'s' if len(to_pin) != 1 else ''} in {inv.root}/known_hosts?", yes
+        )
+        pins = [(r.node.host, r.node.port, r.key) for r in new if r.key is not None]
+        added = pin_keys(inv.root, pins)
+        if replace and changed:
+            added += pin_keys(
+                inv.root, [(r.node.host, r.node.port, r.key) for r in changed if r.key], replace=True
+            )
+        st.streams.info(f"pinned {added} host key{'s' if added != 1 else ''}")
+    else:
+        st.streams.info("nothing to pin")
+    if changed and not replace:
+        raise ConflictError(
+            f"{len(changed)} host key{'s' if len(changed) != 1 else ''} changed and left as pinned",
+            hint="find out why; if the nodes were reinstalled, run again with --replace",
+        )
+    if any(r.verdict == "unreachable" for r in reports):
+        raise typer.Exit(ExitCode.UNREACHABLE)

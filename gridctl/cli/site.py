@@ -38,6 +38,11 @@ COLUMNS = [
         lambda r: "drained" if r["drain"] else "active",
         lambda v: "yellow" if v == "drained" else None,
     ),
+    Column(
+        "HEALTH",
+        lambda r: r["health"]["status"] if r["health"] else "-",
+        lambda v: {"ok": "green", "degraded": "yellow", "failed": "red", "unreachable": "red"}.get(v),
+    ),
 ]
 WIDE = [
     Column("$/GPU-H", lambda r: f"{r['cost_per_gpu_hour']:.2f}"),
@@ -46,6 +51,7 @@ WIDE = [
     Column("ENDPOINT", lambda r: r["endpoint"]),
     Column("MODEL-NAMES", _models),
     Column("LABELS", lambda r: r["labels"]),
+    Column("CHECKED", lambda r: r["health"]["checked_at"] if r["health"] else "-"),
 ]
 
 
@@ -55,14 +61,23 @@ def ls(
 ) -> None:
     """List sites, optionally filtered by a target pattern and a model."""
     from gridctl.inventory.export import site_dict
+    from gridctl.inventory.state import load_health
     from gridctl.inventory.targets import select_sites
 
     st = state(ctx)
     inv = st.load()
-    rows = [site_dict(s) for s in select_sites(inv, target, model)]
+    health = load_health(inv.root)["sites"]
+    rows = [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
     st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
     if not rows and output in (Format.table, Format.wide):
         st.streams.info("No sites match.")
+
+
+def _health_text(health: Mapping[str, Any] | None) -> str:
+    if not health:
+        return "never checked (run `gridctl health`)"
+    reasons = "".join(f"\n               - {x}" for x in health.get("reasons", []))
+    return f"{health['status']} (checked {health['checked_at']}){reasons}"
 
 
 def _describe(r: Mapping[str, Any], wide: bool) -> str:
@@ -76,6 +91,7 @@ def _describe(r: Mapping[str, Any], wide: bool) -> str:
         f"API key env:   {r['api_key_env'] or '-'}",
         f"Cost:          {r['cost_per_gpu_hour']:.2f} per GPU-hour",
         f"State:         {'drained' if r['drain'] else 'active'}",
+        "Health:        " + _health_text(r["health"]),
         f"Labels:        {', '.join(f'{k}={v}' for k, v in r['labels'].items()) or '-'}",
         f"File:          {r['file']}",
         "Models:",
@@ -101,10 +117,13 @@ def show(
     """Show one site in full."""
     from gridctl.inventory.edit import require_site
     from gridctl.inventory.export import site_dict
+    from gridctl.inventory.state import load_health
 
     st = state(ctx)
-    site = require_site(st.load(), name)
-    st.streams.stdout.write(render_object(output, site_dict(site), _describe))
+    inv = st.load()
+    site = require_site(inv, name)
+    health = load_health(inv.root)["sites"].get(name)
+    st.streams.stdout.write(render_object(output, site_dict(site, health), _describe))
 
 
 def _parse_models(items: list[str]) -> dict[str, int]:

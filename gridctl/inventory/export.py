@@ -20,7 +20,8 @@ def node_dict(node: Node) -> dict[str, Any]:
     }
 
 
-def site_dict(site: Site) -> dict[str, Any]:
+def site_dict(site: Site, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``health``: the site's last recorded verdict (status, reasons, checked_at), if any."""
     return {
         "name": site.name,
         "kind": site.kind,
@@ -28,6 +29,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "jurisdiction": site.jurisdiction,
         "location": {"lat": site.location.lat, "lon": site.location.lon},
         "endpoint": site.endpoint,
+        "health_path": site.health_path,
         "api_key_env": site.api_key_env,
         "cost_per_gpu_hour": site.cost_per_gpu_hour,
         "drain": site.drain,
@@ -36,6 +38,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "nodes": [node_dict(n) for n in site.nodes],
         "gpus": site.gpu_count,
         "file": site.file,
+        "health": health,
     }
 
 

@@ -51,6 +51,7 @@ class Site:
     jurisdiction: str
     location: Location
     endpoint: str
+    health_path: str = "/health"  # the endpoint's health route (vLLM: /health)
     api_key_env: str | None = None
     cost_per_gpu_hour: float = 0.0
     drain: bool = False

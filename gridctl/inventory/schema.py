@@ -36,6 +36,7 @@ USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
 GPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
 MAX_GPUS_PER_NODE = 256
@@ -62,6 +63,7 @@ SITE_KEYS = {
     "jurisdiction": True,
     "location": True,
     "endpoint": True,
+    "health_path": False,
     "api_key_env": False,
     "cost_per_gpu_hour": False,
     "drain": False,
@@ -347,6 +349,10 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     code = ck.want_code(m["jurisdiction"], ("jurisdiction",)) if "jurisdiction" in m else None
     loc = ck.want_location(m["location"], ("location",)) if "location" in m else None
     endpoint = ck.want_url(m["endpoint"], ("endpoint",)) if "endpoint" in m else None
+    health_path = "/health"
+    if "health_path" in m:
+        hp = ck.want_str(m["health_path"], ("health_path",), HEALTH_PATH, "a URL path such as /health")
+        health_path = hp or health_path
     key_env = None
     if m.get("api_key_env") is not None:
         key_env = ck.want_str(m["api_key_env"], ("api_key_env",), ENV_VAR, "an environment variable name")
@@ -367,6 +373,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
         jurisdiction=code,  # type: ignore[arg-type]
         location=loc,  # type: ignore[arg-type]
         endpoint=endpoint,  # type: ignore[arg-type]
+        health_path=health_path,
         api_key_env=key_env,
         cost_per_gpu_hour=cost,
         drain=drain,

@@ -33,17 +33,27 @@ def test_site_ls_table_is_kubectl_style(cli) -> None:
     r = cli("site", "ls")
     assert r.rc == 0 and r.err == ""
     lines = r.out.splitlines()
-    assert lines[0].split() == ["NAME", "KIND", "REGION", "JURIS", "NODES", "GPUS", "MODELS", "STATE"]
+    assert lines[0].split() == [
+        "NAME",
+        "KIND",
+        "REGION",
+        "JURIS",
+        "NODES",
+        "GPUS",
+        "MODELS",
+        "STATE",
+        "HEALTH",
+    ]
     assert len(lines) == 16
     row = next(line for line in lines if line.startswith("phl-edge-04"))
-    assert row.split() == ["phl-edge-04", "edge", "us-phl", "US", "1", "2", "2", "drained"]
+    assert row.split() == ["phl-edge-04", "edge", "us-phl", "US", "1", "2", "2", "drained", "-"]
     assert "\x1b[" not in r.out  # no colour when not a terminal
 
 
 def test_site_ls_wide_adds_columns(cli) -> None:
     r = cli("site", "ls", "-o", "wide", "phl-co-12")
     header = r.out.splitlines()[0].split()
-    assert header[-6:] == ["$/GPU-H", "LAT", "LON", "ENDPOINT", "MODEL-NAMES", "LABELS"]
+    assert header[-7:] == ["$/GPU-H", "LAT", "LON", "ENDPOINT", "MODEL-NAMES", "LABELS", "CHECKED"]
     assert "https://phl-co-12.infer.example.net" in r.out and "1.35" in r.out
 
 
@@ -67,6 +77,8 @@ def test_site_ls_json_is_the_documented_shape(cli) -> None:
         "nodes",
         "gpus",
         "file",
+        "health",
+        "health_path",
     }
     assert set(data[0]["nodes"][0]) == {"name", "site", "host", "port", "user", "key", "gpus"}
 

@@ -10,7 +10,16 @@ import pytest
 from tests.fleet.sshd import BlackHole, Fleet, FrozenServer, free_port
 
 # node index -> stand-in GPU state (see tests/fixtures/gpu/README.md)
-STATES = ["healthy", "healthy", "healthy", "healthy", "healthy", "healthy", "healthy", "healthy"]
+STATES = [
+    "healthy-h100x8",
+    "healthy-h100x8",
+    "hot",
+    "ecc",
+    "xid79",
+    "driver-not-loaded",
+    "hang",
+    "healthy-h100x8",
+]
 SITES = {"lab-a": range(0, 4), "lab-b": range(4, 8)}
 
 
@@ -44,6 +53,7 @@ def write_fleet_inventory(
     extra_nodes: dict[str, int] | None = None,
     pin: bool = True,
     gpus: str = "{model: H100, count: 8}",
+    endpoints: dict[str, str] | None = None,
 ) -> Path:
     """An inventory whose nodes are the fleet's sshd servers (plus ``extra_nodes``
     name -> port, in site lab-bad), with their host keys pinned unless ``pin`` is False."""
@@ -63,7 +73,10 @@ def write_fleet_inventory(
             "region: lab",
             "jurisdiction: US",
             "location: {lat: 40.0, lon: -75.0}",
-            f"endpoint: http://127.0.0.1:{free_port()}",
+            f"endpoint: {(endpoints or {}).get(site) or f'http://127.0.0.1:{free_port()}'}",
+            "models:",
+            "  - name: llama-3.1-8b-instruct",
+            "    capacity: 8",
             "nodes:",
         ]
         for name, port in nodes:

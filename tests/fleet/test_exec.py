@@ -15,7 +15,17 @@ def test_exec_on_all_nodes_prefixes_output(fleet_inv: Path) -> None:
     r = run_cli("exec", "all", "--", "echo hello from $GRIDCTL_FAKE_GPU_STATE", inventory=fleet_inv)
     assert r.rc == 0, r
     lines = sorted(r.out.splitlines())
-    assert lines == [f"node{i:03d} | hello from healthy" for i in range(8)]
+    states = [
+        "healthy-h100x8",
+        "healthy-h100x8",
+        "hot",
+        "ecc",
+        "xid79",
+        "driver-not-loaded",
+        "hang",
+        "healthy-h100x8",
+    ]
+    assert lines == [f"node{i:03d} | hello from {s}" for i, s in enumerate(states)]
     assert "8 nodes: 8 ok" in r.err
 
 

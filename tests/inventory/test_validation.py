@@ -180,7 +180,7 @@ def test_top_level_must_be_a_mapping(cli, inv, rel, text, got):
     keys = (
         "name, defaults, regions"
         if rel == GRID
-        else "name, kind, region, jurisdiction, location, endpoint, api_key_env, "
+        else "name, kind, region, jurisdiction, location, endpoint, health_path, api_key_env, "
         "cost_per_gpu_hour, drain, labels, models, nodes"
     )
     invalid(cli, f"{rel}:1: must be a mapping of {keys} (got {got})")
@@ -234,7 +234,7 @@ def test_non_string_unknown_key_points_at_its_line(cli, inv):
     problems = invalid(
         cli,
         f"{PHL}:{line}: 1: unknown key; expected one of: name, kind, region, jurisdiction, "
-        "location, endpoint, api_key_env, cost_per_gpu_hour, drain, labels, models, nodes",
+        "location, endpoint, health_path, api_key_env, cost_per_gpu_hour, drain, labels, models, nodes",
     )
     assert len(problems) == 1
 

@@ -1,0 +1,87 @@
+"""The remote probes of ``gridctl health``: GPUs over SSH, site endpoints over HTTP.
+
+Each probe returns the pure layer's readings (``NodeProbe``, ``EndpointProbe``);
+classification happens in ``gridctl.health``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from gridctl.fleet.ssh import Session
+from gridctl.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
+from gridctl.health.thresholds import DEFAULT, Thresholds
+from gridctl.inventory.model import Site
+
+
+def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAULT) -> NodeProbe:
+    """Run the nvidia-smi/kernel-log probe on the node (one command) and parse it."""
+    left = max(1.0, deadline - time.monotonic() - 1.0)
+    script = build_node_probe_command(timeout_s=min(thresholds.smi_timeout_s, left))
+    result = session.run(script, deadline)
+    rc = None if result.timed_out else result.rc
+    return parse_node_probe(result.stdout, result.stderr, rc)
+
+
+def probe_endpoint(client: object, site: Site, environ: Mapping[str, str], timeout: float) -> EndpointProbe:
+    """GET the site's health route (timed: the round trip) and /v1/models."""
+    import httpx
+
+    assert isinstance(client, httpx.Client)
+    headers = {}
+    key = environ.get(site.api_key_env) if site.api_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    base = site.endpoint.rstrip("/")
+    try:
+        start = time.perf_counter()
+        health = client.get(base + site.health_path, headers=headers, timeout=timeout)
+        rtt_ms = (time.perf_counter() - start) * 1000
+    except httpx.HTTPError as exc:
+        return EndpointProbe(error=f"{base}{site.health_path}: {_describe(exc)}")
+    models: tuple[str, ...] | None = None
+    try:
+        resp = client.get(base + "/v1/models", headers=headers, timeout=timeout)
+        if resp.status_code == 200:
+            data = resp.json().get("data", [])
+            models = tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        models = None
+    return EndpointProbe(health_status_code=health.status_code, models=models, rtt_ms=rtt_ms)
+
+
+def _describe(exc: Exception) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ReadTimeout | httpx.PoolTimeout):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def probe_endpoints(
+    sites: Sequence[Site],
+    environ: Mapping[str, str],
+    timeout: float,
+    workers: int = 32,
+    on_done: Callable[[Site, EndpointProbe], None] | None = None,
+) -> list[EndpointProbe]:
+    """Probe every site's endpoint concurrently; results in input order."""
+    import httpx
+
+    if not sites:
+        return []
+    # trust_env=False: endpoints are reached directly, never through a proxy from the environment
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(sites))))
+    with httpx.Client(trust_env=False, follow_redirects=False) as client, pool:
+        futures = [pool.submit(probe_endpoint, client, s, environ, timeout) for s in sites]
+        results = []
+        for site, fut in zip(sites, futures, strict=True):
+            probe = fut.result()
+            if on_done is not None:
+                on_done(site, probe)
+            results.append(probe)
+    return results
