@@ -88,6 +88,8 @@ def run(argv: list[str], streams: Streams | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="gridctl", standalone_mode=False, obj=State(streams=streams))
+        if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
+            streams.stderr.write("\ninterrupted\n")
         return rv if isinstance(rv, int) else ExitCode.OK
     except GridctlError as exc:
         if debug:

@@ -130,7 +130,8 @@ def trust(
     replaced with --replace. Exit 4 when a node could not be reached.
     """
     from gridctl.errors import ConflictError, ExitCode
-    from gridctl.fleet.hostkeys import KnownHosts, known_hosts_path, pin_keys
+    from gridctl.fleet.hostkeys import pin_keys
+    from gridctl.fleet.ssh import ssh_options_for
     from gridctl.fleet.trust import fetch_host_keys
     from gridctl.inventory.targets import select_nodes
     from gridctl.output import dump_json, dump_yaml, render_table
@@ -140,7 +141,8 @@ def trust(
     nodes = select_nodes(inv, target)
     if not nodes:
         raise UsageError(f"no nodes match {target!r}", hint="list them with `gridctl node ls`")
-    reports = fetch_host_keys(nodes, KnownHosts(known_hosts_path(inv.root)), forks, timeout)
+    opts = ssh_options_for(inv.root, False, dict(st.streams.environ))
+    reports = fetch_host_keys(nodes, opts, forks, timeout)
     rows = [r.to_dict() for r in reports]
     if output is Format.json:
         st.streams.stdout.write(dump_json(rows))

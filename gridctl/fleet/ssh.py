@@ -18,9 +18,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint, host_entry
 from gridctl.inventory.model import Node
@@ -131,10 +131,13 @@ def _left(deadline: float) -> float:
 class Session:
     """An authenticated SSH connection to one node."""
 
-    def __init__(self, node: Node, transport: paramiko.Transport, sock: socket.socket) -> None:
+    def __init__(
+        self, node: Node, transport: paramiko.Transport, sock: socket.socket, via: Session | None = None
+    ) -> None:
         self.node = node
         self.transport = transport
         self.sock = sock
+        self.via = via  # the jump host's session, closed with this one
 
     def run(self, command: str, deadline: float) -> CommandResult:
         """Run ``command`` through the remote shell; both streams drained as they come."""
@@ -192,6 +195,8 @@ class Session:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.transport.close()
+        if self.via is not None:
+            self.via.close()
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -209,7 +214,7 @@ def connect_socket(host: str, port: int, deadline: float) -> socket.socket:
         raise Unreachable("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
 
 
-def handshake(sock: socket.socket, node: Node, known: KnownHosts, deadline: float) -> paramiko.Transport:
+def handshake(sock: Any, node: Node, known: KnownHosts, deadline: float) -> paramiko.Transport:
     """SSH banner and key exchange, asking for a key type that is pinned when one is."""
     import paramiko
 
@@ -290,18 +295,63 @@ def authenticate(transport: paramiko.Transport, node: Node, opts: SshOptions, de
 def open_session(
     node: Node, opts: SshOptions, deadline: float, register: Callable[[socket.socket], None]
 ) -> Session:
-    """Connect, check the host key, authenticate. ``register`` gets the socket so a
-    watchdog can close it if anything overruns the deadline."""
-    sock = connect_socket(node.host, node.port, deadline)
-    register(sock)
-    transport = handshake(sock, node, opts.known_hosts, deadline)
+    """Connect (through the node's jump host, if any), check the host key,
+    authenticate. ``register`` gets the socket so a watchdog can close it if
+    anything overruns the deadline."""
+    link, sock, jump = open_link(node, opts, deadline, register)
+    try:
+        transport = handshake(link, node, opts.known_hosts, deadline)
+    except BaseException:
+        if jump is not None:
+            jump.close()
+        raise
     try:
         verify_host_key(transport, node, opts)
         authenticate(transport, node, opts, deadline)
     except BaseException:
         transport.close()
+        if jump is not None:
+            jump.close()
         raise
-    return Session(node, transport, sock)
+    return Session(node, transport, sock, via=jump)
+
+
+def open_link(
+    node: Node, opts: SshOptions, deadline: float, register: Callable[[socket.socket], None]
+) -> tuple[Any, socket.socket, Session | None]:
+    """A byte stream to the node's sshd: a TCP socket, or a direct-tcpip channel
+    through its jump host. Returns (stream, the TCP socket under it, jump session)."""
+    import paramiko
+
+    if not node.jump:
+        sock = connect_socket(node.host, node.port, deadline)
+        register(sock)
+        return sock, sock, None
+    jump = _open_jump(node, opts, deadline, register)
+    try:
+        channel = jump.transport.open_channel(
+            "direct-tcpip", (node.host, node.port), ("127.0.0.1", 0), timeout=_left(deadline)
+        )
+    except (paramiko.SSHException, OSError) as exc:
+        jump.close()
+        raise Unreachable(
+            "connect", f"jump host {node.jump} cannot reach {node.host}:{node.port}: {exc}"
+        ) from None
+    return channel, jump.sock, jump
+
+
+def _open_jump(
+    node: Node, opts: SshOptions, deadline: float, register: Callable[[socket.socket], None]
+) -> Session:
+    from gridctl.inventory.schema import parse_jump
+
+    assert node.jump is not None
+    user, host, port = parse_jump(node.jump)
+    hop = replace(node, name=f"{node.name}-jump", host=host, port=port, user=user or node.user, jump=None)
+    try:
+        return open_session(hop, opts, deadline, register)
+    except Unreachable as exc:
+        raise Unreachable(exc.kind, f"jump host {node.jump}: {exc.message}") from None
 
 
 def ssh_options_for(root: Path, accept_new: bool, environ: dict[str, str]) -> SshOptions:

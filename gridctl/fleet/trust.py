@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from gridctl.fleet.fanout import Register, run_on_nodes
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint
-from gridctl.fleet.ssh import connect_socket, handshake
+from gridctl.fleet.ssh import SshOptions, handshake, open_link
 from gridctl.inventory.model import Node
 
 if TYPE_CHECKING:
@@ -40,20 +40,25 @@ class HostKeyReport:
 
 
 def fetch_host_keys(
-    nodes: Sequence[Node], known: KnownHosts, forks: int, timeout: float
+    nodes: Sequence[Node], opts: SshOptions, forks: int, timeout: float
 ) -> list[HostKeyReport]:
-    """Each node's host key (key exchange only, no login), compared with known_hosts."""
+    """Each node's host key (key exchange only, no login; through its jump host
+    if it has one), compared with known_hosts."""
+    known = opts.known_hosts
 
     def task(node: Node, deadline: float, register: Register) -> paramiko.PKey:
-        sock = connect_socket(node.host, node.port, deadline)
-        register(sock)
-        # Ask for the node's preferred key type, whatever is pinned: a changed
-        # key must show up as changed, not as a failed negotiation.
-        transport = handshake(sock, node, KnownHosts.empty(), deadline)
+        link, _sock, jump = open_link(node, opts, deadline, register)
         try:
-            return transport.get_remote_server_key()
+            # Ask for the node's preferred key type, whatever is pinned: a changed
+            # key must show up as changed, not as a failed negotiation.
+            transport = handshake(link, node, KnownHosts.empty(), deadline)
+            try:
+                return transport.get_remote_server_key()
+            finally:
+                transport.close()
         finally:
-            transport.close()
+            if jump is not None:
+                jump.close()
 
     reports = []
     for r in run_on_nodes(nodes, task, forks=forks, timeout=timeout):

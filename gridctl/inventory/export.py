@@ -16,6 +16,7 @@ def node_dict(node: Node) -> dict[str, Any]:
         "port": node.port,
         "user": node.user,
         "key": node.key,
+        "jump": node.jump,
         "gpus": {"model": node.gpus.model, "count": node.gpus.count} if node.gpus else None,
     }
 
@@ -59,7 +60,7 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
         "grid": {
             "name": g.name,
             "defaults": {
-                "ssh": {"user": g.ssh.user, "port": g.ssh.port, "key": g.ssh.key},
+                "ssh": {"user": g.ssh.user, "port": g.ssh.port, "key": g.ssh.key, "jump": g.ssh.jump},
                 "slo_ms": g.slo_ms,
                 "weights": {
                     "latency": g.weights.latency,
@@ -91,6 +92,8 @@ def build_ansible_inventory(inv: Inventory) -> dict[str, Any]:
                 hv["ansible_user"] = node.user
             if node.key:
                 hv["ansible_ssh_private_key_file"] = node.key
+            if node.jump:
+                hv["ansible_ssh_common_args"] = f"-o ProxyJump={node.jump}"
             if node.gpus:
                 hv["gridctl_gpu_model"] = node.gpus.model
                 hv["gridctl_gpu_count"] = node.gpus.count

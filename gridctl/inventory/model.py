@@ -30,6 +30,7 @@ class Node:
     user: str | None  # effective: the node's, else grid defaults, else the local user
     key: str | None  # private key path; the SSH agent when None
     gpus: Gpus | None
+    jump: str | None = None  # "[user@]host[:port]" to reach the node through
 
     @property
     def address(self) -> str:
@@ -85,6 +86,7 @@ class SshDefaults:
     user: str | None = None
     port: int = 22
     key: str | None = None
+    jump: str | None = None
 
 
 @dataclass(frozen=True)

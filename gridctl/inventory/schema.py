@@ -36,6 +36,9 @@ USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+JUMP = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$"
+)
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
 GPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
@@ -46,7 +49,7 @@ MAX_SLO_MS = 600_000.0
 
 GRID_KEYS = {"name": True, "defaults": False, "regions": False}
 DEFAULTS_KEYS = {"ssh": False, "slo_ms": False, "weights": False}
-SSH_KEYS = {"user": False, "port": False, "key": False}
+SSH_KEYS = {"user": False, "port": False, "key": False, "jump": False}
 WEIGHT_KEYS = {"latency": False, "cost": False, "headroom": False}
 REGION_KEYS = {
     "name": True,
@@ -72,7 +75,15 @@ SITE_KEYS = {
     "nodes": False,
 }
 MODEL_KEYS = {"name": True, "capacity": True}
-NODE_KEYS = {"name": True, "host": True, "port": False, "user": False, "key": False, "gpus": False}
+NODE_KEYS = {
+    "name": True,
+    "host": True,
+    "port": False,
+    "user": False,
+    "key": False,
+    "jump": False,
+    "gpus": False,
+}
 GPUS_KEYS = {"model": True, "count": True}
 
 
@@ -262,7 +273,24 @@ def _ssh_defaults(ck: _Checker, value: Any, path: Path) -> SshDefaults | None:
     user = ck.want_str(m["user"], (*path, "user"), USER, "a user name") if "user" in m else None
     port = ck.want_int(m["port"], (*path, "port"), 1, 65535, "a port") if "port" in m else 22
     key = _key_path(ck, m["key"], (*path, "key")) if "key" in m else None
-    return SshDefaults(user=user, port=port or 22, key=key)
+    jump = _jump(ck, m["jump"], (*path, "jump")) if m.get("jump") is not None else None
+    return SshDefaults(user=user, port=port or 22, key=key, jump=jump)
+
+
+def _jump(ck: _Checker, value: Any, path: Path) -> str | None:
+    what = "a jump host as [user@]host[:port]"
+    text = ck.want_str(value, path, JUMP, what)
+    if text is not None and parse_jump(text)[2] > 65535:
+        ck.fail(path, f"must be {what} with a port up to 65535 (got {show(value)})")
+        return None
+    return text
+
+
+def parse_jump(text: str) -> tuple[str | None, str, int]:
+    """``[user@]host[:port]`` (already validated) -> (user, host, port)."""
+    user, _, rest = text.rpartition("@")
+    host, _, port = rest.partition(":")
+    return (user or None, host, int(port) if port else 22)
 
 
 def _weights(ck: _Checker, value: Any, path: Path) -> Weights | None:
@@ -440,9 +468,12 @@ def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
         port = ck.want_int(m["port"], (*path, "port"), 1, 65535, "a port") if "port" in m else ssh.port
         user = ck.want_str(m["user"], (*path, "user"), USER, "a user name") if "user" in m else ssh.user
         key = _key_path(ck, m["key"], (*path, "key")) if "key" in m else ssh.key
+        jump = _jump(ck, m["jump"], (*path, "jump")) if m.get("jump") is not None else ssh.jump
         gpus = _gpus(ck, m["gpus"], (*path, "gpus")) if m.get("gpus") is not None else None
         if name and host and port:
-            out.append(Node(name=name, site=site, host=host, port=port, user=user, key=key, gpus=gpus))
+            out.append(
+                Node(name=name, site=site, host=host, port=port, user=user, key=key, gpus=gpus, jump=jump)
+            )
     return out
 
 

@@ -135,3 +135,52 @@ def test_wrong_key_is_an_auth_failure(tmp_path: Path, ssh_fleet) -> None:
 def test_no_matching_nodes_is_exit_4(fleet_inv: Path) -> None:
     r = run_cli("exec", "zzz-*", "--", "true", inventory=fleet_inv)
     assert r.rc == 4 and "no nodes match" in r.err
+
+
+def test_jump_host(tmp_path: Path, ssh_fleet) -> None:
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet)
+    site = inv / "sites" / "lab-b.yaml"
+    hop = ssh_fleet.nodes[0].port
+    # node004 reached only through node000 (the node's own address is loopback too,
+    # so the test proves the path by the jump host's traffic, below)
+    text = site.read_text().replace(
+        f"port: {ssh_fleet.nodes[4].port}\n",
+        f"port: {ssh_fleet.nodes[4].port}\n    jump: 127.0.0.1:{hop}\n",
+        1,
+    )
+    site.write_text(text)
+    r = run_cli("exec", "lab-b/node004", "-o", "json", "--", "echo $SSH_CONNECTION", inventory=inv)
+    assert r.rc == 0, r
+    # sshd on node004 sees the connection coming from the jump host's forwarding, not from us directly
+    conn = json.loads(r.out)[0]["stdout"].split()
+    assert conn[2] == "127.0.0.1" and conn[3] == str(ssh_fleet.nodes[4].port)
+    r = run_cli("node", "trust", "lab-b/node004", "-o", "json", inventory=inv)
+    assert r.rc == 0 and json.loads(r.out)[0]["verdict"] == "pinned"
+    # a jump host that is down makes the node unreachable, with the jump host named
+    site.write_text(text.replace(f"jump: 127.0.0.1:{hop}", f"jump: 127.0.0.1:{free_port()}"))
+    r = run_cli("exec", "lab-b/node004", "-o", "json", "--", "true", inventory=inv)
+    assert r.rc == 4 and "jump host 127.0.0.1:" in json.loads(r.out)[0]["error"]
+
+
+def test_ctrl_c_stops_the_run_with_130(fleet_inv: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridctl", "-i", str(fleet_inv), "exec", "all", "--", "sleep 60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=REPO,
+    )
+    time.sleep(2.0)  # connected and running
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+    assert time.monotonic() - start < 10
