@@ -20,6 +20,7 @@ from gridctl.cli import health as health_cmd
 from gridctl.cli import init as init_cmd
 from gridctl.cli import inventory as inventory_cmd
 from gridctl.cli import node as node_cmd
+from gridctl.cli import route as route_cmd
 from gridctl.cli import site as site_cmd
 from gridctl.cli.common import State
 from gridctl.errors import ExitCode, GridctlError, InventoryError
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.add_typer(site_cmd.app, name="site")
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(inventory_cmd.app, name="inventory")
+app.add_typer(route_cmd.app, name="route")
 app.command("init")(init_cmd.init)
 app.command("exec")(fleet_cmd.exec_command)
 app.command("health")(health_cmd.health)

@@ -47,3 +47,51 @@ def write_health(root: Path, sites: dict[str, dict[str, Any]], nodes: dict[str, 
         current["nodes"].update(nodes)
         text = json.dumps(current, indent=2, sort_keys=True) + "\n"
         write_atomic(health_path(root), text)
+
+
+PROBES_FILE = "probes.json"
+
+
+def probes_path(root: Path) -> Path:
+    return root / STATE_DIR / PROBES_FILE
+
+
+def load_probes(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{region: {site: {"rtt_ms", "samples", "measured_at"}}}`` from ``route probe``."""
+    try:
+        data = json.loads(probes_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {r: v for r, v in data.items() if isinstance(v, dict)}
+
+
+def probe_rtts(root: Path) -> dict[str, dict[str, float]]:
+    """Just the medians, for the latency model."""
+    out: dict[str, dict[str, float]] = {}
+    for region, sites in load_probes(root).items():
+        for site, entry in sites.items():
+            rtt = entry.get("rtt_ms") if isinstance(entry, dict) else None
+            if isinstance(rtt, int | float) and not isinstance(rtt, bool) and rtt >= 0:
+                out.setdefault(region, {})[site] = float(rtt)
+    return out
+
+
+def write_probes(root: Path, region: str, results: dict[str, dict[str, Any]]) -> None:
+    """Merge one region's probe results into probes.json."""
+    from gridctl.inventory.store import inventory_lock, write_atomic
+
+    with inventory_lock(root):
+        current = load_probes(root)
+        current.setdefault(region, {}).update(results)
+        write_atomic(probes_path(root), json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+def health_by_site(root: Path) -> dict[str, str]:
+    """site -> last recorded status, for placement."""
+    return {
+        name: entry["status"]
+        for name, entry in load_health(root)["sites"].items()
+        if isinstance(entry, dict) and isinstance(entry.get("status"), str)
+    }

@@ -80,7 +80,7 @@ def test_site_ls_json_is_the_documented_shape(cli) -> None:
         "health",
         "health_path",
     }
-    assert set(data[0]["nodes"][0]) == {"name", "site", "host", "port", "user", "key", "gpus"}
+    assert set(data[0]["nodes"][0]) == {"name", "site", "host", "port", "user", "key", "jump", "gpus"}
 
 
 def test_yaml_and_name_outputs(cli) -> None:
@@ -220,6 +220,7 @@ def test_node_add_ls_rm(cli, inv: Path) -> None:
         "port": 2200,
         "user": "ops",
         "key": "~/.ssh/gridops_ed25519",
+        "jump": None,
         "gpus": {"model": "RTX PRO 6000", "count": 4},
     }
     r = cli("node", "ls", "-o", "wide", "chi-co-07")

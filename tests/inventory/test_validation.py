@@ -220,7 +220,8 @@ def test_unknown_key_without_near_match_lists_the_keys(cli, inv):
     )
     invalid(
         cli,
-        f"{PHL}:{line}: nodes[0].colour: unknown key; expected one of: name, host, port, user, key, gpus",
+        f"{PHL}:{line}: nodes[0].colour: unknown key; "
+        "expected one of: name, host, port, user, key, jump, gpus",
     )
 
 

@@ -1,0 +1,230 @@
+"""``gridctl route``: explain a placement decision, measure round trips, render routing tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gridctl.cli.common import OutputOpt, state
+from gridctl.errors import ExitCode, NotFoundError, UnreachableError
+from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+
+app = typer.Typer(
+    help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
+)
+
+FromOpt = Annotated[str, typer.Option("--from", help="Client region the request comes from (grid.yaml).")]
+
+
+def _region_check(planner: Any, region: str) -> None:
+    if region not in planner.regions:
+        import difflib
+
+        near = difflib.get_close_matches(region, list(planner.regions), n=1)
+        raise NotFoundError(
+            f"no client region named '{region}'",
+            hint=(f"did you mean '{near[0]}'? " if near else "")
+            + f"regions: {', '.join(sorted(planner.regions))}",
+        )
+
+
+RANKED = [
+    Column("RANK", lambda r: r["rank"]),
+    Column("SITE", lambda r: r["site"]),
+    Column("KIND", lambda r: r["kind"]),
+    Column("JURIS", lambda r: r["jurisdiction"]),
+    Column("RTT-MS", lambda r: f"{r['rtt_ms']:.1f}"),
+    Column("FROM", lambda r: r["latency_source"]),
+    Column("SCORE", lambda r: f"{r['score']:.3f}"),
+    Column("LATENCY-PEN", lambda r: f"{r['breakdown']['latency']:.3f}"),
+    Column("COST-PEN", lambda r: f"{r['breakdown']['cost']:.3f}"),
+    Column("LOAD-PEN", lambda r: f"{r['breakdown']['load']:.3f}"),
+]
+EXCLUDED = [
+    Column("EXCLUDED", lambda r: r["site"]),
+    Column("REASONS", lambda r: "; ".join(r["reasons"])),
+]
+
+
+@app.command("test")
+def test(
+    ctx: typer.Context,
+    region: FromOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model the request asks for.")],
+    jurisdiction: Annotated[
+        str | None, typer.Option(help="Keep the data in this jurisdiction too (code or group such as EU).")
+    ] = None,
+    slo_ms: Annotated[
+        float | None, typer.Option("--slo-ms", min=0.1, help="Latency SLO [default: grid's].")
+    ] = None,
+    live: Annotated[
+        bool, typer.Option("--live", help="Send a real small streaming request to the top site.")
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Explain where a request would go: ranked sites with score breakdowns, then every
+    excluded site with its reasons. Exit 4 when no site is eligible."""
+    from gridctl.inventory.jurisdictions import GROUPS, is_code
+    from gridctl.placement.engine import Request
+    from gridctl.routing import live_completion, load_planner, recorded_live
+
+    st = state(ctx)
+    inv = st.load()
+    planner = load_planner(inv)
+    _region_check(planner, region)
+    if jurisdiction is not None:
+        jurisdiction = jurisdiction.upper()
+        if not (is_code(jurisdiction) or jurisdiction in GROUPS):
+            from gridctl.errors import UsageError
+
+            raise UsageError(
+                f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)"
+            )
+    request = Request(region, model, jurisdiction, slo_ms)
+    decision = planner.explain(request, recorded_live(inv))
+    ranked: list[dict[str, Any]] = [
+        {
+            "rank": i + 1,
+            "site": c.site,
+            "kind": planner.sites[c.site].kind,
+            "jurisdiction": planner.sites[c.site].jurisdiction,
+            "endpoint": planner.sites[c.site].endpoint,
+            "rtt_ms": c.rtt_ms,
+            "latency_source": c.latency_source,
+            "score": c.score,
+            "breakdown": dict(c.breakdown),
+        }
+        for i, c in enumerate(decision.ranked)
+    ]
+    excluded = [{"site": e.site, "reasons": list(e.reasons)} for e in decision.excluded]
+    result: dict[str, Any] = {
+        "request": {
+            "region": region,
+            "model": model,
+            "jurisdiction": jurisdiction,
+            "slo_ms": decision.slo_ms,
+        },
+        "ranked": ranked,
+        "excluded": excluded,
+        "live": None,
+    }
+    if live and decision.best is not None:
+        result["live"] = live_completion(
+            planner.sites[decision.best.site], model, region, st.streams.environ
+        ).to_dict()
+    out = st.streams.stdout
+    if output is Format.json:
+        out.write(dump_json(result))
+    elif output is Format.yaml:
+        out.write(dump_yaml(result))
+    elif output is Format.name:
+        out.write("".join(r["site"] + "\n" for r in ranked))
+    else:
+        jur = f", data kept in {jurisdiction}" if jurisdiction else ""
+        out.write(f"{region} -> {model} (SLO {decision.slo_ms:g} ms{jur}): {len(ranked)} eligible\n")
+        if ranked:
+            out.write("score = 1 - (latency + cost + load penalties); best first\n")
+            out.write(render_table(ranked, RANKED, st.streams))
+        if excluded:
+            out.write("\n" + render_table(excluded, EXCLUDED, st.streams))
+        if result["live"]:
+            lv = result["live"]
+            if lv["ok"]:
+                out.write(
+                    f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
+                    f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
+                )
+            else:
+                out.write(f"\nlive: {lv['site']} FAILED: {lv['error']}\n")
+    if not ranked:
+        raise UnreachableError(
+            f"no eligible site for {model} from {region}",
+            hint="every site's reasons are listed above; relax --slo-ms, undrain a site, or add capacity",
+        )
+    if result["live"] and not result["live"]["ok"]:
+        raise typer.Exit(ExitCode.ERROR)
+
+
+PROBE_COLUMNS = [
+    Column("SITE", lambda r: r["site"]),
+    Column("RTT-MS", lambda r: f"{r['rtt_ms']:.2f}" if r["rtt_ms"] is not None else "-"),
+    Column("SAMPLES", lambda r: ",".join(f"{s:.1f}" for s in r["samples"]) or "-"),
+    Column("ERROR", lambda r: r["error"] or "-"),
+]
+
+
+@app.command("probe")
+def probe(
+    ctx: typer.Context,
+    region: FromOpt,
+    target: Annotated[str | None, typer.Argument(help="Target pattern of sites [default: all].")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=100, help="Requests per site; the median is kept.")] = 5,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 5.0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Measure the round trip from here to each site's endpoint, as seen from REGION, and
+    save it for the latency model. Exit 4 when a site did not answer."""
+    from gridctl.cli.progress import progress
+    from gridctl.fleet.healthcheck import now_iso
+    from gridctl.inventory.state import write_probes
+    from gridctl.inventory.targets import select_sites
+    from gridctl.routing import load_planner, measure_rtt
+
+    st = state(ctx)
+    inv = st.load()
+    _region_check(load_planner(inv, use_probes=False), region)
+    sites = select_sites(inv, target)
+    with progress(st.streams, len(sites), "probe") as advance:
+        results = measure_rtt(sites, region, st.streams.environ, samples, timeout, on_done=advance)
+    at = now_iso()
+    rows = [r.to_dict(at) for r in results]
+    write_probes(inv.root, region, {r["site"]: r for r in rows if r["rtt_ms"] is not None})
+    if output is Format.json:
+        st.streams.stdout.write(dump_json(rows))
+    elif output is Format.yaml:
+        st.streams.stdout.write(dump_yaml(rows))
+    elif output is Format.name:
+        st.streams.stdout.write("".join(r["site"] + "\n" for r in rows))
+    else:
+        st.streams.stdout.write(render_table(rows, PROBE_COLUMNS, st.streams))
+    failed = [r["site"] for r in rows if r["rtt_ms"] is None]
+    st.streams.info(
+        f"saved {len(rows) - len(failed)} round trips from {region}"
+        + (f"; no answer from {', '.join(failed)}" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(ExitCode.UNREACHABLE)
+
+
+@app.command("render")
+def render(
+    ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json, yaml, nginx, haproxy or envoy.")] = "json",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write files into this directory (else stdout).")
+    ] = None,
+    primaries: Annotated[int, typer.Option(min=1, help="Primary sites per route.")] = 2,
+    backups: Annotated[int, typer.Option(min=0, help="Backup sites per route.")] = 2,
+) -> None:
+    """Render routing tables for every client region and model: the table itself
+    (json, yaml) or complete data-plane configs (nginx, haproxy, envoy)."""
+    from gridctl.inventory.state import health_by_site
+    from gridctl.placement.render import render_routing
+    from gridctl.placement.table import build_routing_table
+    from gridctl.routing import load_planner
+
+    st = state(ctx)
+    inv = st.load()
+    table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups)
+    files = render_routing(table, fmt, st.templates_dir)
+    if out_dir is None:
+        for text in files.values():
+            st.streams.stdout.write(text)
+        return
+    from gridctl.inventory.store import write_atomic
+
+    for name, text in files.items():
+        write_atomic(out_dir / name, text)
+        st.streams.out(str(out_dir / name))

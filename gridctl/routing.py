@@ -1,0 +1,166 @@
+"""The imperative shell around placement: state in, network out.
+
+Builds the ``Planner`` from the inventory plus what gridctl measured (probes)
+and recorded (health); measures round trips (``route probe``); sends a real
+request to a site (``route test --live``). The decisions themselves are made
+by the pure ``gridctl.placement``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gridctl.inventory.model import Inventory, Site
+from gridctl.placement.engine import Live, Planner
+
+
+def load_planner(inv: Inventory, use_probes: bool = True) -> Planner:
+    from gridctl.inventory.state import probe_rtts
+
+    return Planner(inv, probe_rtts(inv.root) if use_probes else None)
+
+
+def recorded_live(inv: Inventory) -> Live:
+    """The last recorded health of every site (no live load)."""
+    from gridctl.inventory.state import health_by_site
+
+    return Live(health=health_by_site(inv.root))
+
+
+def _headers(site: Site, environ: Mapping[str, str], region: str | None) -> dict[str, str]:
+    headers = {"user-agent": "gridctl"}
+    key = environ.get(site.api_key_env) if site.api_key_env else None
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    if region:
+        headers["x-grid-client-region"] = region  # lab sites simulate this region's distance
+    return headers
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    site: str
+    rtt_ms: float | None  # median
+    samples: tuple[float, ...]
+    error: str | None
+
+    def to_dict(self, measured_at: str) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "samples": [round(s, 3) for s in self.samples],
+            "error": self.error,
+            "measured_at": measured_at,
+        }
+
+
+def measure_rtt(
+    sites: Sequence[Site],
+    region: str,
+    environ: Mapping[str, str],
+    samples: int = 5,
+    timeout: float = 5.0,
+    on_done: Callable[[], None] | None = None,
+) -> list[ProbeResult]:
+    """Median time of a small HTTP request to each site's health route, on a kept-alive
+    connection (one warm-up request first, so connection set-up is not counted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def one(site: Site) -> ProbeResult:
+        url = site.endpoint.rstrip("/") + site.health_path
+        headers = _headers(site, environ, region)
+        try:
+            with httpx.Client(trust_env=False, timeout=timeout) as client:
+                client.get(url, headers=headers)
+                times = []
+                for _ in range(samples):
+                    start = time.perf_counter()
+                    client.get(url, headers=headers)
+                    times.append((time.perf_counter() - start) * 1000)
+            return ProbeResult(site.name, statistics.median(times), tuple(times), None)
+        except httpx.HTTPError as exc:
+            return ProbeResult(site.name, None, (), f"{type(exc).__name__}: {exc}")
+        finally:
+            if on_done:
+                on_done()
+
+    if not sites:
+        return []
+    with ThreadPoolExecutor(max_workers=min(32, len(sites))) as pool:
+        return list(pool.map(one, sites))
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    site: str
+    ok: bool
+    status_code: int | None
+    ttft_ms: float | None
+    total_ms: float | None
+    text: str
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "ok": self.ok,
+            "status_code": self.status_code,
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 3),
+            "total_ms": None if self.total_ms is None else round(self.total_ms, 3),
+            "text": self.text,
+            "error": self.error,
+        }
+
+
+def live_completion(
+    site: Site, model: str, region: str, environ: Mapping[str, str], timeout: float = 30.0
+) -> LiveResult:
+    """A real small streaming chat completion: time to first token and total time."""
+    import httpx
+
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello from the grid."}],
+        "max_tokens": 16,
+        "stream": True,
+    }
+    url = site.endpoint.rstrip("/") + "/v1/chat/completions"
+    headers = _headers(site, environ, region)
+    start = time.perf_counter()
+    ttft: float | None = None
+    parts: list[str] = []
+    try:
+        with (
+            httpx.Client(trust_env=False, timeout=timeout) as client,
+            client.stream("POST", url, json=body, headers=headers) as resp,
+        ):
+            if resp.status_code != 200:
+                resp.read()
+                return LiveResult(site.name, False, resp.status_code, None, None, "", resp.text[:300])
+            done = False
+            for line in resp.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                    continue
+                if delta and ttft is None:
+                    ttft = (time.perf_counter() - start) * 1000
+                parts.append(delta)
+        total = (time.perf_counter() - start) * 1000
+        error = None if done else "stream ended without [DONE]"
+        return LiveResult(site.name, done, 200, ttft, total, "".join(parts), error)
+    except httpx.HTTPError as exc:
+        return LiveResult(site.name, False, None, ttft, None, "".join(parts), f"{type(exc).__name__}: {exc}")
