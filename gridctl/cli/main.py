@@ -15,10 +15,12 @@ from typing import Annotated
 import typer
 
 from gridctl import __version__
+from gridctl.cli import daemon as daemon_cmd
 from gridctl.cli import fleet as fleet_cmd
 from gridctl.cli import health as health_cmd
 from gridctl.cli import init as init_cmd
 from gridctl.cli import inventory as inventory_cmd
+from gridctl.cli import lab as lab_cmd
 from gridctl.cli import node as node_cmd
 from gridctl.cli import route as route_cmd
 from gridctl.cli import site as site_cmd
@@ -37,7 +39,9 @@ app = typer.Typer(
 app.add_typer(site_cmd.app, name="site")
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(inventory_cmd.app, name="inventory")
+app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(route_cmd.app, name="route")
+app.add_typer(daemon_cmd.app, name="daemon")
 app.command("init")(init_cmd.init)
 app.command("exec")(fleet_cmd.exec_command)
 app.command("health")(health_cmd.health)

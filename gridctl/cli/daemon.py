@@ -1,0 +1,199 @@
+"""``gridctl daemon``: run the placement daemon, ask a running one, render its systemd unit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import sys
+from typing import Annotated
+
+import typer
+
+from gridctl.cli.common import OutputOpt, state
+from gridctl.errors import ExitCode, GridctlError, UnreachableError
+from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+
+app = typer.Typer(
+    help="The placement daemon: an OpenAI-compatible proxy to the best site.", no_args_is_help=True
+)
+
+ListenOpt = Annotated[
+    str, typer.Option("--listen", "-l", help="HOST:PORT to listen on (loopback by default).")
+]
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    listen: ListenOpt = "127.0.0.1:8080",
+    region: Annotated[
+        str | None, typer.Option(help="Client region of requests without x-grid-region.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Processes sharing the port (SO_REUSEPORT).")
+    ] = 1,
+    queue_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a request waits when every site is full.")
+    ] = 2.0,
+    probe_interval: Annotated[
+        float, typer.Option(min=0.2, help="Seconds between active health probes.")
+    ] = 5.0,
+    drain_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds in-flight requests get on SIGTERM.")
+    ] = 30.0,
+    max_body: Annotated[int, typer.Option(min=1024, help="Largest request body in bytes.")] = 8 * 1024 * 1024,
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /grid/status,
+    /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
+    change reloads without dropping requests. Off loopback it needs GRIDCTL_DAEMON_TOKEN."""
+    from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, token_from
+    from gridctl.daemon.server import load_state, run_daemon
+
+    st = state(ctx)
+    host, port = parse_listen(listen)
+    config = DaemonConfig(
+        inventory=st.root,
+        host=host,
+        port=port,
+        region=region,
+        token=token_from(st.streams.environ),
+        workers=workers,
+        queue_timeout_s=queue_timeout,
+        probe_interval_s=probe_interval,
+        drain_timeout_s=drain_timeout,
+        max_body_bytes=max_body,
+    )
+    check_security(config)
+    load_state(config)  # fail fast, before forking, on a bad inventory or region
+    if workers == 1:
+        run_daemon(config, st.streams.environ)
+        return
+    _run_workers(config, dict(st.streams.environ))
+
+
+def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Fork workers sharing the port; forward SIGTERM/SIGHUP; exit when they all have."""
+    import signal
+
+    from gridctl.daemon.server import run_daemon
+
+    if config.port == 0:
+        raise GridctlError("--workers needs a fixed port", hint="e.g. --listen 127.0.0.1:8080")
+    children = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                run_daemon(config, environ)
+            except GridctlError as exc:
+                sys.stderr.write(f"error: {exc.message}\n")
+                code = exc.exit_code
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    if worst:
+        raise typer.Exit(worst)
+
+
+STATUS_COLUMNS = [
+    Column("SITE", lambda r: r["site"]),
+    Column("STATUS", lambda r: r["status"], lambda v: {"ok": "green", "failed": "red"}.get(v)),
+    Column("BREAKER", lambda r: r["breaker"]),
+    Column("IN-FLIGHT", lambda r: r["in_flight"]),
+    Column("REQUESTS", lambda r: r["requests"]),
+    Column("FAILURES", lambda r: r["failures"]),
+    Column("TTFT-MS", lambda r: r["ttft_ms"]),
+    Column("PROBE-MS", lambda r: r["probe_rtt_ms"]),
+    Column("PROBE-ERROR", lambda r: r["probe_error"] or "-"),
+]
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="The daemon's base URL.")] = "http://127.0.0.1:8080",
+    output: OutputOpt = Format.table,
+) -> None:
+    """Ask a running daemon for its live view of every site. Exit 4 when none answers."""
+    import httpx
+
+    st = state(ctx)
+    headers = {}
+    token = st.streams.environ.get("GRIDCTL_DAEMON_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        resp = httpx.get(url.rstrip("/") + "/grid/status", headers=headers, timeout=5.0, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise UnreachableError(
+            f"no daemon answers at {url}: {exc}", hint="start one with `gridctl daemon run`"
+        ) from None
+    if resp.status_code != 200:
+        raise GridctlError(
+            f"daemon at {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
+            hint="set GRIDCTL_DAEMON_TOKEN if it needs a token",
+        )
+    data = resp.json()
+    if output is Format.json:
+        st.streams.stdout.write(dump_json(data))
+    elif output is Format.yaml:
+        st.streams.stdout.write(dump_yaml(data))
+    elif output is Format.name:
+        st.streams.stdout.write("".join(s["site"] + "\n" for s in data["sites"]))
+    else:
+        st.streams.out(
+            f"daemon {data['listen']} pid {data['pid']}: grid {data['grid']}, "
+            f"region {data['region'] or '-'}, {data['queued']} queued"
+        )
+        st.streams.stdout.write(render_table(data["sites"], STATUS_COLUMNS, st.streams))
+    if any(s["status"] != "ok" for s in data["sites"]):
+        raise typer.Exit(ExitCode.UNHEALTHY)
+
+
+@app.command("unit")
+def unit(
+    ctx: typer.Context,
+    listen: ListenOpt = "127.0.0.1:8080",
+    region: Annotated[str | None, typer.Option(help="Default client region.")] = None,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+    user: Annotated[str, typer.Option(help="User the service runs as.")] = "gridctl",
+    token_file: Annotated[
+        str | None, typer.Option(help="EnvironmentFile with GRIDCTL_DAEMON_TOKEN and site keys.")
+    ] = None,
+) -> None:
+    """Print a systemd unit for the daemon (from templates/daemon/gridctl-daemon.service.j2)."""
+    import jinja2
+
+    st = state(ctx)
+    path = st.templates_dir / "daemon" / "gridctl-daemon.service.j2"
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True)
+    try:
+        template = env.from_string(path.read_text(encoding="utf-8"))
+        text = template.render(
+            user=user,
+            inventory=str(st.root.resolve()),
+            token_file=token_file,
+            gridctl=shutil.which("gridctl") or f"{shlex.quote(sys.executable)} -m gridctl",
+            listen=listen,
+            region=region,
+            workers=workers,
+            drain_timeout=30,
+        )
+    except (OSError, jinja2.TemplateError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise GridctlError(f"{path}{':' + str(line) if line else ''}: {exc}") from None
+    st.streams.stdout.write(text)

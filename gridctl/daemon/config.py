@@ -1,0 +1,79 @@
+"""Daemon configuration: plain data, no side effects until the server loads it."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridctl.errors import UsageError
+
+TOKEN_ENV = "GRIDCTL_DAEMON_TOKEN"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    inventory: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    region: str | None = None  # the client region requests come from by default
+    token: str | None = None  # required when listening off loopback
+    workers: int = 1
+    max_body_bytes: int = 8 * 1024 * 1024
+    connect_timeout_s: float = 2.0  # to a site
+    header_timeout_s: float = 30.0  # until a site sends response headers
+    queue_timeout_s: float = 2.0  # how long a request waits when every site is full
+    queue_max: int = 1024  # requests waiting at once before shedding at once
+    probe_interval_s: float = 5.0
+    probe_timeout_s: float = 2.0
+    breaker_failures: int = 3  # consecutive failures that open a site's circuit
+    breaker_cooldown_s: float = 10.0
+    reload_poll_s: float = 2.0  # inventory change detection
+    drain_timeout_s: float = 30.0
+    affinity_block_chars: int = 256  # prompt block size for the prefix index
+    affinity_max_util: float = 0.8  # affinity never sends to a site busier than this
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` or ``PORT`` -> (host, port); IPv6 as ``[::1]:8080``."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(
+            f"--listen {text}: expected HOST:PORT", hint="e.g. --listen 127.0.0.1:8080"
+        ) from None
+    if not 0 <= number <= 65535:
+        raise UsageError(f"--listen {text}: port out of range")
+    return host, number
+
+
+def check_security(config: DaemonConfig) -> None:
+    """Off loopback, a token is required: refuse to start without one."""
+    if not config.loopback and not config.token:
+        raise UsageError(
+            f"refusing to listen on {config.host} without a token",
+            hint=f"set {TOKEN_ENV} (clients send it as 'Authorization: Bearer ...'), or listen on 127.0.0.1",
+        )
+
+
+def token_from(environ: Mapping[str, str]) -> str | None:
+    token = environ.get(TOKEN_ENV, "").strip()
+    return token or None

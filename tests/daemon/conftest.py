@@ -1,0 +1,118 @@
+"""Lab sites on loopback and the daemon as a real subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gridctl.inventory.load import load_inventory
+from gridctl.lab.grid import run_lab
+from tests.conftest import EXAMPLE, REPO, cli_env
+from tests.fleet.sshd import free_port
+
+M8 = "llama-3.1-8b-instruct"
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen[str]
+    url: str
+    inventory: Path
+
+    def post(self, body: dict, headers: dict | None = None, timeout: float = 30) -> httpx.Response:
+        return httpx.post(
+            self.url + "/v1/chat/completions", json=body, headers=headers or {}, timeout=timeout
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+
+def start_daemon(inventory: Path, *args: str, env: dict | None = None) -> DaemonProc:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gridctl",
+            "-i",
+            str(inventory),
+            "daemon",
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--probe-interval",
+            "0.5",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode}: {proc.stderr.read()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthz", timeout=1).status_code in (200, 401):
+                return DaemonProc(proc, url, inventory)
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("daemon did not come up")
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """The example inventory's sites as lab sites (fast), with an overlay inventory."""
+    with run_lab(load_inventory(EXAMPLE), speed=50.0, overlay=tmp_path / "overlay", control=False) as lab:
+        yield lab
+
+
+@pytest.fixture
+def daemon(lab) -> Iterator[DaemonProc]:
+    d = start_daemon(lab.overlay, "--region", "us-east")
+    yield d
+    d.stop()
+
+
+def set_capacity(overlay: Path, site: str, capacity: int) -> None:
+    path = overlay / "sites" / f"{site}.yaml"
+    path.write_text(re.sub(r"capacity: \d+", f"capacity: {capacity}", path.read_text()))
+
+
+def chat(content: str = "hello", stream: bool = False, max_tokens: int = 8, model: str = M8) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
