@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventory"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/placement/golden/ from the current renderer (review the diff before committing)",
+    )
+
+
 @dataclass
 class Result:
     rc: int

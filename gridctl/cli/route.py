@@ -207,18 +207,39 @@ def render(
     ] = None,
     primaries: Annotated[int, typer.Option(min=1, help="Primary sites per route.")] = 2,
     backups: Annotated[int, typer.Option(min=0, help="Backup sites per route.")] = 2,
+    listen: Annotated[str, typer.Option(help="HOST:PORT the data plane listens on.")] = "127.0.0.1:8080",
+    runtime_dir: Annotated[str, typer.Option(help="nginx: pid file, temp files, per-site sockets.")] = (
+        "/run/gridctl-routing"
+    ),
+    log_dir: Annotated[str, typer.Option(help="nginx: log directory.")] = "/var/log/gridctl-routing",
+    ca_file: Annotated[str, typer.Option(help="CA bundle to verify https sites.")] = (
+        "/etc/ssl/certs/ca-certificates.crt"
+    ),
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify https sites (labs only).")
+    ] = False,
 ) -> None:
     """Render routing tables for every client region and model: the table itself
     (json, yaml) or complete data-plane configs (nginx, haproxy, envoy)."""
+    from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
-    from gridctl.placement.render import render_routing
+    from gridctl.placement.render import RenderOptions, render_routing
     from gridctl.placement.table import build_routing_table
     from gridctl.routing import load_planner
 
     st = state(ctx)
     inv = st.load()
+    host, port = parse_listen(listen)
+    options = RenderOptions(
+        listen_host=host,
+        listen_port=port,
+        runtime_dir=runtime_dir,
+        log_dir=log_dir,
+        ca_file=ca_file,
+        tls_verify=not insecure,
+    )
     table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups)
-    files = render_routing(table, fmt, st.templates_dir)
+    files = render_routing(table, fmt, st.templates_dir, options)
     if out_dir is None:
         for text in files.values():
             st.streams.stdout.write(text)

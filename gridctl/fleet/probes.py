@@ -21,8 +21,9 @@ def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAU
     left = max(1.0, deadline - time.monotonic() - 1.0)
     script = build_node_probe_command(timeout_s=min(thresholds.smi_timeout_s, left))
     result = session.run(script, deadline)
-    rc = None if result.timed_out else result.rc
-    return parse_node_probe(result.stdout, result.stderr, rc)
+    if result.timed_out:
+        return NodeProbe(smi_error=f"the GPU probe did not finish before the {left + 1.0:.0f}s deadline")
+    return parse_node_probe(result.stdout, result.stderr, result.rc)
 
 
 def probe_endpoint(client: object, site: Site, environ: Mapping[str, str], timeout: float) -> EndpointProbe:

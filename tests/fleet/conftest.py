@@ -54,6 +54,7 @@ def write_fleet_inventory(
     pin: bool = True,
     gpus: str = "{model: H100, count: 8}",
     endpoints: dict[str, str] | None = None,
+    sites: dict[str, range] | None = None,
 ) -> Path:
     """An inventory whose nodes are the fleet's sshd servers (plus ``extra_nodes``
     name -> port, in site lab-bad), with their host keys pinned unless ``pin`` is False."""
@@ -62,7 +63,8 @@ def write_fleet_inventory(
         "name: lab\nregions:\n  - name: lab\n    location: {lat: 40.0, lon: -75.0}\n    jurisdiction: US\n"
     )
     sites: dict[str, list[tuple[str, int]]] = {
-        site: [(fleet.nodes[i].name, fleet.nodes[i].port) for i in idx] for site, idx in SITES.items()
+        site: [(fleet.nodes[i].name, fleet.nodes[i].port) for i in idx]
+        for site, idx in (sites or SITES).items()
     }
     if extra_nodes:
         sites["lab-bad"] = list(extra_nodes.items())

@@ -47,6 +47,7 @@ class FakeEndpoint:
             def log_message(self, *args: object) -> None:
                 return None
 
+        ThreadingHTTPServer.request_queue_size = 128
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

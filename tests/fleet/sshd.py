@@ -71,7 +71,9 @@ class SshdNode:
                 "UseDNS no",
                 "MaxStartups 500:30:1000",
                 "MaxSessions 50",
-                f"SetEnv GRIDCTL_FAKE_GPU_STATE={self.state} PATH={path}",
+                # SHLVL=1: bash skips ~/.bashrc for ssh commands (root's runs pyenv init, slow and
+                # lock-prone with many nodes); sshd honours only the first SetEnv line
+                f"SetEnv GRIDCTL_FAKE_GPU_STATE={self.state} PATH={path} SHLVL=1",
                 "LogLevel ERROR",
                 "",
             ]

@@ -1,0 +1,396 @@
+"""Routing tables rendered for the data planes: gridctl itself, nginx, HAProxy and Envoy.
+
+``render_routing(table, fmt, templates_dir, options)`` turns the table of
+:func:`gridctl.placement.table.build_routing_table` into the text of one file
+per format. Pure: no sockets, no clock; it reads only the template files.
+
+- ``json`` / ``yaml``: the table itself, as the daemon consumes it.
+- ``nginx`` / ``haproxy`` / ``envoy``: ``templates/routing/<file>.j2`` rendered
+  with a *view* of the table built here (names, addresses, TLS settings), so
+  the templates hold layout only.
+
+Every data plane routes the same way: a request names its route with the
+headers ``x-grid-region`` and ``x-grid-model`` (matched ignoring case), or with
+the path ``/r/<region>/<model>/<api path>`` (the prefix is stripped, and wins
+over the headers). Primaries share the traffic by weight; backups take it
+when every primary is down; a connection error, a 502/503/504 or a timeout
+before the first byte of the answer moves the request to the next site. An
+unknown route gets 404 with a JSON body; a route with no eligible site, 503.
+
+Output is deterministic: routes by (region, model), sites by name where the
+order carries no meaning, primaries and backups in the table's rank order,
+and no timestamps. Names in the configs are derived from the route, e.g.
+``us_east__llama_3_1_8b_instruct``; two routes whose names would clash both get
+a suffix from a hash of their (region, model), so names never depend on order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gridctl.errors import GridctlError, UsageError
+
+FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
+OUTPUT_FILES: Mapping[str, str] = {
+    "json": "routing.json",
+    "yaml": "routing.yaml",
+    "nginx": "nginx.conf",
+    "haproxy": "haproxy.cfg",
+    "envoy": "envoy.yaml",
+}
+TEMPLATES: Mapping[str, str] = {
+    "nginx": "nginx.conf.j2",
+    "haproxy": "haproxy.cfg.j2",
+    "envoy": "envoy.yaml.j2",
+}
+REGION_HEADER = "x-grid-region"
+MODEL_HEADER = "x-grid-model"
+PATH_PREFIX = "/r/"
+UNIX_SOCKET_MAX = 107  # sun_path is 108 bytes with its NUL
+
+# What may reach a config file from the table. The inventory schema is stricter;
+# these keep a hand-built table from injecting config syntax.
+_SAFE = {
+    "region": re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+    "model": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"),
+    "site": re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+    "host": re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^[0-9A-Fa-f:.]+$"),
+    "path": re.compile(r"^(/[A-Za-z0-9._~%:@!+,=-]*)*$"),
+}
+_SAFE_OPTION = re.compile(r"^[A-Za-z0-9_./:@+-]+$")  # paths and addresses: nothing to quote
+
+
+class RenderError(GridctlError):
+    """The routing table cannot be rendered for this data plane as it stands."""
+
+
+class TemplateError(RenderError):
+    """A routing template is missing or broken; the message names file:line."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Settings of the rendered configs that do not come from the inventory.
+
+    ``runtime_dir`` holds nginx's pid file, temporary files and one unix socket
+    per site; ``log_dir`` its logs (HAProxy logs to stderr, Envoy to its own).
+    ``tls_verify`` checks each https site's certificate against ``ca_file`` and
+    its host name; turning it off is for labs with self-signed certificates.
+    """
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    runtime_dir: str = "/run/gridctl-routing"
+    log_dir: str = "/var/log/gridctl-routing"
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    tls_verify: bool = True
+    health_path: str = "/health"
+    connect_timeout_s: int = 2  # sites are chosen within a latency SLO: a slow connect is a failure
+    read_timeout_s: int = 300  # longest silence in an answer (a long generation, non-streamed)
+    admin_port: int = 9901  # Envoy's admin interface, on listen_host
+    worker_processes: str = "auto"  # nginx
+
+
+DEFAULT_OPTIONS = RenderOptions()
+
+
+# -- the view: what the templates see ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    site: str
+    ident: str  # site name as a config identifier: fra_pop_01
+    scheme: str
+    tls: bool
+    host: str
+    port: int
+    path: str  # "" or "/prefix", no trailing slash
+    address: str  # host:port, [v6]:port
+    authority: str  # the Host header: host, or host:port when the port is not the scheme's
+    weight: int | None  # None for backups
+    backup: bool
+    socket: str  # nginx: the unix socket of this site's local hop
+
+
+@dataclass(frozen=True)
+class Route:
+    region: str
+    model: str
+    name: str  # unique config identifier
+    key: str  # "region/model" (regions hold no '/')
+    prefix: str  # path form: /r/<region>/<model>/
+    servers: tuple[Server, ...]  # primaries (rank order), then backups (rank order)
+    path: str | None  # the sites' common endpoint path; None when they differ
+
+
+def render_routing(
+    table: Mapping[str, Any],
+    fmt: str,
+    templates_dir: Path,
+    options: RenderOptions = DEFAULT_OPTIONS,
+) -> dict[str, str]:
+    """File name -> text for ``fmt`` (one of :data:`FORMATS`): one file per format."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown routing format '{fmt}'", hint=f"choose one of: {', '.join(FORMATS)}")
+    name = OUTPUT_FILES[fmt]
+    if fmt == "json":
+        return {name: json.dumps(table, indent=2, sort_keys=False) + "\n"}
+    if fmt == "yaml":
+        from gridctl.output import dump_yaml  # libyaml's emitter when available
+
+        return {name: dump_yaml(_plain(table))}
+    check_options(options)
+    routes = build_view(table, options)
+    _check_for(fmt, routes)
+    context = {
+        "grid": str(table.get("grid", "")),
+        "slo_ms": table.get("slo_ms"),
+        "routes": routes,
+        "sites": _sites(routes),
+        "o": options,
+        "region_header": REGION_HEADER,
+        "model_header": MODEL_HEADER,
+        "path_prefix": PATH_PREFIX,
+        "zone_kb": _nginx_zone_kb(routes),
+        "no_route_body": _json_body(
+            "no route: send headers x-grid-region and x-grid-model naming a region and model "
+            "of the grid, or use the path /r/<region>/<model>/...",
+            "grid_no_route",
+        ),
+        "no_site_body": _json_body("no eligible site for this region and model", "grid_no_site"),
+    }
+    return {name: _render_template(templates_dir, TEMPLATES[fmt], context)}
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as dict and list, so safe_dump writes any table."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json_body(message: str, kind: str) -> str:
+    return json.dumps({"error": {"message": message, "type": kind}}, separators=(",", ":"))
+
+
+def check_options(options: RenderOptions) -> None:
+    for field in ("listen_host", "runtime_dir", "log_dir", "ca_file", "health_path", "worker_processes"):
+        value = getattr(options, field)
+        if not _SAFE_OPTION.fullmatch(value):
+            raise UsageError(
+                f"{field} {value!r} has characters a data-plane config cannot carry",
+                hint="use letters, digits and . _ / : @ + - only",
+            )
+    for field in ("runtime_dir", "log_dir", "ca_file", "health_path"):
+        if not getattr(options, field).startswith("/"):
+            raise UsageError(f"{field} {getattr(options, field)!r} must be an absolute path")
+    for field in ("listen_port", "admin_port"):
+        if not 0 < getattr(options, field) < 65536:
+            raise UsageError(f"{field} {getattr(options, field)} is not a TCP port (1-65535)")
+
+
+def build_view(table: Mapping[str, Any], options: RenderOptions = DEFAULT_OPTIONS) -> list[Route]:
+    """The routes of ``table`` as the templates see them, sorted by (region, model)."""
+    raw = sorted(table.get("routes", ()), key=lambda r: (r["region"], r["model"]))
+    keys = [(str(r["region"]), str(r["model"])) for r in raw]
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for region, model in keys:
+        folded = (region.lower(), model.lower())
+        if folded in seen:
+            other = seen[folded]
+            raise RenderError(
+                f"routes {other[0]}/{other[1]} and {region}/{model} differ only in case",
+                hint="the data planes match x-grid-region and x-grid-model ignoring case; rename one model",
+            )
+        seen[folded] = (region, model)
+    names = unique_names(keys, lambda k: f"{_ident(k[0])}__{_ident(k[1])}")
+    return [_route(r, names[k], options) for r, k in zip(raw, keys, strict=True)]
+
+
+def unique_names(
+    keys: Sequence[tuple[str, str]], base: Callable[[tuple[str, str]], str]
+) -> dict[tuple[str, str], str]:
+    """key -> identifier, unique: clashing identifiers all get a suffix hashed from their key."""
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key in keys:
+        groups[base(key)].append(key)
+    out: dict[tuple[str, str], str] = {}
+    for name, members in groups.items():
+        for key in members:
+            if len(members) == 1:
+                out[key] = name
+            else:
+                digest = hashlib.sha256("/".join(key).encode()).hexdigest()[:8]
+                out[key] = f"{name}__{digest}"
+    if len(set(out.values())) != len(out):  # a suffixed name equal to a natural one: vanishingly rare
+        clash = sorted(n for n in out.values() if list(out.values()).count(n) > 1)[0]
+        raise RenderError(f"two routes would both be named {clash} in the config", hint="rename a model")
+    return out
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "x"
+
+
+def _route(raw: Mapping[str, Any], name: str, options: RenderOptions) -> Route:
+    region, model = str(raw["region"]), str(raw["model"])
+    _safe("region", region, f"route {region}/{model}")
+    _safe("model", model, f"route {region}/{model}")
+    servers = [_server(s, False, options, f"route {region}/{model}") for s in raw.get("primary", ())]
+    servers += [_server(s, True, options, f"route {region}/{model}") for s in raw.get("backup", ())]
+    paths = {s.path for s in servers}
+    return Route(
+        region=region,
+        model=model,
+        name=name,
+        key=f"{region}/{model}",
+        prefix=f"{PATH_PREFIX}{region}/{model}/",
+        servers=tuple(servers),
+        path=paths.pop() if len(paths) == 1 else ("" if not paths else None),
+    )
+
+
+def _server(raw: Mapping[str, Any], backup: bool, options: RenderOptions, where: str) -> Server:
+    site = str(raw["site"])
+    _safe("site", site, where)
+    ep = raw["endpoint"]
+    scheme, host, port = str(ep["scheme"]), str(ep["host"]), int(ep["port"])
+    path = str(ep.get("path") or "").rstrip("/")
+    _safe("host", host, f"{where}: site {site}")
+    _safe("path", path, f"{where}: site {site}")
+    if scheme not in ("http", "https") or not 0 < port < 65536:
+        raise RenderError(f"{where}: site {site}: endpoint {ep.get('url')} is not http(s)://host[:port]")
+    v6 = ":" in host
+    address = f"[{host}]:{port}" if v6 else f"{host}:{port}"
+    default_port = 443 if scheme == "https" else 80
+    authority = (f"[{host}]" if v6 else host) if port == default_port else address
+    weight = None if backup else int(raw["weight"])
+    if weight is not None and not 1 <= weight <= 256:
+        raise RenderError(f"{where}: site {site}: weight {weight} is outside 1-256 (nginx and HAProxy)")
+    return Server(
+        site=site,
+        ident=site.replace("-", "_"),
+        scheme=scheme,
+        tls=scheme == "https",
+        host=host,
+        port=port,
+        path=path,
+        address=address,
+        authority=authority,
+        weight=weight,
+        backup=backup,
+        socket=f"{options.runtime_dir.rstrip('/')}/{site}.sock",
+    )
+
+
+def _safe(kind: str, value: str, where: str) -> None:
+    if not _SAFE[kind].fullmatch(value):
+        raise RenderError(
+            f"{where}: {kind} {value!r} has characters a data-plane config cannot carry",
+            hint="fix the inventory (`gridctl inventory validate`), then render again",
+        )
+
+
+def _sites(routes: Sequence[Route]) -> list[Server]:
+    """Each site once (as its first server entry), by name: nginx's local hops."""
+    by_site: dict[str, Server] = {}
+    for route in routes:
+        for s in route.servers:
+            known = by_site.get(s.site)
+            if known is None:
+                by_site[s.site] = s
+            elif (known.scheme, known.address, known.path) != (s.scheme, s.address, s.path):
+                raise RenderError(
+                    f"site {s.site} has two endpoints in the table ({known.address}, {s.address})"
+                )
+    return [by_site[k] for k in sorted(by_site)]
+
+
+def _nginx_zone_kb(routes: Sequence[Route]) -> int:
+    """Shared memory for every upstream's run-time state: generous, and a whole number of pages."""
+    return 64 + 4 * (len(routes) + sum(len(r.servers) for r in routes) // 2)
+
+
+def _check_for(fmt: str, routes: Sequence[Route]) -> None:
+    """What a data plane cannot express, refused with what to change."""
+    for route in routes:
+        where = f"route {route.key}"
+        if fmt in ("haproxy", "envoy") and route.path is None:
+            paths = ", ".join(f"{s.site} {s.path or '/'}" for s in route.servers)
+            raise RenderError(
+                f"{where}: its sites have different endpoint paths ({paths}); "
+                f"{fmt} adds one path prefix per route",
+                hint="give the sites of a route the same endpoint path, or render --format nginx",
+            )
+        if fmt == "haproxy":
+            names = [s.authority for s in route.servers]
+            for s in route.servers:
+                if s.host.count(":"):
+                    raise RenderError(
+                        f"{where}: site {s.site}: haproxy needs a host name or IPv4 address "
+                        f"for the Host header it sends, not {s.host}",
+                        hint="give the site an endpoint with a DNS name",
+                    )
+                if names.count(s.authority) > 1:
+                    raise RenderError(f"{where}: two sites share the endpoint {s.authority}")
+        if fmt == "nginx":
+            for s in route.servers:
+                if len(s.socket) > UNIX_SOCKET_MAX:
+                    raise RenderError(
+                        f"nginx socket path {s.socket} is longer than {UNIX_SOCKET_MAX} bytes",
+                        hint="choose a shorter runtime directory",
+                    )
+
+
+# -- templates ----------------------------------------------------------------------------------
+
+
+def _render_template(templates_dir: Path, name: str, context: Mapping[str, Any]) -> str:
+    import jinja2
+
+    shown = templates_dir / "routing" / name
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir / "routing")),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["j"] = lambda v: json.dumps(v)
+    try:
+        template = env.get_template(name)
+        return template.render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(
+            f"{shown}: template not found",
+            hint=f"restore templates/routing/{name}, or pass --templates DIR with routing/{name}",
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{shown}:{exc.lineno}: {exc.message}", hint=_FIX) from exc
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
+        line = _template_line(exc, name)
+        if line is None:
+            raise
+        message = getattr(exc, "message", None) or str(exc)
+        raise TemplateError(f"{shown}:{line}: {message}", hint=_FIX) from exc
+
+
+_FIX = "fix the template (or render with the shipped templates), then render again"
+
+
+def _template_line(exc: BaseException, name: str) -> int | None:
+    """The line of ``name`` being run when ``exc`` was raised (jinja2 puts template frames in tracebacks)."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).name == name]
+    return lines[-1] if lines and lines[-1] is not None else None
