@@ -43,9 +43,9 @@ class SiteState:
     def total_capacity(self) -> int:
         return sum(m.capacity for m in self.site.models) or 1
 
-    def saturated(self, cfg: DaemonConfig) -> bool:
+    def saturated(self, cfg: DaemonConfig, model: str) -> bool:
         """Too busy for affinity to add to it (a cache hit is not worth a queue)."""
-        if self.in_flight >= cfg.affinity_max_util * self.total_capacity():
+        if self.in_flight >= cfg.affinity_max_util * (self.capacity(model) or self.total_capacity()):
             return True
         if self.waiting is not None and self.waiting > 0:
             return True
@@ -129,7 +129,7 @@ class GridState:
             best, best_len = None, 0
             for name in ranked:
                 n = self.prefixes.match(name, hashes)
-                if n > best_len and not self.sites[name].saturated(self.cfg):
+                if n > best_len and not self.sites[name].saturated(self.cfg, request.model):
                     best, best_len = name, n
             if best is not None and best != ranked[0]:
                 ranked.remove(best)

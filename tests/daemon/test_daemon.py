@@ -73,10 +73,17 @@ def test_failover_before_the_first_byte(lab, daemon) -> None:
     assert r.status_code == 200 and r.headers["x-grid-site"] == "nwk-co-03"
     assert re.search(r"^gridctl_failovers_total [1-9]", httpx.get(daemon.url + "/metrics").text, re.M)
     lab.set_mode("nwk-co-03", "hang")
-    lab.set_mode("jc-edge-01", "ok")
-    time.sleep(1.5)  # probes see jc-edge-01 healthy again; its breaker may still be open
-    status = {s["site"]: s for s in httpx.get(daemon.url + "/grid/status").json()["sites"]}
-    assert status["nwk-co-03"]["probe_ok"] is False  # hangs: the probe times out
+    deadline = time.monotonic() + 15
+    status: dict = {}
+    while time.monotonic() < deadline:  # the active probe times out on the hung site
+        status = {s["site"]: s for s in httpx.get(daemon.url + "/grid/status").json()["sites"]}
+        if status["nwk-co-03"]["probe_ok"] is False:
+            break
+        time.sleep(0.2)
+    assert status["nwk-co-03"]["probe_ok"] is False and status["nwk-co-03"]["status"] == "failed"
+    assert status["jc-edge-01"]["probe_ok"] is False  # its health route answers 503 too
+    r = daemon.post(chat())
+    assert r.status_code == 200 and r.headers["x-grid-site"] not in ("jc-edge-01", "nwk-co-03")
 
 
 def test_streaming_is_byte_for_byte_and_secrets_stay_home(tmp_path: Path, lab) -> None:
@@ -84,8 +91,8 @@ def test_streaming_is_byte_for_byte_and_secrets_stay_home(tmp_path: Path, lab) -
     try:
         site = lab.overlay / "sites" / "jc-edge-01.yaml"
         text = site.read_text()
-        text = re.sub(r"endpoint: .*", f"endpoint: {up.url}", text)
-        text = re.sub(r"api_key_env: .*", "api_key_env: JC_KEY", text) if "api_key_env" in text else text
+        text = re.sub(r"api_key_env: .*\n", "", text)
+        text = re.sub(r"endpoint: .*", f"endpoint: {up.url}\napi_key_env: JC_KEY", text)
         site.write_text(text)
         d = start_daemon(lab.overlay, "--region", "us-east", env=cli_env(JC_KEY="site-secret"))
         try:
@@ -199,6 +206,7 @@ def test_affinity_follows_the_prefix_until_the_site_is_busy(lab) -> None:
             assert r.headers["x-grid-site"] == "chi-co-07", i
         assert d.post(chat("no shared prefix")).headers["x-grid-site"] == "jc-edge-01"
         # keep chi-co-07 busy: affinity must not pile onto a saturated site
+        lab.set_mode("chi-co-07", "slow", delay_ms=100_000)  # / speed 50: 2 s before the first token
         held = []
         for _ in range(3):
             held.append(httpx.Client(timeout=60))
@@ -248,6 +256,7 @@ def test_429_when_every_site_is_full(lab) -> None:
         "chi-pop-01",
     ):
         set_capacity(lab.overlay, name, 1)
+    lab.set_mode("*", "slow", delay_ms=100_000)  # / speed 50: every answer takes 2 s
     d = start_daemon(lab.overlay, "--region", "us-east", "--queue-timeout", "0.3")
     try:
         results: list[httpx.Response] = []
