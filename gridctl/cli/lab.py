@@ -1,0 +1,154 @@
+"""``gridctl lab``: up, status, fail, down: simulated inference sites on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from gridctl.cli.common import OutputOpt, state
+from gridctl.output import Column, Format, render_list, render_object
+
+app = typer.Typer(
+    help="The lab grid: simulated OpenAI-compatible sites on loopback, and an inventory pointing at them.",
+    no_args_is_help=True,
+)
+
+
+class FailMode(str, Enum):
+    ok = "ok"
+    unavailable = "503"
+    hang = "hang"
+    drop = "drop"
+    slow = "slow"
+
+
+@app.command("up")
+def up(
+    ctx: typer.Context,
+    sites: Annotated[
+        int | None, typer.Option("--sites", help="Start N synthetic sites instead of one per inventory site.")
+    ] = None,
+    from_region: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Client region of requests that do not name one (header x-grid-client-region); "
+            "default: the first region of grid.yaml.",
+        ),
+    ] = None,
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed", envvar="GRIDCTL_LAB_SPEED", help="Time scale: 10 runs every delay ten times faster."
+        ),
+    ] = 1.0,
+    port_base: Annotated[
+        int | None, typer.Option("--port-base", help="Site i listens on PORT_BASE+i (default: free ports).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for every site to answer.")
+    ] = 60.0,
+) -> None:
+    """Start the lab in the background; print the overlay inventory to use with -i."""
+    from gridctl.lab.service import UpOptions, start_lab
+
+    st = state(ctx)
+    opts = UpOptions(sites=sites, region=from_region, speed=speed, port_base=port_base, timeout_s=timeout)
+    result = start_lab(st.root, opts, st.streams.info)
+    st.streams.out(str(result.overlay))
+    if not result.already:
+        st.streams.info(
+            st.streams.paint("hint:", "blue", st.streams.stderr)
+            + f" gridctl -i {result.overlay} site ls; gridctl lab status; gridctl lab down"
+        )
+
+
+def _models(r: Mapping[str, Any]) -> str:
+    return ",".join(r["models"]) or "-"
+
+
+COLUMNS = [
+    Column("SITE", lambda r: r["name"]),
+    Column("URL", lambda r: r["url"]),
+    Column("MODELS", _models),
+    Column("SERVED", lambda r: r["served"]),
+    Column("IN-FLIGHT", lambda r: r["in_flight"]),
+    Column("WAITING", lambda r: r["waiting"]),
+    Column("MODE", lambda r: r["mode"], lambda v: None if v == "ok" else "yellow"),
+]
+WIDE = [
+    Column("GPU", lambda r: f"{r['gpu_count']}x {r['gpu']}"),
+    Column("REQUESTS", lambda r: r["requests"]),
+    Column("FAILED", lambda r: r["failed"]),
+    Column("RUNNING", lambda r: r["running"]),
+    Column("PREFIX-HITS", lambda r: f"{r['prefix_cache']['hits']}/{r['prefix_cache']['queries']}"),
+    Column("KV", lambda r: f"{r['kv_cache_usage'] * 100:.1f}%"),
+]
+
+
+@app.command("status")
+def status(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
+    """The lab's process and each site: URL, models, requests served, in flight, waiting, failure mode.
+    Exits 4 when the lab is not running."""
+    from gridctl.lab.service import fetch_lab_status
+
+    st = state(ctx)
+    data = fetch_lab_status(st.root)
+    if output in (Format.json, Format.yaml):
+        st.streams.stdout.write(render_object(output, data, lambda _r, _w: ""))
+        return
+    if output is Format.name:
+        st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
+        return
+    synthetic = f", {data['synthetic']} synthetic sites" if data["synthetic"] else ""
+    st.streams.out(
+        f"Lab pid {data['pid']}, up {data['uptime_s']:g}s, client region {data['from']}, "
+        f"speed {data['speed']:g}{synthetic}\nOverlay: {data['overlay']}\n"
+    )
+    st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
+
+
+@app.command("fail")
+def fail(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Lab site name, or a glob such as 'fra-*'.")],
+    mode: Annotated[
+        FailMode,
+        typer.Argument(
+            help="ok, 503 (every route answers 503), hang (never answer), drop (cut streams midway), "
+            "slow (add --delay-ms to TTFT)."
+        ),
+    ],
+    delay_ms: Annotated[
+        float | None, typer.Option("--delay-ms", help="For slow: milliseconds added to TTFT (default 1000).")
+    ] = None,
+) -> None:
+    """Make lab sites fail on demand, or recover (mode ok)."""
+    from gridctl.lab.service import run_lab_fail
+
+    st = state(ctx)
+    for change in run_lab_fail(st.root, site, mode.value, delay_ms):
+        st.streams.out(f"lab/{change['site']} mode {change['mode']} (was {change['previous']})")
+
+
+@app.command("down")
+def down(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds after SIGTERM before SIGKILL.")] = 10.0,
+) -> None:
+    """Stop everything `lab up` started and remove its files. Nothing running is fine."""
+    from gridctl.lab.service import lab_dir, stop_lab
+
+    st = state(ctx)
+    result = stop_lab(st.root, timeout)
+    if result.pid is None:
+        st.streams.info(
+            "the lab was not running"
+            + (f"; removed its leftover state {lab_dir(st.root)}" if result.removed else "")
+        )
+        return
+    how = " with SIGKILL" if result.killed else ""
+    st.streams.out(f"lab stopped (pid {result.pid}{how}); removed {lab_dir(st.root)}")
