@@ -16,6 +16,12 @@ def builtin_templates_dir() -> Path:
     return shipped if shipped.is_dir() else _PACKAGE.parent / "templates"
 
 
+def builtin_example_inventory() -> Path:
+    """The example inventory as shipped in the wheel, or in a source checkout."""
+    shipped = _PACKAGE / "_example_inventory"
+    return shipped if shipped.is_dir() else _PACKAGE.parent / "inventory"
+
+
 def resolve_templates_dir(option: str | None, inventory_root: Path) -> Path:
     if option:
         path = Path(option)

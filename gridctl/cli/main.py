@@ -16,6 +16,7 @@ import typer
 
 from gridctl import __version__
 from gridctl.cli import daemon as daemon_cmd
+from gridctl.cli import demo as demo_cmd
 from gridctl.cli import fleet as fleet_cmd
 from gridctl.cli import health as health_cmd
 from gridctl.cli import init as init_cmd
@@ -46,6 +47,7 @@ app.command("init")(init_cmd.init)
 app.command("exec")(fleet_cmd.exec_command)
 app.command("health")(health_cmd.health)
 app.command("gpu")(health_cmd.gpu)
+app.command("demo")(demo_cmd.demo)
 
 
 def _version(value: bool) -> None:
