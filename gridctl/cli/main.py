@@ -24,6 +24,7 @@ from gridctl.cli import inventory as inventory_cmd
 from gridctl.cli import lab as lab_cmd
 from gridctl.cli import node as node_cmd
 from gridctl.cli import route as route_cmd
+from gridctl.cli import sim as sim_cmd
 from gridctl.cli import site as site_cmd
 from gridctl.cli.common import State
 from gridctl.errors import ExitCode, GridctlError, InventoryError
@@ -47,6 +48,7 @@ app.command("init")(init_cmd.init)
 app.command("exec")(fleet_cmd.exec_command)
 app.command("health")(health_cmd.health)
 app.command("gpu")(health_cmd.gpu)
+app.command("sim")(sim_cmd.sim)
 app.command("demo")(demo_cmd.demo)
 
 

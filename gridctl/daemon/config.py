@@ -33,6 +33,7 @@ class DaemonConfig:
     drain_timeout_s: float = 30.0
     affinity_block_chars: int = 256  # prompt block size for the prefix index
     affinity_max_util: float = 0.8  # affinity never sends to a site busier than this
+    affinity_balance: float = 0.2  # ... nor to one busier than the best-ranked site by more than this
 
     @property
     def loopback(self) -> bool:

@@ -43,6 +43,9 @@ class SiteState:
     def total_capacity(self) -> int:
         return sum(m.capacity for m in self.site.models) or 1
 
+    def utilization(self, model: str) -> float:
+        return self.in_flight / (self.capacity(model) or self.total_capacity())
+
     def saturated(self, cfg: DaemonConfig, model: str) -> bool:
         """Too busy for affinity to add to it (a cache hit is not worth a queue)."""
         if self.in_flight >= cfg.affinity_max_util * (self.capacity(model) or self.total_capacity()):
@@ -118,7 +121,8 @@ class GridState:
     def order(self, request: Request, hashes: Sequence[bytes], session: str | None, now: float) -> list[str]:
         """Sites to try, in order: placement's ranking with live load, minus open
         circuits; a session key picks by rendezvous hashing among them; otherwise
-        the site most likely to hold the prompt's prefix goes first, unless busy."""
+        the site most likely to hold the prompt's prefix goes first, unless it is
+        saturated or busier than the first-ranked site by more than ``affinity_balance``."""
         ranked = self.planner.rank(request, self.live(now))
         ranked = [n for n in ranked if self.sites[n].breaker.allows(now)]
         if not ranked:
@@ -126,10 +130,18 @@ class GridState:
         if session:
             return rendezvous(session, ranked)
         if hashes:
+            # a cache hit is worth less than a queue: affinity only picks a site that is not
+            # saturated and not much busier than the site placement ranks first (load balance)
             best, best_len = None, 0
+            limit = self.sites[ranked[0]].utilization(request.model) + self.cfg.affinity_balance
             for name in ranked:
                 n = self.prefixes.match(name, hashes)
-                if n > best_len and not self.sites[name].saturated(self.cfg, request.model):
+                st = self.sites[name]
+                if (
+                    n > best_len
+                    and not st.saturated(self.cfg, request.model)
+                    and st.utilization(request.model) <= limit
+                ):
                     best, best_len = name, n
             if best is not None and best != ranked[0]:
                 ranked.remove(best)

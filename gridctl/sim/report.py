@@ -1,0 +1,175 @@
+"""Figures per policy from an :class:`Outcome`, and the time series of the plot. Pure.
+
+- SLO attainment: requests completed end to end within the SLO / all requests
+  (a rejected request misses it).
+- Percentiles (p50, p90, p99) are nearest-rank over the completed requests; the
+  rejected ones are counted apart (``rejected``), never as fast answers.
+- Throughput: prompt + output tokens of completed requests / the run's span
+  (from 0 to the last completion); ``output_tok_s`` counts output tokens only;
+  ``goodput_tok_s`` only the tokens of requests within the SLO.
+- Cost: every site that served at least one request is paid for all its GPUs
+  over the whole span: ``sum(gpus x cost_per_gpu_hour) x span / 3600``; per
+  million tokens: that / (tokens / 1e6). Sites a policy never uses cost it
+  nothing (they could be sold or switched off); a site used once costs its
+  whole run.
+- Utilisation of a site: slot-seconds of service / (slots x span), over the
+  models simulated.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gridctl.sim.engine import FULL, NO_SITE, Outcome
+from gridctl.sim.sites import SimulatedSite
+from gridctl.sim.traffic import Workload
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    k = max(1, math.ceil(p / 100.0 * n))
+    return sorted_values[k - 1]
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _pcts(values: list[float]) -> dict[str, float | None]:
+    values.sort()
+    return {f"p{p}": _ms(percentile(values, p)) for p in PERCENTILES}
+
+
+def window_test(windows: Sequence[tuple[float, float]]) -> Callable[[float], bool]:
+    """``t -> whether t falls in one of the (sorted, disjoint) windows``, by bisection."""
+    starts = [a for a, _ in windows]
+    ends = [b for _, b in windows]
+
+    def inside(t: float) -> bool:
+        k = bisect_right(starts, t) - 1
+        return k >= 0 and t < ends[k]
+
+    return inside
+
+
+def summarize(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> dict[str, Any]:
+    """The figures of one policy's run, as plain data (the JSON shape of ``gridctl sim``)."""
+    n = len(w)
+    slo = w.slo_ms
+    e2e, ttft, site_of, status = out.e2e_ms, out.ttft_ms, out.site, out.status
+    done = [i for i in range(n) if site_of[i] >= 0]
+    lat = [e2e[i] for i in done]
+    first = [ttft[i] for i in done]
+    within = [i for i in done if e2e[i] <= slo]
+    P, OUT = w.prompt, w.output
+    tokens = sum(P[i] + OUT[i] for i in done)
+    out_tokens = sum(OUT[i] for i in done)
+    good_tokens = sum(P[i] + OUT[i] for i in within)
+    prompt_tokens = sum(P[i] for i in done)
+    cached = sum(out.cached[i] for i in done)
+    span = out.span_s
+    used = [s for s, k in enumerate(out.served) if k > 0]
+    gpu_hours = sum(sites[s].gpu_count for s in used) * span / 3600.0
+    cost = sum(sites[s].cost_per_hour for s in used) * span / 3600.0
+    burst: list[float] = []
+    calm: list[float] = []
+    windows = w.bursts
+    burst_tokens = 0
+    if windows:
+        T, D = w.t, out.done_s
+        arrived_in = bytearray(n)  # arrivals are sorted: each window is a range of requests
+        for a, b in windows:
+            lo, hi = bisect_left(T, a), bisect_left(T, b)
+            arrived_in[lo:hi] = b"\x01" * (hi - lo)
+        burst = [e2e[i] for i in done if arrived_in[i]]
+        calm = [e2e[i] for i in done if not arrived_in[i]]
+        inside = window_test(windows)
+        burst_tokens = sum(P[i] + OUT[i] for i in done if inside(D[i]))
+    burst_time = sum(b - a for a, b in windows)
+    busy_cost = 0.0
+    for s, site in enumerate(sites):
+        slots = sum(site.capacity.get(m, 0) for m in w.models)
+        if slots:
+            busy_cost += out.busy_s[s] / slots * site.cost_per_hour / 3600.0
+    site_rows = []
+    for s, site in enumerate(sites):
+        slots = sum(site.capacity.get(m, 0) for m in w.models)
+        if slots == 0:
+            continue
+        site_rows.append(
+            {
+                "site": site.name,
+                "requests": out.served[s],
+                "share": round(out.served[s] / n, 4) if n else 0.0,
+                "utilization": round(out.busy_s[s] / (slots * span), 4) if span > 0 else 0.0,
+                "peak_queue": out.peak_queue[s],
+                "gpus": f"{site.gpu_count}x {site.gpu.name}",
+                "usd_per_hour": round(site.cost_per_hour, 4),
+            }
+        )
+    return {
+        "policy": out.policy,
+        "requests": n,
+        "completed": len(done),
+        "rejected": n - len(done),
+        "rejected_no_site": status.count(NO_SITE),
+        "rejected_full": status.count(FULL),
+        "slo_ms": slo,
+        "slo_attainment": round(len(within) / n, 4) if n else None,
+        "e2e_ms": _pcts(lat),
+        "ttft_ms": _pcts(first),
+        "e2e_p99_in_bursts_ms": _ms(percentile(sorted(burst), 99)) if windows else None,
+        "e2e_p99_outside_bursts_ms": _ms(percentile(sorted(calm), 99)) if windows else None,
+        "throughput_tok_s": round(tokens / span, 1) if span > 0 else 0.0,
+        "throughput_in_bursts_tok_s": round(burst_tokens / burst_time, 1) if burst_time > 0 else None,
+        "output_tok_s": round(out_tokens / span, 1) if span > 0 else 0.0,
+        "goodput_tok_s": round(good_tokens / span, 1) if span > 0 else 0.0,
+        "prefix_hit_rate": round(cached / prompt_tokens, 4) if prompt_tokens else 0.0,
+        "span_s": round(span, 3),
+        "cost": {
+            "usd": round(cost, 4),
+            "gpu_hours": round(gpu_hours, 4),
+            "per_million_tokens": round(cost / tokens * 1e6, 4) if tokens else None,
+            "sites_used": len(used),
+            "busy_usd": round(busy_cost, 4),
+            "busy_per_million_tokens": round(busy_cost / tokens * 1e6, 4) if tokens else None,
+        },
+        "sites": site_rows,
+    }
+
+
+def time_series(w: Workload, out: Outcome, buckets: int = 120) -> dict[str, Any]:
+    """p99 end to end (of the requests arriving in each bucket, completed ones) and rejections."""
+    width = w.duration_s / buckets if w.duration_s > 0 else 1.0
+    vals: list[list[float]] = [[] for _ in range(buckets)]
+    rejected = [0] * buckets
+    counts = [0] * buckets
+    T, e2e, site_of = w.t, out.e2e_ms, out.site
+    last = buckets - 1
+    for i in range(len(w)):
+        b = int(T[i] / width)
+        b = b if b < last else last
+        counts[b] += 1
+        if site_of[i] >= 0:
+            vals[b].append(e2e[i])
+        else:
+            rejected[b] += 1
+    p99 = []
+    for v in vals:
+        v.sort()
+        p99.append(_ms(percentile(v, 99)))
+    return {
+        "policy": out.policy,
+        "bucket_s": round(width, 6),
+        "p99_e2e_ms": p99,
+        "rejected": rejected,
+        "requests": counts,
+    }
