@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from gridctl.inventory.jurisdictions import expand_jurisdictions
 from gridctl.inventory.model import Inventory, Region, Site
-from gridctl.placement.latency import Latency, region_site_latency
+from gridctl.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
 LATENCY_SCALE_MS = 50.0
@@ -115,6 +115,7 @@ class Planner:
         self.max_cost = max((s.cost_per_gpu_hour for s in inv.sites), default=0.0) or 1.0
         self.probes = probes or {}
         self._static: dict[tuple[str, str], tuple[_Static, ...]] = {}
+        self._serving_cache: dict[str, list[tuple[Site, int, tuple[float, float, float]]]] = {}
 
     # -- precomputation ---------------------------------------------------------------
 
@@ -133,6 +134,20 @@ class Planner:
             probe_ms=self.probes.get(region.name, {}).get(site.name),
         )
 
+    def _serving(self, model: str) -> list[tuple[Site, int, tuple[float, float, float]]]:
+        """Sites serving ``model`` and not drained, with their capacity and position (cached)."""
+        cached = self._serving_cache.get(model)
+        if cached is None:
+            cached = [
+                (s, m.capacity, radians_of(s.location))
+                for s in self.sites.values()
+                if not s.drain
+                for m in s.models
+                if m.name == model
+            ]
+            self._serving_cache[model] = cached
+        return cached
+
     def static_candidates(self, region_name: str, model: str) -> tuple[_Static, ...]:
         """Sites serving ``model``, not drained, allowed for the region: by round trip, then name."""
         key = (region_name, model)
@@ -140,20 +155,21 @@ class Planner:
         if cached is not None:
             return cached
         region = self.region(region_name)
+        here = radians_of(region.location)
+        probes = self.probes.get(region.name, {})
+        measured = region.latency_ms
         out = []
-        for site in self.sites.values():
-            serving = next((m for m in site.models if m.name == model), None)
-            if serving is None or site.drain or site.jurisdiction not in region.allowed:
+        for site, capacity, there in self._serving(model):
+            if site.jurisdiction not in region.allowed:
                 continue
-            rtt = self.latency(region, site).rtt_ms
+            name = site.name
+            rtt = probes.get(name)  # the same order as latency(): probe, inventory, estimate
+            if rtt is None:
+                rtt = measured.get(name)
+            if rtt is None:
+                rtt = round(rtt_for_km(haversine_km(here, there), site.kind), 3)
             out.append(
-                _Static(
-                    site.name,
-                    rtt,
-                    site.cost_per_gpu_hour / self.max_cost,
-                    serving.capacity,
-                    site.jurisdiction,
-                )
+                _Static(name, rtt, site.cost_per_gpu_hour / self.max_cost, capacity, site.jurisdiction)
             )
         out.sort(key=lambda s: (s.rtt_ms, s.name))
         result = tuple(out)

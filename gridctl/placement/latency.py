@@ -33,18 +33,29 @@ class Latency:
     source: str  # "probe" | "inventory" | "estimate"
 
 
-def great_circle_km(a: Location, b: Location) -> float:
-    """Haversine distance on a sphere of the Earth's mean radius."""
-    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
-    dlat = lat2 - lat1
-    dlon = math.radians(b.lon - a.lon)
-    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+def radians_of(loc: Location) -> tuple[float, float, float]:
+    """(lat, lon, cos lat) in radians: what the haversine needs, computed once per place."""
+    lat = math.radians(loc.lat)
+    return lat, math.radians(loc.lon), math.cos(lat)
+
+
+def haversine_km(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """Great-circle distance between two places given by ``radians_of``."""
+    h = math.sin((b[0] - a[0]) / 2) ** 2 + a[2] * b[2] * math.sin((b[1] - a[1]) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
+def great_circle_km(a: Location, b: Location) -> float:
+    """Haversine distance on a sphere of the Earth's mean radius."""
+    return haversine_km(radians_of(a), radians_of(b))
+
+
+def rtt_for_km(distance_km: float, kind: str, route_factor: float = ROUTE_FACTOR) -> float:
+    return 2 * distance_km * route_factor / FIBRE_KM_PER_MS + KIND_OVERHEAD_MS.get(kind, 0.0)
+
+
 def estimate_rtt_ms(client: Location, site: Location, kind: str, route_factor: float = ROUTE_FACTOR) -> float:
-    distance = great_circle_km(client, site)
-    return 2 * distance * route_factor / FIBRE_KM_PER_MS + KIND_OVERHEAD_MS.get(kind, 0.0)
+    return rtt_for_km(great_circle_km(client, site), kind, route_factor)
 
 
 def region_site_latency(
