@@ -180,3 +180,8 @@ def trust(
         )
     if any(r.verdict == "unreachable" for r in reports):
         raise typer.Exit(ExitCode.UNREACHABLE)
+
+
+from gridctl.cli.provision import provision  # noqa: E402  (its own module; registered here)
+
+app.command("provision")(provision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SITE_KINDS: tuple[str, ...] = ("regional-pop", "central-office", "edge", "cloud")
 
@@ -22,6 +23,17 @@ class Gpus:
 
 
 @dataclass(frozen=True)
+class Provision:
+    """How ``gridctl node provision`` sets up a site or node (``provision:`` in the
+    site file or on a node). A node's values override its site's; ``vars`` merge."""
+
+    profile: str | None = None  # templates/provision/<profile>/
+    prefix: str | None = None  # absolute directory the profile's remote paths are rooted at
+    owner: str | None = None  # "user" or "user:group" for the files pushed
+    vars: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     site: str
@@ -31,6 +43,7 @@ class Node:
     key: str | None  # private key path; the SSH agent when None
     gpus: Gpus | None
     jump: str | None = None  # "[user@]host[:port]" to reach the node through
+    provision: Provision | None = None  # the node's own provision: settings (over its site's)
 
     @property
     def address(self) -> str:
@@ -60,6 +73,7 @@ class Site:
     models: tuple[ModelServing, ...] = ()
     nodes: tuple[Node, ...] = ()
     file: str = ""  # relative to the inventory root
+    provision: Provision | None = None
 
     def serves(self, model: str) -> bool:
         return any(m.name == model for m in self.models)

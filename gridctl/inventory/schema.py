@@ -22,6 +22,7 @@ from gridctl.inventory.model import (
     Location,
     ModelServing,
     Node,
+    Provision,
     Region,
     Site,
     SshDefaults,
@@ -41,6 +42,12 @@ JUMP = re.compile(
 )
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
 GPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+PREFIX = re.compile(r"^/$|^(/[A-Za-z0-9._@+-]+)+/?$")
+OWNER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}(:[A-Za-z_][A-Za-z0-9_.-]{0,31})?$")
+VAR_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+# Names the provisioning templates get from gridctl itself; a var may not take them.
+RESERVED_VARS = frozenset({"node", "site", "grid", "profile", "prefix", "owner", "path", "gridctl"})
+MAX_VAR_TEXT = 4096
 
 MAX_GPUS_PER_NODE = 256
 MAX_COST_PER_GPU_HOUR = 1000.0
@@ -73,6 +80,7 @@ SITE_KEYS = {
     "labels": False,
     "models": False,
     "nodes": False,
+    "provision": False,
 }
 MODEL_KEYS = {"name": True, "capacity": True}
 NODE_KEYS = {
@@ -83,8 +91,10 @@ NODE_KEYS = {
     "key": False,
     "jump": False,
     "gpus": False,
+    "provision": False,
 }
 GPUS_KEYS = {"model": True, "count": True}
+PROVISION_KEYS = {"profile": False, "prefix": False, "owner": False, "vars": False}
 
 
 @dataclass(frozen=True)
@@ -392,6 +402,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     labels = _labels(ck, m["labels"]) if m.get("labels") is not None else {}
     models = _models(ck, m["models"]) if m.get("models") is not None else []
     nodes = _nodes(ck, m["nodes"], name or "", ssh) if m.get("nodes") is not None else []
+    provision = _provision(ck, m["provision"], ("provision",)) if m.get("provision") is not None else None
     if ck.issues or None in (name, kind, region, code, loc, endpoint):
         return None, ck.issues
     site = Site(
@@ -408,6 +419,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
         labels=labels,
         models=tuple(models),
         nodes=tuple(nodes),
+        provision=provision,
     )
     return site, ck.issues
 
@@ -470,9 +482,22 @@ def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
         key = _key_path(ck, m["key"], (*path, "key")) if "key" in m else ssh.key
         jump = _jump(ck, m["jump"], (*path, "jump")) if m.get("jump") is not None else ssh.jump
         gpus = _gpus(ck, m["gpus"], (*path, "gpus")) if m.get("gpus") is not None else None
+        prov = (
+            _provision(ck, m["provision"], (*path, "provision")) if m.get("provision") is not None else None
+        )
         if name and host and port:
             out.append(
-                Node(name=name, site=site, host=host, port=port, user=user, key=key, gpus=gpus, jump=jump)
+                Node(
+                    name=name,
+                    site=site,
+                    host=host,
+                    port=port,
+                    user=user,
+                    key=key,
+                    gpus=gpus,
+                    jump=jump,
+                    provision=prov,
+                )
             )
     return out
 
@@ -492,3 +517,57 @@ def _gpus(ck: _Checker, value: Any, path: Path) -> Gpus | None:
         else None
     )
     return Gpus(model, count) if model is not None and count is not None else None
+
+
+def _provision(ck: _Checker, value: Any, path: Path) -> Provision | None:
+    """``provision: {profile, prefix, owner, vars}`` of a site or a node."""
+    m = ck.want_mapping(value, path, PROVISION_KEYS)
+    if m is None:
+        return None
+    before = len(ck.issues)
+    profile = prefix = owner = None
+    if m.get("profile") is not None:
+        what = "a profile name (a directory of templates/provision/, e.g. vllm, nim, lab)"
+        profile = ck.want_str(m["profile"], (*path, "profile"), DNS_LABEL, what)
+    if m.get("prefix") is not None:
+        what = "an absolute directory such as / or /srv/grid (letters, digits, '._@+-')"
+        prefix = ck.want_str(m["prefix"], (*path, "prefix"), PREFIX, what)
+        if prefix is not None and any(part in (".", "..") for part in prefix.split("/")):
+            ck.fail((*path, "prefix"), f"must not contain '.' or '..' components (got {show(prefix)})")
+        elif prefix is not None and len(prefix) > 1:
+            prefix = prefix.rstrip("/")
+    if m.get("owner") is not None:
+        owner = ck.want_str(m["owner"], (*path, "owner"), OWNER, "an owner as user or user:group")
+    variables = _provision_vars(ck, m["vars"], (*path, "vars")) if m.get("vars") is not None else {}
+    if len(ck.issues) > before:
+        return None
+    return Provision(profile=profile, prefix=prefix, owner=owner, vars=variables)
+
+
+def _provision_vars(ck: _Checker, value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        ck.fail(path, f"must be a mapping of variable name to value (got {show(value)})")
+        return {}
+    out: dict[str, Any] = {}
+    for key, val in value.items():
+        vpath: Path = (*path, str(key))
+        if not isinstance(key, str) or not VAR_NAME.match(key):
+            what = "a variable name: lowercase letters, digits and '_', not starting with a digit"
+            ck.fail(vpath, f"must be {what} (got {show(key)})", at_key=True)
+            continue
+        if key in RESERVED_VARS:
+            ck.fail(vpath, f"'{key}' is set by gridctl for the templates; pick another name", at_key=True)
+            continue
+        items = val if isinstance(val, list) else [val]
+        if all(_scalar_var(ck, v, vpath) for v in items):
+            out[key] = list(val) if isinstance(val, list) else val
+    return out
+
+
+def _scalar_var(ck: _Checker, value: Any, path: Path) -> bool:
+    if isinstance(value, bool | int | float) and value == value:
+        return True
+    if isinstance(value, str) and len(value) <= MAX_VAR_TEXT and "\0" not in value:
+        return True
+    ck.fail(path, f"must be text, a number, true/false, or a list of those (got {show(value)})")
+    return False

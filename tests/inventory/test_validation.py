@@ -181,7 +181,7 @@ def test_top_level_must_be_a_mapping(cli, inv, rel, text, got):
         "name, defaults, regions"
         if rel == GRID
         else "name, kind, region, jurisdiction, location, endpoint, health_path, api_key_env, "
-        "cost_per_gpu_hour, drain, labels, models, nodes"
+        "cost_per_gpu_hour, drain, labels, models, nodes, provision"
     )
     invalid(cli, f"{rel}:1: must be a mapping of {keys} (got {got})")
 
@@ -221,7 +221,7 @@ def test_unknown_key_without_near_match_lists_the_keys(cli, inv):
     invalid(
         cli,
         f"{PHL}:{line}: nodes[0].colour: unknown key; "
-        "expected one of: name, host, port, user, key, jump, gpus",
+        "expected one of: name, host, port, user, key, jump, gpus, provision",
     )
 
 
@@ -235,7 +235,8 @@ def test_non_string_unknown_key_points_at_its_line(cli, inv):
     problems = invalid(
         cli,
         f"{PHL}:{line}: 1: unknown key; expected one of: name, kind, region, jurisdiction, "
-        "location, endpoint, health_path, api_key_env, cost_per_gpu_hour, drain, labels, models, nodes",
+        "location, endpoint, health_path, api_key_env, cost_per_gpu_hour, drain, labels, models, nodes, "
+        "provision",
     )
     assert len(problems) == 1
 
