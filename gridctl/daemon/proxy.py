@@ -232,51 +232,102 @@ class Proxy:
         start: float,
         hashes: list[bytes],
     ) -> web.StreamResponse:
-        d = self.d
-        resp = web.StreamResponse(status=upstream.status)
-        for k, v in upstream.headers.items():
-            if k.lower() not in DROP_TO_CLIENT:
-                resp.headers.add(k, v)
-        resp.headers["x-grid-site"] = name
+        """Pass the site's answer to the client. A site that breaks off is blamed (breaker,
+        error rate, an SSE error event); a client that hangs up is not the site's fault."""
+        headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_TO_CLIENT]
+        streaming = "text/event-stream" in upstream.headers.get("content-type", "")
         first: float | None = None
-        cut = False
+        cut: BaseException | None = None  # the site broke off
+        gone = False  # the client hung up
+        if not streaming and upstream.content_length is not None:
+            # a whole answer of known size: one send instead of a chunked relay
+            try:
+                body = await upstream.read()
+                first = time.monotonic()
+            except (ClientError, TimeoutError, OSError) as exc:
+                cut = exc
+            finally:
+                upstream.release()
+            if cut is None:
+                resp: web.StreamResponse = web.Response(status=upstream.status, body=body)
+                for k, v in headers:
+                    resp.headers.add(k, v)
+                resp.headers["x-grid-site"] = name
+                self._account(st, name, start, first, hashes, upstream.status, None)
+                return resp
+            self._account(st, name, start, first, hashes, upstream.status, cut)
+            return error_json(
+                502, f"site {name} broke off its answer: {type(cut).__name__}", "upstream_error"
+            )
+        resp = web.StreamResponse(status=upstream.status)
+        for k, v in headers:
+            resp.headers.add(k, v)
+        resp.headers["x-grid-site"] = name
         try:
-            await resp.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            try:
+                await resp.prepare(request)
+            except (ConnectionError, RuntimeError, OSError):
+                gone = True
+            while not gone:
+                try:
+                    chunk = await upstream.content.readany()
+                except (ClientError, TimeoutError, OSError) as exc:
+                    cut = exc
+                    break
+                if not chunk:
+                    break
                 if first is None:
                     first = time.monotonic()
-                await resp.write(chunk)
-        except (ClientError, TimeoutError, OSError) as exc:
-            cut = True
-            d.metrics.stream_cuts += 1
-            st.breaker.on_failure(time.monotonic())
-            st.failures += 1
-            st.error_rate.add(1.0)
-            if resp.prepared and "text/event-stream" in upstream.headers.get("content-type", ""):
+                try:
+                    await resp.write(chunk)
+                except (ConnectionError, RuntimeError, OSError):
+                    gone = True
+            if cut is not None and streaming and not gone:
                 event = {
                     "error": {
-                        "message": f"site {name} cut the stream: {type(exc).__name__}",
+                        "message": f"site {name} cut the stream: {type(cut).__name__}",
                         "type": "upstream_cut",
                         "site": name,
                     }
                 }
-                with contextlib.suppress(ConnectionError, RuntimeError):
+                with contextlib.suppress(ConnectionError, RuntimeError, OSError):
                     await resp.write(f"data: {json.dumps(event)}\n\n".encode())
         finally:
             upstream.release()
+        self._account(st, name, start, first, hashes, upstream.status, cut, gone)
+        if not gone:
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                await resp.write_eof()
+        return resp
+
+    def _account(
+        self,
+        st: Any,
+        name: str,
+        start: float,
+        first: float | None,
+        hashes: list[bytes],
+        status: int,
+        cut: BaseException | None,
+        gone: bool = False,
+    ) -> None:
+        d = self.d
         now = time.monotonic()
-        if not cut:
+        if cut is not None:
+            d.metrics.stream_cuts += 1
+            st.breaker.on_failure(now)
+            st.failures += 1
+            st.error_rate.add(1.0)
+        elif not gone:
             st.breaker.on_success()
             st.error_rate.add(0.0)
             st.latency_s.add(now - start)
             if first is not None:
                 st.ttft_s.add(first - start)
-            if hashes and upstream.status < 400:
+            if hashes and status < 400:
                 d.state.prefixes.record(name, hashes)
-        d.metrics.requests[(name, str(upstream.status) if not cut else "cut")] += 1
+        label = "cut" if cut is not None else "client-gone" if gone else str(status)
+        d.metrics.requests[(name, label)] += 1
         d.metrics.latency[name].observe(now - start)
         if first is not None:
             d.metrics.ttft[name].observe(first - start)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await resp.write_eof()
-        return resp

@@ -390,3 +390,26 @@ def test_unit_renders(inv) -> None:
         and "--region us-east" in r.out
         and "ExecReload=/bin/kill -HUP" in r.out
     )
+
+
+def test_clients_hanging_up_do_not_count_against_the_site(daemon) -> None:
+    import socket
+
+    body = json.dumps(chat(stream=True, max_tokens=300)).encode()
+    host, port = daemon.url.removeprefix("http://").split(":")
+    for _ in range(4):  # read the first bytes of a stream, then hang up
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert s.recv(200).startswith(b"HTTP/1.1 200")
+    time.sleep(1.0)
+    site = next(
+        s for s in httpx.get(daemon.url + "/grid/status").json()["sites"] if s["site"] == "jc-edge-01"
+    )
+    assert site["breaker"] == "closed" and site["failures"] == 0 and site["status"] == "ok"
+    r = daemon.post(chat())
+    assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
+    assert 'status="client-gone"' in httpx.get(daemon.url + "/metrics").text
