@@ -67,7 +67,7 @@ def test(
     """Explain where a request would go: ranked sites with score breakdowns, then every
     excluded site with its reasons. Exit 4 when no site is eligible."""
     from gridctl.inventory.jurisdictions import GROUPS, is_code
-    from gridctl.placement.engine import Request
+    from gridctl.placement.engine import Request, decision_dict
     from gridctl.routing import live_completion, load_planner, recorded_live
 
     st = state(ctx)
@@ -84,32 +84,9 @@ def test(
             )
     request = Request(region, model, jurisdiction, slo_ms)
     decision = planner.explain(request, recorded_live(inv))
-    ranked: list[dict[str, Any]] = [
-        {
-            "rank": i + 1,
-            "site": c.site,
-            "kind": planner.sites[c.site].kind,
-            "jurisdiction": planner.sites[c.site].jurisdiction,
-            "endpoint": planner.sites[c.site].endpoint,
-            "rtt_ms": c.rtt_ms,
-            "latency_source": c.latency_source,
-            "score": c.score,
-            "breakdown": dict(c.breakdown),
-        }
-        for i, c in enumerate(decision.ranked)
-    ]
-    excluded = [{"site": e.site, "reasons": list(e.reasons)} for e in decision.excluded]
-    result: dict[str, Any] = {
-        "request": {
-            "region": region,
-            "model": model,
-            "jurisdiction": jurisdiction,
-            "slo_ms": decision.slo_ms,
-        },
-        "ranked": ranked,
-        "excluded": excluded,
-        "live": None,
-    }
+    result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
+    ranked: list[dict[str, Any]] = result["ranked"]
+    excluded: list[dict[str, Any]] = result["excluded"]
     if live and decision.best is not None:
         result["live"] = live_completion(
             planner.sites[decision.best.site], model, region, st.streams.environ

@@ -26,7 +26,7 @@ from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, error_json
 from gridctl.daemon.state import GridState
 from gridctl.errors import GridctlError
-from gridctl.placement.engine import Request
+from gridctl.placement.engine import Request, decision_dict
 
 _VLLM_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 _VLLM_KV = re.compile(
@@ -271,33 +271,8 @@ class Daemon:
             return error_json(400, "slo_ms must be a number", "invalid_request_error")
         juris = q.get("jurisdiction")
         req = Request(region, model, juris.upper() if juris else None, slo)
-        d = self.state.explain(req, time.monotonic())
-        planner = self.state.planner
-        return web.json_response(
-            {
-                "request": {
-                    "region": region,
-                    "model": model,
-                    "jurisdiction": req.jurisdiction,
-                    "slo_ms": d.slo_ms,
-                },
-                "ranked": [
-                    {
-                        "rank": i + 1,
-                        "site": c.site,
-                        "kind": planner.sites[c.site].kind,
-                        "jurisdiction": planner.sites[c.site].jurisdiction,
-                        "endpoint": planner.sites[c.site].endpoint,
-                        "rtt_ms": c.rtt_ms,
-                        "latency_source": c.latency_source,
-                        "score": c.score,
-                        "breakdown": dict(c.breakdown),
-                    }
-                    for i, c in enumerate(d.ranked)
-                ],
-                "excluded": [{"site": e.site, "reasons": list(e.reasons)} for e in d.excluded],
-            }
-        )
+        decision = self.state.explain(req, time.monotonic())
+        return web.json_response(decision_dict(decision, self.state.planner.sites))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         now = time.monotonic()

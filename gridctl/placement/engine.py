@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gridctl.inventory.jurisdictions import expand_jurisdictions
 from gridctl.inventory.model import Inventory, Region, Site
@@ -269,3 +270,31 @@ class Planner:
             ranked.append((raw, latency.rtt_ms, name, candidate))
         ranked.sort(key=lambda t: t[:3])  # the order rank() gives: penalty, then rtt, then name
         return Decision(request, slo, tuple(t[3] for t in ranked), tuple(excluded))
+
+
+def decision_dict(decision: Decision, sites: Mapping[str, Site]) -> dict[str, Any]:
+    """The documented JSON shape of an explanation (``route test -o json``, ``/grid/route``)."""
+    req = decision.request
+    return {
+        "request": {
+            "region": req.region,
+            "model": req.model,
+            "jurisdiction": req.jurisdiction,
+            "slo_ms": decision.slo_ms,
+        },
+        "ranked": [
+            {
+                "rank": i + 1,
+                "site": c.site,
+                "kind": sites[c.site].kind,
+                "jurisdiction": sites[c.site].jurisdiction,
+                "endpoint": sites[c.site].endpoint,
+                "rtt_ms": c.rtt_ms,
+                "latency_source": c.latency_source,
+                "score": c.score,
+                "breakdown": dict(c.breakdown),
+            }
+            for i, c in enumerate(decision.ranked)
+        ],
+        "excluded": [{"site": e.site, "reasons": list(e.reasons)} for e in decision.excluded],
+    }
