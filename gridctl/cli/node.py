@@ -12,7 +12,9 @@ from gridctl.cli.site import ModelOpt, TargetArg, report_outcome
 from gridctl.errors import UsageError
 from gridctl.output import Column, Format, render_list
 
-app = typer.Typer(help="GPU nodes of the sites: list, add, remove.", no_args_is_help=True)
+app = typer.Typer(
+    help="GPU nodes of the sites: list, add, remove, pin host keys (trust), provision.", no_args_is_help=True
+)
 
 
 def _gpus(r: Mapping[str, Any]) -> str:
