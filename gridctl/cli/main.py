@@ -81,6 +81,24 @@ def _root(
     ctx.obj = st
 
 
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """Usage errors come from click: the click package (Typer < 0.20) or Typer's own copy."""
+    kinds: list[type[BaseException]] = []
+    try:
+        from click.exceptions import ClickException
+
+        kinds.append(ClickException)
+    except ImportError:
+        pass
+    typer_kind = getattr(typer, "TyperException", None)
+    if isinstance(typer_kind, type):
+        kinds.append(typer_kind)
+    return tuple(kinds)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
 def report(streams: Streams, exc: GridctlError) -> None:
     err = streams.stderr
     if isinstance(exc, InventoryError):
@@ -111,7 +129,7 @@ def run(argv: list[str], streams: Streams | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         streams.stderr.write("\ninterrupted\n")
         return ExitCode.INTERRUPTED
-    except typer.TyperException as exc:  # click's usage errors and friends
+    except _CLICK_ERRORS as exc:  # click's usage errors and friends
         show = getattr(exc, "show", None)
         if show is not None:
             show(file=streams.stderr)
