@@ -8,7 +8,9 @@ know each site's last health.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,18 +85,22 @@ def check_health(
     def work(session: Session, deadline: float) -> NodeProbe:
         return probe_gpus(session, deadline, thresholds)
 
-    node_results = run_on_nodes(
-        nodes, session_task(opts, work), forks=forks, timeout=timeout, on_done=lambda _r: tick()
-    )
+    # site endpoints are probed while the nodes are, not after them
+    start = time.monotonic()
+    endpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridctl-endpoints")
+    pending = endpoints.submit(probe_endpoints, sites, environ, timeout, 32, lambda _s, _p: tick())
+    try:
+        node_results = run_on_nodes(
+            nodes, session_task(opts, work), forks=forks, timeout=timeout, on_done=lambda _r: tick()
+        )
+        probes = pending.result()
+    finally:
+        endpoints.shutdown(wait=False, cancel_futures=True)
+    elapsed = time.monotonic() - start
     node_rows = [
         _node_row(r.node, r.value, r.unreachable.message if r.unreachable else None, r.seconds, thresholds)
         for r in node_results
     ]
-    import time
-
-    start = time.monotonic()
-    probes = probe_endpoints(sites, environ, timeout, on_done=lambda _s, _p: tick())
-    elapsed = time.monotonic() - start
     site_rows = []
     for site, probe in zip(sites, probes, strict=True):
         endpoint = classify_endpoint(probe, [m.name for m in site.models], thresholds)
