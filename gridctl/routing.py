@@ -33,10 +33,7 @@ def recorded_live(inv: Inventory) -> Live:
 
 
 def _headers(site: Site, environ: Mapping[str, str], region: str | None) -> dict[str, str]:
-    headers = {"user-agent": "gridctl"}
-    key = environ.get(site.api_key_env) if site.api_key_env else None
-    if key:
-        headers["authorization"] = f"Bearer {key}"
+    headers = {"user-agent": "gridctl", **site.auth_headers(environ)}
     if region:
         headers["x-grid-client-region"] = region  # lab sites simulate this region's distance
     return headers

@@ -164,10 +164,7 @@ class Proxy:
             for k, v in request.headers.items()
             if k.lower() not in DROP_TO_SITE and not k.lower().startswith("x-grid-")
         }
-        site = self.d.state.sites[site_name].site
-        key = self.d.environ.get(site.api_key_env) if site.api_key_env else None
-        if key:
-            out["Authorization"] = f"Bearer {key}"
+        out.update(self.d.state.sites[site_name].site.auth_headers(self.d.environ))
         out["x-grid-client-region"] = region  # lab sites simulate the distance; others ignore it
         return out
 

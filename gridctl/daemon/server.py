@@ -173,10 +173,7 @@ class Daemon:
         site = st.site
         base = site.endpoint.rstrip("/")
         timeout = ClientTimeout(total=self.config.probe_timeout_s)
-        headers = {}
-        key = self.environ.get(site.api_key_env) if site.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = site.auth_headers(self.environ)
         start = time.monotonic()
         try:
             async with self.client.get(base + site.health_path, timeout=timeout, headers=headers) as r:

@@ -31,10 +31,7 @@ def probe_endpoint(client: object, site: Site, environ: Mapping[str, str], timeo
     import httpx
 
     assert isinstance(client, httpx.Client)
-    headers = {}
-    key = environ.get(site.api_key_env) if site.api_key_env else None
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    headers = site.auth_headers(environ)
     base = site.endpoint.rstrip("/")
     try:
         start = time.perf_counter()

@@ -75,6 +75,11 @@ class Site:
     file: str = ""  # relative to the inventory root
     provision: Provision | None = None
 
+    def auth_headers(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``Authorization: Bearer ...`` from the variable ``api_key_env`` names, when it is set."""
+        key = environ.get(self.api_key_env) if self.api_key_env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
     def serves(self, model: str) -> bool:
         return any(m.name == model for m in self.models)
 
