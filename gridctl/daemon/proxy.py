@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
-
 from gridctl.daemon.affinity import prefix_hashes
-from gridctl.placement.engine import Request
+from gridctl.net.client import Pool, Response, UpstreamError
+from gridctl.net.server import DropConnection, Request, StreamingResponse, json_response
+from gridctl.net.server import Response as Answer
+from gridctl.placement.engine import Request as Placement
 
 if TYPE_CHECKING:
     from gridctl.daemon.server import Daemon
@@ -41,13 +43,14 @@ HOP_BY_HOP = frozenset(
 )
 # request headers a site never sees (plus every x-grid-* constraint header)
 DROP_TO_SITE = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
-DROP_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+DROP_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-type", "server", "date"}
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-def error_json(status: int, message: str, kind: str, **extra: Any) -> web.Response:
-    body = {"error": {"message": message, "type": kind, **extra}}
-    return web.json_response(body, status=status)
+def error_json(
+    status: int, message: str, kind: str, headers: tuple[tuple[str, str], ...] = (), **extra: Any
+) -> Answer:
+    return json_response({"error": {"message": message, "type": kind, **extra}}, status, headers)
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
@@ -73,21 +76,18 @@ def prompt_text(body: Mapping[str, Any]) -> str:
 
 
 class Proxy:
-    def __init__(self, daemon: Daemon, client: ClientSession) -> None:
+    def __init__(self, daemon: Daemon, pool: Pool) -> None:
         self.d = daemon
-        self.client = client
+        self.pool = pool
         self.queued = 0
-        self.slot_freed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     # -- the inference path -----------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Answer | StreamingResponse:
         d = self.d
         cfg = d.config
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_json(413, f"request body over {cfg.max_body_bytes} bytes", "invalid_request_error")
+        raw = request.body  # the server answered 413 already when it was over the limit
         try:
             body = json.loads(raw)
             model = body["model"]
@@ -108,7 +108,7 @@ class Proxy:
         except ValueError:
             return error_json(400, "x-grid-slo-ms must be a number of milliseconds", "invalid_request_error")
         jurisdiction = headers.get("x-grid-jurisdiction")
-        req = Request(region, model, jurisdiction.upper() if jurisdiction else None, slo)
+        req = Placement(region, model, jurisdiction.upper() if jurisdiction else None, slo)
         state = d.state  # one snapshot for the whole request, even across a reload
         if region not in state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
@@ -127,50 +127,62 @@ class Proxy:
             order = await self._wait_for_room(req, hashes, session, deadline)
             if not order:
                 d.metrics.shed["all-sites-full"] += 1
-                resp = error_json(429, "every eligible site is full; retry shortly", "rate_limit_exceeded")
-                resp.headers["Retry-After"] = "1"
-                return resp
-        return await self._forward(request, raw, req, order, hashes)
+                return error_json(
+                    429,
+                    "every eligible site is full; retry shortly",
+                    "rate_limit_exceeded",
+                    headers=(("retry-after", "1"),),
+                )
+        return await self._forward(request, req, order, hashes)
 
     async def _wait_for_room(
-        self, req: Request, hashes: list[bytes], session: str | None, deadline: float
+        self, req: Placement, hashes: list[bytes], session: str | None, deadline: float
     ) -> list[str]:
         if self.queued >= self.d.config.queue_max:
             return []
+        loop = asyncio.get_running_loop()
         self.queued += 1
         try:
-            async with self.slot_freed:
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return []
-                    try:
-                        await asyncio.wait_for(self.slot_freed.wait(), timeout=left)
-                    except TimeoutError:
-                        return []
-                    order = self.d.state.order(req, hashes, session, time.monotonic())
-                    if order:
-                        return order
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(fut)
+                try:
+                    await asyncio.wait_for(fut, timeout=left)
+                except TimeoutError:
+                    return []
+                finally:
+                    if not fut.done():
+                        fut.cancel()
+                order = self.d.state.order(req, hashes, session, time.monotonic())
+                if order:
+                    return order
         finally:
             self.queued -= 1
 
-    async def _release(self) -> None:
-        async with self.slot_freed:
-            self.slot_freed.notify(1)
+    def _release(self) -> None:
+        """A request to a site ended: wake one queued request to look for room."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
-    def _site_headers(self, request: web.Request, site_name: str, region: str) -> dict[str, str]:
-        out = {
-            k: v
+    def _site_headers(self, request: Request, site_name: str, region: str) -> list[tuple[str, str]]:
+        out = [
+            (k, v)
             for k, v in request.headers.items()
-            if k.lower() not in DROP_TO_SITE and not k.lower().startswith("x-grid-")
-        }
-        out.update(self.d.state.sites[site_name].site.auth_headers(self.d.environ))
-        out["x-grid-client-region"] = region  # lab sites simulate the distance; others ignore it
+            if k not in DROP_TO_SITE and not k.startswith("x-grid-")
+        ]
+        out.extend(self.d.state.sites[site_name].site.auth_headers(self.d.environ).items())
+        out.append(("x-grid-client-region", region))  # lab sites simulate the distance; others ignore it
         return out
 
     async def _forward(
-        self, request: web.Request, raw: bytes, req: Request, order: list[str], hashes: list[bytes]
-    ) -> web.StreamResponse:
+        self, request: Request, req: Placement, order: list[str], hashes: list[bytes]
+    ) -> Answer | StreamingResponse:
         d = self.d
         cfg = d.config
         attempts: list[dict[str, str]] = []
@@ -185,29 +197,37 @@ class Proxy:
             st.in_flight += 1
             st.requests += 1
             st.breaker.on_attempt(start)
+            handed_off = False  # a streamed answer ends (and is accounted) after this returns
             try:
                 try:
-                    upstream = await self.client.post(
+                    upstream = await self.pool.request(
+                        "POST",
                         url,
-                        data=raw,
-                        headers=self._site_headers(request, name, req.region),
-                        timeout=ClientTimeout(
-                            sock_connect=cfg.connect_timeout_s, sock_read=cfg.header_timeout_s
-                        ),
-                        allow_redirects=False,
+                        self._site_headers(request, name, req.region),
+                        request.body,
+                        head_timeout=cfg.header_timeout_s,
+                        connect_timeout=cfg.connect_timeout_s,
                     )
-                except (ClientError, TimeoutError, OSError) as exc:
+                except UpstreamError as exc:
                     self._failed(st, attempts, name, f"{type(exc).__name__}: {exc}")
                     continue
                 if upstream.status >= 500:
-                    detail = (await upstream.read())[:200].decode("utf-8", "replace")
-                    upstream.release()
+                    try:
+                        detail = (await upstream.read())[:200].decode("utf-8", "replace")
+                    except UpstreamError as exc:
+                        detail = f"(its body broke off: {exc})"
                     self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
                     continue
-                return await self._relay(request, upstream, st, name, start, hashes)
+                answer = await self._relay(upstream, st, name, start, hashes)
+                handed_off = isinstance(answer, StreamingResponse)
+                return answer
+            except asyncio.CancelledError:  # the client hung up while we waited for the site
+                self._account(st, name, start, None, hashes, 0, None, gone=True)
+                raise
             finally:
-                st.in_flight -= 1
-                await self._release()
+                if not handed_off:
+                    st.in_flight -= 1
+                    self._release()
         d.metrics.requests[("none", "502")] += 1
         return error_json(
             502, "every site tried failed before answering", "upstream_error", attempts=attempts
@@ -221,81 +241,26 @@ class Proxy:
         attempts.append({"site": name, "error": error})
 
     async def _relay(
-        self,
-        request: web.Request,
-        upstream: Any,
-        st: Any,
-        name: str,
-        start: float,
-        hashes: list[bytes],
-    ) -> web.StreamResponse:
-        """Pass the site's answer to the client. A site that breaks off is blamed (breaker,
-        error rate, an SSE error event); a client that hangs up is not the site's fault."""
-        headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_TO_CLIENT]
-        streaming = "text/event-stream" in upstream.headers.get("content-type", "")
-        first: float | None = None
-        cut: BaseException | None = None  # the site broke off
-        gone = False  # the client hung up
+        self, upstream: Response, st: Any, name: str, start: float, hashes: list[bytes]
+    ) -> Answer | StreamingResponse:
+        """The site's answer for the client: whole when its size is known and it is not a
+        stream (one send), else relayed piece by piece as it arrives."""
+        headers = [(k, v) for k, v in upstream.headers if k not in DROP_TO_CLIENT]
+        headers.append(("x-grid-site", name))
+        content_type = upstream.header("content-type", "") or ""
+        streaming = "text/event-stream" in content_type
         if not streaming and upstream.content_length is not None:
-            # a whole answer of known size: one send instead of a chunked relay
             try:
                 body = await upstream.read()
-                first = time.monotonic()
-            except (ClientError, TimeoutError, OSError) as exc:
-                cut = exc
-            finally:
-                upstream.release()
-            if cut is None:
-                resp: web.StreamResponse = web.Response(status=upstream.status, body=body)
-                for k, v in headers:
-                    resp.headers.add(k, v)
-                resp.headers["x-grid-site"] = name
-                self._account(st, name, start, first, hashes, upstream.status, None)
-                return resp
-            self._account(st, name, start, first, hashes, upstream.status, cut)
-            return error_json(
-                502, f"site {name} broke off its answer: {type(cut).__name__}", "upstream_error"
-            )
-        resp = web.StreamResponse(status=upstream.status)
-        for k, v in headers:
-            resp.headers.add(k, v)
-        resp.headers["x-grid-site"] = name
-        try:
-            try:
-                await resp.prepare(request)
-            except (ConnectionError, RuntimeError, OSError):
-                gone = True
-            while not gone:
-                try:
-                    chunk = await upstream.content.readany()
-                except (ClientError, TimeoutError, OSError) as exc:
-                    cut = exc
-                    break
-                if not chunk:
-                    break
-                if first is None:
-                    first = time.monotonic()
-                try:
-                    await resp.write(chunk)
-                except (ConnectionError, RuntimeError, OSError):
-                    gone = True
-            if cut is not None and streaming and not gone:
-                event = {
-                    "error": {
-                        "message": f"site {name} cut the stream: {type(cut).__name__}",
-                        "type": "upstream_cut",
-                        "site": name,
-                    }
-                }
-                with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-                    await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-        finally:
-            upstream.release()
-        self._account(st, name, start, first, hashes, upstream.status, cut, gone)
-        if not gone:
-            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-                await resp.write_eof()
-        return resp
+            except UpstreamError as exc:
+                self._account(st, name, start, None, hashes, upstream.status, exc)
+                return error_json(
+                    502, f"site {name} broke off its answer: {type(exc).__name__}", "upstream_error"
+                )
+            self._account(st, name, start, time.monotonic(), hashes, upstream.status, None)
+            return Answer(upstream.status, body, content_type, headers)
+        relay = _Relay(self, upstream, st, name, start, hashes, streaming)
+        return StreamingResponse(relay, upstream.status, content_type, headers)
 
     def _account(
         self,
@@ -328,3 +293,77 @@ class Proxy:
         d.metrics.latency[name].observe(now - start)
         if first is not None:
             d.metrics.ttft[name].observe(first - start)
+
+
+class _Relay:
+    """A streamed answer's body, piece by piece as the site sends it. It owns the attempt
+    from the moment the handler returns: whatever ends it (the last piece, the site breaking
+    off, the client hanging up, the server closing) accounts for it once and frees the slot.
+
+    A site that breaks off a stream is blamed (breaker, error rate) and the client gets an SSE
+    error event; a body that is not a stream is cut off (the client sees it incomplete, never
+    a short body that looks whole); a client that hangs up is not the site's fault."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        upstream: Response,
+        st: Any,
+        name: str,
+        start: float,
+        hashes: list[bytes],
+        streaming: bool,
+    ) -> None:
+        self.proxy, self.upstream, self.st, self.name = proxy, upstream, st, name
+        self.start, self.hashes, self.streaming = start, hashes, streaming
+        self.pieces = upstream.chunks()
+        self.first: float | None = None
+        self.ended = False  # the body is over (complete or cut)
+        self.accounted = False
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.ended:
+            self._end(None, gone=False)
+            raise StopAsyncIteration
+        try:
+            piece = await self.pieces.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            self._end(None, gone=False)
+            raise
+        except UpstreamError as exc:
+            self.ended = True
+            self._end(exc, gone=False)
+            if not self.streaming:
+                raise DropConnection from exc
+            event = {
+                "error": {
+                    "message": f"site {self.name} cut the stream: {type(exc).__name__}",
+                    "type": "upstream_cut",
+                    "site": self.name,
+                }
+            }
+            return f"data: {json.dumps(event)}\n\n".encode()
+        if self.first is None:
+            self.first = time.monotonic()
+        return piece
+
+    async def aclose(self) -> None:
+        """Called by the server when the response ends, however it ends."""
+        with contextlib.suppress(Exception):
+            await self.pieces.aclose()
+        self.upstream.release()
+        self._end(None, gone=not self.ended)
+
+    def _end(self, cut: BaseException | None, gone: bool) -> None:
+        if self.accounted:
+            return
+        self.accounted = True
+        self.proxy._account(
+            self.st, self.name, self.start, self.first, self.hashes, self.upstream.status, cut, gone
+        )
+        self.st.in_flight -= 1
+        self.proxy._release()

@@ -15,18 +15,22 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from urllib.parse import parse_qsl
 
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, error_json
 from gridctl.daemon.state import GridState
 from gridctl.errors import GridctlError
-from gridctl.placement.engine import Request, decision_dict
+from gridctl.net.client import Pool, UpstreamError
+from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.placement.engine import Request as Placement
+from gridctl.placement.engine import decision_dict
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 _VLLM_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 _VLLM_KV = re.compile(
@@ -77,20 +81,19 @@ class Daemon:
         self.should_exit = asyncio.Event()
         self.state = load_state(self.config)
         self._signature = inventory_signature(self.config.inventory)
-        connector = TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self.client = ClientSession(connector=connector, auto_decompress=False, trust_env=False)
-        self.proxy = Proxy(self, self.client)
-        app = self._app()
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, self.config.host, self.config.port, reuse_port=self.config.workers > 1
+        cfg = self.config
+        self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
+        self.proxy = Proxy(self, self.pool)
+        self.routes = self._routes()
+        self.http = HttpServer(
+            self._dispatch,
+            ServerConfig(cfg.host, cfg.port, max_body=cfg.max_body_bytes, reuse_port=cfg.workers > 1),
         )
-        await site.start()
-        self.bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self.http.start()
+        self.bound_port = self.http.port
         self.log(
-            f"gridctl daemon listening on http://{self.config.host}:{self.bound_port} "
-            f"(region {self.config.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
+            f"gridctl daemon listening on http://{cfg.host}:{self.bound_port} "
+            f"(region {cfg.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
         )
         self._install_signals()
         tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._watch_loop())]
@@ -102,23 +105,15 @@ class Daemon:
         finally:
             for t in tasks:
                 t.cancel()
-            await self.shutdown(site)
+            await self.shutdown()
 
-    async def shutdown(self, site: web.TCPSite) -> None:
+    async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish within the bound, close."""
-        await site.stop()
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        while self._in_flight() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        left = self._in_flight()
+        left = await self.http.stop(grace=self.config.drain_timeout_s)
         self.log(
             f"gridctl daemon stopped ({left} requests still in flight)" if left else "gridctl daemon stopped"
         )
-        await self.runner.cleanup()
-        await self.client.close()
-
-    def _in_flight(self) -> int:
-        return sum(s.in_flight for s in self.state.sites.values())
+        self.pool.close()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,59 +167,80 @@ class Daemon:
             return
         site = st.site
         base = site.endpoint.rstrip("/")
-        timeout = ClientTimeout(total=self.config.probe_timeout_s)
-        headers = site.auth_headers(self.environ)
+        timeout = self.config.probe_timeout_s
+        headers = list(site.auth_headers(self.environ).items())
         start = time.monotonic()
         try:
-            async with self.client.get(base + site.health_path, timeout=timeout, headers=headers) as r:
+            async with asyncio.timeout(timeout):
+                r = await self.pool.request(
+                    "GET", base + site.health_path, headers, head_timeout=timeout, connect_timeout=timeout
+                )
                 await r.read()
-                ok = 200 <= r.status < 300
-                st.probe_error = None if ok else f"health route returned HTTP {r.status}"
-        except (ClientError, TimeoutError, OSError) as exc:
+            ok = 200 <= r.status < 300
+            st.probe_error = None if ok else f"health route returned HTTP {r.status}"
+        except TimeoutError:
+            ok = False
+            st.probe_error = f"no answer from its health route within {timeout:g} s"
+        except UpstreamError as exc:
             ok = False
             st.probe_error = f"{type(exc).__name__}: {exc}"
         st.probe_ok = ok
         st.probe_rtt_ms = round((time.monotonic() - start) * 1000, 3) if ok else None
         if ok and st.metrics_supported:
             try:
-                async with self.client.get(base + "/metrics", timeout=timeout, headers=headers) as r:
-                    if r.status == 404:
-                        st.metrics_supported = False
-                        return
-                    text = await r.text()
+                async with asyncio.timeout(timeout):
+                    r = await self.pool.request(
+                        "GET", base + "/metrics", headers, head_timeout=timeout, connect_timeout=timeout
+                    )
+                    data = await r.read()
+                if r.status == 404:
+                    st.metrics_supported = False
+                    return
+                text = data.decode("utf-8", "replace")
                 st.waiting = (
                     sum(float(x) for x in _VLLM_WAITING.findall(text)) if _VLLM_WAITING.search(text) else None
                 )
                 kv = [float(x) for x in _VLLM_KV.findall(text)]
                 st.kv_usage = max(kv) if kv else None
-            except (ClientError, TimeoutError, OSError, ValueError):
+            except (UpstreamError, TimeoutError, ValueError):
                 st.waiting = st.kv_usage = None
 
     # -- the HTTP surface ----------------------------------------------------------------
 
-    def _app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])
-        for path in INFERENCE_PATHS:
-            app.router.add_post(path, self.proxy.handle)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/grid/status", self._status)
-        app.router.add_get("/grid/route", self._route)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        return app
+    def _routes(self) -> dict[str, dict[str, Handler]]:
+        routes: dict[str, dict[str, Handler]] = {
+            path: {"POST": self.proxy.handle} for path in INFERENCE_PATHS
+        }
+        routes["/v1/models"] = {"GET": self._models}
+        routes["/grid/status"] = {"GET": self._status}
+        routes["/grid/route"] = {"GET": self._route}
+        routes["/metrics"] = {"GET": self._metrics}
+        routes["/healthz"] = {"GET": self._healthz}
+        return routes
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
         token = self.config.token
         if (
             token
             and request.path != "/healthz"
-            and not _token_ok(request.headers.get("Authorization", ""), token)
+            and not _token_ok(request.headers.get("authorization", ""), token)
         ):
             return error_json(401, "missing or wrong bearer token", "authentication_error")
+        methods = self.routes.get(request.path)
+        if methods is None:
+            return error_json(404, f"no such route: {request.path}", "not_found_error")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(methods)
+            return error_json(
+                405,
+                f"{request.path} takes {allowed}, not {request.method}",
+                "invalid_request_error",
+                headers=(("allow", allowed),),
+            )
         return await handler(request)
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: Request) -> Response:
         data = [
             {
                 "id": model,
@@ -234,12 +250,12 @@ class Daemon:
             }
             for model in self.state.models
         ]
-        return web.json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: Request) -> Response:
         now = time.monotonic()
         sites = [s.to_dict(self.state.recorded.get(n), now) for n, s in sorted(self.state.sites.items())]
-        return web.json_response(
+        return json_response(
             {
                 "grid": self.state.inv.grid.name,
                 "region": self.config.region,
@@ -250,8 +266,8 @@ class Daemon:
             }
         )
 
-    async def _route(self, request: web.Request) -> web.Response:
-        q = request.query
+    async def _route(self, request: Request) -> Response:
+        q = dict(parse_qsl(request.query))
         model = q.get("model")
         region = q.get("region") or request.headers.get("x-grid-region") or self.config.region
         if not model or not region:
@@ -267,25 +283,25 @@ class Daemon:
         except ValueError:
             return error_json(400, "slo_ms must be a number", "invalid_request_error")
         juris = q.get("jurisdiction")
-        req = Request(region, model, juris.upper() if juris else None, slo)
+        req = Placement(region, model, juris.upper() if juris else None, slo)
         decision = self.state.explain(req, time.monotonic())
-        return web.json_response(decision_dict(decision, self.state.planner.sites))
+        return json_response(decision_dict(decision, self.state.planner.sites))
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: Request) -> Response:
         now = time.monotonic()
         live = self.state.live(now)
         up = {n: int(live.health.get(n) not in ("failed", "unreachable")) for n in self.state.sites}
         in_flight = {n: s.in_flight for n, s in self.state.sites.items()}
         text = self.metrics.render(in_flight, up, self.proxy.queued)
-        return web.Response(
-            text=text,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+        return Response(
+            200,
+            text.encode(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            (("x-content-type-options", "nosniff"),),
         )
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "sites": len(self.state.sites)})
+    async def _healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok", "sites": len(self.state.sites)})
 
 
 def _token_ok(header: str, token: str) -> bool:

@@ -51,7 +51,7 @@ from gridctl.lab.formats import (
     parse_completion,
     render_metrics,
 )
-from gridctl.lab.http import DropConnection, Request, Response, StreamingResponse, json_response
+from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 from gridctl.lab.perf import (
     DEFAULT_GPU,
     GpuPerf,

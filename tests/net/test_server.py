@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from gridctl.lab.http import (
+from gridctl.net.server import (
     DropConnection,
     HttpServer,
     Request,

@@ -35,7 +35,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-log = logging.getLogger("gridctl.lab.http")
+log = logging.getLogger("gridctl.net.server")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
@@ -118,6 +118,7 @@ class ServerConfig:
     max_head: int = 64 << 10
     keepalive_s: float = 75.0
     backlog: int = 1024
+    reuse_port: bool = False  # several processes on one port (the daemon's --workers)
 
 
 class _HttpError(Exception):
@@ -175,7 +176,12 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         c = self.config
         self._server = await loop.create_server(
-            lambda: _Connection(self), c.host, c.port, backlog=c.backlog, reuse_address=True
+            lambda: _Connection(self),
+            c.host,
+            c.port,
+            backlog=c.backlog,
+            reuse_address=True,
+            reuse_port=c.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -183,8 +189,9 @@ class HttpServer:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting; finish in-flight responses within ``grace`` seconds; abort the rest."""
+    async def stop(self, grace: float = 2.0) -> int:
+        """Stop accepting; finish in-flight responses within ``grace`` seconds; abort the rest.
+        Returns how many connections were aborted while answering."""
         self.stopping = True
         if self._server is not None:
             self._server.close()
@@ -195,11 +202,13 @@ class HttpServer:
         deadline = loop.time() + grace
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        busy = sum(not conn.idle for conn in self.connections)
         for conn in list(self.connections):
             conn.abort()
         await asyncio.sleep(0)  # let cancelled handlers run their cleanup
         if self._server is not None:
             await self._server.wait_closed()
+        return busy
 
     async def __aenter__(self) -> HttpServer:
         await self.start()
@@ -207,6 +216,12 @@ class HttpServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _Connection(asyncio.Protocol):
@@ -233,8 +248,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         self.server.connections.add(self)
         self._arm_timer(self.config.keepalive_s)
 
@@ -418,6 +432,8 @@ class _Connection(asyncio.Protocol):
                 log.exception("handler failed for %s %s", req.method, req.path)
                 resp = error_response(500, "internal error in the server; see its log")
             if self.lost:
+                if isinstance(resp, StreamingResponse):
+                    await _aclose(resp.chunks)  # it may hold resources until it is closed
                 return
             keep = req.keep_alive and not self.server.stopping
             if isinstance(resp, StreamingResponse):
@@ -464,9 +480,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return False
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _aclose(chunks)
         if self.lost:
             return False
         if chunked:
