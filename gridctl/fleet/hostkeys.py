@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gridctl.fleet.libs import load_paramiko
 from gridctl.inventory.load import KNOWN_HOSTS
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class KnownHosts:
     """A read-only view of known_hosts, loaded once per run."""
 
     def __init__(self, path: Path) -> None:
+        load_paramiko()  # the first import of paramiko in a run: see libs
         import paramiko
 
         self.path = path

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from gridctl.fleet.libs import load_httpx
 from gridctl.fleet.ssh import Session
 from gridctl.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
 from gridctl.health.thresholds import DEFAULT, Thresholds
@@ -68,6 +69,7 @@ def probe_endpoints(
     on_done: Callable[[Site, EndpointProbe], None] | None = None,
 ) -> list[EndpointProbe]:
     """Probe every site's endpoint concurrently; results in input order."""
+    load_httpx()  # the first import of httpx in a run: see libs
     import httpx
 
     if not sites:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint, host_entry
+from gridctl.fleet.libs import load_paramiko
 from gridctl.inventory.model import Node
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ def connect_socket(host: str, port: int, deadline: float) -> socket.socket:
 
 def handshake(sock: Any, node: Node, known: KnownHosts, deadline: float) -> paramiko.Transport:
     """SSH banner and key exchange, asking for a key type that is pinned when one is."""
+    load_paramiko()
     import paramiko
 
     _quiet_paramiko()
