@@ -62,18 +62,25 @@ def exec_command(
     quoted one by one. Exit 0 when all succeed, 1 when any command failed, 4 when
     any node was unreachable.
     """
-    from gridctl.cli.progress import progress
-    from gridctl.fleet.execute import build_remote_command, run_exec
-    from gridctl.fleet.ssh import ssh_options_for
+    from gridctl.fleet.dial import dial_early
 
     st = state(ctx)
     if not command:
         raise UsageError("no command given", hint="e.g. gridctl exec 'phl-*' -- uptime")
     inv, nodes = select_fleet(st, target)
-    opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ))
-    remote = build_remote_command(command)
-    with progress(st.streams, len(nodes), "exec") as advance:
-        results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance())
+    # connect to the first nodes now; the imports below and the keys overlap with their sshd
+    dialer = dial_early(nodes[:forks])
+    try:
+        from gridctl.cli.progress import progress
+        from gridctl.fleet.execute import build_remote_command, run_exec
+        from gridctl.fleet.ssh import ssh_options_for
+
+        opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
+        remote = build_remote_command(command)
+        with progress(st.streams, len(nodes), "exec") as advance:
+            results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance())
+    finally:
+        dialer.close()
     out, err = st.streams.stdout, st.streams.stderr
     if output in (Format.json, Format.yaml):
         data = [r.to_dict() for r in results]

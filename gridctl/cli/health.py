@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, state
+from gridctl.cli.common import OutputOpt, State, state
 from gridctl.cli.fleet import AcceptNewOpt, ForksOpt, TimeoutOpt, summary_line
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:
+    from gridctl.fleet.ssh import SshOptions
     from gridctl.health import Health
+    from gridctl.inventory.model import Inventory, Node, Site
 
 STATUS_COLOURS = {
     "ok": "green",
@@ -108,10 +110,7 @@ def health(
     Exit 0 when all ok, 3 when any degraded, failed or unknown, 4 when any unreachable.
     Results are saved so `site ls` shows each site's last health.
     """
-    from gridctl.cli.progress import progress
-    from gridctl.fleet.healthcheck import check_health, now_iso, record_health
-    from gridctl.fleet.ssh import ssh_options_for
-    from gridctl.health import Status, exit_code_for
+    from gridctl.fleet.dial import dial_early
     from gridctl.inventory.targets import select_nodes, select_sites
 
     st = state(ctx)
@@ -124,7 +123,33 @@ def health(
         from gridctl.errors import UnreachableError
 
         raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
-    opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ))
+    # connect to the first nodes now; the imports below and the keys overlap with their sshd
+    dialer = dial_early(nodes[:forks])
+    try:
+        from gridctl.fleet.ssh import ssh_options_for
+
+        opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
+        _rounds(st, inv, nodes, sites, opts, forks, timeout, output, interval if watch else None)
+    finally:
+        dialer.close()
+
+
+def _rounds(
+    st: State,
+    inv: Inventory,
+    nodes: Sequence[Node],
+    sites: Sequence[Site],
+    opts: SshOptions,
+    forks: int,
+    timeout: float,
+    output: Format,
+    interval: float | None,  # --watch: seconds between rounds
+) -> None:
+    from gridctl.cli.progress import progress
+    from gridctl.fleet.healthcheck import check_health, now_iso, record_health
+    from gridctl.health import Status, exit_code_for
+
+    watch = interval is not None
     tty = _tty(st.streams)
     while True:
         with progress(st.streams, len(nodes) + len(sites), "health") as advance:
@@ -140,7 +165,7 @@ def health(
         st.streams.stdout.write(text)
         st.streams.stdout.flush()
         st.streams.info(_summary(data))
-        if not watch:
+        if interval is None:
             break
         time.sleep(interval)
     code = exit_code_for(Status(r.status) for r in rows)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridctl.fleet.dial import Dialer
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint, host_entry
 from gridctl.fleet.libs import load_paramiko
 from gridctl.inventory.model import Node
@@ -120,6 +121,8 @@ class SshOptions:
     accept_new: bool = False
     # called with (node, key) when --accept-new meets an unknown key; pins it
     on_new_key: Callable[[Node, paramiko.PKey], None] | None = None
+    # connects started before the run was ready (see dial.py); taken by connect_socket
+    dialer: Dialer | None = None
 
 
 def _left(deadline: float) -> float:
@@ -202,9 +205,16 @@ class Session:
             self.sock.close()
 
 
-def connect_socket(host: str, port: int, deadline: float) -> socket.socket:
+def connect_socket(host: str, port: int, deadline: float, dialer: Dialer | None = None) -> socket.socket:
+    """A TCP connection to ``host:port`` by the deadline: the one ``dialer`` started
+    early, if it did, else a new one."""
+    early = dialer.take(host, port) if dialer is not None else None
     try:
-        return socket.create_connection((host, port), timeout=_left(deadline))
+        if early is None:
+            return socket.create_connection((host, port), timeout=_left(deadline))
+        if isinstance(early, OSError):
+            raise early
+        return _finish_connect(early, deadline)
     except ConnectionRefusedError:
         raise Unreachable("connect", f"connection refused by {host}:{port} (is sshd running?)") from None
     except socket.gaierror as exc:
@@ -213,6 +223,26 @@ def connect_socket(host: str, port: int, deadline: float) -> socket.socket:
         raise Unreachable("timeout", f"no answer from {host}:{port} (connect timed out)") from None
     except OSError as exc:
         raise Unreachable("connect", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _finish_connect(sock: socket.socket, deadline: float) -> socket.socket:
+    """Wait, until the deadline, for a non-blocking connect to end; raise what
+    ``socket.create_connection`` would have raised (TimeoutError, ConnectionRefusedError...)."""
+    try:
+        poller = select.poll()  # not select.select: file descriptors may exceed FD_SETSIZE
+        poller.register(sock, select.POLLOUT)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError("timed out")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))  # OSError picks the subclass from errno
+        sock.setblocking(True)
+        sock.settimeout(_left(deadline))  # as create_connection leaves it
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def handshake(sock: Any, node: Node, known: KnownHosts, deadline: float) -> paramiko.Transport:
@@ -326,7 +356,7 @@ def open_link(
     import paramiko
 
     if not node.jump:
-        sock = connect_socket(node.host, node.port, deadline)
+        sock = connect_socket(node.host, node.port, deadline, opts.dialer)
         register(sock)
         return sock, sock, None
     jump = _open_jump(node, opts, deadline, register)
@@ -356,9 +386,12 @@ def _open_jump(
         raise Unreachable(exc.kind, f"jump host {node.jump}: {exc.message}") from None
 
 
-def ssh_options_for(root: Path, accept_new: bool, environ: dict[str, str]) -> SshOptions:
+def ssh_options_for(
+    root: Path, accept_new: bool, environ: dict[str, str], dialer: Dialer | None = None
+) -> SshOptions:
     """Options for a run against the inventory at ``root``: its known_hosts, the
-    operator's keys, and with ``accept_new`` a callback that pins unknown keys."""
+    operator's keys, with ``accept_new`` a callback that pins unknown keys, and
+    the connects ``dialer`` started early."""
     from gridctl.fleet.hostkeys import known_hosts_path, pin_keys
 
     def pin(node: Node, key: paramiko.PKey) -> None:
@@ -369,4 +402,5 @@ def ssh_options_for(root: Path, accept_new: bool, environ: dict[str, str]) -> Ss
         identities=Identities(environ=environ),
         accept_new=accept_new,
         on_new_key=pin if accept_new else None,
+        dialer=dialer,
     )
