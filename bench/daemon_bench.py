@@ -9,7 +9,9 @@ LiteLLM's proxy when it is installed. Then, interleaved per round:
 - non-streaming with wrk (concurrency 1 for latency, 128 for throughput);
 - streaming with bench/daemon/stream_client.py (concurrency 1 and 32, TTFT and streams/s);
 - the daemon's CPU time per request from /proc/PID/stat (utime+stime) over each run;
-- an upstream-client micro-benchmark: httpx.AsyncClient vs aiohttp.ClientSession at concurrency 32.
+- the HTTP stack, measured part by part: the upstream client (gridctl/net/client.py, the daemon's,
+  vs aiohttp.ClientSession and httpx.AsyncClient, concurrency 32) and the server (gridctl/net/server.py,
+  the daemon's, vs aiohttp.web and uvicorn with httptools when installed; wrk at concurrency 64).
 
     python bench/daemon_bench.py                       # print the figures
     python bench/daemon_bench.py --write-readme        # and rewrite its section of bench/README.md
@@ -289,6 +291,39 @@ def run_micro(url: str, lib: str, stream: bool, duration: float, uvloop: bool) -
     return json.loads(proc.stdout)
 
 
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def run_server_micro(procs: Procs, tmp: Path, server: str, uvloop: bool, duration: float, lua: Path) -> dict:
+    """One server answering POSTs with a small JSON body, loaded by wrk -t1 -c64; its CPU per request."""
+    port = free_port()
+    name = f"server-{server}-{'uvloop' if uvloop else 'asyncio'}"
+    log = tmp / f"{name}.log"
+    argv = [PY, str(HERE / "daemon" / "server_micro.py"), str(port), "--server", server]
+    proc = procs.start(name, argv + (["--uvloop"] if uvloop else []), log)
+    try:
+        wait_port(port, proc, log)
+        t = Target(name, port, [proc.pid])
+        run_wrk(t, 64, 1, lua)  # warm-up (wrk takes whole seconds)
+        r = run_wrk(t, 64, duration, lua)
+        if r["non2xx"] or r["socket_errors"]:
+            raise RuntimeError(f"server micro-benchmark {name}: {r}")
+        r.update(server=server, loop="uvloop" if uvloop else "asyncio")
+        return r
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        procs.procs = [e for e in procs.procs if e[1] is not proc]
+
+
 def check_forward(t: Target) -> str:
     req = urllib.request.Request(
         f"http://127.0.0.1:{t.port}/v1/chat/completions",
@@ -307,9 +342,9 @@ def check_forward(t: Target) -> str:
 # written by hand from the profile and the figures of the recorded run; update it when they change
 FINDINGS = """### Findings (from the runs that produced these figures)
 
-- The stack: aiohttp as the upstream client costs 0.09-0.14 ms CPU per non-streaming request and 0.22-0.54 ms per 20-token stream; httpx costs 0.8-1.0 ms and 2.5-2.7 ms, and saturates its core at a third of aiohttp's streaming throughput. aiohttp is the daemon's client and server. uvloop cut the daemon's CPU per request by about 20-25% in the first runs, so the daemon now runs on uvloop when it is installed (a dependency); the `daemon-asyncio-loop` row is the same daemon on asyncio's loop. uvicorn + httptools as the server was not measured.
-- Fixed after the first runs: the daemon relayed even a non-streaming JSON answer as a chunked response (three sends; now one response when the site gives a Content-Length), and it counted a client that hung up as a failure of the site (three clients pressing stop opened a healthy site's breaker, then 503s). Each daemon measurement still starts a fresh daemon so the rows are comparable.
-- Where the remaining gap is (concurrency 128, non-streaming): CPU per request, not a queue. The 2-core machine is saturated by wrk, the backend and the proxy together; the daemon spends about 0.15-0.2 ms of CPU per request against nginx's 0.03 ms. py-spy (wrk -c128): gridctl's own logic (state.order, prefix hashing, site headers, auth) is under 5% of samples; the rest is aiohttp's server and client and asyncio's transport writes.
+- The stack, chosen by measuring it (tables above): the daemon first ran on aiohttp (server and client) and spent 0.19 ms of CPU per non-streaming request; at concurrency 128 it reached only 75-83% of direct (target 90%), the 2-core machine being shared by wrk, the backend and the proxy. py-spy put gridctl's own logic (placement, prefix hashing, headers) under 5% of the samples; the rest was aiohttp's server and client. Measured part by part: as the upstream client aiohttp costs 0.10-0.13 ms per request and 0.22-0.51 ms per 20-token stream, httpx 1-3 ms and 2.5-3.4 ms; as the server aiohttp.web costs 0.027-0.032 ms per request and uvicorn with httptools (no framework on top) 0.022-0.025 ms. gridctl's own HTTP/1.1 on asyncio protocols (gridctl/net/: the lab's server, and a keep-alive client pool written for the daemon) costs 0.012-0.014 ms as the server and 0.028 ms (uvloop) to 0.073 ms (asyncio) as the client, 0.15 ms per stream on uvloop. The daemon now runs on it: 0.06-0.07 ms per request in the runs above (a third of before) and 93-96% of direct at concurrency 128. aiohttp is no longer a dependency of gridctl (the daemon's tests keep it as an independent site implementation).
+- uvloop: the daemon runs on it when installed (a dependency); the `daemon-asyncio-loop` row is the same daemon on asyncio's loop, which costs 20-50% more CPU per request.
+- Fixed after the first runs: the daemon relayed even a non-streaming JSON answer as a chunked response (three sends; now one response when the site gives a Content-Length), it counted a client that hung up as a failure of the site (three clients pressing stop opened a healthy site's breaker), and the lab server refused every connection under uvloop (it asserted asyncio.Transport, which uvloop's transports are not). Each daemon measurement still starts a fresh daemon so the rows are comparable.
 """
 
 
@@ -324,6 +359,7 @@ def verdict(ok: bool | None) -> str:
 def report(
     targets: list[Target],
     micro: list[dict],
+    server_micro: list[dict],
     env: dict[str, str],
     args: argparse.Namespace,
     load_before: str,
@@ -423,15 +459,38 @@ def report(
             f"{fmt(cpu_s, '.3f', ' ms')} {verdict(cpu_s <= 2.5 if cpu_s is not None else None)}",
             "",
         ]
+    if server_micro:
+        lines += [
+            "### HTTP stack: server (bench/daemon/server_micro.py)",
+            "",
+            "Each server in its own process answers every POST with a 51-byte JSON body after reading the "
+            f"request; `wrk -t1 -c64` for {args.duration:g} s after a 1 s warm-up, the chat body of the runs "
+            "above; CPU = the server process's utime+stime over the run / requests. gridctl: "
+            "gridctl/net/server.py (the daemon's); aiohttp: aiohttp.web, one route; uvicorn: uvicorn with "
+            "httptools and a bare ASGI app (no framework). Medians over rounds.",
+            "",
+            "| server | loop | req/s | CPU/req | server CPU use |",
+            "|---|---|---:|---:|---:|",
+        ]
+        keys2 = sorted({(m["server"], m["loop"]) for m in server_micro}, key=lambda k: (k[1], k[0]))
+        for server, loop in keys2:
+            rs = [m for m in server_micro if (m["server"], m["loop"]) == (server, loop)]
+            lines.append(
+                f"| {server} | {loop} | {statistics.median(m['rps'] for m in rs):.0f} "
+                f"| {statistics.median(m['cpu_ms_per_req'] for m in rs):.3f} ms "
+                f"| {statistics.median(m['cpu_util'] for m in rs) * 100:.0f}% |"
+            )
+        lines.append("")
     if micro:
         lines += [
             "### HTTP stack: upstream client (bench/daemon/client_micro.py)",
             "",
-            "httpx.AsyncClient vs aiohttp.ClientSession as the upstream client, each in its own process, "
+            "gridctl's pool (gridctl/net/client.py, the daemon's), aiohttp.ClientSession and httpx.AsyncClient "
+            "as the upstream client, each in its own process, "
             f"concurrency 32, {args.duration:g} s after a 0.3 s warm-up, against the same fake site; CPU = that "
             "process's `time.process_time()` over the run / requests (the client's whole cost: event loop, "
             "HTTP parsing, pooling). Streaming reads the raw chunks as a proxy relays them "
-            "(`aiter_raw()` / `content.iter_any()`). Medians over rounds.",
+            "(`chunks()` / `content.iter_any()` / `aiter_raw()`). Medians over rounds.",
             "",
             "| client | loop | mode | req/s | CPU/req | client CPU use |",
             "|---|---|---|---:|---:|---:|",
@@ -624,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         lua = tmp / "post.lua"
         lua.write_text(WRK_LUA.format(body=NON_STREAM_BODY, key=BENCH_KEY))
         micro: list[dict] = []
+        server_micro: list[dict] = []
         url = f"http://127.0.0.1:{backend_port}/v1/chat/completions"
         for rnd in range(args.rounds):
             order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
@@ -642,7 +702,13 @@ def main(argv: list[str] | None = None) -> int:
                     if r.get("non2xx") or r.get("socket_errors") or r.get("error_count"):
                         print(f"  warning: {t.name} {kind}: {r}", file=sys.stderr)
             if not args.no_micro:
-                for lib in ("aiohttp", "httpx"):
+                servers = ["gridctl", "aiohttp"] + (["uvicorn"] if have_module("uvicorn") else [])
+                for server in servers:
+                    for loop in ("asyncio", "uvloop") if uvloop_ok else ("asyncio",):
+                        server_micro.append(
+                            run_server_micro(procs, tmp, server, loop == "uvloop", args.duration, lua)
+                        )
+                for lib in ("gridctl", "aiohttp", "httpx"):
                     for stream in (False, True):
                         for loop in ("asyncio", "uvloop") if uvloop_ok else ("asyncio",):
                             m = run_micro(url, lib, stream, args.duration, loop == "uvloop")
@@ -650,9 +716,13 @@ def main(argv: list[str] | None = None) -> int:
                             micro.append(m)
         load_after = loadavg()
         raw = {t.name: t.results for t in targets}
-        (tmp / "results.json").write_text(json.dumps({"targets": raw, "micro": micro}, indent=1))
+        (tmp / "results.json").write_text(
+            json.dumps({"targets": raw, "micro": micro, "server_micro": server_micro}, indent=1)
+        )
         cmd = "python bench/daemon_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        text = report(targets, micro, env, args, load_before, load_after, cmd.strip(), litellm_note)
+        text = report(
+            targets, micro, server_micro, env, args, load_before, load_after, cmd.strip(), litellm_note
+        )
         print(text)
         print(f"raw results: {tmp / 'results.json'}", file=sys.stderr)
         if args.write_readme:

@@ -1,10 +1,11 @@
-"""Upstream-client micro-benchmark: httpx.AsyncClient vs aiohttp.ClientSession, one per process.
+"""Upstream-client micro-benchmark: gridctl's own pool (gridctl/net/client.py, the daemon's),
+aiohttp.ClientSession and httpx.AsyncClient, one per process.
 
 CONC tasks loop for DURATION seconds posting a chat request to the fake site and reading the
 whole answer (streaming: iterating the raw chunks, as a proxy relays them). Prints JSON with
 requests/s and this process's CPU time per request (time.process_time over the run).
 
-    python bench/daemon/client_micro.py URL --lib aiohttp|httpx [--stream] [--conc 32] [--duration 4] [--uvloop]
+    python bench/daemon/client_micro.py URL --lib gridctl|aiohttp|httpx [--stream] [--conc 32] [--duration 4] [--uvloop]
 """
 
 from __future__ import annotations
@@ -45,6 +46,31 @@ async def run_aiohttp(url: str, stream: bool, conc: int, end: float) -> int:
     return done
 
 
+async def run_gridctl(url: str, stream: bool, conc: int, end: float) -> int:
+    from gridctl.net.client import Pool
+
+    data = body(stream)
+    done = 0
+    pool = Pool()
+    headers = [("content-type", "application/json")]
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            r = await pool.request("POST", url, headers, data)
+            assert r.status == 200, r.status
+            if stream:
+                async for _ in r.chunks():
+                    pass
+            else:
+                await r.read()
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(conc)))
+    pool.close()
+    return done
+
+
 async def run_httpx(url: str, stream: bool, conc: int, end: float) -> int:
     import httpx
 
@@ -71,7 +97,7 @@ async def run_httpx(url: str, stream: bool, conc: int, end: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
-    ap.add_argument("--lib", choices=["aiohttp", "httpx"], required=True)
+    ap.add_argument("--lib", choices=["gridctl", "aiohttp", "httpx"], required=True)
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--conc", type=int, default=32)
     ap.add_argument("--duration", type=float, default=4.0)
@@ -81,7 +107,7 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    fn = run_aiohttp if a.lib == "aiohttp" else run_httpx
+    fn = {"gridctl": run_gridctl, "aiohttp": run_aiohttp, "httpx": run_httpx}[a.lib]
     # warm-up: open the connections, import everything
     asyncio.run(fn(a.url, a.stream, a.conc, time.perf_counter() + 0.3))
     c0, t0 = time.process_time(), time.perf_counter()

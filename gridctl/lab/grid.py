@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 from gridctl.errors import GridctlError
 from gridctl.inventory.model import Inventory
 from gridctl.lab.formats import error_body
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, json_response
 from gridctl.lab.site import SimSite, SiteSpec, build_site_specs
+from gridctl.net.server import HttpServer, Request, Response, ServerConfig, json_response
 
 T = TypeVar("T")
 

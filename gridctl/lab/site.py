@@ -51,7 +51,6 @@ from gridctl.lab.formats import (
     parse_completion,
     render_metrics,
 )
-from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 from gridctl.lab.perf import (
     DEFAULT_GPU,
     GpuPerf,
@@ -62,6 +61,7 @@ from gridctl.lab.perf import (
     ttft_ms,
 )
 from gridctl.lab.prefix import BLOCK_TOKENS, PrefixCache
+from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 from gridctl.placement.latency import region_site_latency
 
 REGION_HEADER = "x-grid-client-region"
