@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 _MAX_HEAD = 64 << 10
 _HIGH_WATER = 256 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 class UpstreamError(Exception):
@@ -198,7 +199,8 @@ class Response:
                 if self._done:
                     break
                 if conn.eof:
-                    if self._mode == "close" and not conn.buf:
+                    # the body ends at a clean close; a reset (conn.error) cuts it short
+                    if self._mode == "close" and not conn.buf and conn.error is None:
                         self._done = True
                         self._keep = False
                         break
@@ -233,10 +235,10 @@ class Response:
                     if len(buf) > 4096:
                         raise ProtocolError("malformed chunk size line from the site")
                     break
-                try:
-                    size = int(bytes(buf[:eol]).split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ProtocolError("malformed chunk size from the site") from None
+                size_text = bytes(buf[:eol]).split(b";", 1)[0].strip()
+                if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5"
+                    raise ProtocolError("malformed chunk size from the site")
+                size = int(size_text, 16)
                 if size == 0:  # the last chunk, then trailers (if any) up to an empty line
                     end = buf.find(b"\r\n\r\n", eol)
                     if end < 0:
@@ -281,10 +283,15 @@ class Response:
         self._finish()
 
 
+def _is_digits(text: str) -> bool:
+    # isdigit() alone takes latin-1's superscripts ("\xb2"), which int() refuses
+    return text.isascii() and text.isdigit()
+
+
 def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _is_digits(parts[1]):
         raise ProtocolError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:
@@ -350,12 +357,13 @@ class Pool:
             conn.transport.write(wire)
             deadline = time.monotonic() + head_timeout
             scan = 0
+            interim = False  # a 1xx head came: the site has the request, which must not be sent again
             while True:
                 end = conn.buf.find(b"\r\n\r\n", scan)
                 if end < 0:
                     if len(conn.buf) > _MAX_HEAD:
                         raise ProtocolError(f"response head over {_MAX_HEAD} bytes")
-                    if conn.eof and not conn.buf:
+                    if conn.eof and not conn.buf and not interim:
                         raise _ClosedBeforeAnswer("the site closed the connection before answering")
                     if conn.eof:
                         raise Disconnected(
@@ -371,6 +379,7 @@ class Pool:
                 del conn.buf[: end + 4]
                 scan = 0
                 if 100 <= status < 200 and status != 101:
+                    interim = True
                     continue  # 100 Continue, 103 Early Hints: the real answer follows
                 break
         except BaseException:
@@ -395,7 +404,7 @@ class Pool:
                 raise ProtocolError(f"unsupported Transfer-Encoding {te!r} from the site")
             mode = "chunked"
         elif cl is not None:
-            if not cl.isdigit():
+            if not _is_digits(cl):
                 conn.close()
                 raise ProtocolError(f"bad Content-Length {cl[:20]!r} from the site")
             mode, length = "length", int(cl)

@@ -1,0 +1,918 @@
+"""The pooled HTTP/1.1 client over real sockets: gridctl's own HttpServer plays a well-behaved
+site, and small scripted asyncio servers send what a well-behaved server never would. Every
+test runs once on asyncio's loop and once on uvloop's (the daemon's)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from gridctl.net.client import ConnectError, Disconnected, Pool, ProtocolError, UpstreamTimeout
+from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse
+
+Run = Callable[[Coroutine[Any, Any, None]], None]
+TEST_TIMEOUT_S = 5.0  # a hung test fails instead of hanging the suite
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Run a test's coroutine on a fresh event loop of the parametrized kind."""
+    factory = None
+    if request.param == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+
+    def run(coro: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(asyncio.wait_for(coro, TEST_TIMEOUT_S))
+
+    return run
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(300):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still waiting for {what}")
+
+
+# -- a scripted raw server --------------------------------------------------------------------------
+
+Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+Serve = Callable[["Script", int, Reader, Writer], Awaitable[None]]
+
+
+class Script:
+    """A raw TCP server on 127.0.0.1 that plays ``serve(script, index, reader, writer)`` on each
+    connection (index: 0 for the first). It counts connections, records the requests it read and
+    the connections the client closed."""
+
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.client_closed = 0
+        self.failures: list[BaseException] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> Script:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, exc_type: object, *rest: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        if exc_type is None:
+            assert not self.failures, f"the scripted server failed: {self.failures!r}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = self.connections
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.serve(self, index, reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away, or the test is over (asyncio logs a cancelled callback as an error)
+        except Exception as exc:  # a broken script: reported when the test leaves the server
+            self.failures.append(exc)
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The next request, head and Content-Length body; b"" when the client closed instead."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.client_closed += 1
+            return b""
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+def answering(*answers: bytes) -> Serve:
+    """Answer the n-th request (over all connections) with answers[n], the last one from then on;
+    on each connection until the client closes it."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        while await s.read_request(reader):
+            writer.write(answers[min(len(s.requests), len(answers)) - 1])
+            await writer.drain()
+
+    return serve
+
+
+def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+# -- gridctl's own server -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def http_server(
+    handler: Callable[[Request], Awaitable[Response | StreamingResponse]], config: ServerConfig | None = None
+) -> AsyncIterator[HttpServer]:
+    srv = HttpServer(handler, config)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop(grace=0.2)
+
+
+# -- 1. Content-Length answers, Host, reuse --------------------------------------------------------------
+
+
+def test_content_length_answer_is_read_and_its_connection_reused(run: Run) -> None:
+    seen: list[Request] = []
+
+    async def handler(req: Request) -> Response:
+        seen.append(req)
+        return Response(200, b"hello " + req.body, "text/plain", headers=[("X-One", "1"), ("X-Two", "2")])
+
+    async def main() -> None:
+        async with http_server(handler) as srv:
+            pool = Pool()
+            resp = await pool.request("POST", f"{srv.url}/v1/things?x=1", [("X-Req", "v")], b"world")
+            assert resp.status == 200 and resp.content_length == 11
+            names = [name for name, _ in resp.headers]
+            assert names == ["date", "server", "content-type", "content-length", "x-one", "x-two"]
+            assert resp.header("x-two") == "2" and resp.header("content-type") == "text/plain"
+            assert resp.header("x-none") is None and resp.header("x-none", "d") == "d"
+            assert pool.idle_count() == 0  # in use until its body is read
+            assert await resp.read() == b"hello world"
+            assert pool.idle_count() == 1
+            resp.release()  # after the end of the body: nothing changes
+            assert pool.idle_count() == 1
+            first = seen[0]
+            assert (first.method, first.target, first.body) == ("POST", "/v1/things?x=1", b"world")
+            assert first.headers["host"] == f"127.0.0.1:{srv.port}"
+            assert first.headers["x-req"] == "v" and first.headers["content-length"] == "5"
+
+            again = await pool.request("GET", f"{srv.url}/again")
+            assert (again.status, await again.read()) == (200, b"hello ")
+            assert seen[1].target == "/again" and "content-length" not in seen[1].headers
+            assert pool.connects == 1 and pool.idle_count() == 1 and len(srv.connections) == 1
+            pool.close()
+
+    run(main())
+
+
+def test_headers_are_lower_cased_in_the_sites_order(run: Run) -> None:
+    answer = (
+        b"HTTP/1.1 201 Created\r\nX-B: 1\r\nContent-Type: text/plain\r\nx-a:   2  \r\nX-B: 3\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+
+    async def main() -> None:
+        async with Script(answering(answer)) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url("/h"))
+            assert resp.status == 201
+            assert resp.headers == [
+                ("x-b", "1"),
+                ("content-type", "text/plain"),
+                ("x-a", "2"),
+                ("x-b", "3"),
+                ("content-length", "5"),
+            ]
+            assert resp.header("x-b") == "1"  # the first of a repeated header
+            assert await resp.read() == b"hello"
+            assert s.requests[0].startswith(b"GET /h HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n" % s.port)
+            pool.close()
+
+    run(main())
+
+
+# -- 2. Chunked answers from HttpServer's StreamingResponse ---------------------------------------------
+
+
+def test_chunks_come_as_they_arrive_and_the_connection_is_reused(run: Run) -> None:
+    parts = [b"data: first\n\n", b"data: second\n\n", b"x" * 70_000, b"data: [DONE]\n\n"]
+    acks: asyncio.Queue[None] = asyncio.Queue()
+
+    async def stream() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+            await acks.get()  # the next part only once the client has this one
+
+    async def handler(req: Request) -> Response | StreamingResponse:
+        if req.path == "/stream":
+            return StreamingResponse(stream())
+        return Response(200, b"plain")
+
+    async def main() -> None:
+        async with http_server(handler) as srv:
+            pool = Pool()
+            resp = await pool.request("GET", f"{srv.url}/stream")
+            assert resp.header("transfer-encoding") == "chunked" and resp.content_length is None
+            got, pieces, sent = bytearray(), 0, 1
+            async for piece in resp.chunks():
+                got += piece
+                pieces += 1
+                if got == b"".join(parts[:sent]):  # a whole part in: let the server send the next
+                    sent += 1
+                    acks.put_nowait(None)
+            assert got == b"".join(parts) and pieces >= len(parts)
+            assert pool.idle_count() == 1
+            again = await pool.request("GET", f"{srv.url}/plain")
+            assert await again.read() == b"plain"
+            assert pool.connects == 1
+            pool.close()
+
+    run(main())
+
+
+# -- 3. Scripted framing -----------------------------------------------------------------------------
+
+CHUNKED_WITH_TRAILERS = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;name=value\r\nhello\r\n"
+    b'7;a=1;b="x y"\r\n, world\r\n'
+    b"A\r\n0123456789\r\n"
+    b"0;last\r\nExpires: never\r\nX-Sum: abc\r\n\r\n"
+)
+
+
+def test_chunked_with_extensions_and_trailers_one_byte_per_write(run: Run) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        while await s.read_request(reader):
+            for i in range(len(CHUNKED_WITH_TRAILERS)):
+                writer.write(CHUNKED_WITH_TRAILERS[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)  # let the client read it alone
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            for _ in range(2):  # the trailers were consumed exactly: the second answer parses
+                resp = await pool.request("GET", s.url())
+                assert resp.status == 200 and resp.header("transfer-encoding") == "chunked"
+                assert await resp.read() == b"hello, world0123456789"
+                assert pool.idle_count() == 1
+            assert pool.connects == 1 and s.connections == 1
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+    ],
+    ids=["http10", "http11-no-length"],
+)
+def test_a_body_without_length_is_read_to_the_close_and_not_pooled(run: Run, head: bytes) -> None:
+    body = b"x" * 100_000 + b"end"
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(head + body[:50_000])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(body[50_000:])
+        await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            for n in (1, 2):
+                resp = await pool.request("GET", s.url())
+                assert resp.content_length is None
+                assert await resp.read() == body
+                assert pool.idle_count() == 0
+                assert pool.connects == n and s.connections == n
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("answer", "pooled"),
+    [
+        (ok(), True),
+        (ok(extra=b"Connection: close\r\n"), False),
+        (ok(extra=b"Connection: Close\r\n"), False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n\r\nok", True),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            False,
+        ),
+    ],
+    ids=["http11", "close", "Close", "http10", "http10-keep-alive", "chunked-close"],
+)
+def test_the_connection_is_pooled_only_when_both_sides_keep_it_alive(
+    run: Run, answer: bytes, pooled: bool
+) -> None:
+    async def main() -> None:
+        async with Script(answering(answer)) as s:  # the server never closes first
+            pool = Pool()
+            for _ in range(2):
+                resp = await pool.request("GET", s.url())
+                assert await resp.read() == b"ok"
+                assert pool.idle_count() == (1 if pooled else 0)
+            assert pool.connects == s.connections == (1 if pooled else 2)
+            if not pooled:
+                await until(lambda: s.client_closed == 2, "the client to close both connections")
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "interim-heads-first"])
+def test_interim_1xx_heads_are_skipped(run: Run, split: bool) -> None:
+    interim = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    )
+    final = ok(b"final", b"X-Final: yes\r\n")
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        while await s.read_request(reader):
+            if split:
+                writer.write(interim)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(final)
+            else:
+                writer.write(interim + final)
+            await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            for _ in range(2):
+                resp = await pool.request("POST", s.url(), body=b"{}")
+                assert resp.status == 200 and resp.header("link") is None and resp.header("x-final") == "yes"
+                assert await resp.read() == b"final"
+            assert pool.connects == s.connections == 1
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 1000\r\n\r\n'),
+    ],
+    ids=["head", "204-length-0", "204", "304"],
+)
+def test_answers_without_a_body(run: Run, method: str, answer: bytes) -> None:
+    async def main() -> None:
+        async with Script(answering(answer, ok(b"next"))) as s:
+            pool = Pool()
+            resp = await pool.request(method, s.url())
+            assert pool.idle_count() == 1  # pooled as soon as the head is in: there is no body
+            assert await resp.read() == b""
+            if method == "HEAD":
+                assert resp.header("content-length") == "1000"
+            nxt = await pool.request("GET", s.url())  # same connection, framed right
+            assert (nxt.status, await nxt.read()) == (200, b"next")
+            assert pool.connects == s.connections == 1
+            pool.close()
+
+    run(main())
+
+
+# -- 4. Errors --------------------------------------------------------------------------------------------
+
+
+def test_connect_refused_is_a_connect_error_at_once(run: Run) -> None:
+    with socket.socket() as sock:  # bound, not listening: the kernel refuses connections to it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+        async def main() -> None:
+            pool = Pool()
+            start = time.monotonic()
+            with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}"):
+                await pool.request("GET", f"http://127.0.0.1:{port}/", connect_timeout=3.0)
+            assert time.monotonic() - start < 3.0  # refused, not timed out
+            assert pool.connects == 0
+
+        run(main())
+
+
+def test_connect_timeout_is_a_connect_error(run: Run) -> None:
+    # a listener whose accept queue is full: the kernel drops further SYNs, the connect hangs
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        addr = listener.getsockname()
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(addr)
+
+            async def main() -> None:
+                pool = Pool(connect_timeout=0.2)
+                start = time.monotonic()
+                with pytest.raises(ConnectError, match="timed out after 0.2 s"):
+                    await pool.request("GET", f"http://127.0.0.1:{addr[1]}/")
+                assert time.monotonic() - start < 1.2
+
+            run(main())
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "http:///path", "127.0.0.1:80"])
+def test_a_url_that_is_not_http_is_a_connect_error(run: Run, url: str) -> None:
+    async def main() -> None:
+        with pytest.raises(ConnectError, match="not an http"):
+            await Pool().request("GET", url)
+
+    run(main())
+
+
+async def hold(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+    """Read a request, never answer, until the client closes."""
+    await s.read_request(reader)
+    await reader.read()
+    s.client_closed += 1
+
+
+def test_no_response_head_in_time_is_an_upstream_timeout(run: Run) -> None:
+    async def main() -> None:
+        async with Script(hold) as s:
+            pool = Pool()
+            start = time.monotonic()
+            with pytest.raises(UpstreamTimeout, match="no response head"):
+                await pool.request("GET", s.url(), head_timeout=0.2)
+            assert 0.15 < time.monotonic() - start < 1.2
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            assert pool.idle_count() == 0 and s.connections == 1
+            pool.close()
+
+    run(main())
+
+
+def test_a_head_that_trickles_in_past_the_timeout_is_an_upstream_timeout(run: Run) -> None:
+    """The head timeout is a deadline for the whole head, not for each of its bytes."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while True:
+            writer.write(b"z")
+            await writer.drain()
+            await asyncio.sleep(0.03)
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            start = time.monotonic()
+            with pytest.raises(UpstreamTimeout):
+                await pool.request("GET", s.url(), head_timeout=0.3)
+            assert time.monotonic() - start < 1.3
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nhello",
+    ],
+    ids=["length", "chunked", "to-close"],
+)
+def test_a_body_that_stalls_past_read_timeout_is_an_upstream_timeout(run: Run, start: bytes) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(start)
+        await writer.drain()
+        await reader.read()  # until the client gives up
+        s.client_closed += 1
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url(), head_timeout=3.0, read_timeout=0.2)
+            got = bytearray()
+            began = time.monotonic()
+            with pytest.raises(UpstreamTimeout, match="no body bytes within 0.2 s"):
+                async for piece in resp.chunks():
+                    got += piece
+            assert got == b"hello" and time.monotonic() - began < 1.2
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            assert pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/2 200\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/1.1 \xb200 OK\r\n\r\n",  # a latin-1 superscript two: str.isdigit() says it is a digit
+        b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (70 << 10),
+    ],
+    ids=[
+        "http2",
+        "icy",
+        "no-status",
+        "status-not-a-number",
+        "status-superscript",
+        "header-no-colon",
+        "length-not-a-number",
+        "length-negative",
+        "length-superscript",
+        "gzip",
+        "head-too-big",
+    ],
+)
+def test_a_malformed_head_is_a_protocol_error_and_closes_the_connection(run: Run, answer: bytes) -> None:
+    async def main() -> None:
+        async with Script(answering(answer)) as s:
+            pool = Pool()
+            with pytest.raises(ProtocolError):
+                await pool.request("GET", s.url())
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            assert pool.idle_count() == 0 and s.connections == 1
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"1" * 5000,
+        b"-3\r\n5\r\nhello\r\n0\r\n\r\n",  # int(..., 16) takes a sign: a negative size must not pass
+        b"0x5\r\nhello\r\n0\r\n\r\n",  # ... and a 0x prefix
+        b"\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["not-hex", "no-crlf-after-data", "size-line-too-long", "negative", "0x-prefix", "empty"],
+)
+def test_a_bad_chunk_is_a_protocol_error(run: Run, body: bytes) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+    async def main() -> None:
+        async with Script(answering(answer)) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url())
+            assert resp.status == 200
+            with pytest.raises(ProtocolError, match="chunk"):
+                await resp.read()
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            assert pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhell",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n",
+    ],
+    ids=["short-length", "mid-chunk", "no-last-chunk", "mid-trailers"],
+)
+def test_a_close_in_the_middle_of_the_body_is_disconnected(run: Run, answer: bytes) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url())
+            assert resp.status == 200
+            with pytest.raises(Disconnected, match="middle of the body"):
+                await resp.read()
+            assert pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+def test_a_reset_in_a_body_read_to_the_close_is_disconnected_not_a_short_body(run: Run) -> None:
+    """A body that ends at the close must end with a clean close: a reset cuts it short."""
+    first_piece_in = asyncio.Event()
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await first_piece_in.wait()
+        no_linger = struct.pack("ii", 1, 0)  # close at once with a reset, not a FIN
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, no_linger)
+        writer.transport.abort()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url())
+            got = bytearray()
+            with pytest.raises(Disconnected):
+                async for piece in resp.chunks():
+                    got += piece
+                    first_piece_in.set()
+            assert got == b"partial"
+            pool.close()
+
+    run(main())
+
+
+def test_a_close_in_the_middle_of_the_head_is_disconnected(run: Run) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            with pytest.raises(Disconnected, match="middle of its answer's head"):
+                await pool.request("GET", s.url())
+            assert s.connections == pool.connects == 1
+            pool.close()
+
+    run(main())
+
+
+async def read_and_close(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+    await s.read_request(reader)
+
+
+def test_a_new_connection_closed_before_any_answer_is_disconnected_without_retry(run: Run) -> None:
+    async def main() -> None:
+        async with Script(read_and_close) as s:
+            pool = Pool()
+            with pytest.raises(Disconnected, match="before answering"):
+                await pool.request("POST", s.url(), body=b"{}")
+            assert s.connections == pool.connects == 1 and len(s.requests) == 1
+            pool.close()
+
+    run(main())
+
+
+# -- 5. A reused connection the site closed: one retry -----------------------------------------------
+
+
+def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(run: Run) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        if index == 0:  # answers the first request, then reads the second and closes
+            await s.read_request(reader)
+            writer.write(ok(b"first"))
+            await writer.drain()
+            await s.read_request(reader)
+            return
+        while await s.read_request(reader):
+            writer.write(ok(b"retried"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url("/1"))).read() == b"first"
+            resp = await pool.request("POST", s.url("/2"), [("X-Try", "a")], b'{"n": 2}')
+            assert (resp.status, await resp.read()) == (200, b"retried")
+            assert s.connections == pool.connects == 2
+            assert len(s.requests) == 3 and s.requests[2] == s.requests[1]  # the same request, again
+            assert s.requests[2].endswith(b'X-Try: a\r\ncontent-length: 8\r\n\r\n{"n": 2}')
+            assert pool.idle_count() == 1
+            pool.close()
+
+    run(main())
+
+
+def test_when_the_retry_fails_too_the_error_is_raised(run: Run) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        if index == 0:
+            await s.read_request(reader)
+            writer.write(ok(b"first"))
+            await writer.drain()
+        await s.read_request(reader)  # then every request read is closed on, unanswered
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url())).read() == b"first"
+            with pytest.raises(Disconnected, match="before answering"):
+                await pool.request("GET", s.url())
+            assert s.connections == pool.connects == 2 and len(s.requests) == 3
+            pool.close()
+
+    run(main())
+
+
+def test_a_reused_connection_closed_after_an_interim_head_is_not_retried(run: Run) -> None:
+    """A 100 Continue shows the site has the request: sending it again could run it twice."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(ok(b"first"))
+        await writer.drain()
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url())).read() == b"first"
+            with pytest.raises(Disconnected):
+                await pool.request("POST", s.url(), body=b"{}")
+            assert s.connections == pool.connects == 1 and len(s.requests) == 2
+            pool.close()
+
+    run(main())
+
+
+# -- 6. release() and an early break ---------------------------------------------------------------------
+
+
+async def stream_forever() -> AsyncIterator[bytes]:
+    n = 0
+    while True:
+        yield b"data: %d\n\n" % n
+        n += 1
+        await asyncio.sleep(0.005)
+
+
+async def streams_and_plain(req: Request) -> Response | StreamingResponse:
+    if req.path == "/stream":
+        return StreamingResponse(stream_forever())
+    return Response(200, b"y" * 100_000 if req.path == "/big" else b"plain")
+
+
+def test_release_before_the_body_is_read_closes_the_connection(run: Run) -> None:
+    async def main() -> None:
+        async with http_server(streams_and_plain) as srv:
+            pool = Pool()
+            resp = await pool.request("GET", f"{srv.url}/big")
+            assert resp.status == 200
+            resp.release()
+            resp.release()  # twice: no harm
+            assert pool.idle_count() == 0
+            await until(lambda: not srv.connections, "the server to see the connection close")
+            nxt = await pool.request("GET", f"{srv.url}/plain")
+            assert await nxt.read() == b"plain"
+            assert pool.connects == 2 and pool.idle_count() == 1
+            pool.close()
+
+    run(main())
+
+
+def test_an_early_break_out_of_chunks_then_release_closes_the_connection(run: Run) -> None:
+    async def main() -> None:
+        async with http_server(streams_and_plain) as srv:
+            pool = Pool()
+            resp = await pool.request("GET", f"{srv.url}/stream")
+            got = bytearray()
+            async for piece in resp.chunks():
+                got += piece
+                if b"data: 1\n\n" in got:
+                    break
+            resp.release()
+            assert got.startswith(b"data: 0\n\ndata: 1\n\n") and pool.idle_count() == 0
+            await until(lambda: not srv.connections, "the server to see the connection close")
+            nxt = await pool.request("GET", f"{srv.url}/plain")
+            assert await nxt.read() == b"plain"
+            assert pool.connects == 2
+            pool.close()
+
+    run(main())
+
+
+# -- 7. Idle connections ---------------------------------------------------------------------------------
+
+
+def test_an_idle_connection_expires_after_idle_s(run: Run) -> None:
+    async def main() -> None:
+        async with http_server(streams_and_plain) as srv:
+            pool = Pool(idle_s=0.05)
+            assert await (await pool.request("GET", f"{srv.url}/plain")).read() == b"plain"
+            assert await (await pool.request("GET", f"{srv.url}/plain")).read() == b"plain"
+            assert pool.connects == 1  # within idle_s: reused
+            await asyncio.sleep(0.1)
+            assert await (await pool.request("GET", f"{srv.url}/plain")).read() == b"plain"
+            assert pool.connects == 2 and pool.idle_count() == 1
+            await until(lambda: len(srv.connections) == 1, "the expired connection to be closed")
+            pool.close()
+
+    run(main())
+
+
+def test_a_pooled_connection_the_site_closed_is_replaced(run: Run) -> None:
+    async def main() -> None:
+        async with http_server(streams_and_plain, ServerConfig(keepalive_s=0.05)) as srv:
+            pool = Pool()
+            assert await (await pool.request("GET", f"{srv.url}/plain")).read() == b"plain"
+            assert pool.idle_count() == 1
+            await until(lambda: not srv.connections, "the server to close the idle connection")
+            resp = await pool.request("GET", f"{srv.url}/plain")
+            assert await resp.read() == b"plain"
+            assert pool.connects == 2 and pool.idle_count() == 1
+            pool.close()
+
+    run(main())
+
+
+def test_max_idle_and_close(run: Run) -> None:
+    async def main() -> None:
+        async with http_server(streams_and_plain) as srv:
+            pool = Pool(max_idle=1)
+            first = await pool.request("GET", f"{srv.url}/plain")
+            second = await pool.request("GET", f"{srv.url}/plain")  # the first is busy: a second connection
+            third = await pool.request("GET", f"{srv.url}/plain")
+            assert pool.connects == 3 and len(srv.connections) == 3
+            assert await first.read() == b"plain" and await second.read() == b"plain"
+            assert pool.idle_count() == 1  # one kept, the older one closed
+            await until(lambda: len(srv.connections) == 2, "the connection over max_idle to close")
+            pool.close()
+            assert pool.idle_count() == 0
+            assert await third.read() == b"plain"  # done after close(): closed, not pooled
+            assert pool.idle_count() == 0
+            await until(lambda: not srv.connections, "every connection to close")
+
+    run(main())
+
+
+# -- 8. Large bodies, with back-pressure -----------------------------------------------------------------
+
+
+def test_a_large_body_arrives_intact_and_the_connection_is_reused(run: Run) -> None:
+    big = os.urandom(8 << 20)
+    pieces = [big[i : i + (128 << 10)] for i in range(0, len(big), 128 << 10)]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    async def handler(req: Request) -> Response | StreamingResponse:
+        if req.path == "/stream":
+            return StreamingResponse(stream(), content_type="application/octet-stream")
+        return Response(200, big, "application/octet-stream")
+
+    async def main() -> None:
+        async with http_server(handler) as srv:
+            pool = Pool()
+            resp = await pool.request("GET", f"{srv.url}/length")
+            assert resp.content_length == len(big)
+            got = bytearray()
+            async for piece in resp.chunks():
+                await asyncio.sleep(0)  # a consumer slower than loopback: reading pauses and resumes
+                got += piece
+            assert got == big
+            resp = await pool.request("GET", f"{srv.url}/stream")
+            assert await resp.read() == big
+            assert pool.connects == 1 and pool.idle_count() == 1
+            pool.close()
+
+    run(main())
