@@ -67,7 +67,7 @@ class Daemon:
     ) -> None:
         self.config = config
         self.environ = dict(environ if environ is not None else os.environ)
-        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.log = log or _log_line
         self.metrics = Metrics()
         self.state: GridState
         self.should_exit: asyncio.Event | None = None  # created in serve(), inside the loop
@@ -110,8 +110,11 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish within the bound, close."""
         left = await self.http.stop(grace=self.config.drain_timeout_s)
+        pid = os.getpid()
         self.log(
-            f"gridctl daemon stopped ({left} requests still in flight)" if left else "gridctl daemon stopped"
+            f"gridctl daemon stopped (pid {pid}; {left} requests still in flight were cut)"
+            if left
+            else f"gridctl daemon stopped (pid {pid})"
         )
         self.pool.close()
 
@@ -302,6 +305,12 @@ class Daemon:
 
     async def _healthz(self, request: Request) -> Response:
         return json_response({"status": "ok", "sites": len(self.state.sites)})
+
+
+def _log_line(text: str) -> None:
+    # one write per line: --workers processes share stderr, and print() writes the newline apart
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _token_ok(header: str, token: str) -> bool:
