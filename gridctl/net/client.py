@@ -9,8 +9,8 @@ What it does, and nothing more:
 - bodies by Content-Length, chunked, or up to the close; HEAD/204/304 have none;
 - timeouts: to connect, until the response head, and between two pieces of the body;
 - a connection goes back to the pool only when its response was read to the end and both
-  sides keep it alive; idle connections expire after ``idle_s`` and are dropped as soon as
-  the peer closes them;
+  sides keep it alive; idle connections expire after ``idle_s``, and one the peer has closed
+  is never reused (it is dropped when the next request to that site looks for one);
 - a reused connection that the site closed while it sat idle (the request raced the close)
   is retried once on a new connection, when not a byte of the answer had arrived;
 - back-pressure: reading pauses while more than ``_HIGH_WATER`` bytes wait to be consumed;
@@ -106,14 +106,15 @@ class _Conn(asyncio.Protocol):
 
     # -- used by Response -------------------------------------------------------------------
 
-    async def more(self, timeout: float, what: str) -> None:
-        """Wait until more bytes arrive or the peer closes; raise on timeout."""
+    async def more(self, timeout: float, what: str, limit: float | None = None) -> None:
+        """Wait until more bytes arrive or the peer closes; raise on timeout (the message
+        names ``limit``, the caller's whole allowance, when the wait is what is left of it)."""
         if self.paused and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
         fut = self.loop.create_future()
         self.waiter = fut
-        timer = self.loop.call_later(timeout, _expire, fut, f"no {what} within {timeout:g} s")
+        timer = self.loop.call_later(timeout, _expire, fut, f"no {what} within {limit or timeout:g} s")
         try:
             await fut
         finally:
@@ -270,6 +271,9 @@ class Response:
         if conn is None:
             return
         if self._keep and not conn.buf and conn.alive():
+            if conn.paused and conn.transport is not None:  # else it would not see the peer close it
+                conn.transport.resume_reading()
+                conn.paused = False
             self._pool._put(conn)
         else:
             conn.close()
@@ -373,7 +377,7 @@ class Pool:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise UpstreamTimeout(f"no response head within {head_timeout:g} s")
-                    await conn.more(left, "response head")
+                    await conn.more(left, "response head", head_timeout)
                     continue
                 status, version, headers = _parse_head(bytes(conn.buf[:end]))
                 del conn.buf[: end + 4]

@@ -39,6 +39,7 @@ log = logging.getLogger("gridctl.net.server")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _LINGER_S = 2.0  # how long an erroring connection discards input before closing
 
 
@@ -378,10 +379,9 @@ class _Connection(asyncio.Protocol):
                     raise _HttpError(400, "malformed chunk size line")
                 return None
             size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _HttpError(400, "malformed chunk size") from None
+            if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5", "1_0"
+                raise _HttpError(400, "malformed chunk size")
+            size = int(size_text, 16)
             pos = eol + 2
             if size == 0:
                 while True:  # trailers, up to the empty line

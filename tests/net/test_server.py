@@ -201,6 +201,10 @@ def test_expect_100_continue(srv: ServerThread) -> None:
         (b"GET /echo HTTP/1.1\r\nbad header\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        # chunk sizes that int(x, 16) would take: not hex digits, so not HTTP
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n" + b"a" * 16 + b"\r\n", 400),
         (b"GET /echo HTTP/1.1\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n", 431),
     ],
 )
