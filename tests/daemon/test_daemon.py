@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import REPO, cli_env, run_cli
 from tests.daemon.conftest import M8, chat, pid_alive, set_capacity, start_daemon
@@ -405,11 +406,41 @@ def test_clients_hanging_up_do_not_count_against_the_site(daemon) -> None:
                 + body
             )
             assert s.recv(200).startswith(b"HTTP/1.1 200")
+    plain = json.dumps(chat(max_tokens=300)).encode()
+    for _ in range(3):  # hang up while the daemon still waits for the site's answer
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(plain)}\r\n\r\n".encode()
+                + plain
+            )
+            time.sleep(0.1)
     time.sleep(1.0)
-    site = next(
-        s for s in httpx.get(daemon.url + "/grid/status").json()["sites"] if s["site"] == "jc-edge-01"
-    )
+    sites = httpx.get(daemon.url + "/grid/status").json()["sites"]
+    site = next(s for s in sites if s["site"] == "jc-edge-01")
     assert site["breaker"] == "closed" and site["failures"] == 0 and site["status"] == "ok"
+    assert site["requests"] == 7
+    assert all(s["in_flight"] == 0 for s in sites)  # every abandoned attempt gave its slot back
     r = daemon.post(chat())
     assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
     assert 'status="client-gone"' in httpx.get(daemon.url + "/metrics").text
+
+
+def test_a_site_cutting_a_plain_answer_cuts_the_client_too(lab) -> None:
+    """A non-stream body the site breaks off must not reach the client as a short body that looks whole."""
+    up = Upstream()
+    try:
+        site = lab.overlay / "sites" / "jc-edge-01.yaml"
+        site.write_text(re.sub(r"endpoint: .*", f"endpoint: {up.url}", site.read_text()))
+        d = start_daemon(lab.overlay, "--region", "us-east")
+        try:
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.post(d.url + "/v1/completions", json={"model": M8, "prompt": "x"}, timeout=10)
+            status = httpx.get(d.url + "/grid/status").json()["sites"]
+            jc = next(s for s in status if s["site"] == "jc-edge-01")
+            assert jc["failures"] == 1 and jc["in_flight"] == 0
+            assert "gridctl_stream_cuts_total 1" in httpx.get(d.url + "/metrics").text
+        finally:
+            d.stop()
+    finally:
+        up.close()

@@ -40,6 +40,17 @@ class Upstream:
         await resp.write_eof()
         return resp
 
+    async def _cut(self, request: web.Request) -> web.StreamResponse:
+        """A plain JSON answer, chunked, broken off half-way (the connection reset)."""
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"id":"x","choices":[{"text":"half an ans')
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({})
 
@@ -50,6 +61,7 @@ class Upstream:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._cut)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None)
