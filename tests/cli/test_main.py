@@ -58,6 +58,30 @@ def test_inventory_commands_do_not_import_heavy_libraries(argv: list[str]) -> No
     assert "HEAVY=\n" in proc.stderr, proc.stderr
 
 
+def test_a_command_loads_only_its_own_module() -> None:
+    code = (
+        "import sys\n"
+        "from gridctl.cli.main import COMMANDS, run\n"
+        f"rc = run({['-i', str(EXAMPLE), 'site', 'ls', '-o', 'json']!r})\n"
+        "mods = sorted({m for m, _ in COMMANDS.values() if m in sys.modules})\n"
+        "sys.stderr.write('LOADED=' + ','.join(mods) + '\\n')\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED=gridctl.cli.site\n" in proc.stderr, proc.stderr
+
+
+def test_help_lists_every_command_in_order() -> None:
+    from gridctl.cli.main import COMMANDS
+
+    out = run_cli("--help").out
+    where = [out.find(f"│ {name} ") for name in COMMANDS]
+    assert all(i > 0 for i in where) and where == sorted(where), out
+
+
 def _run_on_tty(*args: str, no_color: bool) -> str:
     master, slave = pty.openpty()
     env = cli_env()
