@@ -342,8 +342,8 @@ def check_forward(t: Target) -> str:
 # written by hand from the profile and the figures of the recorded run; update it when they change
 FINDINGS = """### Findings (from the runs that produced these figures)
 
-- The stack, chosen by measuring it (tables above): the daemon first ran on aiohttp (server and client) and spent 0.19 ms of CPU per non-streaming request; at concurrency 128 it reached only 75-83% of direct (target 90%), the 2-core machine being shared by wrk, the backend and the proxy. py-spy put gridctl's own logic (placement, prefix hashing, headers) under 5% of the samples; the rest was aiohttp's server and client. Measured part by part: as the upstream client aiohttp costs 0.10-0.13 ms per request and 0.22-0.51 ms per 20-token stream, httpx 1-3 ms and 2.5-3.4 ms; as the server aiohttp.web costs 0.027-0.032 ms per request and uvicorn with httptools (no framework on top) 0.022-0.025 ms. gridctl's own HTTP/1.1 on asyncio protocols (gridctl/net/: the lab's server, and a keep-alive client pool written for the daemon) costs 0.012-0.014 ms as the server and 0.028 ms (uvloop) to 0.073 ms (asyncio) as the client, 0.15 ms per stream on uvloop. The daemon now runs on it: 0.06-0.07 ms per request in the runs above (a third of before) and 93-96% of direct at concurrency 128. aiohttp is no longer a dependency of gridctl (the daemon's tests keep it as an independent site implementation).
-- uvloop: the daemon runs on it when installed (a dependency); the `daemon-asyncio-loop` row is the same daemon on asyncio's loop, which costs 20-50% more CPU per request.
+- The stack, chosen by measuring it (tables above): the daemon first ran on aiohttp (server and client) and spent 0.19 ms of CPU per non-streaming request; at concurrency 128 it reached only 75-83% of direct (target 90%), the 2-core machine being shared by wrk, the backend and the proxy. py-spy put gridctl's own logic (placement, prefix hashing, headers) under 5% of the samples; the rest was aiohttp's server and client. Measured part by part (the tables above and the trial runs before them): as the upstream client aiohttp costs 0.10-0.14 ms per request and 0.22-0.52 ms per 20-token stream, httpx 1.5-3 ms and 2.5-3.4 ms; as the server aiohttp.web costs 0.027-0.032 ms per request and uvicorn with httptools (no framework on top) 0.022-0.026 ms. gridctl's own HTTP/1.1 on asyncio protocols (gridctl/net/: the lab's server, and a keep-alive client pool written for the daemon) costs 0.012-0.014 ms as the server and 0.03 ms (uvloop) to 0.06-0.07 ms (asyncio) as the client, 0.15 ms per stream on uvloop. The daemon now runs on it: 0.06-0.08 ms per request (a third to two-fifths of before) and 92-96% of direct at concurrency 128 in this run and the trial runs before it. aiohttp is no longer a dependency of gridctl (the daemon's tests keep it as an independent site implementation).
+- uvloop: the daemon runs on it when installed (a dependency); the `daemon-asyncio-loop` row is the same daemon on asyncio's loop, which costs 10-50% more CPU per request.
 - Fixed after the first runs: the daemon relayed even a non-streaming JSON answer as a chunked response (three sends; now one response when the site gives a Content-Length), it counted a client that hung up as a failure of the site (three clients pressing stop opened a healthy site's breaker), and the lab server refused every connection under uvloop (it asserted asyncio.Transport, which uvloop's transports are not). Each daemon measurement still starts a fresh daemon so the rows are comparable.
 """
 
@@ -377,7 +377,9 @@ def report(
         f"load average before/after: {load_before} / {load_after} (shared machine: other jobs ran at the same time)",
         f"- source: {env['tree']}",
         f"- command: `{command}` (from the repository root; `python` is the interpreter of the environment "
-        "gridctl is installed in; needs `wrk` and `nginx` on PATH)",
+        "gridctl is installed in, with `pip install -e '.[test,bench]'` for the stack's peers and "
+        "`pip install 'litellm[proxy]'` for LiteLLM, each measured when installed; needs `wrk` and `nginx` "
+        "on PATH)",
         f"- what: {args.rounds} round(s), targets interleaved within each round, {args.duration:g} s per "
         "measurement, medians over rounds. Backend: bench/daemon/fake_site.py (raw asyncio on uvloop, one "
         "process; 5 ms to the first token, 20 tokens 1 ms apart, then `data: [DONE]`; non-streaming: a JSON "
@@ -387,9 +389,9 @@ def report(
         "bench/daemon/stream_client.py (raw asyncio sockets, keep-alive, its own process): TTFT = request "
         "written → first `data: {` byte. CPU: utime+stime from /proc/PID/stat of the proxy process(es) over "
         "the measurement, divided by completed requests (nginx: its one worker + master). Each daemon "
-        "measurement runs on a freshly started daemon after a 0.5 s streaming warm-up: wrk ends every run by "
-        "cutting its in-flight requests, and the daemon blames a vanished client on the site (breaker open, "
-        "503 `no_eligible_site` for the cooldown), which would poison the next measurement.",
+        "measurement runs on a freshly started daemon after a 0.5 s streaming warm-up, so every row starts "
+        "from the same state (wrk ends each run by cutting its in-flight requests; the daemon no longer "
+        "blames those on the site, but its moving averages and prefix index would carry over).",
         "- nginx: `worker_processes 1`, upstream `keepalive 256`, `proxy_http_version 1.1`, "
         '`proxy_set_header Connection ""`, `proxy_buffering off`, `proxy_request_buffering off`, '
         "started as `nginx -p TMP -c TMP/nginx.conf` with `daemon off;`.",
