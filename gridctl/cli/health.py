@@ -14,6 +14,7 @@ from gridctl.cli.fleet import AcceptNewOpt, ForksOpt, TimeoutOpt, summary_line
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:
+    from gridctl.fleet.healthcheck import EndpointCheck
     from gridctl.fleet.ssh import SshOptions
     from gridctl.health import Health
     from gridctl.inventory.model import Inventory, Node, Site
@@ -125,12 +126,17 @@ def health(
         raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
     # connect to the first nodes now; the imports below and the keys overlap with their sshd
     dialer = dial_early(nodes[:forks])
+    endpoints = None
     try:
+        from gridctl.fleet.healthcheck import EndpointCheck
         from gridctl.fleet.ssh import ssh_options_for
 
+        endpoints = EndpointCheck(sites, st.streams.environ, timeout)  # probed meanwhile
         opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
-        _rounds(st, inv, nodes, sites, opts, forks, timeout, output, interval if watch else None)
+        _rounds(st, inv, nodes, sites, opts, forks, timeout, output, interval if watch else None, endpoints)
     finally:
+        if endpoints is not None:
+            endpoints.close()
         dialer.close()
 
 
@@ -144,6 +150,7 @@ def _rounds(
     timeout: float,
     output: Format,
     interval: float | None,  # --watch: seconds between rounds
+    endpoints: EndpointCheck,  # the first round's site probes, already started
 ) -> None:
     from gridctl.cli.progress import progress
     from gridctl.fleet.healthcheck import check_health, now_iso, record_health
@@ -151,9 +158,14 @@ def _rounds(
 
     watch = interval is not None
     tty = _tty(st.streams)
+    first: EndpointCheck | None = endpoints
     while True:
         with progress(st.streams, len(nodes) + len(sites), "health") as advance:
-            rows = check_health(inv, nodes, sites, opts, st.streams.environ, forks, timeout, on_done=advance)
+            environ = st.streams.environ
+            rows = check_health(
+                inv, nodes, sites, opts, environ, forks, timeout, on_done=advance, endpoints=first
+            )
+        first = None
         checked_at = now_iso()
         record_health(inv, rows, checked_at)
         data = [r.to_dict(checked_at) for r in rows]

@@ -80,11 +80,11 @@ def probe_endpoints(
     on_done: Callable[[Site, EndpointProbe], None] | None = None,
 ) -> list[EndpointProbe]:
     """Probe every site's endpoint concurrently; results in input order."""
+    if not sites:
+        return []
     load_httpx()  # the first import of httpx in a run: see libs
     import httpx
 
-    if not sites:
-        return []
     # trust_env=False: endpoints are reached directly, never through a proxy from the environment
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(sites))))
     verify = _tls_context(sites)
