@@ -80,8 +80,8 @@ def _node_row(
 class EndpointCheck:
     """The site endpoints' probes, running on a thread of their own while the nodes are
     probed. Start it as soon as the sites are known: before the SSH fan-out's threads
-    compete for the interpreter, its imports (httpx: ~30 ms) and requests run unhurried
-    and its round trips overlap gridctl's own start-up."""
+    compete for the interpreter its requests run unhurried, and their round trips
+    overlap gridctl's own start-up."""
 
     def __init__(self, sites: Sequence[Site], environ: Mapping[str, str], timeout: float) -> None:
         self.started = time.monotonic()

@@ -6,12 +6,16 @@ classification happens in ``gridctl.health``.
 
 from __future__ import annotations
 
+import http.client
+import json
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
-from gridctl.fleet.libs import load_httpx
+from gridctl import __version__
 from gridctl.fleet.ssh import Session
 from gridctl.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
 from gridctl.health.thresholds import DEFAULT, Thresholds
@@ -28,48 +32,93 @@ def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAU
     return parse_node_probe(result.stdout, result.stderr, result.rc)
 
 
-def probe_endpoint(client: object, site: Site, environ: Mapping[str, str], timeout: float) -> EndpointProbe:
-    """GET the site's health route (timed: the round trip) and /v1/models."""
-    import httpx
+class EndpointClient:
+    """GET requests for the endpoint probes, on the standard library's http.client.
 
-    assert isinstance(client, httpx.Client)
+    Two GETs per site need nothing more, and http.client costs ~3 ms of start-up
+    where httpx costs ~30 ms (its import and its first request), time during
+    which ``gridctl health`` has not yet reached its nodes. Like the
+    ``httpx.Client(trust_env=False, follow_redirects=False)`` it replaces: no
+    proxy from the environment, redirects are answers, not followed, and https
+    is verified against certifi's CA bundle (the context built on first use:
+    plain-HTTP runs never load the bundle). Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+
+    def connection(self, url: str, timeout: float) -> http.client.HTTPConnection:
+        """An unopened connection to ``url``'s host (http.client opens it, and reopens it
+        when the server closed it after a response)."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context())
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._tls is None:
+                import certifi
+
+                self._tls = ssl.create_default_context(cafile=certifi.where())
+            return self._tls
+
+
+class _ConnectFailed(Exception):
+    pass
+
+
+def _get(conn: http.client.HTTPConnection, path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+    if conn.sock is None:
+        try:
+            conn.connect()
+        except OSError as exc:  # refused, unreachable, TLS refused, timed out
+            raise _ConnectFailed(exc) from exc
+    conn.request("GET", path, headers={"User-Agent": USER_AGENT, **headers})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+USER_AGENT = f"gridctl/{__version__}"
+
+
+def probe_endpoint(
+    client: EndpointClient, site: Site, environ: Mapping[str, str], timeout: float
+) -> EndpointProbe:
+    """GET the site's health route (timed: the round trip) and /v1/models."""
     headers = site.auth_headers(environ)
     base = site.endpoint.rstrip("/")
+    prefix = urlsplit(base).path
+    conn = client.connection(base, timeout)
     try:
-        start = time.perf_counter()
-        health = client.get(base + site.health_path, headers=headers, timeout=timeout)
-        rtt_ms = (time.perf_counter() - start) * 1000
-    except httpx.HTTPError as exc:
-        return EndpointProbe(error=f"{base}{site.health_path}: {_describe(exc)}")
-    models: tuple[str, ...] | None = None
-    try:
-        resp = client.get(base + "/v1/models", headers=headers, timeout=timeout)
-        if resp.status_code == 200:
-            data = resp.json().get("data", [])
-            models = tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
-    except (httpx.HTTPError, ValueError, AttributeError):
-        models = None
-    return EndpointProbe(health_status_code=health.status_code, models=models, rtt_ms=rtt_ms)
+        try:
+            start = time.perf_counter()
+            status, _ = _get(conn, prefix + site.health_path, headers)
+            rtt_ms = (time.perf_counter() - start) * 1000
+        except (_ConnectFailed, OSError, http.client.HTTPException) as exc:
+            return EndpointProbe(error=f"{base}{site.health_path}: {_describe(exc)}")
+        models: tuple[str, ...] | None = None
+        try:
+            code, body = _get(conn, prefix + "/v1/models", headers)
+            if code == 200:
+                data = json.loads(body).get("data", [])
+                models = tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
+        except (_ConnectFailed, OSError, http.client.HTTPException, ValueError, AttributeError):
+            models = None
+        return EndpointProbe(health_status_code=status, models=models, rtt_ms=rtt_ms)
+    finally:
+        conn.close()
 
 
 def _describe(exc: Exception) -> str:
-    import httpx
-
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ReadTimeout | httpx.PoolTimeout):
+    cause = exc.__cause__ if isinstance(exc, _ConnectFailed) else exc
+    if isinstance(cause, TimeoutError):
         return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc})"
+    if isinstance(exc, _ConnectFailed):
+        return f"cannot connect ({cause})"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _tls_context(sites: Sequence[Site]) -> ssl.SSLContext | bool:
-    """httpx's default (``True``: a context holding certifi's CA bundle, ~25 ms of CPU
-    to build) when any endpoint uses TLS. Otherwise a context that verifies just as
-    strictly but trusts no CA: plain-HTTP requests never touch it, and with
-    redirects not followed no request can reach TLS, so none needs the bundle."""
-    if any(s.endpoint.lower().startswith("https:") for s in sites):
-        return True
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname on
 
 
 def probe_endpoints(
@@ -82,13 +131,8 @@ def probe_endpoints(
     """Probe every site's endpoint concurrently; results in input order."""
     if not sites:
         return []
-    load_httpx()  # the first import of httpx in a run: see libs
-    import httpx
-
-    # trust_env=False: endpoints are reached directly, never through a proxy from the environment
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(sites))))
-    verify = _tls_context(sites)
-    with httpx.Client(trust_env=False, follow_redirects=False, verify=verify) as client, pool:
+    client = EndpointClient()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sites)))) as pool:
         futures = [pool.submit(probe_endpoint, client, s, environ, timeout) for s in sites]
         results = []
         for site, fut in zip(sites, futures, strict=True):

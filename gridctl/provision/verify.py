@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gridctl.fleet.probes import probe_endpoint
+from gridctl.fleet.probes import EndpointClient, probe_endpoint
 from gridctl.health import Status, classify_endpoint
 from gridctl.inventory.model import Location, Site
 from gridctl.provision.render import VerifyTarget
@@ -49,21 +49,19 @@ def wait_for_endpoint(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Verified:
     """Poll until up, ``target.timeout`` seconds, or ``deadline``, whichever comes first."""
-    import httpx
-
     start = clock()
     until = min(deadline, start + target.timeout)
     site = _as_site(target)
     error = "not checked"
-    with httpx.Client(trust_env=False, follow_redirects=False) as client:
-        while True:
-            left = until - clock()
-            if left <= 0:
-                break
-            probe = probe_endpoint(client, site, environ, min(REQUEST_TIMEOUT_S, max(left, 0.1)))
-            health = classify_endpoint(probe, list(target.models))
-            if health.status in (Status.OK, Status.DEGRADED):
-                return Verified(True, clock() - start, None)
-            error = "; ".join(health.reasons) or health.status.value
-            sleep(min(POLL_S, max(0.0, until - clock())))
+    client = EndpointClient()
+    while True:
+        left = until - clock()
+        if left <= 0:
+            break
+        probe = probe_endpoint(client, site, environ, min(REQUEST_TIMEOUT_S, max(left, 0.1)))
+        health = classify_endpoint(probe, list(target.models))
+        if health.status in (Status.OK, Status.DEGRADED):
+            return Verified(True, clock() - start, None)
+        error = "; ".join(health.reasons) or health.status.value
+        sleep(min(POLL_S, max(0.0, until - clock())))
     return Verified(False, clock() - start, error if target.url in error else f"{target.url}: {error}")

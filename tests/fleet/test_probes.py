@@ -1,30 +1,58 @@
-"""Endpoint probes: TLS verification is never weakened by skipping the CA bundle."""
+"""Endpoint probes over http.client: the same answers, errors and TLS verification as with httpx."""
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import time
 from dataclasses import replace
 
-from gridctl.fleet.probes import _tls_context
+from gridctl.fleet.probes import EndpointClient, probe_endpoint
 from gridctl.inventory.load import load_inventory
 from tests.conftest import EXAMPLE
 
 
-def test_tls_endpoints_get_httpx_default_verification() -> None:
-    sites = list(load_inventory(EXAMPLE).sites)
-    plain = [replace(s, endpoint="http://127.0.0.1:9") for s in sites[:2]]
-    assert any(s.endpoint.startswith("https://") for s in sites)
-    assert _tls_context([*plain, sites[0]]) is True
-    assert _tls_context([replace(sites[0], endpoint="HTTPS://x.example.net")]) is True
+def test_https_endpoints_are_verified_against_certifi_and_http_ones_load_no_tls() -> None:
+    import certifi
+
+    client = EndpointClient()
+    plain = client.connection("http://127.0.0.1:9", 5.0)
+    assert not isinstance(plain, http.client.HTTPSConnection) and client._tls is None
+    tls = client.connection("https://x.example.net:8443", 5.0)
+    assert isinstance(tls, http.client.HTTPSConnection) and (tls.host, tls.port) == ("x.example.net", 8443)
+    ctx = client._tls
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    bundle = ssl.create_default_context(cafile=certifi.where()).cert_store_stats()["x509_ca"]
+    assert ctx.cert_store_stats()["x509_ca"] == bundle > 0
+    assert client.connection("https://y.example.net", 5.0)._context is ctx  # type: ignore[attr-defined]
 
 
-def test_plain_http_endpoints_get_a_strict_context_without_cas() -> None:
-    sites = list(load_inventory(EXAMPLE).sites)
-    ctx = _tls_context([replace(s, endpoint="http://127.0.0.1:9") for s in sites[:2]])
-    assert isinstance(ctx, ssl.SSLContext)
-    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    assert ctx.cert_store_stats()["x509_ca"] == 0  # trusts nobody: TLS through it would fail, never pass
+def test_probe_answers_and_failures_read_as_before() -> None:
+    from tests.fleet.endpoint import FakeEndpoint
+    from tests.fleet.sshd import FrozenServer, free_port
+
+    site = list(load_inventory(EXAMPLE).sites)[0]
+    up, sick, frozen = FakeEndpoint(api_key="k"), FakeEndpoint(health_code=503), FrozenServer()
+    client = EndpointClient()
+    try:
+        env = {"K": "k"}
+        keyed = replace(site, endpoint=up.url + "/", api_key_env="K")
+        probe = probe_endpoint(client, keyed, env, 5.0)
+        assert probe.health_status_code == 200 and probe.models == ("llama-3.1-8b-instruct",)
+        assert probe.rtt_ms is not None and probe.error is None
+        assert up.requests == [("/health", "Bearer k"), ("/v1/models", "Bearer k")]
+        probe = probe_endpoint(client, replace(site, endpoint=sick.url), {}, 5.0)
+        assert probe.health_status_code == 503 and probe.error is None
+        refused = f"http://127.0.0.1:{free_port()}"
+        probe = probe_endpoint(client, replace(site, endpoint=refused), {}, 5.0)
+        assert probe.error is not None and probe.error.startswith(f"{refused}/health: cannot connect (")
+        hung = f"http://127.0.0.1:{frozen.port}"
+        probe = probe_endpoint(client, replace(site, endpoint=hung), {}, 0.5)
+        assert probe.error == f"{hung}/health: timed out"
+    finally:
+        up.close()
+        sick.close()
+        frozen.close()
 
 
 def test_endpoint_check_started_early_counts_every_site_once() -> None:
