@@ -466,6 +466,11 @@ class Pool:
                 _, conn = await loop.create_connection(lambda: _Conn(loop, key), host, port, **kwargs)
         except TimeoutError:
             raise ConnectError(f"connect to {host}:{port} timed out after {timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectError(
+                f"TLS with {host}:{port}: its certificate is not trusted ({exc.verify_message}); "
+                "for a private CA, point SSL_CERT_FILE at its certificate"
+            ) from None
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS with {host}:{port} failed: {exc.reason or exc}") from None
         except OSError as exc:

@@ -444,3 +444,44 @@ def test_a_site_cutting_a_plain_answer_cuts_the_client_too(lab) -> None:
             d.stop()
     finally:
         up.close()
+
+
+def test_https_sites_are_verified_against_the_system_trust_store(tmp_path: Path, lab) -> None:
+    """A site behind TLS: reached when its CA is trusted (SSL_CERT_FILE, as for a private CA),
+    refused when it is not, and then the request fails over; no byte of it reaches the site."""
+    from tests.routing.tls import make_ca, server_context
+
+    ca = make_ca(tmp_path)
+    up = Upstream(tls=server_context(ca, tmp_path))
+    try:
+        site = lab.overlay / "sites" / "jc-edge-01.yaml"
+        site.write_text(re.sub(r"endpoint: .*", f"endpoint: {up.url}", site.read_text()))
+        trusted = start_daemon(lab.overlay, "--region", "us-east", env=cli_env(SSL_CERT_FILE=str(ca.cert)))
+        try:
+            with httpx.stream("POST", trusted.url + "/v1/chat/completions", json=chat(stream=True)) as r:
+                assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
+                assert b"".join(r.iter_raw()) == b"".join(CHUNKS)
+        finally:
+            trusted.stop()
+        assert len(up.seen) == 1
+        env = cli_env()
+        env.pop("SSL_CERT_FILE", None)
+        untrusted = start_daemon(lab.overlay, "--region", "us-east", env=env)
+        try:
+            r = untrusted.post(chat())
+            assert r.status_code == 200 and r.headers["x-grid-site"] != "jc-edge-01"
+            deadline = time.monotonic() + 10
+            while True:  # the probe's verdict (the request may have come before the first probe)
+                status = httpx.get(untrusted.url + "/grid/status").json()["sites"]
+                jc = next(s for s in status if s["site"] == "jc-edge-01")
+                if jc["probe_ok"] is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert jc["probe_ok"] is False and jc["status"] == "failed"
+            assert "certificate is not trusted" in jc["probe_error"], jc
+            assert "SSL_CERT_FILE" in jc["probe_error"]
+        finally:
+            untrusted.stop()
+        assert len(up.seen) == 1  # the untrusted daemon never sent it a request
+    finally:
+        up.close()

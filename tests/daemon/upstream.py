@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 
 from aiohttp import web
@@ -17,8 +18,9 @@ CHUNKS = [
 
 
 class Upstream:
-    def __init__(self, gap_s: float = 0.02) -> None:
+    def __init__(self, gap_s: float = 0.02, tls: ssl.SSLContext | None = None) -> None:
         self.gap_s = gap_s
+        self.tls = tls
         self.seen: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
         self._loop = asyncio.new_event_loop()
@@ -27,7 +29,7 @@ class Upstream:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self._ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(dict(request.headers))
@@ -66,7 +68,7 @@ class Upstream:
         app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._runner = runner
