@@ -149,13 +149,20 @@ class Proxy:
                     return []
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append(fut)
+                woken = False
                 try:
-                    await asyncio.wait_for(fut, timeout=left)
+                    async with asyncio.timeout(left):
+                        await fut
+                    woken = True
                 except TimeoutError:
                     return []
                 finally:
                     if not fut.done():
                         fut.cancel()
+                    elif not woken:
+                        # woken, but leaving (timed out or the client hung up) without the slot
+                        # it was woken for: pass the wake-up on to the next in the queue
+                        self._release()
                 order = self.d.state.order(req, hashes, session, time.monotonic())
                 if order:
                     return order
@@ -171,11 +178,10 @@ class Proxy:
                 return
 
     def _site_headers(self, request: Request, site_name: str, region: str) -> list[tuple[str, str]]:
-        out = [
-            (k, v)
-            for k, v in request.headers.items()
-            if k not in DROP_TO_SITE and not k.startswith("x-grid-")
-        ]
+        headers = request.headers
+        named = headers.get("connection")  # headers the client marked as hop-by-hop
+        drop = DROP_TO_SITE | {t.strip().lower() for t in named.split(",")} if named else DROP_TO_SITE
+        out = [(k, v) for k, v in headers.items() if k not in drop and not k.startswith("x-grid-")]
         out.extend(self.d.state.sites[site_name].site.auth_headers(self.d.environ).items())
         out.append(("x-grid-client-region", region))  # lab sites simulate the distance; others ignore it
         return out
@@ -209,13 +215,10 @@ class Proxy:
                         connect_timeout=cfg.connect_timeout_s,
                     )
                 except UpstreamError as exc:
-                    self._failed(st, attempts, name, f"{type(exc).__name__}: {exc}")
+                    self._failed(st, attempts, name, str(exc))
                     continue
                 if upstream.status >= 500:
-                    try:
-                        detail = (await upstream.read())[:200].decode("utf-8", "replace")
-                    except UpstreamError as exc:
-                        detail = f"(its body broke off: {exc})"
+                    detail = (await _first_bytes(upstream, 200)).decode("utf-8", "replace")
                     self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
                     continue
                 answer = await self._relay(upstream, st, name, start, hashes)
@@ -248,15 +251,16 @@ class Proxy:
         headers = [(k, v) for k, v in upstream.headers if k not in DROP_TO_CLIENT]
         headers.append(("x-grid-site", name))
         content_type = upstream.header("content-type", "") or ""
+        if not upstream.has_body:  # 204, 304: nothing to relay, and no framing may be sent
+            self._account(st, name, start, time.monotonic(), hashes, upstream.status, None)
+            return Answer(upstream.status, b"", content_type, headers)
         streaming = "text/event-stream" in content_type
         if not streaming and upstream.content_length is not None:
             try:
                 body = await upstream.read()
             except UpstreamError as exc:
                 self._account(st, name, start, None, hashes, upstream.status, exc)
-                return error_json(
-                    502, f"site {name} broke off its answer: {type(exc).__name__}", "upstream_error"
-                )
+                return error_json(502, f"site {name} broke off its answer: {exc}", "upstream_error")
             self._account(st, name, start, time.monotonic(), hashes, upstream.status, None)
             return Answer(upstream.status, body, content_type, headers)
         relay = _Relay(self, upstream, st, name, start, hashes, streaming)
@@ -293,6 +297,23 @@ class Proxy:
         d.metrics.latency[name].observe(now - start)
         if first is not None:
             d.metrics.ttft[name].observe(first - start)
+
+
+async def _first_bytes(upstream: Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body (an error's detail), never waiting for the rest of it."""
+    got = bytearray()
+    pieces = upstream.chunks()
+    try:
+        async for piece in pieces:
+            got += piece
+            if len(got) >= limit:
+                break
+    except UpstreamError as exc:
+        got += f" (its body broke off: {exc})".encode()
+    finally:
+        await pieces.aclose()
+        upstream.release()
+    return bytes(got[: limit + 200])
 
 
 class _Relay:
@@ -341,7 +362,7 @@ class _Relay:
                 raise DropConnection from exc
             event = {
                 "error": {
-                    "message": f"site {self.name} cut the stream: {type(exc).__name__}",
+                    "message": f"site {self.name} cut the stream: {exc}",
                     "type": "upstream_cut",
                     "site": self.name,
                 }

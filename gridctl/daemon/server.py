@@ -87,7 +87,13 @@ class Daemon:
         self.routes = self._routes()
         self.http = HttpServer(
             self._dispatch,
-            ServerConfig(cfg.host, cfg.port, max_body=cfg.max_body_bytes, reuse_port=cfg.workers > 1),
+            ServerConfig(
+                cfg.host,
+                cfg.port,
+                max_body=cfg.max_body_bytes,
+                reuse_port=cfg.workers > 1,
+                gate=self._gate if cfg.token else None,
+            ),
         )
         await self.http.start()
         self.bound_port = self.http.port
@@ -221,14 +227,14 @@ class Daemon:
         routes["/healthz"] = {"GET": self._healthz}
         return routes
 
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+    def _gate(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
+        """The token, checked on the request's head: a stranger's body is never read."""
         token = self.config.token
-        if (
-            token
-            and request.path != "/healthz"
-            and not _token_ok(request.headers.get("authorization", ""), token)
-        ):
+        if token and path != "/healthz" and not _token_ok(headers.get("authorization", ""), token):
             return error_json(401, "missing or wrong bearer token", "authentication_error")
+        return None
+
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
         methods = self.routes.get(request.path)
         if methods is None:
             return error_json(404, f"no such route: {request.path}", "not_found_error")

@@ -23,6 +23,7 @@ Errors are :class:`UpstreamError` subclasses (``ConnectError``, ``UpstreamTimeou
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -34,6 +35,11 @@ _MAX_HEAD = 64 << 10
 _HIGH_WATER = 256 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header: everything but tab
+# a reused connection closed this soon after the request was written was closed by the site
+# while idle (the two crossed): the request is sent again. Later, the site had it: never again.
+_STALE_WINDOW_S = 0.5
 
 
 class UpstreamError(Exception):
@@ -57,11 +63,27 @@ class Disconnected(UpstreamError):
 
 
 class _ClosedBeforeAnswer(Disconnected):
-    """Closed before a byte of the answer: on a reused connection, the request is retried."""
+    """Closed before a byte of the answer (``after`` seconds after the request was written)."""
+
+    def __init__(self, message: str, after: float) -> None:
+        super().__init__(message)
+        self.after = after
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("loop", "key", "transport", "buf", "waiter", "eof", "error", "paused", "idle_since", "used")
+    __slots__ = (
+        "loop",
+        "key",
+        "transport",
+        "buf",
+        "waiter",
+        "eof",
+        "error",
+        "paused",
+        "idle_since",
+        "used",
+        "pooled",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
         self.loop = loop
@@ -74,6 +96,7 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.used = 0  # responses read on this connection
+        self.pooled = False  # idle in the pool: no byte may arrive
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
@@ -81,6 +104,9 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
+        if self.pooled:  # unasked-for bytes would be read as the next request's answer
+            self.close()
+            return
         self.buf += data
         if len(self.buf) > _HIGH_WATER and not self.paused and self.transport is not None:
             self.transport.pause_reading()
@@ -177,6 +203,11 @@ class Response:
         self._read_timeout = read_timeout
         if self._done:
             self._finish()
+
+    @property
+    def has_body(self) -> bool:
+        """False for answers that cannot have one: HEAD, 204, 304."""
+        return self._mode != "none"
 
     def header(self, name: str, default: str | None = None) -> str | None:
         for k, v in self.headers:
@@ -300,7 +331,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep:
+        if not sep or _CONTROL.search(line):  # a bare LF or CR would pass on to the client
             raise ProtocolError(f"malformed header line from the site: {line[:80]!r}")
         headers.append((name.strip().lower(), value.strip(" \t")))
     return int(parts[1]), parts[0], headers
@@ -334,6 +365,9 @@ class Pool:
         key, target, host = self._target(url)
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
         for name, value in headers:
+            if not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+                # a CR or LF here would end the head early and smuggle what follows
+                raise ProtocolError(f"refusing to send header {name[:40]!r}: a control character in it")
             lines.append(f"{name}: {value}\r\n")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"content-length: {len(body)}\r\n")
@@ -343,23 +377,37 @@ class Pool:
         reused = conn is not None
         if conn is None:
             conn = await self._connect(key, connect_timeout or self.connect_timeout)
+        deadline = time.monotonic() + head_timeout  # one allowance, even across a resend
         try:
-            return await self._exchange(conn, wire, method, head_timeout, read_timeout or head_timeout)
-        except _ClosedBeforeAnswer:
-            if not reused:
-                raise
-            # the site closed the idle connection as we sent on it: once more, on a new one
-            conn = await self._connect(key, connect_timeout or self.connect_timeout)
-            return await self._exchange(conn, wire, method, head_timeout, read_timeout or head_timeout)
+            return await self._exchange(
+                conn, wire, method, deadline, head_timeout, read_timeout or head_timeout
+            )
+        except _ClosedBeforeAnswer as exc:
+            if not reused or exc.after > _STALE_WINDOW_S:
+                raise Disconnected(str(exc)) from None
+        # the site closed the idle connection as we sent on it: once more, on a new one
+        conn = await self._connect(key, connect_timeout or self.connect_timeout)
+        try:
+            return await self._exchange(
+                conn, wire, method, deadline, head_timeout, read_timeout or head_timeout
+            )
+        except _ClosedBeforeAnswer as exc:
+            raise Disconnected(str(exc)) from None
 
     async def _exchange(
-        self, conn: _Conn, wire: bytes, method: str, head_timeout: float, read_timeout: float
+        self,
+        conn: _Conn,
+        wire: bytes,
+        method: str,
+        deadline: float,
+        head_timeout: float,
+        read_timeout: float,
     ) -> Response:
         assert conn.transport is not None
         conn.buf.clear()
         try:
             conn.transport.write(wire)
-            deadline = time.monotonic() + head_timeout
+            sent = time.monotonic()
             scan = 0
             interim = False  # a 1xx head came: the site has the request, which must not be sent again
             while True:
@@ -368,7 +416,9 @@ class Pool:
                     if len(conn.buf) > _MAX_HEAD:
                         raise ProtocolError(f"response head over {_MAX_HEAD} bytes")
                     if conn.eof and not conn.buf and not interim:
-                        raise _ClosedBeforeAnswer("the site closed the connection before answering")
+                        raise _ClosedBeforeAnswer(
+                            "the site closed the connection before answering", time.monotonic() - sent
+                        )
                     if conn.eof:
                         raise Disconnected(
                             "the site closed the connection in the middle of its answer's head"
@@ -438,6 +488,7 @@ class Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
+            conn.pooled = False
             if conn.alive() and now - conn.idle_since < self.idle_s:
                 return conn
             conn.close()
@@ -449,8 +500,11 @@ class Pool:
             return
         idle = self._idle.setdefault(conn.key, deque())
         if len(idle) >= self.max_idle:
-            idle.popleft().close()
+            old = idle.popleft()
+            old.pooled = False
+            old.close()
         conn.idle_since = time.monotonic()
+        conn.pooled = True
         idle.append(conn)
 
     async def _connect(self, key: tuple[str, str, int], timeout: float) -> _Conn:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -40,6 +41,11 @@ log = logging.getLogger("gridctl.net.server")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# RFC 9110: a field name is a token; a value has no control character but tab. A bare LF or CR
+# inside a header would let a request carry another request past the checks (smuggling).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY = frozenset({204, 304})
 _LINGER_S = 2.0  # how long an erroring connection discards input before closing
 
 
@@ -120,12 +126,15 @@ class ServerConfig:
     keepalive_s: float = 75.0
     backlog: int = 1024
     reuse_port: bool = False  # several processes on one port (the daemon's --workers)
+    # called with each request's head (method, path, lower-case headers) before its body is
+    # read: a Response refuses the request at once (e.g. a missing token), None lets it in
+    gate: Callable[[str, str, dict[str, str]], Response | None] | None = None
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, response: Response | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.response = status, message, response
 
 
 _date_cache: list[Any] = [0, ""]
@@ -225,6 +234,18 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
         await aclose()
 
 
+class _Chunked:
+    """Where the parsing of a chunked request body stands between two reads."""
+
+    __slots__ = ("body", "left", "trailers", "wire")
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.left = 0  # > 0: data bytes left in this chunk; -2: its CRLF next; 0: a size line next
+        self.trailers = False
+        self.wire = 0  # framing bytes so far (size lines and CRLFs)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
@@ -234,6 +255,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.scan = 0  # where to resume looking for the end of the head
         self.head: tuple[str, str, str, dict[str, str], int, bool, bool] | None = None
+        self.chunked: _Chunked | None = None
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.error: _HttpError | None = None
@@ -311,6 +333,11 @@ class _Connection(asyncio.Protocol):
             self.head = self._parse_head(bytes(self.buf[:end]))
             del self.buf[: end + 4]
             self.scan = 0
+            gate = self.config.gate
+            if gate is not None:
+                refused = gate(self.head[0], self.head[1].partition("?")[0], self.head[3])
+                if refused is not None:
+                    raise _HttpError(refused.status, "refused", refused)
             if self.head[6] and self.transport is not None:  # Expect: 100-continue
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         method, target, version, headers, length, chunked, _ = self.head
@@ -329,7 +356,11 @@ class _Connection(asyncio.Protocol):
         return Request(method, target, version, headers, body, keep)
 
     def _parse_head(self, raw: bytes) -> tuple[str, str, str, dict[str, str], int, bool, bool]:
-        lines = raw.decode("latin-1").lstrip("\r\n").split("\r\n")
+        text = raw.decode("latin-1").lstrip("\r\n")
+        bad = _CONTROL.search(text.replace("\r\n", " "))
+        if bad is not None:
+            raise _HttpError(400, f"control character {bad.group()!r} in the request head")
+        lines = text.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
             raise _HttpError(400, f"malformed request line {lines[0][:80]!r}")
@@ -339,7 +370,7 @@ class _Connection(asyncio.Protocol):
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
+            if not sep or not _TOKEN.fullmatch(name):
                 raise _HttpError(400, f"malformed header line {line[:80]!r}")
             name, value = name.lower(), value.strip(" \t")
             if name in headers:
@@ -370,36 +401,64 @@ class _Connection(asyncio.Protocol):
         return method, target, version, headers, length, chunked, expect
 
     def _chunked_body(self) -> bytes | None:
-        """The whole chunked body when it has all arrived (and is removed from the buffer), else None."""
-        buf, pos, body = self.buf, 0, bytearray()
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                if len(buf) - pos > 1024:
-                    raise _HttpError(400, "malformed chunk size line")
-                return None
-            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-            if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5", "1_0"
-                raise _HttpError(400, "malformed chunk size")
-            size = int(size_text, 16)
-            pos = eol + 2
-            if size == 0:
-                while True:  # trailers, up to the empty line
-                    eol = buf.find(b"\r\n", pos)
-                    if eol < 0:
+        """The whole chunked body once it has all arrived, else None. Incremental: what has
+        arrived is consumed and remembered (``self.chunked``), so each byte is parsed once."""
+        st = self.chunked
+        if st is None:
+            st = self.chunked = _Chunked()
+        buf, pos, limit = self.buf, 0, self.config.max_body
+        try:
+            while True:
+                if st.left > 0:  # inside a chunk's data
+                    n = min(st.left, len(buf) - pos)
+                    if n <= 0:
                         return None
-                    done, pos = eol == pos, eol + 2
-                    if done:
-                        del buf[:pos]
-                        return bytes(body)
-            if len(body) + size > self.config.max_body:
-                raise _HttpError(413, f"request body over the limit of {self.config.max_body} bytes")
-            if len(buf) < pos + size + 2:
-                return None
-            if buf[pos + size : pos + size + 2] != b"\r\n":
-                raise _HttpError(400, "malformed chunk")
-            body += buf[pos : pos + size]
-            pos += size + 2
+                    st.body += buf[pos : pos + n]
+                    pos += n
+                    st.left -= n
+                    if st.left == 0:
+                        st.left = -2  # its CRLF next
+                    continue
+                if st.left == -2:  # the CRLF after a chunk's data
+                    if len(buf) - pos < 2:
+                        return None
+                    if buf[pos : pos + 2] != b"\r\n":
+                        raise _HttpError(400, "malformed chunk")
+                    pos += 2
+                    st.left = 0
+                    continue
+                eol = buf.find(b"\r\n", pos)
+                if st.trailers:  # after the last chunk: trailer lines up to an empty one
+                    if eol < 0:
+                        if len(buf) - pos > self.config.max_head:
+                            raise _HttpError(431, "chunked body trailers too long")
+                        return None
+                    empty, pos = eol == pos, eol + 2
+                    if empty:
+                        body = bytes(st.body)
+                        self.chunked = None
+                        return body
+                    continue
+                if eol < 0 or eol - pos > 1024:
+                    if len(buf) - pos > 1024:
+                        raise _HttpError(400, "malformed chunk size line")
+                    return None
+                size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+                if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5", "1_0"
+                    raise _HttpError(400, "malformed chunk size")
+                size = int(size_text, 16)
+                pos = eol + 2
+                st.wire += len(size_text) + 4
+                if size == 0:
+                    st.trailers = True
+                    continue
+                if len(st.body) + size > limit:
+                    raise _HttpError(413, f"request body over the limit of {limit} bytes")
+                if st.wire > 65536 + len(st.body) // 2:  # framing, not data: tiny chunks are a flood
+                    raise _HttpError(413, "request body in too many small chunks")
+                st.left = size
+        finally:
+            del buf[:pos]  # once per call: deleting per chunk would be quadratic again
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -436,7 +495,10 @@ class _Connection(asyncio.Protocol):
                     await _aclose(resp.chunks)  # it may hold resources until it is closed
                 return
             keep = req.keep_alive and not self.server.stopping
-            if isinstance(resp, StreamingResponse):
+            if isinstance(resp, StreamingResponse) and (resp.status in _NO_BODY or req.method == "HEAD"):
+                await _aclose(resp.chunks)  # no body may follow this head
+                self._write(req, Response(resp.status, b"", resp.content_type, resp.headers), keep)
+            elif isinstance(resp, StreamingResponse):
                 keep = await self._stream(req, resp, keep)
             else:
                 self._write(req, resp, keep)
@@ -450,6 +512,9 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, req: Request, resp: Response, keep: bool) -> None:
         assert self.transport is not None
+        if resp.status in _NO_BODY:  # neither a body nor framing headers (RFC 9110)
+            self.transport.write(_head(resp.status, "", resp.headers, -1, keep))
+            return
         body = resp.body
         head = _head(resp.status, resp.content_type, resp.headers, len(body), keep)
         self.transport.write(head if req.method == "HEAD" or not body else head + body)
@@ -471,7 +536,8 @@ class _Connection(asyncio.Protocol):
                     self.drain = self.loop.create_future()
                     await self.drain
         except DropConnection:
-            self.close()
+            # without chunked framing a graceful close would end the body as if it were whole
+            self.close() if chunked else self.abort()
             return False
         except ConnectionError:
             return False
@@ -490,8 +556,8 @@ class _Connection(asyncio.Protocol):
     def _write_error(self, exc: _HttpError) -> None:
         """Answer a request we could not read, then discard input until the client closes."""
         assert self.transport is not None
-        resp = error_response(exc.status, exc.message)
-        self.transport.write(_head(resp.status, resp.content_type, (), len(resp.body), False))
+        resp = exc.response or error_response(exc.status, exc.message)
+        self.transport.write(_head(resp.status, resp.content_type, resp.headers, len(resp.body), False))
         self.transport.write(resp.body)
         self.discarding = True
         if self.reading_paused:
