@@ -485,3 +485,65 @@ def test_https_sites_are_verified_against_the_system_trust_store(tmp_path: Path,
         assert len(up.seen) == 1  # the untrusted daemon never sent it a request
     finally:
         up.close()
+
+
+def _answer(sock, buf: bytearray) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    """One Content-Length (or bodiless) answer from a raw socket: (head, body)."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, bytes(buf)
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    head = bytes(buf[:end]).lower()
+    del buf[: end + 4]
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line.startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(buf) < length:
+        buf += sock.recv(65536)
+    body = bytes(buf[:length])
+    del buf[:length]
+    return head, body
+
+
+def test_a_site_s_204_keeps_the_client_connection_usable_and_smuggled_headers_are_refused(lab) -> None:
+    import socket
+
+    up = Upstream()
+    try:
+        site = lab.overlay / "sites" / "jc-edge-01.yaml"
+        site.write_text(re.sub(r"endpoint: .*", f"endpoint: {up.url}", site.read_text()))
+        d = start_daemon(lab.overlay, "--region", "us-east")
+        try:
+            host, port = d.url.removeprefix("http://").split(":")
+            body = json.dumps({"model": M8, "input": "x"}).encode()
+            request = (
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                buf = bytearray()
+                s.sendall(request)
+                head, got = _answer(s, buf)
+                assert head.startswith(b"http/1.1 204") and got == b""
+                assert b"x-grid-site: jc-edge-01" in head and b"x-upstream: yes" in head
+                assert b"content-length" not in head and b"transfer-encoding" not in head
+                s.sendall(request)  # the same connection: nothing stray was left on it
+                head, _ = _answer(s, buf)
+                assert head.startswith(b"http/1.1 204") and not buf
+            assert len(up.seen) == 2
+            # a bare LF inside a header would smuggle headers (or a request) past the daemon
+            smuggle = request.replace(
+                b"Host: x\r\n", b"Host: x\r\nX-Foo: a\nAuthorization: Bearer stolen\r\n"
+            )
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(smuggle)
+                head, got = _answer(s, bytearray())
+                assert head.startswith(b"http/1.1 400") and b"control character" in got
+            assert len(up.seen) == 2  # the site never saw it
+        finally:
+            d.stop()
+    finally:
+        up.close()

@@ -53,6 +53,11 @@ class Upstream:
         request.transport.abort()
         return resp
 
+    async def _no_content(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        await request.read()
+        return web.Response(status=204, headers={"X-Upstream": "yes"})
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({})
 
@@ -64,6 +69,7 @@ class Upstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._cut)
+        app.router.add_post("/v1/embeddings", self._no_content)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None)
