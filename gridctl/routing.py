@@ -72,6 +72,11 @@ def measure_rtt(
 
     def one(site: Site) -> ProbeResult:
         url = site.endpoint.rstrip("/") + site.health_path
+        problem = site.api_key_problem(environ)
+        if problem:  # httpx would refuse the header, quoting the key
+            if on_done:
+                on_done()
+            return ProbeResult(site.name, None, (), problem)
         headers = _headers(site, environ, region)
         try:
             with httpx.Client(trust_env=False, timeout=timeout) as client:
@@ -129,6 +134,9 @@ def live_completion(
         "stream": True,
     }
     url = site.endpoint.rstrip("/") + "/v1/chat/completions"
+    problem = site.api_key_problem(environ)
+    if problem:  # httpx would refuse the header, quoting the key
+        return LiveResult(site.name, False, None, None, None, "", problem)
     headers = _headers(site, environ, region)
     start = time.perf_counter()
     ttft: float | None = None

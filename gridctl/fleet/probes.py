@@ -88,8 +88,11 @@ def probe_endpoint(
     client: EndpointClient, site: Site, environ: Mapping[str, str], timeout: float
 ) -> EndpointProbe:
     """GET the site's health route (timed: the round trip) and /v1/models."""
-    headers = site.auth_headers(environ)
     base = site.endpoint.rstrip("/")
+    problem = site.api_key_problem(environ)
+    if problem:  # http.client would raise ValueError, quoting the key
+        return EndpointProbe(error=f"{base}{site.health_path}: {problem}")
+    headers = site.auth_headers(environ)
     prefix = urlsplit(base).path
     conn = client.connection(base, timeout)
     try:

@@ -75,9 +75,29 @@ class Site:
     file: str = ""  # relative to the inventory root
     provision: Provision | None = None
 
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        """The key in the variable ``api_key_env`` names, surrounding whitespace stripped
+        (a trailing newline from ``$(cat keyfile)`` or an EnvironmentFile); None when unset or blank."""
+        key = environ.get(self.api_key_env, "").strip() if self.api_key_env else ""
+        return key or None
+
+    def api_key_problem(self, environ: Mapping[str, str]) -> str | None:
+        """Why the API key cannot go in a header (a control character inside it), or None.
+        Names the variable, never the key."""
+        key = self.api_key(environ)
+        if key is not None and any(c < " " or c == "\x7f" for c in key):
+            return f"API key in ${self.api_key_env} contains a control character; set it to the key alone"
+        return None
+
     def auth_headers(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """``Authorization: Bearer ...`` from the variable ``api_key_env`` names, when it is set."""
-        key = environ.get(self.api_key_env) if self.api_key_env else None
+        """``Authorization: Bearer ...`` from :meth:`api_key`, when it is set.
+
+        Not validated beyond the stripping: the value may still hold a control character
+        (CR, LF, NUL, ...). A caller that sends it checks :meth:`api_key_problem` first and
+        reports that reason, or uses an HTTP client that refuses such a value with an error
+        of its own; either way the key itself is never shown (http.client's ValueError and
+        h11's LocalProtocolError both quote the value)."""
+        key = self.api_key(environ)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def serves(self, model: str) -> bool:

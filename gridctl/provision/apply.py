@@ -28,7 +28,7 @@ from gridctl.provision.scripts import (
     build_upload_scripts,
     parse_fetch,
 )
-from gridctl.provision.verify import wait_for_endpoint
+from gridctl.provision.verify import check_api_key, wait_for_endpoint
 
 KEEPALIVE_S = 15
 TAIL_CHARS = 600
@@ -113,6 +113,9 @@ class _Node:
         if facts.error:
             return self.outcome("failed", error=f"{facts.error}; {_why(res)}" if res.rc else facts.error)
         failures = check_preflight(self.r, facts)
+        key_problem = check_api_key(self.r.verify, self.opts.environ)  # verify could not send it
+        if key_problem:
+            failures.append(key_problem)
         if failures:
             return self.outcome("failed", error="preflight: " + "; ".join(failures))
         plan = build_plan(self.r, facts.sums)

@@ -41,6 +41,11 @@ def _as_site(target: VerifyTarget) -> Site:
     )
 
 
+def check_api_key(target: VerifyTarget, environ: Mapping[str, str]) -> str | None:
+    """Why the endpoint's API key cannot be sent (a control character in it), or None."""
+    return _as_site(target).api_key_problem(environ)
+
+
 def wait_for_endpoint(
     target: VerifyTarget,
     environ: Mapping[str, str],
@@ -52,6 +57,9 @@ def wait_for_endpoint(
     start = clock()
     until = min(deadline, start + target.timeout)
     site = _as_site(target)
+    problem = site.api_key_problem(environ)
+    if problem:  # no wait: the key will not change while we poll
+        return Verified(False, clock() - start, f"{target.url}: {problem}")
     error = "not checked"
     client = EndpointClient()
     while True:

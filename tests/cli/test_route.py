@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import cli_env
 from tests.fleet.endpoint import FakeEndpoint
 
 M8 = "llama-3.1-8b-instruct"
@@ -92,3 +93,31 @@ def test_route_probe_saves_medians_for_the_latency_model(cli, inv: Path) -> None
         assert r.rc == 4 and "no answer from phl-pop-01" in r.err
     finally:
         ep.close()
+
+
+def test_route_probe_and_live_strip_the_api_key_and_refuse_a_control_character(cli, inv: Path) -> None:
+    ep = FakeEndpoint(api_key="s3cret")
+    try:
+        site = inv / "sites" / "phl-co-12.yaml"
+        site.write_text(site.read_text().replace("https://phl-co-12.infer.example.net", ep.url))
+        probe = ("route", "probe", "--from", "us-phl", "phl-co-12", "--samples", "2", "-o", "json")
+        r = cli(*probe, env=cli_env(GRID_KEY_PHL_CO_12="s3cret\n"))
+        assert r.rc == 0, r
+        assert ep.requests and all(auth == "Bearer s3cret" for _, auth in ep.requests)
+        ep.requests.clear()
+        r = cli(*probe, env=cli_env(GRID_KEY_PHL_CO_12="s3\rcret"))
+        assert r.rc == 4, r
+        row = json.loads(r.out)[0]
+        why = "API key in $GRID_KEY_PHL_CO_12 contains a control character; set it to the key alone"
+        assert row["error"] == why
+        assert ep.requests == [] and "cret" not in r.out + r.err
+    finally:
+        ep.close()
+    # --live: whichever site ranks first, its key is refused before anything is sent
+    bad = {f"GRID_KEY_{s.stem.upper().replace('-', '_')}": "s3\ncret" for s in (inv / "sites").glob("*.yaml")}
+    r = cli("route", "test", "--from", "us-phl", "--model", M8, "--live", "-o", "json", env=cli_env(**bad))
+    assert r.rc == 1, r
+    live = json.loads(r.out)["live"]
+    assert live["ok"] is False and live["error"].startswith("API key in $GRID_KEY_")
+    assert live["error"].endswith("contains a control character; set it to the key alone")
+    assert "cret" not in r.out + r.err

@@ -114,6 +114,46 @@ def test_missing_model_unreachable_endpoint_and_api_key(tmp_path: Path, ssh_flee
     assert "s3cret" not in r.out + r.err
 
 
+def _with_key_env(inv: Path, site_name: str, var: str) -> None:
+    site = inv / "sites" / f"{site_name}.yaml"
+    site.write_text(site.read_text().replace("models:", f"api_key_env: {var}\nmodels:"))
+
+
+def test_api_key_with_a_trailing_newline_is_sent_stripped(
+    tmp_path: Path, ssh_fleet: Fleet, endpoints
+) -> None:
+    ep = endpoints(api_key="s3cret")
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet, endpoints={"lab-a": ep.url})
+    _with_key_env(inv, "lab-a", "LAB_A_KEY")
+    env = cli_env(LAB_A_KEY="  s3cret\n")  # a keyfile's newline (EnvironmentFile, ...) and stray spaces
+    r = run_cli("health", "lab-a", "--sites-only", "-o", "json", inventory=inv, env=env)
+    assert r.rc == 0, r
+    assert _rows(r.out)["lab-a"]["status"] == "ok"
+    assert ep.requests and all(auth == "Bearer s3cret" for _, auth in ep.requests)
+
+
+@pytest.mark.parametrize("key", ["s3\rcret", "s3\ncret", "s3cret\x7fx"])
+def test_api_key_with_a_control_character_is_an_endpoint_error_not_a_crash(
+    tmp_path: Path, ssh_fleet: Fleet, endpoints, key: str
+) -> None:
+    ep = endpoints(api_key="s3cret")
+    inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet, endpoints={"lab-a": ep.url, "lab-b": ep.url})
+    _with_key_env(inv, "lab-a", "LAB_A_KEY")
+    env = cli_env(LAB_A_KEY=key)
+    r = run_cli("health", "lab-a,lab-b", "--sites-only", "-o", "json", inventory=inv, env=env)
+    assert r.rc == 4, r  # an unreachable endpoint, as for any endpoint error
+    rows = _rows(r.out)
+    assert rows["lab-a"]["status"] == "unreachable", rows["lab-a"]
+    why = "API key in $LAB_A_KEY contains a control character; set it to the key alone"
+    reason = f"endpoint unreachable: {ep.url}/health: {why}"
+    assert rows["lab-a"]["reasons"] == [reason]
+    assert rows["lab-b"]["status"] == "failed"  # its own answer (401: no key), probed as usual
+    assert all(auth is None for _, auth in ep.requests)  # the bad key was never sent
+    assert "cret" not in r.out + r.err and "bug" not in r.err
+    table = run_cli("health", "lab-a", "--sites-only", inventory=inv, env=env)
+    assert table.rc == 4 and "API key in $LAB_A_KEY contains a control character" in table.out, table
+
+
 def test_results_are_saved_for_site_ls(tmp_path: Path, ssh_fleet: Fleet, endpoints) -> None:
     good = endpoints()
     inv = write_fleet_inventory(tmp_path / "inv", ssh_fleet, endpoints={"lab-a": good.url})

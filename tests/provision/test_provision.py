@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_env, run_cli
 from tests.provision.conftest import MODEL, Grid
 
 
@@ -125,6 +125,26 @@ def test_unreachable_node_is_reported_while_the_others_finish(tmp_path: Path, pr
         assert all(g.pid(n) for n in g.nodes if n != "gone")
     finally:
         g.stop_servers()
+
+
+def test_api_key_with_a_control_character_fails_preflight_and_touches_no_node(grid: Grid) -> None:
+    for node in grid.nodes:
+        site = grid.inv / "sites" / f"{grid.site(node)}.yaml"
+        site.write_text(site.read_text().replace("models:", "api_key_env: LAB_KEY\nmodels:", 1))
+    env = cli_env(LAB_KEY="s3\rcret")
+    r = run_cli("node", "provision", "all", "--yes", "-o", "json", inventory=grid.inv, env=env, timeout=120)
+    assert r.rc == 1, r
+    rows = _rows(r.out)
+    want = "preflight: API key in $LAB_KEY contains a control character; set it to the key alone"
+    assert {row["status"] for row in rows.values()} == {"failed"}, rows
+    assert all(row["error"] == want for row in rows.values()), rows
+    assert all(grid.files(n) == {} for n in grid.nodes)  # refused before anything was pushed
+    assert "cret" not in r.out + r.err
+    # a trailing newline is stripped: the same run goes through
+    env = cli_env(LAB_KEY="s3cret\n")
+    r = run_cli("node", "provision", "all", "--yes", "-o", "json", inventory=grid.inv, env=env, timeout=120)
+    assert r.rc == 0, r
+    assert all(row["status"] == "changed" for row in _rows(r.out).values())
 
 
 def test_template_error_touches_no_node(grid: Grid, tmp_path: Path) -> None:
