@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -58,8 +58,24 @@ def load_command(name: str) -> click.Command:
     return command
 
 
+# click >= 8.4 raises NoSuchCommand, with close names ("Did you mean 'exec'?"); older
+# click a plain UsageError without them (then nothing to catch: an empty tuple).
+_NoSuchCommand: Any = getattr(click.exceptions, "NoSuchCommand", None)
+_NO_SUCH_COMMAND: tuple[type[click.UsageError], ...] = (_NoSuchCommand,) if _NoSuchCommand else ()
+
+
 class LazyGroup(TyperGroup):
     """The root group: lists every command of COMMANDS, loads each on first use."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except _NO_SUCH_COMMAND as exc:
+            # click suggests close names from self.commands: only the commands loaded so far
+            name = getattr(exc, "command_name", args[0])
+            raise _NoSuchCommand(name, possibilities=list(COMMANDS), ctx=ctx) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

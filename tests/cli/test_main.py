@@ -74,6 +74,36 @@ def test_a_command_loads_only_its_own_module() -> None:
     assert "LOADED=gridctl.cli.site\n" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("typed", "says"),
+    [
+        ("exe", "Error: No such command 'exe'. Did you mean 'exec'?\n"),
+        ("sit", "Error: No such command 'sit'. (Did you mean one of: 'sim', 'site'?)\n"),
+        ("xyzzy", "Error: No such command 'xyzzy'.\n"),
+    ],
+)
+def test_a_mistyped_command_gets_close_names_exit_2(typed: str, says: str) -> None:
+    r = run_cli(typed)
+    assert r.rc == 2, r
+    assert r.err.endswith(says) and "Usage: gridctl [OPTIONS] COMMAND [ARGS]..." in r.err, r.err
+
+
+def test_the_suggestion_loads_no_command_module() -> None:
+    code = (
+        "import sys\n"
+        "from gridctl.cli.main import COMMANDS, run\n"
+        "rc = run(['exe'])\n"
+        "mods = sorted({m for m, _ in COMMANDS.values() if m in sys.modules})\n"
+        "sys.stderr.write('LOADED=' + ','.join(mods) + '\\n')\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Did you mean 'exec'?" in proc.stderr and "LOADED=\n" in proc.stderr, proc.stderr
+
+
 def test_help_lists_every_command_in_order() -> None:
     from gridctl.cli.main import COMMANDS
 
