@@ -177,6 +177,10 @@ class Daemon:
         site = st.site
         base = site.endpoint.rstrip("/")
         timeout = self.config.probe_timeout_s
+        problem = site.api_key_problem(self.environ)
+        if problem is not None:  # never sent: the site is out until its key is fixed
+            st.probe_ok, st.probe_error, st.probe_rtt_ms = False, problem, None
+            return
         headers = list(site.auth_headers(self.environ).items())
         start = time.monotonic()
         try:

@@ -547,3 +547,25 @@ def test_a_site_s_204_keeps_the_client_connection_usable_and_smuggled_headers_ar
             d.stop()
     finally:
         up.close()
+
+
+def test_a_site_whose_api_key_has_a_control_character_is_out_and_its_key_never_shown(lab) -> None:
+    site = lab.overlay / "sites" / "jc-edge-01.yaml"
+    text = re.sub(r"api_key_env: .*\n", "", site.read_text())
+    site.write_text(re.sub(r"(endpoint: .*)", r"\1\napi_key_env: JC_KEY", text))
+    d = start_daemon(lab.overlay, "--region", "us-east", env=cli_env(JC_KEY="sk-se\rcret"))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            status = httpx.get(d.url + "/grid/status").json()["sites"]
+            jc = next(s for s in status if s["site"] == "jc-edge-01")
+            if jc["probe_ok"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert jc["status"] == "failed" and "JC_KEY" in jc["probe_error"]
+        assert "control character" in jc["probe_error"]
+        r = d.post(chat())
+        assert r.status_code == 200 and r.headers["x-grid-site"] != "jc-edge-01"
+    finally:
+        _, err = d.stop()
+    assert "se\rcret" not in err and "sk-se" not in json.dumps(status)
