@@ -411,6 +411,47 @@ def test_answers_without_a_body(run: Run, method: str, answer: bytes) -> None:
 # -- 4. Errors --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("x-a", "1\r\nX-Injected: 1"),
+        ("x-a", "1\r\n\r\nGET /smuggled HTTP/1.1"),
+        ("x-a", "1\nX-Injected: 1"),
+        ("x-a", "1\rX-Injected: 1"),
+        ("x-a", "a\x00b"),
+        ("x a", "1"),
+        ("x-a:", "1"),
+        ("x-a\r\nX-Injected", "1"),
+        ("", "1"),
+    ],
+    ids=["crlf", "crlfcrlf", "lf", "cr", "nul", "name-space", "name-colon", "name-crlf", "name-empty"],
+)
+def test_a_header_that_would_split_the_head_is_refused_before_a_byte_is_sent(
+    run: Run, header: tuple[str, str]
+) -> None:
+    async def main() -> None:
+        async with Script(answering(ok(b"first"), ok(b"second"))) as s:
+            pool = Pool()
+            with pytest.raises(ProtocolError, match="refusing to send header"):
+                await pool.request("GET", s.url(), [header])
+            assert pool.connects == 0
+            # a good request after it: the first connection the server sees, the first request it reads
+            resp = await pool.request("GET", s.url("/good"), [("X-Tab", "a\tb")])
+            assert await resp.read() == b"first"
+            assert s.connections == pool.connects == 1
+            assert s.requests == [b"GET /good HTTP/1.1\r\nhost: 127.0.0.1:%d\r\nX-Tab: a\tb\r\n\r\n" % s.port]
+            # with a connection idle in the pool: still nothing sent, and the connection stays pooled
+            with pytest.raises(ProtocolError, match="refusing to send header"):
+                await pool.request("POST", s.url(), [("x-ok", "1"), header], b"{}")
+            assert pool.idle_count() == 1
+            assert await (await pool.request("GET", s.url("/again"))).read() == b"second"
+            assert len(s.requests) == 2 and s.requests[1].startswith(b"GET /again ")
+            assert s.connections == pool.connects == 1
+            pool.close()
+
+    run(main())
+
+
 def test_connect_refused_is_a_connect_error_at_once(run: Run) -> None:
     with socket.socket() as sock:  # bound, not listening: the kernel refuses connections to it
         sock.bind(("127.0.0.1", 0))
@@ -554,6 +595,10 @@ def test_a_body_that_stalls_past_read_timeout_is_an_upstream_timeout(run: Run, s
         b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (70 << 10),
+        b"HTTP/1.1 200 OK\r\nx-a: 1\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\x00\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\nx-b: 2\r\n\r\n",
     ],
     ids=[
         "http2",
@@ -567,6 +612,10 @@ def test_a_body_that_stalls_past_read_timeout_is_an_upstream_timeout(run: Run, s
         "length-superscript",
         "gzip",
         "head-too-big",
+        "header-bare-lf",
+        "header-lone-cr",
+        "header-nul",
+        "length-then-bare-lf",
     ],
 )
 def test_a_malformed_head_is_a_protocol_error_and_closes_the_connection(run: Run, answer: bytes) -> None:
@@ -751,6 +800,62 @@ def test_when_the_retry_fails_too_the_error_is_raised(run: Run) -> None:
     run(main())
 
 
+def test_a_reused_connection_closed_long_after_the_request_is_not_retried(run: Run) -> None:
+    """A close that comes a while after the request (0.75 s, past the 0.5 s stale window) is the
+    site giving up on it, not an idle close crossing it: sending it again could run it twice."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(ok(b"first"))
+        await writer.drain()
+        if await s.read_request(reader):
+            await asyncio.sleep(0.75)  # then close, unanswered
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url())).read() == b"first"
+            with pytest.raises(Disconnected, match="before answering"):
+                await pool.request("POST", s.url("/once"), body=b"{}")
+            assert s.connections == pool.connects == 1
+            assert len(s.requests) == 2 and s.requests[1].startswith(b"POST /once ")  # exactly once
+            assert pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+def test_a_resend_shares_the_first_attempts_head_deadline(run: Run) -> None:
+    """head_timeout 0.6 s: the reused connection is closed 0.3 s after the request, the resend is
+    answered 0.45 s after it arrives, 0.75 s in all: too late, though within 0.6 s of the resend."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        if index == 0:
+            await s.read_request(reader)
+            writer.write(ok(b"first"))
+            await writer.drain()
+            if await s.read_request(reader):
+                await asyncio.sleep(0.3)  # within the stale window: the client sends it again
+            return
+        await s.read_request(reader)
+        await asyncio.sleep(0.45)
+        writer.write(ok(b"late"))
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url())).read() == b"first"
+            with pytest.raises(UpstreamTimeout, match="no response head within 0.6 s"):
+                await pool.request("GET", s.url("/resent"), head_timeout=0.6)
+            assert s.connections == pool.connects == 2
+            assert len(s.requests) == 3 and s.requests[2] == s.requests[1]  # sent twice, once on each
+            pool.close()
+
+    run(main())
+
+
 def test_a_reused_connection_closed_after_an_interim_head_is_not_retried(run: Run) -> None:
     """A 100 Continue shows the site has the request: sending it again could run it twice."""
 
@@ -859,6 +964,39 @@ def test_a_pooled_connection_the_site_closed_is_replaced(run: Run) -> None:
             resp = await pool.request("GET", f"{srv.url}/plain")
             assert await resp.read() == b"plain"
             assert pool.connects == 2 and pool.idle_count() == 1
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("later", [True, False], ids=["while-idle", "behind-the-answer"])
+def test_unsolicited_bytes_on_a_pooled_connection_drop_it(run: Run, later: bool) -> None:
+    """Bytes nobody asked for would be read as the next request's answer: the connection goes."""
+    fake = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        if index > 0:
+            await answering(ok(b"fresh"))(s, index, reader, writer)
+            return
+        await s.read_request(reader)
+        writer.write(ok(b"first") + (b"" if later else fake))
+        await writer.drain()
+        if later:
+            await asyncio.sleep(0.1)  # the client has pooled the connection by now
+            writer.write(fake)
+            await writer.drain()
+        while await s.read_request(reader):  # a client that sent on it would be answered by `fake`
+            pass
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            assert await (await pool.request("GET", s.url("/1"))).read() == b"first"
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            resp = await pool.request("GET", s.url("/2"))
+            assert (resp.status, await resp.read()) == (200, b"fresh")
+            assert s.connections == pool.connects == 2 and len(s.requests) == 2
+            assert pool.idle_count() == 1
             pool.close()
 
     run(main())

@@ -22,14 +22,48 @@ from gridctl.net.server import (
 )
 
 
+class TrackedChunks:
+    """A stream that notes whether the server read it and whether it closed it (an async
+    generator that never started would not run its ``finally`` on close)."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.closed = False
+
+    def __aiter__(self) -> TrackedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.read += 1
+        if self.read > 2:
+            raise StopAsyncIteration
+        return b"data: tracked\n\n"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 class Recorder:
     """The handler under test, with a log of what the server made it see."""
 
     def __init__(self) -> None:
         self.cancelled = 0
         self.started = threading.Event()
+        self.seen: list[str] = []  # "METHOD target" of every request the handler was given
+        self.streams: list[TrackedChunks] = []
 
     async def __call__(self, req: Request) -> Response | StreamingResponse:
+        self.seen.append(f"{req.method} {req.target}")
+        if req.path == "/nocontent":
+            return Response(204, b"")
+        if req.path == "/nocontent-with-body":
+            return Response(204, b"must not be sent", headers=[("x-kind", "plain")])
+        if req.path == "/not-modified":
+            return Response(304, b"", headers=[("etag", '"v1"')])
+        if req.path == "/tracked":  # ?204: a streaming 204
+            self.streams.append(TrackedChunks())
+            status = 204 if req.query == "204" else 200
+            return StreamingResponse(self.streams[-1], status=status, headers=[("x-kind", "stream")])
         if req.path == "/echo":
             return json_response(
                 {"method": req.method, "query": req.query, "body": req.body.decode(), "headers": req.headers}
@@ -97,17 +131,24 @@ def raw(srv: ServerThread) -> socket.socket:
     return sock
 
 
-def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """One Content-Length response from ``sock``; leftover bytes stay in ``buf``."""
+def read_head(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str]]:
+    """One response head from ``sock``; what follows it stays in ``buf``."""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)
         assert data, f"connection closed before a response: {bytes(buf)!r}"
         buf += data
     end = buf.index(b"\r\n\r\n")
     lines = buf[:end].decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), f"not a response head: {bytes(buf[:80])!r}"
     status = int(lines[0].split(" ")[1])
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     del buf[: end + 4]
+    return status, headers
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length response from ``sock``; leftover bytes stay in ``buf``."""
+    status, headers = read_head(sock, buf)
     length = int(headers["content-length"])
     while len(buf) < length:
         data = sock.recv(65536)
@@ -116,6 +157,14 @@ def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, s
     body = bytes(buf[:length])
     del buf[:length]
     return status, headers, body
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything until the server closes; a reset raises ConnectionResetError."""
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
 
 
 def closed(sock: socket.socket) -> bool:
@@ -172,6 +221,67 @@ def test_chunked_request_body_is_decoded(srv: ServerThread) -> None:
         assert json.loads(read_response(sock, bytearray())[2])["body"] == "hello world"
 
 
+@pytest.fixture(scope="module")
+def roomy() -> Iterator[ServerThread]:
+    """A server with the default limits (4 MiB bodies), for bodies of many chunks."""
+    s = ServerThread(ServerConfig(keepalive_s=5.0))
+    yield s
+    s.stop()
+
+
+def test_chunked_request_body_sent_one_byte_per_send_is_decoded_exactly(srv: ServerThread) -> None:
+    """Every parsing state (size line, extension, data, its CRLF, trailers) cut between two reads."""
+    body = b"5;ext=1\r\nhello\r\n4\r\n\r\n\r\n\r\n1\r\n,\r\na\r\n0123456789\r\n0\r\nX-Sum: abc\r\n\r\n"
+    with raw(srv) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(len(body)):
+            sock.sendall(body[i : i + 1])
+            threading.Event().wait(0.002)  # so that the server reads it alone
+        buf = bytearray()
+        status, _, data = read_response(sock, buf)
+        assert status == 200 and json.loads(data)["body"] == "hello\r\n\r\n,0123456789"
+        sock.sendall(b"GET /echo?next HTTP/1.1\r\n\r\n")  # the parser starts afresh
+        status, _, data = read_response(sock, buf)
+        assert status == 200 and json.loads(data)["query"] == "next" and json.loads(data)["body"] == ""
+
+
+def test_chunked_request_trailers_are_accepted_and_consumed_exactly(srv: ServerThread) -> None:
+    with raw(srv) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0;last\r\nX-Sum: abc\r\nX-Other: 1\r\n\r\n"
+            b"GET /echo?after-trailers HTTP/1.1\r\n\r\n"  # pipelined right behind the trailers
+        )
+        buf = bytearray()
+        status, _, data = read_response(sock, buf)
+        assert status == 200 and json.loads(data)["body"] == "hello"
+        status, _, data = read_response(sock, buf)
+        assert status == 200 and json.loads(data)["query"] == "after-trailers"
+
+
+def test_a_chunked_body_of_many_64_byte_chunks_is_accepted_intact(roomy: ServerThread) -> None:
+    pieces = [(b"%03d" % i) * 21 + b"\n" for i in range(200)]  # 200 different 64-byte chunks
+    body = b"".join(b"40\r\n%s\r\n" % piece for piece in pieces) + b"0\r\n\r\n"
+    with raw(roomy) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        status, _, data = read_response(sock, bytearray())
+        assert status == 200 and json.loads(data)["body"] == b"".join(pieces).decode()
+
+
+def test_a_chunked_body_of_tiny_chunks_is_refused_before_its_end(roomy: ServerThread) -> None:
+    """Framing, not data: 20,000 one-byte chunks (well under max_body) are a flood. No last
+    chunk is sent: the 413 comes while the body is still arriving."""
+    seen = len(roomy.handler.seen)
+    with raw(roomy) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * 20_000)
+        status, headers, data = read_response(sock, bytearray())
+        assert status == 413 and headers["connection"] == "close"
+        assert "small chunks" in json.loads(data)["error"]["message"]
+        assert closed(sock)
+    assert len(roomy.handler.seen) == seen
+
+
 def test_body_over_the_limit_gets_413_before_it_is_read(srv: ServerThread) -> None:
     with raw(srv) as sock:
         sock.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
@@ -193,6 +303,68 @@ def test_expect_100_continue(srv: ServerThread) -> None:
         assert json.loads(read_response(sock, bytearray())[2])["body"] == "ok"
 
 
+class Gate:
+    """A ServerConfig.gate: lets in requests with the right token, refuses the rest with a 401."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def __call__(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
+        self.calls.append((method, path, dict(headers)))
+        if headers.get("authorization") == "Bearer good":
+            return None
+        return json_response({"error": {"message": "no token"}}, 401, [("www-authenticate", "Bearer")])
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[ServerThread, Gate]]:
+    gate = Gate()
+    s = ServerThread(ServerConfig(keepalive_s=5.0, gate=gate))
+    yield s, gate
+    s.stop()
+
+
+def test_a_gate_that_refuses_answers_before_the_body_and_without_100_continue(
+    gated: tuple[ServerThread, Gate],
+) -> None:
+    s, gate = gated
+    with raw(s) as sock:
+        sock.sendall(
+            b"POST /echo?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+        )
+        data = read_to_close(sock)  # the body was never sent: the answer came without it
+    assert data.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in data
+    buf = bytearray(data)
+    status, headers = read_head(sock, buf)
+    assert headers["www-authenticate"] == "Bearer" and headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(bytes(buf)) == {"error": {"message": "no token"}}
+    assert [(m, p) for m, p, _ in gate.calls] == [("POST", "/echo")]  # the path, without the query
+    assert gate.calls[0][2]["expect"] == "100-continue" and gate.calls[0][2]["host"] == "a"
+    assert s.handler.seen == []
+
+
+def test_a_gate_that_returns_none_lets_the_request_in(gated: tuple[ServerThread, Gate]) -> None:
+    s, gate = gated
+    with raw(s) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nAuthorization: Bearer good\r\nContent-Length: 2\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"ok")
+        buf = bytearray()
+        status, headers, body = read_response(sock, buf)
+        assert status == 200 and json.loads(body)["body"] == "ok" and "connection" not in headers
+        # on the same connection, a request without the token: refused, and the connection closes
+        sock.sendall(b"GET /echo?second HTTP/1.1\r\n\r\n")
+        status, headers, _ = read_response(sock, buf)
+        assert status == 401 and headers["connection"] == "close"
+        assert closed(sock)
+    assert [(m, p) for m, p, _ in gate.calls] == [("POST", "/echo"), ("GET", "/echo")]
+    assert s.handler.seen == ["POST /echo"]
+
+
 @pytest.mark.parametrize(
     ("data", "status"),
     [
@@ -206,16 +378,39 @@ def test_expect_100_continue(srv: ServerThread) -> None:
         (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n" + b"a" * 16 + b"\r\n", 400),
         (b"GET /echo HTTP/1.1\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n", 431),
+        # control characters in the head: what another parser would split lines on (smuggling)
+        (b"GET /echo HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n", 400),  # a bare LF in a value
+        (b"GET /echo HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n", 400),  # a lone CR in a value
+        (b"GET /echo HTTP/1.1\r\nX-A: 1\r\r\n\r\n", 400),  # a CR just before the end of the head
+        (b"GET /echo HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nHost: a\nContent-Length: 5\r\n\r\nhello", 400),
+        (b"GET /echo HTTP/1.1\r\nX-A: 1\n\nGET /admin HTTP/1.1\r\n\r\n", 400),
+        (b"GET /ec\nho HTTP/1.1\r\n\r\n", 400),  # a bare LF in the request target
+        (b"GET /echo HTTP/1.1\r\nHost: a\r\nx foo: 1\r\n\r\n", 400),  # header names are tokens
+        (b"GET /echo HTTP/1.1\r\nx\x00y: 1\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nx-a : 1\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nx(a): 1\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\n: 1\r\n\r\n", 400),
     ],
 )
 def test_malformed_requests_get_an_error_and_the_connection_closes(
     srv: ServerThread, data: bytes, status: int
 ) -> None:
+    seen = len(srv.handler.seen)
     with raw(srv) as sock:
         sock.sendall(data)
         got, headers, _ = read_response(sock, bytearray())
         assert got == status and headers["connection"] == "close"
         assert closed(sock)
+    assert len(srv.handler.seen) == seen  # the handler never saw the request
+
+
+def test_a_tab_in_a_header_value_is_allowed(srv: ServerThread) -> None:
+    with raw(srv) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nX-Tab: a\tb\r\n\r\n")
+        status, _, body = read_response(sock, bytearray())
+        assert status == 200 and json.loads(body)["headers"]["x-tab"] == "a\tb"
 
 
 def test_handler_error_is_a_500_and_the_connection_stays_usable(srv: ServerThread) -> None:
@@ -283,3 +478,46 @@ def test_stop_lets_in_flight_requests_finish() -> None:
         assert (status, body, headers["connection"]) == (200, b"done", "close")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.server.port), timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status", "stream"),
+    [
+        (b"GET /nocontent", 204, False),
+        (b"GET /nocontent-with-body", 204, False),
+        (b"GET /not-modified", 304, False),
+        (b"GET /tracked?204", 204, True),
+        (b"HEAD /tracked", 200, True),
+    ],
+    ids=["204", "204-body-dropped", "304", "streaming-204", "streaming-head"],
+)
+def test_answers_without_a_body_send_the_head_only_and_keep_the_connection(
+    srv: ServerThread, request_line: bytes, status: int, stream: bool
+) -> None:
+    with raw(srv) as sock:
+        buf = bytearray()
+        sock.sendall(request_line + b" HTTP/1.1\r\n\r\n")
+        got, headers = read_head(sock, buf)
+        assert got == status and "connection" not in headers
+        assert "transfer-encoding" not in headers
+        if status in (204, 304):
+            assert "content-length" not in headers and "content-type" not in headers
+        if stream:
+            tracked = srv.handler.streams[-1]
+            assert tracked.closed and tracked.read == 0  # closed unread: no body may follow the head
+            assert headers["x-kind"] == "stream"
+        sock.sendall(b"GET /echo?after HTTP/1.1\r\n\r\n")  # no body bytes came before this answer
+        assert buf == b""
+        got, _, body = read_response(sock, buf)
+        assert got == 200 and json.loads(body)["query"] == "after"
+
+
+def test_a_drop_mid_stream_over_http11_leaves_the_chunked_body_unterminated(srv: ServerThread) -> None:
+    with raw(srv) as sock:
+        sock.sendall(b"GET /stream-drop HTTP/1.1\r\n\r\n")
+        buf = bytearray()
+        status, headers = read_head(sock, buf)
+        buf += read_to_close(sock)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert bytes(buf).endswith(b"9\r\ndata: 2\n\n\r\n")  # the last chunk sent; no 0-chunk after it
+    assert b"\r\n0\r\n\r\n" not in buf
