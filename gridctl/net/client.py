@@ -372,7 +372,10 @@ class Pool:
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"content-length: {len(body)}\r\n")
         lines.append("\r\n")
-        wire = "".join(lines).encode("latin-1") + body
+        try:
+            wire = "".join(lines).encode("latin-1") + body
+        except UnicodeEncodeError:
+            raise ProtocolError("refusing to send a header that is not latin-1 text") from None
         conn = self._get(key)
         reused = conn is not None
         if conn is None:

@@ -25,9 +25,12 @@ as Server-Sent Events need). What it does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -447,14 +450,14 @@ class _Connection(asyncio.Protocol):
                 if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5", "1_0"
                     raise _HttpError(400, "malformed chunk size")
                 size = int(size_text, 16)
+                st.wire += eol - pos + 4  # the whole size line (extensions too) and the data's CRLF
                 pos = eol + 2
-                st.wire += len(size_text) + 4
                 if size == 0:
                     st.trailers = True
                     continue
                 if len(st.body) + size > limit:
                     raise _HttpError(413, f"request body over the limit of {limit} bytes")
-                if st.wire > 65536 + len(st.body) // 2:  # framing, not data: tiny chunks are a flood
+                if st.wire > 16384 + len(st.body) // 2:  # framing, not data: tiny chunks are a flood
                     raise _HttpError(413, "request body in too many small chunks")
                 st.left = size
         finally:
@@ -496,8 +499,11 @@ class _Connection(asyncio.Protocol):
                 return
             keep = req.keep_alive and not self.server.stopping
             if isinstance(resp, StreamingResponse) and (resp.status in _NO_BODY or req.method == "HEAD"):
-                await _aclose(resp.chunks)  # no body may follow this head
-                self._write(req, Response(resp.status, b"", resp.content_type, resp.headers), keep)
+                await _aclose(resp.chunks)  # no body may follow this head (nor a length: unknown)
+                ctype = "" if resp.status in _NO_BODY else resp.content_type  # HEAD: what GET sends
+                head = _head(resp.status, ctype, resp.headers, -1, keep)
+                assert self.transport is not None
+                self.transport.write(head)
             elif isinstance(resp, StreamingResponse):
                 keep = await self._stream(req, resp, keep)
             else:
@@ -537,13 +543,13 @@ class _Connection(asyncio.Protocol):
                     await self.drain
         except DropConnection:
             # without chunked framing a graceful close would end the body as if it were whole
-            self.close() if chunked else self.abort()
+            self.close() if chunked else self.reset()
             return False
         except ConnectionError:
             return False
         except Exception:
             log.exception("stream failed for %s %s", req.method, req.path)
-            self.abort()
+            self.reset()
             return False
         finally:
             await _aclose(chunks)
@@ -575,6 +581,15 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def reset(self) -> None:
+        """Abort with a TCP reset (SO_LINGER 0): a plain abort still ends in a FIN, which a
+        client reading to the close takes for the end of a whole body."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort()
 
     def _arm_timer(self, delay: float) -> None:
         self.timer = self.loop.call_later(delay, self._on_timer)

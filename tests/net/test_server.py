@@ -270,11 +270,11 @@ def test_a_chunked_body_of_many_64_byte_chunks_is_accepted_intact(roomy: ServerT
 
 
 def test_a_chunked_body_of_tiny_chunks_is_refused_before_its_end(roomy: ServerThread) -> None:
-    """Framing, not data: 20,000 one-byte chunks (well under max_body) are a flood. No last
+    """Framing, not data: 4,000 one-byte chunks (well under max_body) are a flood. No last
     chunk is sent: the 413 comes while the body is still arriving."""
     seen = len(roomy.handler.seen)
     with raw(roomy) as sock:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * 20_000)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * 4_000)
         status, headers, data = read_response(sock, bytearray())
         assert status == 413 and headers["connection"] == "close"
         assert "small chunks" in json.loads(data)["error"]["message"]
@@ -510,6 +510,26 @@ def test_answers_without_a_body_send_the_head_only_and_keep_the_connection(
         assert buf == b""
         got, _, body = read_response(sock, buf)
         assert got == 200 and json.loads(body)["query"] == "after"
+
+
+def test_chunk_extensions_count_as_framing(roomy: ServerThread) -> None:
+    """Long extensions on one-byte chunks are framing too: refused, not a way round the limit."""
+    with raw(roomy) as sock:
+        chunk = b"1;" + b"e" * 1000 + b"\r\na\r\n"
+        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 40)
+        status, _, data = read_response(sock, bytearray())
+        assert status == 413 and "small chunks" in json.loads(data)["error"]["message"]
+
+
+def test_a_drop_mid_stream_over_http10_is_a_reset_not_a_clean_close(srv: ServerThread) -> None:
+    """HTTP/1.0 has no chunked framing: the body ends at the close, so a cut must be a reset."""
+    with raw(srv) as sock:
+        sock.sendall(b"GET /stream-drop HTTP/1.0\r\n\r\n")
+        buf = bytearray()
+        status, headers = read_head(sock, buf)
+        assert status == 200 and "transfer-encoding" not in headers
+        with pytest.raises(ConnectionResetError):
+            read_to_close(sock)
 
 
 def test_a_drop_mid_stream_over_http11_leaves_the_chunked_body_unterminated(srv: ServerThread) -> None:
