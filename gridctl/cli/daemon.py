@@ -131,9 +131,11 @@ def status(
     """Ask a running daemon for its live view of every site. Exit 4 when none answers."""
     import httpx
 
+    from gridctl.daemon.config import token_from
+
     st = state(ctx)
     headers = {}
-    token = st.streams.environ.get("GRIDCTL_DAEMON_TOKEN")
+    token = token_from(st.streams.environ)  # stripped, as `daemon run` reads it
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:

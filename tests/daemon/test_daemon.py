@@ -350,7 +350,7 @@ def test_off_loopback_needs_a_token_and_the_token_is_checked(lab) -> None:
             "-o",
             "json",
             inventory=lab.overlay,
-            env=cli_env(GRIDCTL_DAEMON_TOKEN="t0ken"),
+            env=cli_env(GRIDCTL_DAEMON_TOKEN="t0ken\n"),  # as $(cat file) or an EnvironmentFile may leave it
         )
         assert r.rc == 0, r
         assert {s["site"] for s in json.loads(r.out)["sites"]} >= {"jc-edge-01", "fra-pop-01"}
