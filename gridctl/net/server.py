@@ -216,9 +216,12 @@ class HttpServer:
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         busy = sum(not conn.idle for conn in self.connections)
+        tasks = [conn.task for conn in self.connections if conn.task is not None]
         for conn in list(self.connections):
             conn.abort()
-        await asyncio.sleep(0)  # let cancelled handlers run their cleanup
+        await asyncio.sleep(0)
+        if tasks:  # let the cancelled handlers run their cleanup (accounting) before returning
+            await asyncio.wait(tasks, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
         return busy

@@ -48,6 +48,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.cancelled = 0
+        self.cleaned = 0
         self.started = threading.Event()
         self.seen: list[str] = []  # "METHOD target" of every request the handler was given
         self.streams: list[TrackedChunks] = []
@@ -82,6 +83,9 @@ class Recorder:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
                 self.cancelled += 1
+                if req.query == "slow-cleanup":  # cleanup that awaits, as the daemon's accounting may
+                    await asyncio.sleep(0.05)
+                    self.cleaned += 1
                 raise
         if req.path == "/slow":
             await asyncio.sleep(0.2)
@@ -478,6 +482,18 @@ def test_stop_lets_in_flight_requests_finish() -> None:
         assert (status, body, headers["connection"]) == (200, b"done", "close")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.server.port), timeout=1)
+
+
+def test_stop_returns_after_the_aborted_handlers_have_cleaned_up() -> None:
+    """What a cut-off handler does on its way out (the daemon's accounting) is done when stop() returns."""
+    s = ServerThread(ServerConfig())
+    with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as sock:
+        sock.sendall(b"GET /wait?slow-cleanup HTTP/1.1\r\n\r\n")
+        assert s.handler.started.wait(5)
+        busy = asyncio.run_coroutine_threadsafe(s.server.stop(0.05), s.loop).result(10)
+        assert busy == 1 and s.handler.cancelled == 1 and s.handler.cleaned == 1
+    s.loop.call_soon_threadsafe(s.loop.stop)
+    s.thread.join(10)
 
 
 @pytest.mark.parametrize(
