@@ -101,6 +101,21 @@ def set_capacity(overlay: Path, site: str, capacity: int) -> None:
     path.write_text(re.sub(r"capacity: \d+", f"capacity: {capacity}", path.read_text()))
 
 
+def set_endpoint(overlay: Path, site: str, url: str) -> None:
+    path = overlay / "sites" / f"{site}.yaml"
+    path.write_text(re.sub(r"endpoint: .*", f"endpoint: {url}", path.read_text()))
+
+
+def probed_status(d: DaemonProc, site: str, timeout: float = 10) -> dict:
+    """The site's entry in /grid/status once the daemon has probed it (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = next(s for s in httpx.get(d.url + "/grid/status").json()["sites"] if s["site"] == site)
+        if entry["probe_ok"] is not None or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.1)
+
+
 def chat(content: str = "hello", stream: bool = False, max_tokens: int = 8, model: str = M8) -> dict:
     return {
         "model": model,
