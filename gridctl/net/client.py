@@ -23,7 +23,6 @@ Errors are :class:`UpstreamError` subclasses (``ConnectError``, ``UpstreamTimeou
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 from collections import deque
@@ -31,12 +30,17 @@ from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from gridctl.net.syntax import CONTROL, TOKEN, ChunkedDecoder, ChunkError
+
 _MAX_HEAD = 64 << 10
 _HIGH_WATER = 256 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header: everything but tab
+_CHUNK_ERRORS = {
+    "line": "malformed chunk size line from the site",
+    "size": "malformed chunk size from the site",
+    "crlf": "malformed chunk from the site",
+    "trailers": f"chunked body trailers from the site over {_MAX_HEAD} bytes",
+}
 # a reused connection closed this soon after the request was written was closed by the site
 # while idle (the two crossed): the request is sent again. Later, the site had it: never again.
 _STALE_WINDOW_S = 0.5
@@ -81,7 +85,6 @@ class _Conn(asyncio.Protocol):
         "error",
         "paused",
         "idle_since",
-        "used",
         "pooled",
     )
 
@@ -95,7 +98,6 @@ class _Conn(asyncio.Protocol):
         self.error: BaseException | None = None
         self.paused = False
         self.idle_since = 0.0
-        self.used = 0  # responses read on this connection
         self.pooled = False  # idle in the pool: no byte may arrive
 
     # -- asyncio callbacks ----------------------------------------------------------------
@@ -177,7 +179,7 @@ class Response:
         "_keep",
         "_done",
         "_read_timeout",
-        "_chunk_left",
+        "_chunks",
     )
 
     def __init__(
@@ -197,7 +199,7 @@ class Response:
         self._pool, self._conn = pool, conn
         self._mode = mode  # "none" | "length" | "chunked" | "close"
         self._left = length or 0
-        self._chunk_left = -1  # chunked: bytes left in this chunk (+2 for its CRLF); -1: at a size line
+        self._chunks = ChunkedDecoder()
         self._keep = keep
         self._done = mode == "none" or (mode == "length" and not length)
         self._read_timeout = read_timeout
@@ -260,40 +262,11 @@ class Response:
             buf.clear()
             return piece
         out = bytearray()
-        while buf:
-            if self._chunk_left < 0:  # at a chunk-size line
-                eol = buf.find(b"\r\n")
-                if eol < 0:
-                    if len(buf) > 4096:
-                        raise ProtocolError("malformed chunk size line from the site")
-                    break
-                size_text = bytes(buf[:eol]).split(b";", 1)[0].strip()
-                if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5"
-                    raise ProtocolError("malformed chunk size from the site")
-                size = int(size_text, 16)
-                if size == 0:  # the last chunk, then trailers (if any) up to an empty line
-                    end = buf.find(b"\r\n\r\n", eol)
-                    if end < 0:
-                        break
-                    del buf[: end + 4]
-                    self._done = True
-                    break
-                del buf[: eol + 2]
-                self._chunk_left = size + 2
-            else:
-                data_left = self._chunk_left - 2
-                if data_left > 0:
-                    n = min(data_left, len(buf))
-                    out += buf[:n]
-                    del buf[:n]
-                    self._chunk_left -= n
-                else:  # the CRLF after the chunk's data
-                    if len(buf) < 2:
-                        break
-                    if buf[:2] != b"\r\n":
-                        raise ProtocolError("malformed chunk from the site")
-                    del buf[:2]
-                    self._chunk_left = -1
+        try:
+            self._chunks.feed(buf, out, 4096, _MAX_HEAD)
+        except ChunkError as exc:
+            raise ProtocolError(_CHUNK_ERRORS[exc.kind]) from None
+        self._done = self._chunks.done
         return bytes(out)
 
     def _finish(self) -> None:
@@ -331,7 +304,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or _CONTROL.search(line):  # a bare LF or CR would pass on to the client
+        if not sep or CONTROL.search(line):  # a bare LF or CR would pass on to the client
             raise ProtocolError(f"malformed header line from the site: {line[:80]!r}")
         headers.append((name.strip().lower(), value.strip(" \t")))
     return int(parts[1]), parts[0], headers
@@ -365,7 +338,7 @@ class Pool:
         key, target, host = self._target(url)
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
         for name, value in headers:
-            if not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+            if not TOKEN.fullmatch(name) or CONTROL.search(value):
                 # a CR or LF here would end the head early and smuggle what follows
                 raise ProtocolError(f"refusing to send header {name[:40]!r}: a control character in it")
             lines.append(f"{name}: {value}\r\n")
@@ -442,7 +415,6 @@ class Pool:
         except BaseException:
             conn.close()
             raise
-        conn.used += 1
         mode, length = "close", None
         te = cl = None
         connection = ""

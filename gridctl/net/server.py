@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import struct
 import time
@@ -39,15 +38,12 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from gridctl.net.syntax import CONTROL, TOKEN, ChunkedDecoder, ChunkError
+
 log = logging.getLogger("gridctl.net.server")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-# RFC 9110: a field name is a token; a value has no control character but tab. A bare LF or CR
-# inside a header would let a request carry another request past the checks (smuggling).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY = frozenset({204, 304})
 _LINGER_S = 2.0  # how long an erroring connection discards input before closing
 
@@ -138,6 +134,14 @@ class _HttpError(Exception):
     def __init__(self, status: int, message: str, response: Response | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.response = status, message, response
+
+
+_CHUNK_ERRORS = {
+    "line": (400, "malformed chunk size line"),
+    "size": (400, "malformed chunk size"),
+    "crlf": (400, "malformed chunk"),
+    "trailers": (431, "chunked body trailers too long"),
+}
 
 
 _date_cache: list[Any] = [0, ""]
@@ -240,18 +244,6 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
         await aclose()
 
 
-class _Chunked:
-    """Where the parsing of a chunked request body stands between two reads."""
-
-    __slots__ = ("body", "left", "trailers", "wire")
-
-    def __init__(self) -> None:
-        self.body = bytearray()
-        self.left = 0  # > 0: data bytes left in this chunk; -2: its CRLF next; 0: a size line next
-        self.trailers = False
-        self.wire = 0  # framing bytes so far (size lines and CRLFs)
-
-
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
@@ -261,7 +253,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.scan = 0  # where to resume looking for the end of the head
         self.head: tuple[str, str, str, dict[str, str], int, bool, bool] | None = None
-        self.chunked: _Chunked | None = None
+        self.chunked: tuple[ChunkedDecoder, bytearray] | None = None
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.error: _HttpError | None = None
@@ -363,7 +355,7 @@ class _Connection(asyncio.Protocol):
 
     def _parse_head(self, raw: bytes) -> tuple[str, str, str, dict[str, str], int, bool, bool]:
         text = raw.decode("latin-1").lstrip("\r\n")
-        bad = _CONTROL.search(text.replace("\r\n", " "))
+        bad = CONTROL.search(text.replace("\r\n", " "))
         if bad is not None:
             raise _HttpError(400, f"control character {bad.group()!r} in the request head")
         lines = text.split("\r\n")
@@ -376,7 +368,7 @@ class _Connection(asyncio.Protocol):
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
-            if not sep or not _TOKEN.fullmatch(name):
+            if not sep or not TOKEN.fullmatch(name):
                 raise _HttpError(400, f"malformed header line {line[:80]!r}")
             name, value = name.lower(), value.strip(" \t")
             if name in headers:
@@ -407,64 +399,27 @@ class _Connection(asyncio.Protocol):
         return method, target, version, headers, length, chunked, expect
 
     def _chunked_body(self) -> bytes | None:
-        """The whole chunked body once it has all arrived, else None. Incremental: what has
-        arrived is consumed and remembered (``self.chunked``), so each byte is parsed once."""
-        st = self.chunked
-        if st is None:
-            st = self.chunked = _Chunked()
-        buf, pos, limit = self.buf, 0, self.config.max_body
+        """The whole chunked body once it has all arrived, else None (what has arrived is
+        consumed and remembered in ``self.chunked``)."""
+        if self.chunked is None:
+            self.chunked = (ChunkedDecoder(), bytearray())
+        decoder, body = self.chunked
+        limit = self.config.max_body
+
+        def check(size: int) -> None:
+            if len(body) + size > limit:
+                raise _HttpError(413, f"request body over the limit of {limit} bytes")
+            if decoder.framing > 16384 + len(body) // 2:  # framing, not data: tiny chunks are a flood
+                raise _HttpError(413, "request body in too many small chunks")
+
         try:
-            while True:
-                if st.left > 0:  # inside a chunk's data
-                    n = min(st.left, len(buf) - pos)
-                    if n <= 0:
-                        return None
-                    st.body += buf[pos : pos + n]
-                    pos += n
-                    st.left -= n
-                    if st.left == 0:
-                        st.left = -2  # its CRLF next
-                    continue
-                if st.left == -2:  # the CRLF after a chunk's data
-                    if len(buf) - pos < 2:
-                        return None
-                    if buf[pos : pos + 2] != b"\r\n":
-                        raise _HttpError(400, "malformed chunk")
-                    pos += 2
-                    st.left = 0
-                    continue
-                eol = buf.find(b"\r\n", pos)
-                if st.trailers:  # after the last chunk: trailer lines up to an empty one
-                    if eol < 0:
-                        if len(buf) - pos > self.config.max_head:
-                            raise _HttpError(431, "chunked body trailers too long")
-                        return None
-                    empty, pos = eol == pos, eol + 2
-                    if empty:
-                        body = bytes(st.body)
-                        self.chunked = None
-                        return body
-                    continue
-                if eol < 0 or eol - pos > 1024:
-                    if len(buf) - pos > 1024:
-                        raise _HttpError(400, "malformed chunk size line")
-                    return None
-                size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-                if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() takes "-3", "0x5", "1_0"
-                    raise _HttpError(400, "malformed chunk size")
-                size = int(size_text, 16)
-                st.wire += eol - pos + 4  # the whole size line (extensions too) and the data's CRLF
-                pos = eol + 2
-                if size == 0:
-                    st.trailers = True
-                    continue
-                if len(st.body) + size > limit:
-                    raise _HttpError(413, f"request body over the limit of {limit} bytes")
-                if st.wire > 16384 + len(st.body) // 2:  # framing, not data: tiny chunks are a flood
-                    raise _HttpError(413, "request body in too many small chunks")
-                st.left = size
-        finally:
-            del buf[:pos]  # once per call: deleting per chunk would be quadratic again
+            decoder.feed(self.buf, body, 1024, self.config.max_head, check)
+        except ChunkError as exc:
+            raise _HttpError(*_CHUNK_ERRORS[exc.kind]) from None
+        if not decoder.done:
+            return None
+        self.chunked = None
+        return bytes(body)
 
     # -- answering ---------------------------------------------------------------------------
 
