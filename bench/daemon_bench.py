@@ -595,44 +595,29 @@ def main(argv: list[str] | None = None) -> int:
             restart()
             return t
 
-        targets.append(
-            daemon_target(
+        def daemon_argv(port: int) -> list[str]:
+            listen = f"127.0.0.1:{port}"
+            return [
+                PY,
+                "-m",
+                "gridctl",
+                "-i",
+                str(inv),
                 "daemon",
-                lambda port: [
-                    PY,
-                    "-m",
-                    "gridctl",
-                    "-i",
-                    str(inv),
-                    "daemon",
-                    "run",
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--region",
-                    REGION,
-                ],
-            )
-        )
+                "run",
+                "--listen",
+                listen,
+                "--region",
+                REGION,
+            ]
+
+        targets.append(daemon_target("daemon", daemon_argv))
         if uvloop_ok and not args.no_uvloop:
             # the daemon runs on uvloop when it is installed; this row keeps asyncio's loop
             targets.append(
                 daemon_target(
                     "daemon-asyncio-loop",
-                    lambda port: [
-                        "env",
-                        "GRIDCTL_DAEMON_LOOP=asyncio",
-                        PY,
-                        "-m",
-                        "gridctl",
-                        "-i",
-                        str(inv),
-                        "daemon",
-                        "run",
-                        "--listen",
-                        f"127.0.0.1:{port}",
-                        "--region",
-                        REGION,
-                    ],
+                    lambda port: ["env", "GRIDCTL_DAEMON_LOOP=asyncio", *daemon_argv(port)],
                 )
             )
 
