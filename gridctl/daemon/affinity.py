@@ -58,13 +58,3 @@ class PrefixIndex:
         for site in list(self._sites):
             if site not in keep:
                 del self._sites[site]
-
-
-def rendezvous(key: str, sites: Sequence[str]) -> list[str]:
-    """Highest-random-weight order of ``sites`` for ``key``: every daemon computes the same
-    order without sharing state, and removing a site moves only its own keys."""
-
-    def weight(site: str) -> bytes:
-        return hashlib.blake2b(f"{key}\0{site}".encode(), digest_size=8).digest()
-
-    return sorted(sites, key=weight, reverse=True)

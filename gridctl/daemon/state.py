@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.daemon.affinity import PrefixIndex, rendezvous
+from gridctl.daemon.affinity import PrefixIndex
+from gridctl.placement.engine import rendezvous
 from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.inventory.model import Inventory, Site

@@ -55,6 +55,20 @@ class Node:
 class ModelServing:
     name: str
     capacity: int  # concurrent requests the site can serve for this model
+    tensor_parallel: int | None = None  # GPUs per replica; None: each node's GPU count
+    gpu: str | None = None  # the GPU model that serves it on a mixed site; None: the most numerous
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """How fast one GPU serves an 8B-class model (see :mod:`gridctl.placement.perf`); the
+    built-in table's rows, and the ones ``gpus:`` in grid.yaml adds or overrides."""
+
+    name: str
+    ttft_ms: float
+    prefill_tok_s: float
+    decode_tok_s: float
+    kv_tokens: int
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,7 @@ class Grid:
     slo_ms: float = 500.0
     weights: Weights = Weights()
     regions: tuple[Region, ...] = ()
+    gpus: tuple[GpuRow, ...] = ()  # grid.yaml's own GPU rows, before the built-in table
 
 
 @dataclass(frozen=True)

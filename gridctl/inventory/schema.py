@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from gridctl.inventory.jurisdictions import GROUPS, expand_jurisdictions, is_code
 from gridctl.inventory.model import (
     SITE_KINDS,
+    GpuRow,
     Gpus,
     Grid,
     Location,
@@ -54,7 +55,8 @@ MAX_COST_PER_GPU_HOUR = 1000.0
 MAX_CAPACITY = 1_000_000
 MAX_SLO_MS = 600_000.0
 
-GRID_KEYS = {"name": True, "defaults": False, "regions": False}
+GRID_KEYS = {"name": True, "defaults": False, "regions": False, "gpus": False}
+GPU_ROW_KEYS = {"name": True, "ttft_ms": True, "prefill_tok_s": True, "decode_tok_s": True, "kv_tokens": True}
 DEFAULTS_KEYS = {"ssh": False, "slo_ms": False, "weights": False}
 SSH_KEYS = {"user": False, "port": False, "key": False, "jump": False}
 WEIGHT_KEYS = {"latency": False, "cost": False, "headroom": False}
@@ -82,7 +84,7 @@ SITE_KEYS = {
     "nodes": False,
     "provision": False,
 }
-MODEL_KEYS = {"name": True, "capacity": True}
+MODEL_KEYS = {"name": True, "capacity": True, "tensor_parallel": False, "gpu": False}
 NODE_KEYS = {
     "name": True,
     "host": True,
@@ -271,9 +273,49 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
                 continue
             seen[region.name] = i
             regions.append(region)
+    gpus = _gpu_rows(ck, top["gpus"]) if top.get("gpus") is not None else []
     if name is None or ck.issues:
         return None, ck.issues
-    return Grid(name=name, ssh=ssh, slo_ms=slo_ms, weights=weights, regions=tuple(regions)), ck.issues
+    grid = Grid(name=name, ssh=ssh, slo_ms=slo_ms, weights=weights, regions=tuple(regions), gpus=tuple(gpus))
+    return grid, ck.issues
+
+
+def _gpu_rows(ck: _Checker, value: Any) -> list[GpuRow]:
+    """grid.yaml ``gpus:``: rows that add to (or override) the built-in GPU table."""
+    items = ck.want_list(value, ("gpus",))
+    out: list[GpuRow] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items or []):
+        path: Path = ("gpus", i)
+        m = ck.want_mapping(item, path, GPU_ROW_KEYS)
+        if m is None:
+            continue
+        name = (
+            ck.want_str(m["name"], (*path, "name"), GPU_MODEL, "a GPU model such as B200")
+            if "name" in m
+            else None
+        )
+        nums = [
+            ck.want_number(m[k], (*path, k), 0.001, 1e9, what) if k in m else None
+            for k, what in (
+                ("ttft_ms", "milliseconds"),
+                ("prefill_tok_s", "tokens per second"),
+                ("decode_tok_s", "tokens per second"),
+            )
+        ]
+        kv = (
+            ck.want_int(m["kv_tokens"], (*path, "kv_tokens"), 1, 10**12, "a number of tokens")
+            if "kv_tokens" in m
+            else None
+        )
+        if name is not None and name.upper() in seen:
+            ck.fail((*path, "name"), f"GPU row '{name}' is listed twice (also gpus[{seen[name.upper()]}])")
+            continue
+        if name is None or kv is None or any(n is None for n in nums):
+            continue
+        seen[name.upper()] = i
+        out.append(GpuRow(name, nums[0], nums[1], nums[2], kv))  # type: ignore[arg-type]
+    return out
 
 
 def _ssh_defaults(ck: _Checker, value: Any, path: Path) -> SshDefaults | None:
@@ -403,6 +445,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     models = _models(ck, m["models"]) if m.get("models") is not None else []
     nodes = _nodes(ck, m["nodes"], name or "", ssh) if m.get("nodes") is not None else []
     provision = _provision(ck, m["provision"], ("provision",)) if m.get("provision") is not None else None
+    _check_serving(ck, models, nodes)
     if ck.issues or None in (name, kind, region, code, loc, endpoint):
         return None, ck.issues
     site = Site(
@@ -455,12 +498,42 @@ def _models(ck: _Checker, value: Any) -> list[ModelServing]:
             if "capacity" in m
             else None
         )
+        tp = (
+            ck.want_int(m["tensor_parallel"], (*path, "tensor_parallel"), 1, MAX_GPUS_PER_NODE, "a GPU count")
+            if m.get("tensor_parallel") is not None
+            else None
+        )
+        gpu = (
+            ck.want_str(m["gpu"], (*path, "gpu"), GPU_MODEL, "a GPU model of the site's nodes")
+            if m.get("gpu") is not None
+            else None
+        )
         if name is not None and name in seen:
             ck.fail((*path, "name"), f"model '{name}' is listed twice")
         elif name is not None and cap is not None:
             seen.add(name)
-            out.append(ModelServing(name, cap))
+            out.append(ModelServing(name, cap, tp, gpu))
     return out
+
+
+def _check_serving(ck: _Checker, models: list[ModelServing], nodes: list[Node]) -> None:
+    """``models[].gpu`` names a GPU of the site's nodes; ``tensor_parallel`` fits on one of them."""
+    counts: dict[str, int] = {}
+    for n in nodes:
+        if n.gpus:
+            counts[n.gpus.model.upper()] = max(counts.get(n.gpus.model.upper(), 0), n.gpus.count)
+    for i, m in enumerate(models):
+        if m.gpu is not None and m.gpu.upper() not in counts:
+            have = ", ".join(sorted({n.gpus.model for n in nodes if n.gpus})) or "none listed"
+            ck.fail(("models", i, "gpu"), f"no node of this site has {m.gpu} GPUs (its GPUs: {have})")
+            continue
+        if m.tensor_parallel is not None and counts:
+            most = counts[m.gpu.upper()] if m.gpu else max(counts.values())
+            if m.tensor_parallel > most:
+                ck.fail(
+                    ("models", i, "tensor_parallel"),
+                    f"{m.tensor_parallel} GPUs per replica, but no node has more than {most}",
+                )
 
 
 def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:

@@ -4,11 +4,12 @@ errors, and vLLM's Prometheus metrics. Pure: parse plain data, build bytes and d
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gridctl.lab.perf import count_tokens
+from gridctl.placement.perf import count_tokens
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 1_000_000
@@ -208,3 +209,16 @@ def render_metrics(metrics: Iterable[Metric]) -> bytes:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             lines.append(f"{m.name}{{{text}}} {float(value)!r}")
     return ("\n".join(lines) + "\n").encode()
+
+
+_FILLER = (
+    " The", " grid", " routes", " each", " request", " to", " a", " nearby", " site", " with",
+    " free", " capacity", ",", " keeping", " its", " data", " where", " it", " may", " go", ".",
+)  # fmt: skip
+
+
+def filler_tokens(prompt: str, n: int) -> list[str]:
+    """``n`` deterministic tokens; the same prompt always gets the same text."""
+    start = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % len(_FILLER)
+    k = len(_FILLER)
+    return [_FILLER[(start + i) % k] for i in range(n)]

@@ -25,7 +25,7 @@ from typing import Any
 from gridctl.errors import GridctlError
 from gridctl.inventory.load import GRID_FILE, SITES_DIR, load_inventory
 from gridctl.inventory.model import SITE_KINDS, Inventory, Region
-from gridctl.lab.perf import gpu_perf
+from gridctl.placement.perf import gpu_perf
 
 _ENDPOINT = re.compile(r"^endpoint:[ \t]*(?P<value>[^#\n]*?)[ \t]*(?P<comment>#[^\n]*)?$", re.MULTILINE)
 _KEY_ENV = re.compile(r"^api_key_env:[ \t]*[^ \t\n#][^\n]*(?:\n|\Z)", re.MULTILINE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from gridctl.lab.perf import CHARS_PER_TOKEN
+from gridctl.placement.perf import CHARS_PER_TOKEN
 
 BLOCK_TOKENS = 16
 BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN

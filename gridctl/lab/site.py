@@ -14,7 +14,7 @@ Behaviour, every duration divided by the lab's ``speed``:
   ``/lab/``); an unknown region gets 400;
 - compute: per model, ``capacity`` slots; requests beyond them wait in a FIFO
   queue; TTFT and the time between tokens come from the site's GPUs, its load
-  and the prefix cache (see :mod:`gridctl.lab.perf` and :mod:`gridctl.lab.prefix`);
+  and the prefix cache (see :mod:`gridctl.placement.perf` and :mod:`gridctl.lab.prefix`);
 - output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens.
 
 Failure modes, switched at any time: ``ok``; ``503`` (every route answers 503);
@@ -47,15 +47,15 @@ from gridctl.lab.formats import (
     StreamFormat,
     completion_body,
     error_body,
+    filler_tokens,
     models_body,
     parse_completion,
     render_metrics,
 )
-from gridctl.lab.perf import (
+from gridctl.placement.perf import (
     DEFAULT_GPU,
     GpuPerf,
     choose_site_gpu,
-    filler_tokens,
     model_factor,
     token_interval_ms,
     ttft_ms,

@@ -1,43 +1,55 @@
-"""Filters, scores and explanations: the placement engine.
+"""The placement decision: filters, the latency prediction, the cheapest feasible site.
 
 A ``Planner`` is built once from the inventory (and measured latencies); it
 precomputes, for each client region and model, the sites that could ever
-serve it, so a decision is a short loop over live signals. Pure: time, load
-and health are passed in.
+serve it with their round trip, GPU timing inputs and price, so a decision is
+one short loop over a snapshot of live signals. Pure: time, load, health and
+calibration are passed in. The daemon, ``route test``, ``route render`` and
+the simulator's ``grid`` policy all call :meth:`Planner.order` (or
+:meth:`Planner.explain`, the same decision with every reason written out).
 
-Filters, each with its reason when it excludes a site:
-  serves the model; not drained; last health not failed or unreachable;
-  the site's jurisdiction allowed for the region's data (and for the
-  request's own jurisdiction constraint, which can only narrow it); estimated
-  round trip within the SLO; capacity left (in-flight < capacity).
+Hard filters, each with its reason when it excludes a site: serves the model;
+not drained; last health not failed or unreachable; circuit not open; the
+site's jurisdiction allowed for the region's data (and for the request's own
+jurisdiction constraint, which can only narrow it); round trip alone within
+the SLO; a free slot (this daemon's requests in flight < the model's capacity).
 
-Score, higher is better, in [0, 1]::
+Then every remaining site's end-to-end latency is predicted
+(:mod:`gridctl.placement.predict`) for the request's shape, on its own GPUs,
+under its load, with its calibration and the prompt tokens it probably holds
+in its prefix cache. A site is **feasible** when::
 
-    penalty = (w_latency * min(rtt, LATENCY_SCALE_MS) / LATENCY_SCALE_MS + w_cost * cost / max_cost
-               + w_headroom * in_flight / capacity) / (w_latency + w_cost + w_headroom)
-    score   = 1 - penalty
+    predicted_e2e <= SLO * (1 - SLO_MARGIN)          (SLO_MARGIN = 0.1)
 
-where ``max_cost`` is the highest cost per GPU-hour in the inventory and
-``LATENCY_SCALE_MS`` (50 ms, a continental round trip) is the round trip that
-costs the whole latency weight: within a metro, milliseconds matter against
-cost; across a continent, every far site is equally far. Ties go
-to the lower round trip, then to the name: the result never depends on the
-order of sites in the inventory.
+The order: feasible sites first, cheapest per request first, then by round
+trip, then by name; then the others, fastest predicted first (the failover
+order, and the default choice when no site is feasible: the request goes to
+the fastest and is counted as expected to miss). The cost of one request::
+
+    cost = cost_per_gpu_hour x (gpus serving the model / its capacity) x predicted service seconds / 3600
+
+i.e. the GPU share of one slot for as long as the request holds it. A session
+key picks among the feasible sites only, by rendezvous hashing. The result
+never depends on the order of sites in the inventory.
 """
 
 from __future__ import annotations
 
-import heapq
+import hashlib
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gridctl.inventory.jurisdictions import expand_jurisdictions
 from gridctl.inventory.model import Inventory, Region, Site
 from gridctl.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
+from gridctl.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, build_serving
+from gridctl.placement.predict import Prediction, Shape, predict
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
-LATENCY_SCALE_MS = 50.0
+SLO_MARGIN = 0.1
+DEFAULT_SHAPE = Shape(256, 128, "given")  # route test / route render without --prompt-tokens/--max-tokens
 
 
 @dataclass(frozen=True)
@@ -48,15 +60,46 @@ class Request:
     slo_ms: float | None = None  # default: the grid's slo_ms
 
 
-@dataclass(frozen=True)
-class Live:
-    """Signals known at decision time. All optional."""
+class SiteSignals:
+    """What is known of one site for one model at decision time; every field optional.
 
-    health: Mapping[str, str] = field(default_factory=dict)  # site -> last status
-    in_flight: Mapping[str, int] = field(default_factory=dict)  # site -> requests in flight
+    The daemon and the simulator each keep one per (model, site) and update it in
+    place as requests start and end, probes answer and calibration learns; a
+    decision reads them as its snapshot."""
+
+    __slots__ = ("health", "open", "in_flight", "running", "waiting", "first_factor", "decode_factor")
+
+    def __init__(
+        self,
+        health: str | None = None,
+        open: bool = False,
+        in_flight: int = 0,
+        running: int = 0,
+        waiting: int = 0,
+        first_factor: float = 1.0,
+        decode_factor: float = 1.0,
+    ) -> None:
+        self.health = health  # last status; failed / unreachable exclude the site
+        self.open = open  # the circuit breaker refuses requests
+        self.in_flight = in_flight  # this daemon's requests in flight there for the model
+        self.running = running  # the site's own running count for the model (its /metrics), 0 unknown
+        self.waiting = waiting  # the site's own queue for the model
+        self.first_factor = first_factor  # calibration at decision time (1.0: the table's row)
+        self.decode_factor = decode_factor
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"SiteSignals({fields})"
 
 
-NO_LIVE = Live()
+Live = Mapping[str, SiteSignals]  # site -> signals: the snapshot a decision reads
+NO_LIVE: Live = {}
+_IDLE = SiteSignals()
+
+
+def health_live(health: Mapping[str, str]) -> dict[str, SiteSignals]:
+    """A snapshot with recorded health only (``route test``, ``route render``)."""
+    return {name: SiteSignals(health=status) for name, status in health.items()}
 
 
 @dataclass(frozen=True)
@@ -64,10 +107,20 @@ class Candidate:
     site: str
     rtt_ms: float
     latency_source: str
-    score: float
-    breakdown: Mapping[str, float]  # each term's share of the penalty, and the inputs
+    prediction: Prediction
+    feasible: bool
+    cost_per_request: float  # currency units (the inventory's cost_per_gpu_hour's)
+    cost_per_1k_tokens: float
     in_flight: int
     capacity: int
+    load: int  # max(in flight, the site's running count)
+    waiting: int
+    cached_tokens: int
+    first_factor: float
+    decode_factor: float
+    gpu: str
+    replicas: int
+    tensor_parallel: int
 
 
 @dataclass(frozen=True)
@@ -79,28 +132,68 @@ class Exclusion:
 @dataclass(frozen=True)
 class Decision:
     request: Request
+    shape: Shape
     slo_ms: float
-    ranked: tuple[Candidate, ...]  # best first
+    budget_ms: float  # SLO less the margin: the feasibility bound
+    ranked: tuple[Candidate, ...]  # feasible (cheapest first), then the others (fastest first)
     excluded: tuple[Exclusion, ...]  # by name
 
     @property
     def best(self) -> Candidate | None:
         return self.ranked[0] if self.ranked else None
 
+    @property
+    def feasible(self) -> int:
+        return sum(1 for c in self.ranked if c.feasible)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The decision's result in order: ``sites[:feasible]`` are predicted to meet the SLO."""
+
+    sites: tuple[str, ...]
+    feasible: int
+    predicted_ms: tuple[float, ...]  # end to end, per site in ``sites``
+
+    @property
+    def best(self) -> str | None:
+        return self.sites[0] if self.sites else None
+
+    @property
+    def expected_miss(self) -> bool:
+        return bool(self.sites) and self.feasible == 0
+
+
+EMPTY = Ranking((), 0, ())
+
 
 @dataclass(frozen=True)
 class _Static:
-    """A site that could serve (region, model) before live signals and SLO."""
+    """A site that could serve (region, model), with what its prediction needs."""
 
     name: str
     rtt_ms: float
-    cost_term: float  # cost / max_cost
-    capacity: int
     jurisdiction: str
+    capacity: int
+    first_ms: float  # idle first-token compute, before the prompt: TTFT x factor
+    prefill_ms_per_token: float  # 1000 / prefill x factor
+    interval_ms: float  # idle time per output token: 1000 / decode x factor
+    cost_per_ms: float  # price x GPUs / capacity / 3,600,000
+    serving: Serving
 
 
 class UnknownRegion(ValueError):
     pass
+
+
+def rendezvous(key: str, sites: tuple[str, ...] | list[str]) -> list[str]:
+    """Highest-random-weight order of ``sites`` for ``key``: every daemon computes the same
+    order without sharing state, and removing a site moves only its own keys."""
+
+    def weight(site: str) -> bytes:
+        return hashlib.blake2b(f"{key}\0{site}".encode(), digest_size=8).digest()
+
+    return sorted(sites, key=weight, reverse=True)
 
 
 class Planner:
@@ -111,12 +204,10 @@ class Planner:
         self.sites: dict[str, Site] = {s.name: s for s in inv.sites}
         self.regions: dict[str, Region] = {r.name: r for r in inv.grid.regions}
         self.default_slo_ms = inv.grid.slo_ms
-        w = inv.grid.weights
-        self.weights = (w.latency, w.cost, w.headroom)
-        self.max_cost = max((s.cost_per_gpu_hour for s in inv.sites), default=0.0) or 1.0
+        self.gpu_rows = inv.grid.gpus
         self.probes = probes or {}
         self._static: dict[tuple[str, str], tuple[_Static, ...]] = {}
-        self._serving_cache: dict[str, list[tuple[Site, int, tuple[float, float, float]]]] = {}
+        self._serving_cache: dict[str, list[tuple[Site, Serving, tuple[float, float, float]]]] = {}
 
     # -- precomputation ---------------------------------------------------------------
 
@@ -135,17 +226,21 @@ class Planner:
             probe_ms=self.probes.get(region.name, {}).get(site.name),
         )
 
-    def _serving(self, model: str) -> list[tuple[Site, int, tuple[float, float, float]]]:
-        """Sites serving ``model`` and not drained, with their capacity and position (cached)."""
+    def serving(self, site: str, model: str) -> Serving | None:
+        s = self.sites.get(site)
+        return build_serving(s, model, self.gpu_rows) if s is not None else None
+
+    def _serving(self, model: str) -> list[tuple[Site, Serving, tuple[float, float, float]]]:
+        """Sites serving ``model`` and not drained, with how they serve it and their position."""
         cached = self._serving_cache.get(model)
         if cached is None:
-            cached = [
-                (s, m.capacity, radians_of(s.location))
-                for s in self.sites.values()
-                if not s.drain
-                for m in s.models
-                if m.name == model
-            ]
+            cached = []
+            for s in self.sites.values():
+                if s.drain:
+                    continue
+                serving = build_serving(s, model, self.gpu_rows)
+                if serving is not None:
+                    cached.append((s, serving, radians_of(s.location)))
             self._serving_cache[model] = cached
         return cached
 
@@ -160,7 +255,7 @@ class Planner:
         probes = self.probes.get(region.name, {})
         measured = region.latency_ms
         out = []
-        for site, capacity, there in self._serving(model):
+        for site, sv, there in self._serving(model):
             if site.jurisdiction not in region.allowed:
                 continue
             name = site.name
@@ -169,8 +264,19 @@ class Planner:
                 rtt = measured.get(name)
             if rtt is None:
                 rtt = round(rtt_for_km(haversine_km(here, there), site.kind), 3)
+            gpu = sv.gpu
             out.append(
-                _Static(name, rtt, site.cost_per_gpu_hour / self.max_cost, capacity, site.jurisdiction)
+                _Static(
+                    name,
+                    rtt,
+                    site.jurisdiction,
+                    sv.capacity,
+                    gpu.ttft_ms * sv.factor,
+                    1000.0 / gpu.prefill_tok_s * sv.factor,
+                    1000.0 / gpu.decode_tok_s * sv.factor,
+                    site.cost_per_gpu_hour * sv.gpus / sv.capacity / 3_600_000.0,
+                    sv,
+                )
             )
         out.sort(key=lambda s: (s.rtt_ms, s.name))
         result = tuple(out)
@@ -179,57 +285,125 @@ class Planner:
 
     # -- decisions ----------------------------------------------------------------------
 
-    def rank(self, request: Request, live: Live = NO_LIVE, limit: int | None = None) -> list[str]:
-        """Eligible sites, best first (the fast path: names only)."""
+    def order(
+        self,
+        request: Request,
+        shape: Shape,
+        live: Live = NO_LIVE,
+        cached: Mapping[str, int] | None = None,
+        session: str | None = None,
+    ) -> Ranking:
+        """The decision (the module docstring's), names only: sites to try, best first.
+
+        ``live``: the snapshot (site -> :class:`SiteSignals` for this model; a site absent is
+        idle and healthy); ``cached``: site -> prompt tokens it probably holds."""
         slo = request.slo_ms or self.default_slo_ms
+        budget = slo * (1.0 - SLO_MARGIN)
         allowed = expand_jurisdictions((request.jurisdiction,)) if request.jurisdiction else None
-        wl, wc, wh = self.weights
-        wl_scale = wl / LATENCY_SCALE_MS
-        health = live.health
-        in_flight = live.in_flight
-        scored = []
+        prompt = shape.prompt_tokens
+        tokens = shape.output_tokens - 1 if shape.output_tokens > 1 else 0
+        lt, ld = LOAD_TTFT, LOAD_DECODE
+        feasible: list[tuple[float, float, str, float]] = []
+        other: list[tuple[float, float, str, float]] = []
+        get = live.get
+        getc = cached.get if cached else None
         for s in self.static_candidates(request.region, request.model):
             rtt = s.rtt_ms
             if rtt > slo:
                 break  # sorted by rtt: the rest are further
             if allowed is not None and s.jurisdiction not in allowed:
                 continue
-            if health and health.get(s.name) in BAD_HEALTH:
+            sig = get(s.name, _IDLE)
+            if sig.open or sig.health in BAD_HEALTH:
                 continue
-            busy = in_flight.get(s.name, 0) if in_flight else 0
-            if busy >= s.capacity:
+            cap = s.capacity
+            busy = sig.in_flight
+            if busy >= cap:
                 continue
-            lat = rtt if rtt < LATENCY_SCALE_MS else LATENCY_SCALE_MS
-            scored.append((wl_scale * lat + wc * s.cost_term + wh * busy / s.capacity, rtt, s.name))
-        if limit is not None:
-            return [name for _, _, name in heapq.nsmallest(limit, scored)]
-        scored.sort()
-        return [name for _, _, name in scored]
+            load = sig.running if sig.running > busy else busy
+            frac = (load + 1) / cap if load + 1 < cap else 1.0
+            uncached = prompt - getc(s.name, 0) if getc is not None else prompt
+            first = (
+                s.first_ms + (uncached if uncached > 0 else 0) * s.prefill_ms_per_token
+            ) * sig.first_factor
+            interval = s.interval_ms * sig.decode_factor
+            service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac) * tokens
+            e2e = rtt + service
+            ahead = load + sig.waiting + 1 - cap
+            if ahead > 0:
+                e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld) * tokens) / cap
+            if e2e <= budget:
+                feasible.append((s.cost_per_ms * service, rtt, s.name, e2e))
+            else:
+                other.append((e2e, rtt, s.name, e2e))
+        feasible.sort()
+        other.sort()
+        names = [t[2] for t in feasible]
+        predicted = [t[3] for t in feasible]
+        if session and len(names) > 1:
+            by_name = dict(zip(names, predicted, strict=True))
+            names = rendezvous(session, names)
+            predicted = [by_name[n] for n in names]
+        names.extend(t[2] for t in other)
+        predicted.extend(t[3] for t in other)
+        return Ranking(tuple(names), len(feasible), tuple(predicted))
 
-    def choose(self, request: Request, live: Live = NO_LIVE) -> str | None:
-        best = self.rank(request, live, limit=1)
-        return best[0] if best else None
+    def rank(self, request: Request, live: Live = NO_LIVE, shape: Shape = DEFAULT_SHAPE) -> list[str]:
+        """Eligible sites, best first (names only)."""
+        return list(self.order(request, shape, live).sites)
 
-    def explain(self, request: Request, live: Live = NO_LIVE) -> Decision:
-        """Every site of the grid: ranked with its score breakdown, or excluded with every reason."""
+    def choose(self, request: Request, live: Live = NO_LIVE, shape: Shape = DEFAULT_SHAPE) -> str | None:
+        return self.order(request, shape, live).best
+
+    def predict(
+        self,
+        request: Request,
+        shape: Shape,
+        site: str,
+        live: Live = NO_LIVE,
+        cached_tokens: int = 0,
+    ) -> Prediction | None:
+        """The prediction for one eligible site, with its parts (what the daemon puts in
+        ``x-grid-predicted-ms`` and learns from); None when the site is not a candidate."""
+        s = next((c for c in self.static_candidates(request.region, request.model) if c.name == site), None)
+        if s is None:
+            return None
+        sig = live.get(site, _IDLE)
+        load = max(sig.in_flight, sig.running)
+        return predict(
+            s.serving, shape, s.rtt_ms, load, sig.waiting, cached_tokens, sig.first_factor, sig.decode_factor
+        )
+
+    def explain(
+        self,
+        request: Request,
+        shape: Shape = DEFAULT_SHAPE,
+        live: Live = NO_LIVE,
+        cached: Mapping[str, int] | None = None,
+        session: str | None = None,
+    ) -> Decision:
+        """Every site of the grid: ranked with its prediction and cost, or excluded with every
+        reason. The ranked order is :meth:`order`'s."""
         region = self.region(request.region)
         slo = request.slo_ms or self.default_slo_ms
+        budget = slo * (1.0 - SLO_MARGIN)
         allowed = expand_jurisdictions((request.jurisdiction,)) if request.jurisdiction else None
-        wl, wc, wh = self.weights
-        total = (wl + wc + wh) or 1.0
-        ranked: list[tuple[float, float, str, Candidate]] = []
+        candidates: dict[str, Candidate] = {}
         excluded: list[Exclusion] = []
+        cached = cached or {}
         for name in sorted(self.sites):
             site = self.sites[name]
             reasons: list[str] = []
-            serving = next((m for m in site.models if m.name == request.model), None)
+            serving = build_serving(site, request.model, self.gpu_rows)
             if serving is None:
                 reasons.append(f"does not serve {request.model}")
             if site.drain:
                 reasons.append("drained")
-            status = live.health.get(name)
-            if status in BAD_HEALTH:
-                reasons.append(f"last health {status}")
+            sig = live.get(name, _IDLE)
+            if sig.health in BAD_HEALTH:
+                reasons.append(f"last health {sig.health}")
+            if sig.open:
+                reasons.append("circuit open (recent failures)")
             if site.jurisdiction not in region.allowed:
                 allowed_txt = ",".join(region.allowed_jurisdictions)
                 reasons.append(
@@ -244,57 +418,84 @@ class Planner:
                 reasons.append(
                     f"round trip {latency.rtt_ms:.1f} ms ({latency.source}) over the {slo:g} ms SLO"
                 )
-            busy = live.in_flight.get(name, 0)
-            capacity = serving.capacity if serving else 0
-            if serving is not None and busy >= capacity:
-                reasons.append(f"full ({busy}/{capacity} in flight)")
-            if reasons:
+            if serving is not None and sig.in_flight >= serving.capacity:
+                reasons.append(f"full ({sig.in_flight}/{serving.capacity} in flight)")
+            if reasons or serving is None:
                 excluded.append(Exclusion(name, tuple(reasons)))
                 continue
-            lat = min(latency.rtt_ms, LATENCY_SCALE_MS) / LATENCY_SCALE_MS
-            cost = site.cost_per_gpu_hour / self.max_cost
-            util = busy / capacity
-            raw = wl * lat + wc * cost + wh * util
-            penalty = raw / total
-            breakdown = {
-                "latency": round(wl * lat / total, 6),
-                "cost": round(wc * cost / total, 6),
-                "load": round(wh * util / total, 6),
-                "rtt_ms": latency.rtt_ms,
-                "cost_per_gpu_hour": site.cost_per_gpu_hour,
-                "utilization": round(util, 6),
-            }
-            candidate = Candidate(
-                name, latency.rtt_ms, latency.source, round(1 - penalty, 6), breakdown, busy, capacity
+            load = max(sig.in_flight, sig.running)
+            hit = cached.get(name, 0)
+            p = predict(
+                serving, shape, latency.rtt_ms, load, sig.waiting, hit, sig.first_factor, sig.decode_factor
             )
-            ranked.append((raw, latency.rtt_ms, name, candidate))
-        ranked.sort(key=lambda t: t[:3])  # the order rank() gives: penalty, then rtt, then name
-        return Decision(request, slo, tuple(t[3] for t in ranked), tuple(excluded))
+            cost = site.cost_per_gpu_hour * serving.gpus / serving.capacity * p.service_ms / 3_600_000.0
+            total_tokens = max(1, shape.prompt_tokens + shape.output_tokens)
+            candidates[name] = Candidate(
+                site=name,
+                rtt_ms=latency.rtt_ms,
+                latency_source=latency.source,
+                prediction=p,
+                feasible=p.e2e_ms <= budget,
+                cost_per_request=cost,
+                cost_per_1k_tokens=cost / total_tokens * 1000.0,
+                in_flight=sig.in_flight,
+                capacity=serving.capacity,
+                load=load,
+                waiting=sig.waiting,
+                cached_tokens=min(hit, shape.prompt_tokens),
+                first_factor=sig.first_factor,
+                decode_factor=sig.decode_factor,
+                gpu=serving.gpu.name,
+                replicas=serving.replicas,
+                tensor_parallel=serving.tensor_parallel,
+            )
+        ranking = self.order(request, shape, live, cached, session)
+        ranked = tuple(candidates[n] for n in ranking.sites if n in candidates)
+        return Decision(request, shape, slo, budget, ranked, tuple(excluded))
+
+
+def _finite(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def candidate_dict(c: Candidate, site: Site, rank: int) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "site": c.site,
+        "kind": site.kind,
+        "jurisdiction": site.jurisdiction,
+        "endpoint": site.endpoint,
+        "feasible": c.feasible,
+        **c.prediction.to_dict(),
+        "latency_source": c.latency_source,
+        "cost_per_request": _finite(c.cost_per_request),
+        "cost_per_1k_tokens": _finite(c.cost_per_1k_tokens),
+        "gpu": c.gpu,
+        "replicas": c.replicas,
+        "tensor_parallel": c.tensor_parallel,
+        "load": {"in_flight": c.in_flight, "running": c.load, "waiting": c.waiting, "capacity": c.capacity},
+        "cached_tokens": c.cached_tokens,
+        "calibration": {"first_factor": round(c.first_factor, 4), "decode_factor": round(c.decode_factor, 4)},
+    }
 
 
 def decision_dict(decision: Decision, sites: Mapping[str, Site]) -> dict[str, Any]:
     """The documented JSON shape of an explanation (``route test -o json``, ``/grid/route``)."""
     req = decision.request
+    best = decision.best
     return {
         "request": {
             "region": req.region,
             "model": req.model,
             "jurisdiction": req.jurisdiction,
             "slo_ms": decision.slo_ms,
+            "prompt_tokens": decision.shape.prompt_tokens,
+            "max_tokens": decision.shape.output_tokens,
+            "output_tokens_from": decision.shape.output_source,
         },
-        "ranked": [
-            {
-                "rank": i + 1,
-                "site": c.site,
-                "kind": sites[c.site].kind,
-                "jurisdiction": sites[c.site].jurisdiction,
-                "endpoint": sites[c.site].endpoint,
-                "rtt_ms": c.rtt_ms,
-                "latency_source": c.latency_source,
-                "score": c.score,
-                "breakdown": dict(c.breakdown),
-            }
-            for i, c in enumerate(decision.ranked)
-        ],
+        "budget_ms": round(decision.budget_ms, 3),
+        "slo_margin": SLO_MARGIN,
+        "expected_to_meet_slo": bool(best and best.feasible),
+        "ranked": [candidate_dict(c, sites[c.site], i + 1) for i, c in enumerate(decision.ranked)],
         "excluded": [{"site": e.site, "reasons": list(e.reasons)} for e in decision.excluded],
     }

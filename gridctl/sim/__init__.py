@@ -4,7 +4,7 @@ A discrete-event simulation (a ``heapq`` of completions merged with the
 time-sorted arrivals; simulated time, never the wall clock; randomness only from
 a seeded ``random.Random``) of the inventory's sites: concurrent slots and a
 bounded FIFO queue per site and model, time to first token and tokens per
-second from the site's GPUs and load (the lab's table, :mod:`gridctl.lab.perf`,
+second from the site's GPUs and load (the lab's table, :mod:`gridctl.placement.perf`,
 one source for both), the network round trip from the placement latency model,
 and prefix-cache hits.
 

@@ -12,7 +12,7 @@ capacity`` waiting requests; a request arriving at a full queue is refused
 (``no site``). Every request is either completed or rejected.
 
 When a request takes a slot (on arrival, or later from the queue), its timing
-is fixed, as the lab's sites do it (:mod:`gridctl.lab.perf`; ``running``
+is fixed, as the lab's sites do it (:mod:`gridctl.placement.perf`; ``running``
 counts it)::
 
     cached   = prefix-cache hit (the shared prefix, or the session's previous turn), < prompt
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Protocol
 
-from gridctl.lab.perf import model_factor, token_interval_ms, ttft_ms
+from gridctl.placement.perf import model_factor, token_interval_ms, ttft_ms
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload
 

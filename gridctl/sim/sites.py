@@ -1,6 +1,6 @@
 """The inventory's sites as the simulator sees them: GPUs, slots, cost. Pure.
 
-GPU performance comes from the lab's table (:mod:`gridctl.lab.perf`): the
+GPU performance comes from the lab's table (:mod:`gridctl.placement.perf`): the
 simulator and the lab sites time requests with the same figures and formulas.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from gridctl.inventory.model import Inventory, Site
-from gridctl.lab.perf import GpuPerf, choose_site_gpu
+from gridctl.placement.perf import GpuPerf, choose_site_gpu
 
 
 @dataclass(frozen=True)

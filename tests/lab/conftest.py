@@ -12,7 +12,7 @@ import pytest
 from gridctl.inventory.load import load_inventory
 from gridctl.inventory.model import ModelServing
 from gridctl.lab import LabOptions, LabThread, SiteSpec, run_lab
-from gridctl.lab.perf import gpu_perf
+from gridctl.placement.perf import gpu_perf
 from tests.conftest import EXAMPLE
 
 MODEL = "llama-3.1-8b-instruct"

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 from gridctl.inventory.load import load_inventory
-from gridctl.lab.formats import BadRequest, StreamFormat, parse_completion
+from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
 from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
-from gridctl.lab.perf import (
+from gridctl.placement.perf import (
     DEFAULT_GPU,
     choose_site_gpu,
     count_tokens,
-    filler_tokens,
     gpu_perf,
     model_factor,
     token_interval_ms,

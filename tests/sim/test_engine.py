@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gridctl.lab.perf import gpu_perf, token_interval_ms, ttft_ms
+from gridctl.placement.perf import gpu_perf, token_interval_ms, ttft_ms
 from gridctl.sim.engine import FULL, NO_SITE, SERVED, build_pools, simulate
 from gridctl.sim.policy import FixedPolicy
 from gridctl.sim.sites import SimulatedSite

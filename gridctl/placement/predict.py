@@ -1,0 +1,265 @@
+"""The latency predictor: a request's end-to-end latency at a site, on that site's GPUs. Pure.
+
+For a request of a given shape (prompt tokens, output tokens; see
+:func:`estimate_shape`) at a site serving the model (:class:`~gridctl.placement.perf.Serving`)
+under its current load::
+
+    load     = max(requests this daemon has in flight there, the site's own running count)
+    frac     = min(load + 1, capacity) / capacity                  (the request counts itself)
+    first    = (TTFT + uncached_prompt / prefill * 1000) * factor * cal.first  * (1 + LOAD_TTFT * frac)
+    interval = 1000 / decode * factor * cal.decode * (1 + LOAD_DECODE * frac)
+    service  = first + interval * (output - 1)                     (an embedding: first alone)
+    ahead    = load + site_waiting + 1 - capacity                  (requests before it beyond the slots)
+    queue    = ahead * service_at_full_load / capacity             (0 when ahead <= 0)
+    e2e      = round_trip + queue + service
+    ttft     = round_trip + queue + first
+
+``uncached_prompt`` is the prompt less the tokens the site probably holds in
+its prefix cache (a likely hit shortens the prefill; it does not decide alone).
+``factor`` is the model's size and tensor-parallel speed-up (:mod:`gridctl.placement.perf`);
+``cal`` the site's calibration (:class:`Calibration`), 1.0 before any evidence.
+
+Calibration: the daemon (and the simulator, the same way) compares what each
+answer took with what the table alone predicted for it, per site: the first
+token's compute time (observed TTFT - round trip - predicted queue) against
+``first`` without calibration, and the time per output token against
+``interval`` without calibration (an answer that is not streamed gives one
+ratio for both). Each ratio moves the site's factor by ``CAL_ALPHA`` in log
+space (a site twice as slow as its row is predicted within 10% after about 15
+answers, within 1% after about 30); ratios are clamped to [0.1, 10]. With no
+new evidence, a factor decays toward the prior (1.0) with a half-life of
+``CAL_HALF_LIFE_S`` (10 minutes), so a site predicted too slow to be chosen is
+tried again and comes back when it has recovered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gridctl.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, count_tokens
+
+CAL_ALPHA = 0.15
+CAL_HALF_LIFE_S = 600.0
+CAL_CLAMP = (0.1, 10.0)
+DEFAULT_OUTPUT_TOKENS = 256  # a request without max_tokens, before the daemon has seen its model complete
+OUTPUT_QUANTILE = 0.9  # ... after: this quantile of the completion tokens of its model's last answers
+OUTPUT_WINDOW = 512
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a request asks of a site."""
+
+    prompt_tokens: int
+    output_tokens: int  # 0 for an embedding (no decode step)
+    output_source: str = "max_tokens"  # "max_tokens" | "observed" | "default" | "given"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rtt_ms: float
+    queue_ms: float
+    prefill_ms: float  # the first token's compute, calibrated, under load
+    decode_ms: float  # the other output tokens, calibrated, under load
+    first_raw_ms: float  # the first token's compute from the table alone, under load (for calibration)
+    interval_raw_ms: float  # time per output token from the table alone, under load
+
+    @property
+    def e2e_ms(self) -> float:
+        return self.rtt_ms + self.queue_ms + self.prefill_ms + self.decode_ms
+
+    @property
+    def ttft_ms(self) -> float:
+        return self.rtt_ms + self.queue_ms + self.prefill_ms
+
+    @property
+    def service_ms(self) -> float:
+        return self.prefill_ms + self.decode_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "predicted_ms": round(self.e2e_ms, 3),
+            "ttft_ms": round(self.ttft_ms, 3),
+            "rtt_ms": round(self.rtt_ms, 3),
+            "queue_ms": round(self.queue_ms, 3),
+            "prefill_ms": round(self.prefill_ms, 3),
+            "decode_ms": round(self.decode_ms, 3),
+        }
+
+
+def predict(
+    serving: Serving,
+    shape: Shape,
+    rtt_ms: float,
+    load: int = 0,
+    waiting: int = 0,
+    cached_tokens: int = 0,
+    first_factor: float = 1.0,
+    decode_factor: float = 1.0,
+) -> Prediction:
+    """The module docstring's formulas for one site (the engine's loop inlines the same)."""
+    cap = serving.capacity
+    frac = min(load + 1, cap) / cap
+    f = serving.factor
+    gpu = serving.gpu
+    uncached = shape.prompt_tokens - cached_tokens
+    if uncached < 0:
+        uncached = 0
+    first_idle = (gpu.ttft_ms + uncached * 1000.0 / gpu.prefill_tok_s) * f
+    interval_idle = 1000.0 / gpu.decode_tok_s * f
+    first_raw = first_idle * (1.0 + LOAD_TTFT * frac)
+    interval_raw = interval_idle * (1.0 + LOAD_DECODE * frac)
+    tokens = shape.output_tokens - 1 if shape.output_tokens > 1 else 0
+    prefill = first_raw * first_factor
+    decode = interval_raw * decode_factor * tokens
+    ahead = load + waiting + 1 - cap
+    queue = 0.0
+    if ahead > 0:
+        full = (
+            first_idle * first_factor * (1.0 + LOAD_TTFT)
+            + interval_idle * decode_factor * (1.0 + LOAD_DECODE) * tokens
+        )
+        queue = ahead * full / cap
+    return Prediction(rtt_ms, queue, prefill, decode, first_raw, interval_raw)
+
+
+def capacity_within(serving: Serving, shape: Shape, rtt_ms: float, budget_ms: float) -> int:
+    """How many requests of ``shape`` the site can run at once with each predicted within
+    ``budget_ms`` (by the table, no queue): 0 when even an idle site misses it."""
+    for load in range(serving.capacity - 1, -1, -1):
+        if predict(serving, shape, rtt_ms, load).e2e_ms <= budget_ms:
+            return load + 1
+    return 0
+
+
+# -- calibration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A site's correction of its table row: observed / predicted, in log space."""
+
+    log_first: float = 0.0
+    log_decode: float = 0.0
+    samples: int = 0
+    at: float | None = None  # when the last evidence came (the caller's clock)
+
+    def factors(self, now: float, half_life_s: float = CAL_HALF_LIFE_S) -> tuple[float, float]:
+        """(first, decode) multipliers at ``now``: decayed toward 1.0 since the last evidence."""
+        if self.samples == 0 or self.at is None:
+            return 1.0, 1.0
+        age = now - self.at
+        keep = 0.5 ** (age / half_life_s) if age > 0 else 1.0
+        return math.exp(self.log_first * keep), math.exp(self.log_decode * keep)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        first, decode = self.factors(now)
+        return {
+            "first_factor": round(first, 4),
+            "decode_factor": round(decode, 4),
+            "samples": self.samples,
+            "age_s": None if self.at is None else round(max(0.0, now - self.at), 1),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], now: float) -> Calibration:
+        """What :meth:`to_dict` wrote (kept in ``.state``), aged as it said."""
+        first = float(d.get("first_factor", 1.0))
+        decode = float(d.get("decode_factor", 1.0))
+        age = d.get("age_s")
+        if first <= 0 or decode <= 0 or not (math.isfinite(first) and math.isfinite(decode)):
+            return cls()
+        at = now - float(age) if isinstance(age, int | float) and math.isfinite(age) else now
+        return cls(math.log(first), math.log(decode), int(d.get("samples", 0) or 0), at)
+
+
+PRIOR = Calibration()
+
+
+def _clamped_log(ratio: float) -> float:
+    lo, hi = CAL_CLAMP
+    return math.log(min(hi, max(lo, ratio)))
+
+
+def calibrate(
+    cal: Calibration,
+    predicted: Prediction,
+    now: float,
+    ttft_ms: float | None,
+    e2e_ms: float,
+    output_tokens: int | None,
+    alpha: float = CAL_ALPHA,
+) -> Calibration:
+    """``cal`` after one answer: ``ttft_ms`` (None when not streamed) and ``e2e_ms`` as observed
+    from sending the request, ``output_tokens`` as counted or reported (None: unknown)."""
+    first, decode = cal.factors(now)
+    lf, ld = math.log(first), math.log(decode)
+    base = predicted.rtt_ms + predicted.queue_ms
+    tokens = (output_tokens - 1) if output_tokens and output_tokens > 1 else 0
+    if ttft_ms is not None and tokens > 0:
+        r_first = max(ttft_ms - base, 0.1) / predicted.first_raw_ms
+        r_decode = max(e2e_ms - ttft_ms, 0.0) / tokens / predicted.interval_raw_ms
+        if r_decode <= 0:
+            r_decode = decode
+        lf += alpha * (_clamped_log(r_first) - lf)
+        ld += alpha * (_clamped_log(r_decode) - ld)
+    else:
+        raw = predicted.first_raw_ms + predicted.interval_raw_ms * tokens
+        r = max(e2e_ms - base, 0.1) / raw
+        lf += alpha * (_clamped_log(r) - lf)
+        ld += alpha * (_clamped_log(r) - ld)
+    return Calibration(lf, ld, cal.samples + 1, now)
+
+
+# -- the request's shape -----------------------------------------------------------------
+
+
+class OutputTokens:
+    """Completion tokens of a model's last answers, for requests that set no ``max_tokens``.
+    Pure state: a bounded window; :meth:`estimate` is its ``OUTPUT_QUANTILE``."""
+
+    def __init__(self, window: int = OUTPUT_WINDOW) -> None:
+        self._seen: dict[str, deque[int]] = {}
+        self._window = window
+
+    def record(self, model: str, tokens: int) -> None:
+        if tokens > 0:
+            self._seen.setdefault(model, deque(maxlen=self._window)).append(tokens)
+
+    def estimate(self, model: str) -> tuple[int, str]:
+        seen = self._seen.get(model)
+        if not seen:
+            return DEFAULT_OUTPUT_TOKENS, "default"
+        ordered = sorted(seen)
+        return ordered[min(len(ordered) - 1, int(OUTPUT_QUANTILE * len(ordered)))], "observed"
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 1:
+        return None
+    return int(value)
+
+
+def estimate_shape(
+    body: Mapping[str, Any],
+    prompt_text: str,
+    embedding: bool = False,
+    fallback: tuple[int, str] = (DEFAULT_OUTPUT_TOKENS, "default"),
+) -> Shape:
+    """The shape of an OpenAI request: its prompt at 4 characters a token; its output from
+    ``max_completion_tokens`` or ``max_tokens``, else ``fallback`` (the model's observed
+    quantile, or the default); an embedding has no output."""
+    prompt = count_tokens(prompt_text)
+    if embedding:
+        return Shape(prompt, 0, "embedding")
+    for key in ("max_completion_tokens", "max_tokens"):
+        n = _positive_int(body.get(key))
+        if n is not None:
+            return Shape(prompt, n, "max_tokens")
+    return Shape(prompt, fallback[0], fallback[1])
