@@ -29,11 +29,17 @@ def validate(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
             data = {"valid": False, "problems": problems}
             st.streams.stdout.write(dump_json(data) if output is Format.json else dump_yaml(data))
         raise
+    from gridctl.placement.perf import gpu_warnings
+
     nodes = sum(len(s.nodes) for s in inv.sites)
+    warnings = gpu_warnings(inv)
+    for w in warnings:
+        st.streams.warn(w)
     if output in (Format.json, Format.yaml):
         data = {
             "valid": True,
             "problems": [],
+            "warnings": warnings,
             "sites": len(inv.sites),
             "nodes": nodes,
             "regions": len(inv.grid.regions),

@@ -157,6 +157,7 @@ class Grid:
     weights: Weights = Weights()
     regions: tuple[Region, ...] = ()
     gpus: tuple[GpuRow, ...] = ()  # grid.yaml's own GPU rows, before the built-in table
+    weights_given: bool = False  # defaults.weights written (placement no longer reads it: a warning)
 
 
 @dataclass(frozen=True)

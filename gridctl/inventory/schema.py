@@ -276,7 +276,16 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
     gpus = _gpu_rows(ck, top["gpus"]) if top.get("gpus") is not None else []
     if name is None or ck.issues:
         return None, ck.issues
-    grid = Grid(name=name, ssh=ssh, slo_ms=slo_ms, weights=weights, regions=tuple(regions), gpus=tuple(gpus))
+    given = "defaults" in top and isinstance(top["defaults"], dict) and "weights" in top["defaults"]
+    grid = Grid(
+        name=name,
+        ssh=ssh,
+        slo_ms=slo_ms,
+        weights=weights,
+        regions=tuple(regions),
+        gpus=tuple(gpus),
+        weights_given=given,
+    )
     return grid, ck.issues
 
 

@@ -65,7 +65,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gridctl.inventory.model import GpuRow, Site
+from gridctl.inventory.model import GpuRow, Inventory, Site
 
 LOAD_TTFT = 1.0
 LOAD_DECODE = 1.0
@@ -218,3 +218,26 @@ def model_factor(model: str) -> float:
 
 def count_tokens(text: str) -> int:
     return max(1, -(-len(text) // CHARS_PER_TOKEN))
+
+
+def gpu_warnings(inv: Inventory) -> list[str]:
+    """What ``inventory validate`` warns about placement's inputs: each GPU model no row names
+    (placement then assumes the default row, named in the message), and the old score weights."""
+    out: list[str] = []
+    if inv.grid.weights_given:
+        out.append(
+            "grid.yaml: defaults.weights: no longer used: placement sends each request to the "
+            "cheapest site predicted to meet its SLO (README: placement); remove the key"
+        )
+    rows = inv.grid.gpus
+    d = DEFAULT_GPU
+    for site in inv.sites:
+        for i, node in enumerate(site.nodes):
+            if node.gpus and find_gpu(node.gpus.model, rows) is None:
+                out.append(
+                    f"{site.file or site.name}: nodes[{i}].gpus.model: no GPU row names '{node.gpus.model}'; "
+                    f"placement assumes the default row (TTFT {d.ttft_ms:g} ms, prefill "
+                    f"{d.prefill_tok_s:g} tok/s, decode {d.decode_tok_s:g} tok/s); add a row under "
+                    "'gpus:' in grid.yaml"
+                )
+    return out

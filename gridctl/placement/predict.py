@@ -167,14 +167,17 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], now: float) -> Calibration:
-        """What :meth:`to_dict` wrote (kept in ``.state``), aged as it said."""
-        first = float(d.get("first_factor", 1.0))
-        decode = float(d.get("decode_factor", 1.0))
-        age = d.get("age_s")
-        if first <= 0 or decode <= 0 or not (math.isfinite(first) and math.isfinite(decode)):
+        """What :meth:`to_dict` wrote (kept in ``.state``): its factors as they were when written,
+        decaying on from ``now`` (the time the process was down is not counted)."""
+        try:
+            first = float(d.get("first_factor", 1.0))
+            decode = float(d.get("decode_factor", 1.0))
+            samples = int(d.get("samples", 0) or 0)
+        except (TypeError, ValueError):
             return cls()
-        at = now - float(age) if isinstance(age, int | float) and math.isfinite(age) else now
-        return cls(math.log(first), math.log(decode), int(d.get("samples", 0) or 0), at)
+        if not (math.isfinite(first) and math.isfinite(decode)) or first <= 0 or decode <= 0:
+            return cls()
+        return cls(math.log(first), math.log(decode), max(0, samples), now)
 
 
 PRIOR = Calibration()

@@ -94,10 +94,52 @@ def test_valid_inventory_json(cli):
     assert json.loads(res.out) == {
         "valid": True,
         "problems": [],
+        "warnings": [],
         "sites": 15,
         "nodes": 24,
         "regions": 6,
     }
+
+
+# ---------------------------------------------------------------- how models are served (issue 11)
+
+
+def test_serving_gpu_must_be_one_of_the_sites(cli, inv):
+    line = edit(inv, POP, "    tensor_parallel: 4\n", "    tensor_parallel: 4\n    gpu: L4\n")
+    invalid(cli, f"{POP}:{line + 1}: models[1].gpu: no node of this site has L4 GPUs (its GPUs: H100)")
+
+
+def test_tensor_parallel_must_fit_on_a_node(cli, inv):
+    line = edit(inv, POP, "    tensor_parallel: 4\n", "    tensor_parallel: 16\n")
+    invalid(cli, f"{POP}:{line}: models[1].tensor_parallel: 16 GPUs per replica, but no node has more than 8")
+
+
+def test_gpu_rows_are_checked(cli, inv):
+    line = edit(inv, GRID, "decode_tok_s: 260", "decode_tok_s: fast")
+    [problem] = problems_of(cli("inventory", "validate"))
+    assert problem.startswith(f"{GRID}:{line}: gpus[0].decode_tok_s: must be tokens per second")
+
+
+def test_an_unknown_gpu_is_a_warning_naming_the_default(cli, inv):
+    edit(
+        inv,
+        PHL,
+        "model: L40S, count: 4}\n  - name: phl-co-12-gpu-02",
+        "model: MI300X, count: 4}\n  - name: phl-co-12-gpu-02",
+    )
+    res = cli("inventory", "validate", "-o", "json")
+    assert res.rc == 0, res
+    [warning] = json.loads(res.out)["warnings"]
+    assert "sites/phl-co-12.yaml: nodes[0].gpus.model: no GPU row names 'MI300X'" in warning
+    assert "default row (TTFT 60 ms" in warning
+    assert "warning: sites/phl-co-12.yaml" in res.err
+
+
+def test_score_weights_are_a_warning(cli, inv):
+    edit(inv, GRID, "  slo_ms: 500 ", "  weights: {latency: 1}\n  slo_ms: 500 ")
+    res = cli("inventory", "validate")
+    assert res.rc == 0, res
+    assert "warning: grid.yaml: defaults.weights: no longer used" in res.err
 
 
 def test_invalid_inventory_json(cli, inv):
@@ -178,7 +220,7 @@ def test_control_character_is_one_line_with_its_line_number(cli, inv):
 def test_top_level_must_be_a_mapping(cli, inv, rel, text, got):
     (inv / rel).write_text(text)
     keys = (
-        "name, defaults, regions"
+        "name, defaults, regions, gpus"
         if rel == GRID
         else "name, kind, region, jurisdiction, location, endpoint, health_path, api_key_env, "
         "cost_per_gpu_hour, drain, labels, models, nodes, provision"
@@ -250,7 +292,7 @@ def test_spec_example_gpu_count_four(cli, inv):
     at = text.index("count: 4}", second)
     (inv / PHL).write_text(text[:at] + "count: four}" + text[at + len("count: 4}") :])
     line = text.count("\n", 0, at) + 1
-    assert line == 27  # the example inventory as shipped
+    assert line == 29  # the example inventory as shipped
     invalid(
         cli,
         f"sites/phl-co-12.yaml:{line}: nodes[1].gpus.count: must be a positive integer (got 'four')",
@@ -899,7 +941,7 @@ NODE = {"name": "gpu-01", "host": "gpu-01.example.net"}
             "models[0].capacity",
             "between 1 and 1000000 (got 0)",
         ),
-        ({"models": ["m"]}, "models[0]", "must be a mapping of name, capacity (got 'm')"),
+        ({"models": ["m"]}, "models[0]", "must be a mapping of name, capacity, tensor_parallel, gpu (got 'm')"),
         ({"nodes": [{"host": "h"}]}, "nodes[0].name", "missing (required)"),
         (
             {"nodes": [{**NODE, "host": "h; rm -rf /"}]},

@@ -1,4 +1,4 @@
-"""The placement engine: table-driven on the example inventory, and properties on random grids."""
+"""The placement decision: table-driven on the example inventory, and properties on random grids."""
 
 from __future__ import annotations
 
@@ -11,11 +11,22 @@ from hypothesis import strategies as st
 
 from gridctl.inventory.jurisdictions import EU_MEMBERS, expand_jurisdictions
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.model import Grid, Inventory, Location, ModelServing, Region, Site, Weights
-from gridctl.placement.engine import Live, Planner, Request
+from gridctl.inventory.model import Gpus, Grid, Inventory, Location, ModelServing, Node, Region, Site
+from gridctl.placement.engine import (
+    SLO_MARGIN,
+    Planner,
+    Request,
+    SiteSignals,
+    UnknownRegion,
+    decision_dict,
+    health_live,
+)
+from gridctl.placement.predict import Shape
 from tests.conftest import EXAMPLE
 
 M8 = "llama-3.1-8b-instruct"
+VOICE_SHORT = Shape(430, 20)  # a voice turn: system prompt + the caller's words, a short answer
+VOICE_LONG = Shape(430, 48)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +56,10 @@ def test_request_jurisdiction_only_narrows(planner: Planner) -> None:
     assert planner.rank(Request("eu-de", M8, jurisdiction="US")) == []
 
 
-def test_tight_slo_leaves_only_nearby_sites(planner: Planner) -> None:
+def test_the_round_trip_alone_over_the_slo_excludes(planner: Planner) -> None:
     d = planner.explain(Request("us-east", M8, slo_ms=2.0))
-    assert [c.site for c in d.ranked] == ["jc-edge-01", "nwk-co-03", "nyc-pop-01"]
+    assert [c.site for c in d.ranked] == ["nyc-pop-01", "nwk-co-03", "jc-edge-01"]  # fastest first
+    assert not any(c.feasible for c in d.ranked)  # no GPU answers in 2 ms
     far = next(e for e in d.excluded if e.site == "chi-pop-01")
     assert any("over the 2 ms SLO" in r for r in far.reasons)
 
@@ -59,37 +71,112 @@ def test_no_eligible_site_gives_every_reason(planner: Planner) -> None:
     assert all(e.reasons for e in d.excluded)
 
 
-def test_drained_failed_and_full_sites_are_excluded_with_reasons(planner: Planner) -> None:
-    live = Live(
-        health={"jc-edge-01": "failed", "nwk-co-03": "unreachable", "phl-co-12": "degraded"},
-        in_flight={"nyc-pop-01": 256},
-    )
-    d = planner.explain(Request("us-east", M8), live)
+def test_drained_failed_open_and_full_sites_are_excluded_with_reasons(planner: Planner) -> None:
+    live = health_live({"jc-edge-01": "failed", "nwk-co-03": "unreachable", "phl-co-12": "degraded"})
+    live["nyc-pop-01"] = SiteSignals(in_flight=256)
+    live["phl-pop-01"] = SiteSignals(open=True)
+    d = planner.explain(Request("us-east", M8), VOICE_SHORT, live)
     reasons = {e.site: e.reasons for e in d.excluded}
     assert reasons["jc-edge-01"] == ("last health failed",)
     assert reasons["nwk-co-03"] == ("last health unreachable",)
     assert "full (256/256 in flight)" in reasons["nyc-pop-01"]
+    assert reasons["phl-pop-01"] == ("circuit open (recent failures)",)
     assert reasons["phl-edge-04"] == ("drained",)
     assert "phl-co-12" in [c.site for c in d.ranked]  # degraded still serves
-    assert planner.rank(Request("us-east", M8), live) == [c.site for c in d.ranked]
+    assert planner.rank(Request("us-east", M8), live, VOICE_SHORT) == [c.site for c in d.ranked]
 
 
-def test_load_moves_traffic_away(planner: Planner) -> None:
-    idle = planner.rank(Request("us-east", M8))
-    capacity = next(m.capacity for m in planner.sites[idle[0]].models if m.name == M8)
-    busy = planner.rank(Request("us-east", M8), Live(in_flight={idle[0]: capacity - 1}))
-    assert busy[0] != idle[0] and idle[0] in busy
+def test_slow_gpus_are_not_feasible_for_a_voice_answer(planner: Planner) -> None:
+    """The issue's case: from us-phl, jc-edge-01 (L4) was ranked first 'within SLO'."""
+    d = planner.explain(Request("us-phl", M8), VOICE_SHORT)
+    by = {c.site: c for c in d.ranked}
+    assert not by["jc-edge-01"].feasible and by["jc-edge-01"].prediction.e2e_ms > 500
+    assert d.ranked[0].feasible and d.ranked[0].site != "jc-edge-01"
+    # a 48-token answer is too long for every GPU but the H100s
+    long = planner.explain(Request("us-phl", M8), VOICE_LONG)
+    feasible = [c for c in long.ranked if c.feasible]
+    assert feasible and all(c.gpu == "H100" for c in feasible)
+    assert long.ranked[: len(feasible)] == tuple(feasible)  # feasible first
 
 
-def test_breakdown_adds_up(planner: Planner) -> None:
-    for c in planner.explain(Request("us-phl", M8), Live(in_flight={"phl-co-12": 10})).ranked:
-        b = c.breakdown
-        assert c.score == pytest.approx(1 - (b["latency"] + b["cost"] + b["load"]), abs=1e-5)
+def test_cheapest_feasible_first_then_fastest(planner: Planner) -> None:
+    d = planner.explain(Request("us-phl", M8), VOICE_SHORT)
+    feasible = [c for c in d.ranked if c.feasible]
+    others = [c for c in d.ranked if not c.feasible]
+    assert [c.cost_per_request for c in feasible] == sorted(c.cost_per_request for c in feasible)
+    assert [c.prediction.e2e_ms for c in others] == sorted(c.prediction.e2e_ms for c in others)
+    for c in feasible:
+        assert c.prediction.e2e_ms <= d.slo_ms * (1 - SLO_MARGIN)
+
+
+def test_load_makes_the_cheap_site_infeasible_and_traffic_moves(planner: Planner) -> None:
+    req = Request("us-phl", M8)
+    idle = planner.order(req, VOICE_SHORT)
+    first = idle.best
+    assert first is not None and idle.feasible
+    cap = planner.serving(first, M8).capacity  # type: ignore[union-attr]
+    busy = planner.order(req, VOICE_SHORT, {first: SiteSignals(in_flight=cap - 1)})
+    assert busy.best != first and first in busy.sites
+    # the site's own queue (another daemon's traffic) counts as well as our in-flight
+    queued = planner.order(req, VOICE_SHORT, {first: SiteSignals(running=cap, waiting=cap)})
+    assert queued.best != first
+
+
+def test_a_likely_cache_hit_shortens_prefill_but_does_not_override(planner: Planner) -> None:
+    req = Request("us-phl", M8)
+    base = planner.explain(req, VOICE_SHORT)
+    slow = next(c for c in base.ranked if c.site == "jc-edge-01")
+    hit = planner.explain(req, VOICE_SHORT, cached={"jc-edge-01": 400})
+    slow_hit = next(c for c in hit.ranked if c.site == "jc-edge-01")
+    assert slow_hit.prediction.prefill_ms < slow.prediction.prefill_ms
+    assert slow_hit.cached_tokens == 400
+    assert hit.ranked[0].site == base.ranked[0].site  # an L4 stays infeasible for 20 tokens
+
+
+def test_calibration_slows_a_site_down(planner: Planner) -> None:
+    req = Request("us-phl", M8)
+    best = planner.order(req, VOICE_SHORT).best
+    assert best is not None
+    slowed = planner.order(req, VOICE_SHORT, {best: SiteSignals(first_factor=3.0, decode_factor=3.0)})
+    assert slowed.best != best
+    p = planner.predict(req, VOICE_SHORT, best, {best: SiteSignals(first_factor=3.0, decode_factor=3.0)})
+    p1 = planner.predict(req, VOICE_SHORT, best)
+    assert p is not None and p1 is not None
+    assert p.service_ms == pytest.approx(3 * p1.service_ms)
+
+
+def test_a_session_picks_among_the_feasible_only(planner: Planner) -> None:
+    req = Request("us-phl", M8)
+    plain = planner.order(req, VOICE_SHORT)
+    infeasible = set(plain.sites[plain.feasible :])
+    for key in (f"call-{i}" for i in range(40)):
+        ranked = planner.order(req, VOICE_SHORT, session=key)
+        assert ranked.best not in infeasible
+        assert set(ranked.sites[: ranked.feasible]) == set(plain.sites[: plain.feasible])
+
+
+def test_expected_miss_when_nothing_is_feasible(planner: Planner) -> None:
+    r = planner.order(Request("us-phl", M8, slo_ms=50), VOICE_LONG)
+    assert r.sites and r.feasible == 0 and r.expected_miss
+    assert list(r.predicted_ms) == sorted(r.predicted_ms)  # the fastest first
+
+
+def test_embeddings_have_no_decode(planner: Planner) -> None:
+    p = planner.predict(Request("us-phl", M8), Shape(500, 0, "embedding"), "phl-pop-01")
+    assert p is not None and p.decode_ms == 0 and p.e2e_ms == pytest.approx(p.rtt_ms + p.prefill_ms)
+
+
+def test_json_carries_the_prediction_and_its_parts(planner: Planner) -> None:
+    data = decision_dict(planner.explain(Request("us-phl", M8), VOICE_SHORT), planner.sites)
+    assert data["request"]["prompt_tokens"] == 430 and data["request"]["max_tokens"] == 20
+    first = data["ranked"][0]
+    parts = first["rtt_ms"] + first["queue_ms"] + first["prefill_ms"] + first["decode_ms"]
+    assert first["predicted_ms"] == pytest.approx(parts, abs=1e-2)
+    assert first["feasible"] is True and data["expected_to_meet_slo"] is True
+    assert {"gpu", "cost_per_1k_tokens", "load", "calibration"} <= set(first)
 
 
 def test_unknown_region(planner: Planner) -> None:
-    from gridctl.placement.engine import UnknownRegion
-
     with pytest.raises(UnknownRegion):
         planner.rank(Request("mars", M8))
 
@@ -98,7 +185,8 @@ def test_unknown_region(planner: Planner) -> None:
 
 CODES = ["US", "DE", "FR", "NL", "GB", "CA"]
 KINDS = ["regional-pop", "central-office", "edge", "cloud"]
-MODELS = ["m1", "m2"]
+MODELS = ["m1", "m2-70b"]
+GPUS = ["H100", "L4", "L40S", "A100", "B300-unknown"]
 
 
 @st.composite
@@ -107,6 +195,9 @@ def grids(draw):
     sites = []
     for i in range(n):
         models = draw(st.lists(st.sampled_from(MODELS), min_size=0, max_size=2, unique=True))
+        gpu = draw(st.sampled_from(GPUS))
+        count = draw(st.integers(1, 8))
+        node = Node(f"n{i}", f"s{i:02d}", "127.0.0.1", 22, None, None, Gpus(gpu, count))
         sites.append(
             Site(
                 name=f"s{i:02d}",
@@ -117,69 +208,93 @@ def grids(draw):
                 endpoint=f"http://127.0.0.1:{9000 + i}",
                 cost_per_gpu_hour=draw(st.floats(0, 5)),
                 drain=draw(st.booleans()),
-                models=tuple(ModelServing(m, draw(st.integers(1, 50))) for m in models),
+                models=tuple(
+                    ModelServing(m, draw(st.integers(1, 50)), draw(st.sampled_from([None, 1, count])))
+                    for m in models
+                ),
+                nodes=(node,),
             )
         )
     allowed = draw(st.lists(st.sampled_from([*CODES, "EU"]), min_size=1, max_size=3, unique=True))
     region = Region("r0", Location(48, 0), "FR", tuple(allowed), expand_jurisdictions(allowed))
-    weights = Weights(draw(st.floats(0, 1)), draw(st.floats(0, 1)), draw(st.floats(0.01, 1)))
-    grid = Grid("g", slo_ms=draw(st.floats(1, 200)), weights=weights, regions=(region,))
-    health = {
-        s.name: draw(st.sampled_from(["ok", "degraded", "failed", "unreachable", "unknown"])) for s in sites
+    grid = Grid("g", slo_ms=draw(st.floats(50, 3000)), regions=(region,))
+    live = {
+        s.name: SiteSignals(
+            health=draw(st.sampled_from(["ok", "degraded", "failed", "unreachable", "unknown"])),
+            open=draw(st.booleans()),
+            in_flight=draw(st.integers(0, 60)),
+            running=draw(st.integers(0, 60)),
+            waiting=draw(st.integers(0, 20)),
+            first_factor=draw(st.floats(0.5, 2)),
+            decode_factor=draw(st.floats(0.5, 2)),
+        )
+        for s in sites
     }
-    busy = {s.name: draw(st.integers(0, 60)) for s in sites}
-    return Inventory(Path("."), grid, tuple(sites)), Live(health=health, in_flight=busy)
+    cached = {s.name: draw(st.integers(0, 3000)) for s in sites if draw(st.booleans())}
+    shape = Shape(draw(st.integers(1, 4000)), draw(st.integers(0, 500)))
+    return Inventory(Path("."), grid, tuple(sites)), live, cached, shape
 
 
 prop = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @prop
-@given(grids(), st.sampled_from(MODELS), st.one_of(st.none(), st.floats(0.5, 300)))
-def test_never_drained_failed_or_non_sovereign(g, model, slo) -> None:
-    inv, live = g
+@given(grids(), st.sampled_from(MODELS), st.one_of(st.none(), st.floats(0.5, 3000)))
+def test_never_drained_failed_non_sovereign_or_infeasible_while_feasible_exists(g, model, slo) -> None:
+    inv, live, cached, shape = g
     p = Planner(inv)
     region = inv.grid.regions[0]
-    chosen = p.rank(Request("r0", model, slo_ms=slo), live)
-    d = p.explain(Request("r0", model, slo_ms=slo), live)
-    assert chosen == [c.site for c in d.ranked]
-    assert sorted(chosen + [e.site for e in d.excluded]) == sorted(s.name for s in inv.sites)
-    for name in chosen:
+    req = Request("r0", model, slo_ms=slo)
+    ranking = p.order(req, shape, live, cached)
+    d = p.explain(req, shape, live, cached)
+    assert list(ranking.sites) == [c.site for c in d.ranked]
+    assert ranking.feasible == d.feasible
+    assert sorted([*ranking.sites, *(e.site for e in d.excluded)]) == sorted(s.name for s in inv.sites)
+    for name in ranking.sites:
         site = p.sites[name]
-        assert not site.drain
-        assert live.health[name] not in ("failed", "unreachable")
+        sig = live[name]
+        assert not site.drain and not sig.open
+        assert sig.health not in ("failed", "unreachable")
         assert site.jurisdiction in region.allowed
         assert site.serves(model)
-        assert live.in_flight[name] < next(m.capacity for m in site.models if m.name == model)
+        assert sig.in_flight < next(m.capacity for m in site.models if m.name == model)
+    if any(c.feasible for c in d.ranked):
+        assert d.ranked[0].feasible
+        assert all(c.feasible for c in d.ranked[: d.feasible])
+    for c, predicted in zip(d.ranked, ranking.predicted_ms, strict=True):
+        assert c.prediction.e2e_ms == pytest.approx(predicted)
 
 
 @prop
 @given(grids(), st.sampled_from(MODELS), st.randoms(use_true_random=False))
 def test_inventory_order_never_changes_the_result(g, model, rnd) -> None:
-    inv, live = g
+    inv, live, cached, shape = g
     shuffled = list(inv.sites)
     rnd.shuffle(shuffled)
     other = dataclasses.replace(inv, sites=tuple(shuffled))
     request = Request("r0", model)
-    assert Planner(inv).rank(request, live) == Planner(other).rank(request, live)
-    assert Planner(inv).explain(request, live) == Planner(other).explain(request, live)
+    assert Planner(inv).order(request, shape, live, cached) == Planner(other).order(request, shape, live, cached)
+    assert Planner(inv).explain(request, shape, live, cached) == Planner(other).explain(
+        request, shape, live, cached
+    )
 
 
 @prop
-@given(grids(), st.sampled_from(MODELS), st.floats(0.5, 300), st.floats(0.01, 1.0))
-def test_tightening_the_slo_never_adds_a_candidate(g, model, slo, factor) -> None:
-    inv, live = g
+@given(grids(), st.sampled_from(MODELS), st.floats(50, 3000), st.floats(0.01, 1.0))
+def test_tightening_the_slo_never_adds_a_candidate_or_a_feasible_site(g, model, slo, factor) -> None:
+    inv, live, cached, shape = g
     p = Planner(inv)
-    loose = set(p.rank(Request("r0", model, slo_ms=slo), live))
-    tight = set(p.rank(Request("r0", model, slo_ms=slo * factor), live))
-    assert tight <= loose
+    loose = p.order(Request("r0", model, slo_ms=slo), shape, live, cached)
+    tight = p.order(Request("r0", model, slo_ms=slo * factor), shape, live, cached)
+    assert set(tight.sites) <= set(loose.sites)
+    assert set(tight.sites[: tight.feasible]) <= set(loose.sites[: loose.feasible])
 
 
 @prop
 @given(grids(), st.sampled_from(MODELS), st.sampled_from([*CODES, "EU"]))
 def test_a_request_jurisdiction_never_widens(g, model, code) -> None:
-    inv, live = g
+    inv, live, cached, shape = g
     p = Planner(inv)
-    base = set(p.rank(Request("r0", model), live))
-    narrowed = set(p.rank(Request("r0", model, jurisdiction=code), live))
+    base = set(p.order(Request("r0", model), shape, live, cached).sites)
+    narrowed = set(p.order(Request("r0", model, jurisdiction=code), shape, live, cached).sites)
     assert narrowed <= base
