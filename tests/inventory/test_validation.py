@@ -941,7 +941,11 @@ NODE = {"name": "gpu-01", "host": "gpu-01.example.net"}
             "models[0].capacity",
             "between 1 and 1000000 (got 0)",
         ),
-        ({"models": ["m"]}, "models[0]", "must be a mapping of name, capacity, tensor_parallel, gpu (got 'm')"),
+        (
+            {"models": ["m"]},
+            "models[0]",
+            "must be a mapping of name, capacity, tensor_parallel, gpu (got 'm')",
+        ),
         ({"nodes": [{"host": "h"}]}, "nodes[0].name", "missing (required)"),
         (
             {"nodes": [{**NODE, "host": "h; rm -rf /"}]},

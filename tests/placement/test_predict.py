@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.inventory.model import Gpus, GpuRow, Grid, Inventory, Location, ModelServing, Node, Site
+from gridctl.inventory.model import GpuRow, Gpus, Grid, Inventory, Location, ModelServing, Node, Site
 from gridctl.placement.perf import (
     DEFAULT_GPU,
     TP_EXPONENT,
