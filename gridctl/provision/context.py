@@ -64,16 +64,28 @@ def remote_path(prefix: str, rel: str) -> str:
     return posixpath.join(prefix, rel.lstrip("/"))
 
 
+def parallel_sizes(site: Site, node: Node, served: Any = None) -> tuple[int, int]:
+    """(tensor parallel, data parallel) sizes for the model a node serves (``served_model_name``,
+    else the site's first model): its ``tensor_parallel`` (default: the node's GPU count) and as
+    many replicas as fit on the node's GPUs, as placement times them (README: placement)."""
+    count = node.gpus.count if node.gpus else 0
+    model = next((m for m in site.models if m.name == served), site.models[0] if site.models else None)
+    tp = model.tensor_parallel if model is not None and model.tensor_parallel else max(1, count)
+    return tp, max(1, count // tp) if count else 1
+
+
 def build_context(
     grid: str, site: Site, node: Node, settings: Settings, defaults: dict[str, Any]
 ) -> dict[str, Any]:
     prefix = settings.prefix
     path: Callable[[str], str] = lambda rel: remote_path(prefix, rel)  # noqa: E731
     gpus = node.gpus
+    tp, dp = parallel_sizes(site, node, settings.vars.get("served_model_name"))
     facts: dict[str, Any] = {
         "gpu_count": gpus.count if gpus else 0,
         "gpu_model": gpus.model if gpus else None,
-        "tensor_parallel_size": gpus.count if gpus else 1,
+        "tensor_parallel_size": tp,
+        "data_parallel_size": dp,
         "models": [m.name for m in site.models],
         "port": endpoint_port(site.endpoint),
     }

@@ -51,7 +51,9 @@ def test_vllm_takes_model_port_and_tensor_parallel_size_from_the_inventory(phl: 
     r = render(phl, "vllm", model="meta-llama/Llama-3.1-8B-Instruct", extra_args=["--enable-prefix-caching"])
     env, unit = text(r, ".env"), text(r, ".service")
     assert "GRIDCTL_MODEL=meta-llama/Llama-3.1-8B-Instruct\n" in env
-    assert "GRIDCTL_TENSOR_PARALLEL_SIZE=4\n" in env  # 4x L40S on the node
+    # 4x L40S on the node, the 8B model on one GPU each (tensor_parallel: 1): 4 replicas
+    assert "GRIDCTL_TENSOR_PARALLEL_SIZE=1\n" in env and "GRIDCTL_DATA_PARALLEL_SIZE=4\n" in env
+    assert "--data-parallel-size ${GRIDCTL_DATA_PARALLEL_SIZE}" in unit
     assert "GRIDCTL_PUBLISH=0.0.0.0:443:8000\n" in env  # https endpoint without a port
     assert "GRIDCTL_SERVED_MODEL_NAME=llama-3.1-8b-instruct\n" in env  # the site's first model
     assert "--gpus all" in unit and "--enable-prefix-caching" in unit
@@ -67,8 +69,17 @@ def test_nim_with_podman_uses_cdi_and_keeps_the_key_out(phl: Site) -> None:
     unit, env = text(r, ".service"), text(r, ".env")
     assert "/usr/bin/podman run" in unit and "--device nvidia.com/gpu=all" in unit and "--gpus" not in unit
     assert "--env-file /etc/gridctl/secrets/ngc.env" in unit and "NGC_API_KEY" not in unit + env
-    assert "NIM_TENSOR_PARALLEL_SIZE=4\n" in env
+    assert "NIM_TENSOR_PARALLEL_SIZE=1\n" in env
     assert r.requires.commands == ("podman", "systemctl") and r.verify.health_path == "/v1/health/ready"
+
+
+def test_tensor_parallel_defaults_to_the_nodes_gpu_count(phl: Site) -> None:
+    import dataclasses
+
+    models = tuple(dataclasses.replace(m, tensor_parallel=None) for m in phl.models)
+    r = render(dataclasses.replace(phl, models=models), "vllm", model="m")
+    env = text(r, ".env")
+    assert "GRIDCTL_TENSOR_PARALLEL_SIZE=4\n" in env and "GRIDCTL_DATA_PARALLEL_SIZE=1\n" in env
 
 
 def test_node_vars_and_prefix_override_the_site(phl: Site) -> None:
