@@ -207,6 +207,7 @@ class Planner:
         self.gpu_rows = inv.grid.gpus
         self.probes = probes or {}
         self._static: dict[tuple[str, str], tuple[_Static, ...]] = {}
+        self._fast_cache: dict[tuple[str, str], tuple[tuple[Any, ...], ...]] = {}
         self._serving_cache: dict[str, list[tuple[Site, Serving, tuple[float, float, float]]]] = {}
 
     # -- precomputation ---------------------------------------------------------------
@@ -283,6 +284,27 @@ class Planner:
         self._static[key] = result
         return result
 
+    def _fast(self, region_name: str, model: str) -> tuple[tuple[Any, ...], ...]:
+        """:meth:`static_candidates` as plain tuples, for the decision's loop."""
+        key = (region_name, model)
+        fast = self._fast_cache.get(key)
+        if fast is None:
+            fast = tuple(
+                (
+                    s.name,
+                    s.rtt_ms,
+                    s.jurisdiction,
+                    s.capacity,
+                    s.first_ms,
+                    s.prefill_ms_per_token,
+                    s.interval_ms,
+                    s.cost_per_ms,
+                )
+                for s in self.static_candidates(region_name, model)
+            )
+            self._fast_cache[key] = fast
+        return fast
+
     # -- decisions ----------------------------------------------------------------------
 
     def order(
@@ -307,35 +329,40 @@ class Planner:
         other: list[tuple[float, float, str, float]] = []
         get = live.get
         getc = cached.get if cached else None
-        for s in self.static_candidates(request.region, request.model):
-            rtt = s.rtt_ms
+        idle = _IDLE
+        for name, rtt, jur, cap, first_ms, per_token, interval_ms, cost_per_ms in self._fast(
+            request.region, request.model
+        ):
             if rtt > slo:
                 break  # sorted by rtt: the rest are further
-            if allowed is not None and s.jurisdiction not in allowed:
+            if allowed is not None and jur not in allowed:
                 continue
-            sig = get(s.name, _IDLE)
+            sig = get(name, idle)
             if sig.open or sig.health in BAD_HEALTH:
                 continue
-            cap = s.capacity
             busy = sig.in_flight
             if busy >= cap:
                 continue
-            load = sig.running if sig.running > busy else busy
-            frac = (load + 1) / cap if load + 1 < cap else 1.0
-            uncached = prompt - getc(s.name, 0) if getc is not None else prompt
-            first = (
-                s.first_ms + (uncached if uncached > 0 else 0) * s.prefill_ms_per_token
-            ) * sig.first_factor
-            interval = s.interval_ms * sig.decode_factor
-            service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac) * tokens
-            e2e = rtt + service
-            ahead = load + sig.waiting + 1 - cap
-            if ahead > 0:
-                e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld) * tokens) / cap
-            if e2e <= budget:
-                feasible.append((s.cost_per_ms * service, rtt, s.name, e2e))
+            running = sig.running
+            load = running + 1 if running > busy else busy + 1  # the request counts itself
+            if getc is not None:
+                uncached = prompt - getc(name, 0)
+                if uncached < 0:
+                    uncached = 0
             else:
-                other.append((e2e, rtt, s.name, e2e))
+                uncached = prompt
+            first = (first_ms + uncached * per_token) * sig.first_factor
+            interval = interval_ms * sig.decode_factor * tokens
+            frac = load / cap if load < cap else 1.0
+            service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac)
+            e2e = rtt + service
+            ahead = load + sig.waiting - cap  # requests before it beyond the slots
+            if ahead > 0:
+                e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld)) / cap
+            if e2e <= budget:
+                feasible.append((cost_per_ms * service, rtt, name, e2e))
+            else:
+                other.append((e2e, rtt, name, e2e))
         feasible.sort()
         other.sort()
         names = [t[2] for t in feasible]
