@@ -35,7 +35,10 @@ def site_dict(site: Site, health: dict[str, Any] | None = None) -> dict[str, Any
         "cost_per_gpu_hour": site.cost_per_gpu_hour,
         "drain": site.drain,
         "labels": dict(site.labels),
-        "models": [{"name": m.name, "capacity": m.capacity} for m in site.models],
+        "models": [
+            {"name": m.name, "capacity": m.capacity, "tensor_parallel": m.tensor_parallel, "gpu": m.gpu}
+            for m in site.models
+        ],
         "nodes": [node_dict(n) for n in site.nodes],
         "gpus": site.gpu_count,
         "file": site.file,
@@ -68,6 +71,16 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
                     "headroom": g.weights.headroom,
                 },
             },
+            "gpus": [
+                {
+                    "name": r.name,
+                    "ttft_ms": r.ttft_ms,
+                    "prefill_tok_s": r.prefill_tok_s,
+                    "decode_tok_s": r.decode_tok_s,
+                    "kv_tokens": r.kv_tokens,
+                }
+                for r in g.gpus
+            ],
             "regions": [region_dict(r) for r in g.regions],
         },
         "sites": [site_dict(s) for s in inv.sites],

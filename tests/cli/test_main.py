@@ -177,6 +177,11 @@ def test_inventory_show_and_json(cli) -> None:
     assert eu["allowed_jurisdictions"] == ["EU"] and "FR" in eu["allowed"] and "US" not in eu["allowed"]
     exported = json.loads(cli("inventory", "export", "--format", "json").out)
     assert exported == data
+    assert data["grid"]["gpus"][0]["name"] == "B200"  # the example's own GPU row
+    phl = next(s for s in data["sites"] if s["name"] == "phl-pop-01")
+    assert {"name": "llama-3.1-70b-instruct", "capacity": 64, "tensor_parallel": 4, "gpu": None} in phl[
+        "models"
+    ]
 
 
 def test_validate_json_reports_valid(cli) -> None:
@@ -184,6 +189,7 @@ def test_validate_json_reports_valid(cli) -> None:
     assert r.rc == 0 and json.loads(r.out) == {
         "valid": True,
         "problems": [],
+        "warnings": [],
         "sites": 15,
         "nodes": 24,
         "regions": 6,

@@ -158,7 +158,9 @@ def test_site_set_drain_undrain(cli, inv: Path) -> None:
     assert r.rc == 0, r
     data = json.loads(cli("site", "show", "phl-co-12", "-o", "json").out)
     assert data["drain"] is True and data["labels"]["tier"] == "gold"
-    assert {"name": "llama-3.1-70b-instruct", "capacity": 8} in data["models"]
+    assert {"name": "llama-3.1-70b-instruct", "capacity": 8, "tensor_parallel": None, "gpu": None} in data[
+        "models"
+    ]
     assert cli("site", "set", "phl-co-12", "drain=true").out.endswith("unchanged\n")
 
 
