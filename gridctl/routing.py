@@ -13,10 +13,13 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
+from gridctl.errors import UsageError
 from gridctl.inventory.model import Inventory, Site
-from gridctl.placement.engine import Live, Planner
+from gridctl.placement.engine import DEFAULT_SHAPE, Live, Planner, health_live
+from gridctl.placement.predict import Shape, estimate_shape
 
 
 def load_planner(inv: Inventory, use_probes: bool = True) -> Planner:
@@ -29,7 +32,57 @@ def recorded_live(inv: Inventory) -> Live:
     """The last recorded health of every site (no live load)."""
     from gridctl.inventory.state import health_by_site
 
-    return Live(health=health_by_site(inv.root))
+    return health_live(health_by_site(inv.root))
+
+
+_BODY_HINT = (
+    'give the JSON body of an OpenAI request, e.g. {"model": "llama-3.1-8b-instruct", '
+    '"messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}'
+)
+
+
+def read_body(path: Path, stdin: TextIO) -> dict[str, Any]:
+    """``route test --body FILE`` (``-``: stdin): the request body as a JSON object; a
+    UsageError saying what is wrong and where otherwise."""
+    where = "stdin" if str(path) == "-" else str(path)
+    try:
+        text = stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"--body {where}: cannot read it: {exc.strerror or exc}",
+            hint="check the path and its permissions",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--body {where}: not UTF-8 text ({exc.reason})", hint=_BODY_HINT) from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--body {where}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", hint=_BODY_HINT
+        ) from None
+    if not isinstance(body, dict):
+        raise UsageError(f"--body {where}: a JSON {type(body).__name__}, not an object", hint=_BODY_HINT)
+    return body
+
+
+def build_shape(
+    prompt_tokens: int | None, max_tokens: int | None, body: Mapping[str, Any] | None = None
+) -> Shape:
+    """The request's shape for ``route test``: the body's (prompt at 4 characters a token,
+    ``max_tokens`` / ``max_completion_tokens``, else the predictor's default), else
+    ``DEFAULT_SHAPE`` (``output_source`` "default"); ``prompt_tokens`` / ``max_tokens`` override
+    either part (``max_tokens``: source "given")."""
+    if body is not None:
+        from gridctl.daemon.proxy import prompt_text
+
+        base = estimate_shape(body, prompt_text(body))
+    else:
+        base = Shape(DEFAULT_SHAPE.prompt_tokens, DEFAULT_SHAPE.output_tokens, "default")
+    return Shape(
+        prompt_tokens if prompt_tokens is not None else base.prompt_tokens,
+        max_tokens if max_tokens is not None else base.output_tokens,
+        "given" if max_tokens is not None else base.output_source,
+    )
 
 
 def _headers(site: Site, environ: Mapping[str, str], region: str | None) -> dict[str, str]:

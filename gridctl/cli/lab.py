@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli.common import OutputOpt, state
+from gridctl.errors import UsageError
+from gridctl.lab.truth import DEFAULT_SEED
 from gridctl.output import Column, Format, render_list, render_object
 
 app = typer.Typer(
@@ -51,12 +53,33 @@ def up(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for every site to answer.")
     ] = 60.0,
+    hidden_speed: Annotated[
+        str,
+        typer.Option(
+            "--hidden-speed",
+            metavar="SEED|off",
+            help="Each site's true speed is its GPU row times a hidden factor in 0.6-1.4 drawn from "
+            "SEED and the site's name, with 5% noise per request (what placement must learn); "
+            "off: the GPU table's timing exactly.",
+        ),
+    ] = str(DEFAULT_SEED),
 ) -> None:
     """Start the lab in the background; print the overlay inventory to use with -i."""
-    from gridctl.lab.service import UpOptions, start_lab
+    from gridctl.lab.service import UpOptions, parse_hidden_speed, start_lab
 
     st = state(ctx)
-    opts = UpOptions(sites=sites, region=from_region, speed=speed, port_base=port_base, timeout_s=timeout)
+    try:
+        seed = parse_hidden_speed(hidden_speed)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --hidden-speed 7, or --hidden-speed off") from None
+    opts = UpOptions(
+        sites=sites,
+        region=from_region,
+        speed=speed,
+        port_base=port_base,
+        timeout_s=timeout,
+        hidden_speed=seed,
+    )
     result = start_lab(st.root, opts, st.streams.info)
     st.streams.out(str(result.overlay))
     if not result.already:
@@ -70,6 +93,16 @@ def _models(r: Mapping[str, Any]) -> str:
     return ",".join(r["models"]) or "-"
 
 
+def _serving(r: Mapping[str, Any]) -> str:
+    """How the site serves its models: "2x L4 (2 replicas)", once per distinct way."""
+    ways = []
+    for m in r["serving"]:
+        way = f"{m['gpus']}x {m['gpu']} ({m['replicas']} replica{'s' if m['replicas'] != 1 else ''})"
+        if way not in ways:
+            ways.append(way)
+    return "; ".join(ways) or "-"
+
+
 COLUMNS = [
     Column("SITE", lambda r: r["name"]),
     Column("URL", lambda r: r["url"]),
@@ -80,7 +113,8 @@ COLUMNS = [
     Column("MODE", lambda r: r["mode"], lambda v: None if v == "ok" else "yellow"),
 ]
 WIDE = [
-    Column("GPU", lambda r: f"{r['gpu_count']}x {r['gpu']}"),
+    Column("GPUS", _serving),
+    Column("TRUE-SPEED", lambda r: f"x{r['speed_factor']:.2f}"),
     Column("REQUESTS", lambda r: r["requests"]),
     Column("FAILED", lambda r: r["failed"]),
     Column("RUNNING", lambda r: r["running"]),
@@ -104,9 +138,11 @@ def status(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
         st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
         return
     synthetic = f", {data['synthetic']} synthetic sites" if data["synthetic"] else ""
+    seed = data.get("hidden_speed")
+    hidden = "off" if seed is None else f"seed {seed}"
     st.streams.out(
         f"Lab pid {data['pid']}, up {data['uptime_s']:g}s, client region {data['from']}, "
-        f"speed {data['speed']:g}{synthetic}\nOverlay: {data['overlay']}\n"
+        f"speed {data['speed']:g}, hidden speed {hidden}{synthetic}\nOverlay: {data['overlay']}\n"
     )
     st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
 

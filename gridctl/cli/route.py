@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, NotFoundError, UnreachableError
+from gridctl.errors import ExitCode, NotFoundError, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.placement.engine import DEFAULT_SHAPE
+from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -30,18 +33,55 @@ def _region_check(planner: Any, region: str) -> None:
         )
 
 
-RANKED = [
-    Column("RANK", lambda r: r["rank"]),
-    Column("SITE", lambda r: r["site"]),
-    Column("KIND", lambda r: r["kind"]),
-    Column("JURIS", lambda r: r["jurisdiction"]),
-    Column("RTT-MS", lambda r: f"{r['rtt_ms']:.1f}"),
-    Column("FROM", lambda r: r["latency_source"]),
-    Column("SCORE", lambda r: f"{r['score']:.3f}"),
-    Column("LATENCY-PEN", lambda r: f"{r['breakdown']['latency']:.3f}"),
-    Column("COST-PEN", lambda r: f"{r['breakdown']['cost']:.3f}"),
-    Column("LOAD-PEN", lambda r: f"{r['breakdown']['load']:.3f}"),
-]
+def _money(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(key: str) -> Column:
+    return Column(key.upper().replace("_", "-"), lambda r: f"{r[key]:.1f}")
+
+
+def _slo_column(budget_ms: float) -> Column:
+    def verdict(r: Mapping[str, Any]) -> str:
+        return "meets" if r["feasible"] else f"misses (+{r['predicted_ms'] - budget_ms:.0f} ms)"
+
+    return Column("SLO", verdict, lambda v: None if v == "meets" else "yellow")
+
+
+def _ranked_columns(budget_ms: float) -> tuple[list[Column], list[Column]]:
+    table = [
+        Column("RANK", lambda r: r["rank"]),
+        Column("SITE", lambda r: r["site"]),
+        Column("GPU", lambda r: r["gpu"]),
+        Column("REPLICAS", lambda r: r["replicas"]),
+        _ms("rtt_ms"),
+        _ms("queue_ms"),
+        _ms("prefill_ms"),
+        _ms("decode_ms"),
+        Column("E2E-MS", lambda r: f"{r['predicted_ms']:.1f}"),
+        _slo_column(budget_ms),
+        Column(
+            "COST/1K-TOK",
+            lambda r: "-" if r["cost_per_1k_tokens"] is None else f"{r['cost_per_1k_tokens']:.3g}",
+        ),
+    ]
+    wide = [
+        Column("KIND", lambda r: r["kind"]),
+        Column("JURIS", lambda r: r["jurisdiction"]),
+        Column("FROM", lambda r: r["latency_source"]),
+        _ms("ttft_ms"),
+        Column("TP", lambda r: r["tensor_parallel"]),
+        Column("LOAD", lambda r: f"{r['load']['running']}+{r['load']['waiting']}/{r['load']['capacity']}"),
+        Column("CACHED", lambda r: r["cached_tokens"]),
+        Column(
+            "CAL",
+            lambda r: f"{r['calibration']['first_factor']:.2f}/{r['calibration']['decode_factor']:.2f}",
+        ),
+        Column("COST/REQ", lambda r: _money(r["cost_per_request"], 6)),
+    ]
+    return table, wide
+
+
 EXCLUDED = [
     Column("EXCLUDED", lambda r: r["site"]),
     Column("REASONS", lambda r: "; ".join(r["reasons"])),
@@ -52,7 +92,38 @@ EXCLUDED = [
 def test(
     ctx: typer.Context,
     region: FromOpt,
-    model: Annotated[str, typer.Option("--model", "-m", help="Model the request asks for.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model the request asks for [default: the --body's model]."),
+    ] = None,
+    prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--prompt-tokens",
+            min=1,
+            help=f"Prompt tokens of the request [default: {DEFAULT_SHAPE.prompt_tokens}; with --body: its "
+            "prompt at 4 characters a token].",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help=f"Output tokens of the request [default: {DEFAULT_SHAPE.output_tokens}; with --body: its "
+            f"max_tokens / max_completion_tokens, else {DEFAULT_OUTPUT_TOKENS} as the daemon assumes "
+            "before it has seen the model answer].",
+        ),
+    ] = None,
+    body: Annotated[
+        Path | None,
+        typer.Option(
+            "--body",
+            metavar="FILE",
+            help="A real OpenAI request body (JSON, '-' for stdin) to take the shape and model from; "
+            "--prompt-tokens / --max-tokens override its parts.",
+        ),
+    ] = None,
     jurisdiction: Annotated[
         str | None, typer.Option(help="Keep the data in this jurisdiction too (code or group such as EU).")
     ] = None,
@@ -64,26 +135,40 @@ def test(
     ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Explain where a request would go: ranked sites with score breakdowns, then every
-    excluded site with its reasons. Exit 4 when no site is eligible."""
+    """Explain where a request would go: each eligible site's predicted end-to-end latency
+    (round trip + queue + prefill + decode on its own GPUs) against the SLO less its margin, and
+    its cost per 1k tokens; sites predicted within the SLO first, cheapest first, then the others,
+    fastest first; then every excluded site with its reasons.
+
+    Exit 4 when no site is eligible; exit 3 (a warning on stderr) when sites are eligible but
+    none is predicted to meet the SLO: the request would go to the fastest and is expected to miss."""
     from gridctl.inventory.jurisdictions import GROUPS, is_code
     from gridctl.placement.engine import Request, decision_dict
-    from gridctl.routing import live_completion, load_planner, recorded_live
+    from gridctl.routing import build_shape, live_completion, load_planner, read_body, recorded_live
 
     st = state(ctx)
+    parsed = read_body(body, st.streams.stdin) if body is not None else None
+    if model is None:
+        model = parsed.get("model") if parsed is not None else None
+        if not isinstance(model, str) or not model:
+            raise UsageError(
+                "--model is required (or a --body with a 'model')",
+                hint="e.g. gridctl route test --from us-east --model llama-3.1-8b-instruct",
+            )
+    elif parsed is not None and parsed.get("model") not in (None, model):
+        st.streams.warn(f"--model {model} decides; the body asks for {parsed.get('model')!r}")
+    shape = build_shape(prompt_tokens, max_tokens, parsed)
     inv = st.load()
     planner = load_planner(inv)
     _region_check(planner, region)
     if jurisdiction is not None:
         jurisdiction = jurisdiction.upper()
         if not (is_code(jurisdiction) or jurisdiction in GROUPS):
-            from gridctl.errors import UsageError
-
             raise UsageError(
                 f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)"
             )
     request = Request(region, model, jurisdiction, slo_ms)
-    decision = planner.explain(request, recorded_live(inv))
+    decision = planner.explain(request, shape, recorded_live(inv))
     result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
     ranked: list[dict[str, Any]] = result["ranked"]
     excluded: list[dict[str, Any]] = result["excluded"]
@@ -100,10 +185,25 @@ def test(
         out.write("".join(r["site"] + "\n" for r in ranked))
     else:
         jur = f", data kept in {jurisdiction}" if jurisdiction else ""
-        out.write(f"{region} -> {model} (SLO {decision.slo_ms:g} ms{jur}): {len(ranked)} eligible\n")
+        out.write(
+            f"{region} -> {model} (SLO {decision.slo_ms:g} ms{jur}): {len(ranked)} eligible, "
+            f"{decision.feasible} predicted within the SLO\n"
+        )
+        req = result["request"]
+        out.write(
+            f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
+            f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
+            f"{result['slo_margin']:.0%} margin)\n"
+        )
         if ranked:
-            out.write("score = 1 - (latency + cost + load penalties); best first\n")
-            out.write(render_table(ranked, RANKED, st.streams))
+            out.write(
+                "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
+                "fastest first\n"
+            )
+            columns, wide = _ranked_columns(decision.budget_ms)
+            out.write(
+                render_table(ranked, [*columns, *wide] if output is Format.wide else columns, st.streams)
+            )
         if excluded:
             out.write("\n" + render_table(excluded, EXCLUDED, st.streams))
         if result["live"]:
@@ -122,6 +222,14 @@ def test(
         )
     if result["live"] and not result["live"]["ok"]:
         raise typer.Exit(ExitCode.ERROR)
+    best = decision.best
+    if best is not None and not best.feasible:
+        st.streams.warn(
+            f"no site is predicted to meet the {decision.slo_ms:g} ms SLO (budget {decision.budget_ms:g} ms) "
+            f"for this request: it would go to the fastest, {best.site}, predicted "
+            f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
+        )
+        raise typer.Exit(ExitCode.UNHEALTHY)
 
 
 PROBE_COLUMNS = [
@@ -195,9 +303,27 @@ def render(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Do not verify https sites (labs only).")
     ] = False,
+    prompt_tokens: Annotated[
+        int,
+        typer.Option(
+            "--prompt-tokens", min=1, help="Prompt tokens of the request shape the weights are computed for."
+        ),
+    ] = DEFAULT_SHAPE.prompt_tokens,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens", min=1, help="Output tokens of the request shape the weights are computed for."
+        ),
+    ] = DEFAULT_SHAPE.output_tokens,
 ) -> None:
     """Render routing tables for every client region and model: the table itself
-    (json, yaml) or complete data-plane configs (nginx, haproxy, envoy)."""
+    (json, yaml) or complete data-plane configs (nginx, haproxy, envoy).
+
+    Per route, the primaries are the sites predicted to meet the SLO for requests of
+    --prompt-tokens / --max-tokens, cheapest first (the daemon's decision), weighted by how many
+    such requests each can run at once within the SLO; backups follow in the decision's order.
+    A route where no site meets the SLO gets the fastest sites as primaries, with a warning on
+    stderr (the exit code stays 0)."""
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
     from gridctl.placement.render import RenderOptions, render_routing
@@ -215,8 +341,20 @@ def render(
         ca_file=ca_file,
         tls_verify=not insecure,
     )
-    table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups)
+    from gridctl.placement.predict import Shape
+
+    shape = Shape(prompt_tokens, max_tokens, "given")
+    table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups, shape)
     files = render_routing(table, fmt, st.templates_dir, options)
+    missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
+        st.streams.warn(
+            f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
+            f"{prompt_tokens} prompt + {max_tokens} output tokens; their primaries are the fastest sites: "
+            f"{', '.join(missing[:5])}{more}"
+        )
     if out_dir is None:
         for text in files.values():
             st.streams.stdout.write(text)

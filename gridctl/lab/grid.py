@@ -22,6 +22,7 @@ from gridctl.errors import GridctlError
 from gridctl.inventory.model import Inventory
 from gridctl.lab.formats import error_body
 from gridctl.lab.site import SimSite, SiteSpec, build_site_specs
+from gridctl.lab.truth import DEFAULT_SEED
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, json_response
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class LabOptions:
     host: str = "127.0.0.1"
     max_body: int = 4 << 20
     grace_s: float = 1.0  # on stop, how long in-flight responses may finish
+    hidden_speed: int | None = DEFAULT_SEED  # each site's true speed (lab.truth); None: the table exactly
 
 
 class LabGrid:
@@ -46,7 +48,9 @@ class LabGrid:
         self, specs: Sequence[SiteSpec], options: LabOptions | None = None, control: bool = False
     ) -> None:
         self.options = options or LabOptions()
-        self.sites: dict[str, SimSite] = {s.name: SimSite(s, self.options.speed) for s in specs}
+        self.sites: dict[str, SimSite] = {
+            s.name: SimSite(s, self.options.speed, self.options.hidden_speed) for s in specs
+        }
         self._specs = {s.name: s for s in specs}
         self._servers: dict[str, HttpServer] = {}  # by site name; "" for the control port
         self._control = control
@@ -249,13 +253,16 @@ def run_lab(
     overlay: Path | None = None,
     control: bool = False,
     grace_s: float = 1.0,
+    hidden_speed: int | None = DEFAULT_SEED,
 ) -> Iterator[LabThread]:
     """One lab site per site of ``inv``, in a background thread, for the ``with`` block.
 
     ``overlay``: also write there a copy of the inventory whose endpoints point at
-    the lab sites (``lab.overlay``)."""
+    the lab sites (``lab.overlay``). ``hidden_speed``: the seed of the sites' true speeds
+    (:mod:`gridctl.lab.truth`), None for the GPU table's timing exactly."""
     specs = build_site_specs(inv, default_region, port_base)
-    with LabThread(specs, LabOptions(speed=speed, grace_s=grace_s), control) as lab:
+    options = LabOptions(speed=speed, grace_s=grace_s, hidden_speed=hidden_speed)
+    with LabThread(specs, options, control) as lab:
         if overlay is not None:
             from gridctl.lab.overlay import write_overlay
 

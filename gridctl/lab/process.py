@@ -23,8 +23,9 @@ from gridctl.errors import GridctlError
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.grid import LabGrid, LabOptions
 from gridctl.lab.overlay import write_overlay, write_synthetic_inventory
-from gridctl.lab.service import OVERLAY_DIR, SYNTHETIC_DIR, write_lab_file
+from gridctl.lab.service import OVERLAY_DIR, SYNTHETIC_DIR, parse_hidden_speed, write_lab_file
 from gridctl.lab.site import build_site_specs
+from gridctl.lab.truth import DEFAULT_SEED
 
 log = logging.getLogger("gridctl.lab")
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0)
     p.add_argument("--sites", type=int, help="synthetic sites instead of the inventory's")
     p.add_argument("--port-base", type=int)
+    p.add_argument("--hidden-speed", type=parse_hidden_speed, default=DEFAULT_SEED, help="SEED or off")
     return p
 
 
@@ -52,7 +54,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.sites:
         inv = load_inventory(write_synthetic_inventory(inv, args.state / SYNTHETIC_DIR, args.sites))
     specs = build_site_specs(inv, args.region, args.port_base)
-    grid = LabGrid(specs, LabOptions(speed=args.speed), control=True)
+    grid = LabGrid(specs, LabOptions(speed=args.speed, hidden_speed=args.hidden_speed), control=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,13 +74,14 @@ async def _serve(args: argparse.Namespace) -> int:
                 "synthetic": args.sites,
                 "from": region,
                 "speed": args.speed,
+                "hidden_speed": args.hidden_speed,
                 "control": grid.control_url,
                 "overlay": str(overlay),
                 "sites": [
                     {
                         "name": s.name,
                         "url": grid.sites[s.name].url,
-                        "models": [m.name for m in s.models],
+                        "models": [m.model for m in s.models],
                         "health_path": s.health_paths[-1],
                     }
                     for s in specs
@@ -86,10 +89,11 @@ async def _serve(args: argparse.Namespace) -> int:
             },
         )
         log.info(
-            "serving %d sites (client region %s, speed %g); control %s",
+            "serving %d sites (client region %s, speed %g, hidden speed %s); control %s",
             len(specs),
             region,
             args.speed,
+            "off" if args.hidden_speed is None else f"seed {args.hidden_speed}",
             grid.control_url,
         )
         await stop.wait()

@@ -38,6 +38,7 @@ from typing import Any
 from gridctl.errors import GridctlError, LockError, NotFoundError, UnreachableError, UsageError
 from gridctl.inventory.load import load_inventory
 from gridctl.inventory.state import STATE_DIR
+from gridctl.lab.truth import DEFAULT_SEED
 
 LAB_DIR = "lab"
 PID_FILE = "pid"
@@ -60,6 +61,18 @@ class UpOptions:
     speed: float = 1.0
     port_base: int | None = None
     timeout_s: float = 60.0  # for the process to start and every site to answer
+    hidden_speed: int | None = DEFAULT_SEED  # seed of the sites' true speeds (lab.truth); None: off
+
+
+def parse_hidden_speed(text: str) -> int | None:
+    """``--hidden-speed`` SEED (an integer) or ``off``; ValueError otherwise."""
+    value = text.strip().lower()
+    if value in ("off", "none", "no"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--hidden-speed {text!r}: expected a seed (an integer) or 'off'") from None
 
 
 @dataclass(frozen=True)
@@ -218,7 +231,8 @@ def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
             shutil.rmtree(d)
         d.mkdir(parents=True)
         what = f"{_sites(n)} (synthetic)" if opts.sites is not None else f"{_sites(n)} of {root}"
-        progress(f"starting the lab: {what}, speed {opts.speed:g}, log {d / LOG_FILE}")
+        hidden = "off" if opts.hidden_speed is None else f"seed {opts.hidden_speed}"
+        progress(f"starting the lab: {what}, speed {opts.speed:g}, hidden speed {hidden}, log {d / LOG_FILE}")
         proc = _spawn(root, d, opts)
         try:
             deadline = time.monotonic() + opts.timeout_s
@@ -256,6 +270,7 @@ def _spawn(root: Path, d: Path, opts: UpOptions) -> subprocess.Popen[bytes]:
         str(d.resolve()),
     ]
     argv += ["--speed", repr(opts.speed)]
+    argv += ["--hidden-speed", "off" if opts.hidden_speed is None else str(opts.hidden_speed)]
     if opts.region:
         argv += ["--from", opts.region]
     if opts.sites is not None:
@@ -397,6 +412,7 @@ def fetch_lab_status(root: Path) -> dict[str, Any]:
             {
                 **s,
                 "models": [m["name"] for m in s["models"]],
+                "serving": s["models"],  # per model: GPUs, replicas, running per replica
                 "health_path": sites.get(s["name"], {}).get("health_path", "/health"),
             }
         )
@@ -407,6 +423,7 @@ def fetch_lab_status(root: Path) -> dict[str, Any]:
         "uptime_s": round(time.time() - info["started_ts"], 1),
         "from": info["from"],
         "speed": info["speed"],
+        "hidden_speed": info.get("hidden_speed"),
         "synthetic": info.get("synthetic"),
         "overlay": info["overlay"],
         "log": str(lab_dir(root) / LOG_FILE),

@@ -12,19 +12,32 @@ Behaviour, every duration divided by the lab's ``speed``:
   daemon, else the lab's default region) and the site, from the placement
   latency model, is waited before the site sees the request (all routes but
   ``/lab/``); an unknown region gets 400;
-- compute: per model, ``capacity`` slots; requests beyond them wait in a FIFO
-  queue; TTFT and the time between tokens come from the site's GPUs, its load
-  and the prefix cache (see :mod:`gridctl.placement.perf` and :mod:`gridctl.lab.prefix`);
-- output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens.
+- compute: each model is served as its replicas (:func:`gridctl.placement.perf.build_serving`:
+  the GPUs that serve it, ``tensor_parallel``, the capacity shared out over the
+  replicas). A request goes to the replica with the fewest requests running
+  (ties: the first); beyond every replica's slots it waits in one FIFO queue for
+  the next slot to free. Its timing is the table's, on that replica's own load::
+
+      ttft     = perf.ttft_ms(gpu, prompt, cached, running_on_replica, replica_slots) x factor x truth
+      interval = perf.token_interval_ms(gpu, running_on_replica, replica_slots) x factor x truth
+      truth    = lab.truth.speed_factor(seed, site) x lab.truth.noise(rnd)   (one draw per request)
+
+  ``factor`` is the model's (:class:`~gridctl.placement.perf.Serving`); ``truth``
+  is the site's hidden speed (seed ``hidden_speed``, default 1; None: 1.0 and no
+  noise, the table exactly). Placement never sees it: it has to learn it;
+- prefix cache and KV usage: one per model, sized by the KV tokens of the GPUs
+  serving it (:mod:`gridctl.lab.prefix`);
+- output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens,
+  with ``usage`` in the answer (and in a last chunk with ``stream_options.include_usage``).
 
 Failure modes, switched at any time: ``ok``; ``503`` (every route answers 503);
 ``hang`` (requests are read and never answered); ``drop`` (streams are cut after
 half their tokens, with no final chunk and no ``[DONE]``; non-streaming requests
 are cut before any answer); ``slow`` (``delay_ms``, default 1000, added to TTFT).
 
-Non-streaming answers carry ``x-lab-ttft-ms`` (the model's TTFT before scaling,
-queueing excluded) and every inference answer ``x-lab-rtt-ms``, so tests can check
-the model without timing it.
+Non-streaming answers carry ``x-lab-ttft-ms`` (the request's true TTFT before the
+``speed`` scaling, queueing excluded) and ``x-lab-replica``, every inference
+answer ``x-lab-rtt-ms``, so tests can check the model without timing it.
 """
 
 from __future__ import annotations
@@ -32,13 +45,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.inventory.model import Inventory, ModelServing
+from gridctl.inventory.model import Inventory
 from gridctl.lab.formats import (
     DONE,
     BadRequest,
@@ -52,17 +66,11 @@ from gridctl.lab.formats import (
     parse_completion,
     render_metrics,
 )
-from gridctl.placement.perf import (
-    DEFAULT_GPU,
-    GpuPerf,
-    choose_site_gpu,
-    model_factor,
-    token_interval_ms,
-    ttft_ms,
-)
 from gridctl.lab.prefix import BLOCK_TOKENS, PrefixCache
+from gridctl.lab.truth import DEFAULT_SEED, noise, speed_factor
 from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 from gridctl.placement.latency import region_site_latency
+from gridctl.placement.perf import Serving, build_serving, token_interval_ms, ttft_ms
 
 REGION_HEADER = "x-grid-client-region"
 DAEMON_REGION_HEADER = "x-grid-region"  # what clients send the placement daemon; honoured if passed on
@@ -74,12 +82,11 @@ _INFERENCE = {"/v1/chat/completions": True, "/v1/completions": False}  # path ->
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """What a lab site simulates. Built from the inventory by :func:`build_site_specs`, or by hand."""
+    """What a lab site simulates. Built from the inventory by :func:`build_site_specs`, or by hand
+    (``Serving`` from :func:`gridctl.placement.perf.build_serving`, or written out)."""
 
     name: str
-    models: tuple[ModelServing, ...]
-    gpu: GpuPerf = DEFAULT_GPU
-    gpu_count: int = 1
+    models: tuple[Serving, ...]  # how the site serves each of its models
     rtt_ms: Mapping[str, float] = field(default_factory=dict, hash=False)  # client region -> round trip
     default_region: str | None = None  # when a request names none
     health_paths: tuple[str, ...] = ("/health",)
@@ -95,7 +102,9 @@ def build_site_specs(
     region = default_region or (regions[0].name if regions else None)
     specs = []
     for i, site in enumerate(inv.sites):
-        gpu, count = choose_site_gpu([(n.gpus.model, n.gpus.count) for n in site.nodes if n.gpus])
+        models = tuple(
+            sv for m in site.models if (sv := build_serving(site, m.name, inv.grid.gpus)) is not None
+        )
         rtt = {
             r.name: region_site_latency(
                 r.location, site.location, site.kind, inventory_ms=r.latency_ms.get(site.name)
@@ -104,45 +113,66 @@ def build_site_specs(
         }
         paths = ("/health",) if site.health_path == "/health" else ("/health", site.health_path)
         port = port_base + i if port_base else 0
-        specs.append(SiteSpec(site.name, site.models, gpu, count, rtt, region, paths, port))
+        specs.append(SiteSpec(site.name, models, rtt, region, paths, port))
     return specs
 
 
-class Slots:
-    """A model's concurrent slots, with a FIFO queue of waiters beyond them."""
+class Replicas:
+    """A model's replicas, each with its own slots and running count, and one FIFO queue of
+    waiters beyond all of them. :meth:`acquire` returns the replica's index."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+    def __init__(self, slots: Sequence[int]) -> None:
+        if not slots or min(slots) < 1:
+            raise ValueError("every replica needs at least one slot")
+        self.slots = tuple(slots)
+        self.running_on = [0] * len(self.slots)
+        self._waiters: deque[asyncio.Future[int]] = deque()
+
+    @property
+    def capacity(self) -> int:
+        return sum(self.slots)
+
+    @property
+    def running(self) -> int:
+        return sum(self.running_on)
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
-        if self.running < self.capacity and not self._waiters:
-            self.running += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _least_running(self) -> int | None:
+        """The free replica with the fewest running (ties: the first), None when all are full."""
+        best: int | None = None
+        for i, (running, slots) in enumerate(zip(self.running_on, self.slots, strict=True)):
+            if running < slots and (best is None or running < self.running_on[best]):
+                best = i
+        return best
+
+    async def acquire(self) -> int:
+        if not self._waiters:
+            free = self._least_running()
+            if free is not None:
+                self.running_on[free] += 1
+                return free
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # a slot was handed to us as we left: pass it on
+                self.release(fut.result())  # a slot was handed to us as we left: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
             raise
 
-    def release(self) -> None:
+    def release(self, replica: int) -> None:
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(None)  # the slot goes straight to the next in line
+                fut.set_result(replica)  # the freed slot goes straight to the next in line
                 return
-        self.running -= 1
+        self.running_on[replica] -= 1
 
 
 @dataclass
@@ -155,8 +185,25 @@ class ModelStats:
     prefix_hits: int = 0  # of which found
 
 
+class ModelState:
+    """One model at the site: how it is served, its replicas, prefix cache, KV use and counters."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self.replicas = Replicas(serving.replica_slots())
+        self.stats = ModelStats()
+        self.kv_blocks = max(1, serving.kv_tokens // BLOCK_TOKENS)
+        self.kv_used = 0
+        self.cache = PrefixCache(self.kv_blocks)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_used / self.kv_blocks
+
+
 @dataclass(frozen=True)
 class _Admission:
+    replica: int
     ttft_ms: float
     interval_ms: float
     cached: int
@@ -183,22 +230,23 @@ def _error(
 
 
 class SimSite:
-    """The handler of one lab site: ``await site.handle(request)``."""
+    """The handler of one lab site: ``await site.handle(request)``.
 
-    def __init__(self, spec: SiteSpec, speed: float = 1.0) -> None:
+    ``hidden_speed``: the seed of the site's true speed (:mod:`gridctl.lab.truth`); None times
+    requests by the table exactly (no hidden factor, no noise)."""
+
+    def __init__(self, spec: SiteSpec, speed: float = 1.0, hidden_speed: int | None = DEFAULT_SEED) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.spec = spec
         self.speed = speed
+        self.hidden_speed = hidden_speed
+        self.speed_factor = speed_factor(hidden_speed, spec.name)
+        self._rnd = random.Random(f"{hidden_speed}\0{spec.name}") if hidden_speed is not None else None
         self.url = ""  # set once listening
         self.mode = "ok"
         self.slow_ms = DEFAULT_SLOW_MS
-        self.slots = {m.name: Slots(m.capacity) for m in spec.models}
-        self.factors = {m.name: model_factor(m.name) for m in spec.models}
-        self.stats = {m.name: ModelStats() for m in spec.models}
-        self.kv_blocks = max(1, spec.gpu.kv_tokens * spec.gpu_count // BLOCK_TOKENS)
-        self.kv_used = 0
-        self.cache = PrefixCache(self.kv_blocks)
+        self.models = {sv.model: ModelState(sv) for sv in spec.models}
         self.requests = self.served = self.failed = self.in_flight = 0
         self.created = int(time.time())
         self._ids = itertools.count(1)
@@ -217,22 +265,34 @@ class SimSite:
         return previous
 
     def state(self) -> dict[str, Any]:
-        models = [
-            {
-                "name": m.name,
-                "capacity": m.capacity,
-                "running": self.slots[m.name].running,
-                "waiting": self.slots[m.name].waiting,
-            }
-            for m in self.spec.models
-        ]
+        models = []
+        for name, m in self.models.items():
+            sv, r = m.serving, m.replicas
+            models.append(
+                {
+                    "name": name,
+                    "capacity": sv.capacity,
+                    "running": r.running,
+                    "waiting": r.waiting,
+                    "gpu": sv.gpu.name,
+                    "gpus": sv.gpus,
+                    "tensor_parallel": sv.tensor_parallel,
+                    "replicas": len(r.slots),
+                    "replica_slots": list(r.slots),
+                    "replica_running": list(r.running_on),
+                    "kv_cache_usage": round(m.kv_usage, 6),
+                }
+            )
+        stats = [m.stats for m in self.models.values()]
+        kv_blocks = sum(m.kv_blocks for m in self.models.values()) or 1
         return {
             "name": self.spec.name,
             "url": self.url,
             "mode": self.mode,
             "slow_ms": self.slow_ms,
-            "gpu": self.spec.gpu.name,
-            "gpu_count": self.spec.gpu_count,
+            "gpu": ",".join(sorted({m.serving.gpu.name for m in self.models.values()})),
+            "speed_factor": round(self.speed_factor, 6),  # the hidden truth: for tests and benches only
+            "hidden_speed": self.hidden_speed,
             "models": models,
             "requests": self.requests,
             "served": self.served,
@@ -241,11 +301,11 @@ class SimSite:
             "running": sum(m["running"] for m in models),
             "waiting": sum(m["waiting"] for m in models),
             "prefix_cache": {
-                "queries": sum(s.prefix_queries for s in self.stats.values()),
-                "hits": sum(s.prefix_hits for s in self.stats.values()),
-                "blocks": len(self.cache),
+                "queries": sum(s.prefix_queries for s in stats),
+                "hits": sum(s.prefix_hits for s in stats),
+                "blocks": sum(len(m.cache) for m in self.models.values()),
             },
-            "kv_cache_usage": round(self.kv_used / self.kv_blocks, 6),
+            "kv_cache_usage": round(sum(m.kv_used for m in self.models.values()) / kv_blocks, 6),
         }
 
     # -- requests ----------------------------------------------------------------------------------
@@ -306,7 +366,7 @@ class SimSite:
         if isinstance(net, Response):
             return net
         if path == "/v1/models":
-            return json_response(models_body(self.slots, self.created, OWNER))
+            return json_response(models_body(self.models, self.created, OWNER))
         if path == "/metrics":
             return Response(200, self._metrics(), "text/plain; version=0.0.4; charset=utf-8")
         return Response(200)
@@ -324,9 +384,9 @@ class SimSite:
             return _error(400, f"the request body is not valid JSON: {exc}", headers=headers)
         except BadRequest as exc:
             return _error(400, exc.message, param=exc.param, headers=headers)
-        slots = self.slots.get(c.model)
-        if slots is None:
-            serves = ", ".join(self.slots) or "no models"
+        model = self.models.get(c.model)
+        if model is None:
+            serves = ", ".join(self.models) or "no models"
             return _error(
                 404,
                 f"The model `{c.model}` does not exist on site {self.spec.name} (it serves: {serves}).",
@@ -334,61 +394,67 @@ class SimSite:
                 code="model_not_found",
                 headers=headers,
             )
-        self.stats[c.model].requests += 1
+        model.stats.requests += 1
         rid = f"{'chatcmpl' if chat else 'cmpl'}-lab{next(self._ids):08x}"
         created = int(time.time())
         if c.stream:
             hdrs = (("cache-control", "no-cache"), *headers)
-            return StreamingResponse(self._stream(c, slots, StreamFormat(c, rid, created)), headers=hdrs)
-        await slots.acquire()
+            return StreamingResponse(self._stream(c, model, StreamFormat(c, rid, created)), headers=hdrs)
+        replica = await model.replicas.acquire()
         adm: _Admission | None = None
         try:
-            adm = self._admit(c, slots)
+            adm = self._admit(c, model, replica)
             await _pause((adm.ttft_ms + adm.interval_ms * (c.max_tokens - 1)) / 1000.0 / self.speed)
             if self.mode == "drop":
                 raise DropConnection
             text = "".join(filler_tokens(c.prompt, c.max_tokens))
-            self._finish(c, c.max_tokens)
+            self._finish(c, model, c.max_tokens)
             body = completion_body(c, rid, created, text, c.max_tokens, adm.cached)
-            return json_response(body, headers=(*headers, ("x-lab-ttft-ms", f"{adm.ttft_ms:.3f}")))
+            timing = (("x-lab-ttft-ms", f"{adm.ttft_ms:.3f}"), ("x-lab-replica", str(replica)))
+            return json_response(body, headers=(*headers, *timing))
         finally:
-            self._leave(slots, adm)
+            self._leave(model, replica, adm)
 
-    def _admit(self, c: Completion, slots: Slots) -> _Admission:
-        """A request takes its slot: look up the prefix cache and compute its timing."""
-        st = self.stats[c.model]
-        cached = max(0, min(self.cache.lookup(c.prompt), c.prompt_tokens - 1))
+    def _truth(self) -> float:
+        """This request's true speed multiplier: the site's hidden factor times its own noise."""
+        return self.speed_factor * noise(self._rnd) if self._rnd is not None else 1.0
+
+    def _admit(self, c: Completion, model: ModelState, replica: int) -> _Admission:
+        """A request takes its slot on ``replica``: look up the prefix cache and compute its timing
+        from that replica's load."""
+        st, sv = model.stats, model.serving
+        cached = max(0, min(model.cache.lookup(c.prompt), c.prompt_tokens - 1))
         st.prompt_tokens += c.prompt_tokens
         st.prefix_queries += c.prompt_tokens
         st.prefix_hits += cached
-        gpu, factor = self.spec.gpu, self.factors[c.model]
-        first = ttft_ms(gpu, c.prompt_tokens, cached, slots.running, slots.capacity) * factor
+        running, slots = model.replicas.running_on[replica], model.replicas.slots[replica]
+        scale = sv.factor * self._truth()
+        first = ttft_ms(sv.gpu, c.prompt_tokens, cached, running, slots) * scale
         if self.mode == "slow":
             first += self.slow_ms
-        interval = token_interval_ms(gpu, slots.running, slots.capacity) * factor
+        interval = token_interval_ms(sv.gpu, running, slots) * scale
         blocks = -(-(c.prompt_tokens + c.max_tokens) // BLOCK_TOKENS)
-        self.kv_used += blocks
-        return _Admission(first, interval, cached, blocks)
+        model.kv_used += blocks
+        return _Admission(replica, first, interval, cached, blocks)
 
-    def _leave(self, slots: Slots, adm: _Admission | None) -> None:
-        slots.release()
+    def _leave(self, model: ModelState, replica: int, adm: _Admission | None) -> None:
+        model.replicas.release(replica)
         if adm is not None:
-            self.kv_used -= adm.blocks
+            model.kv_used -= adm.blocks
 
-    def _finish(self, c: Completion, n_tokens: int) -> None:
-        st = self.stats[c.model]
+    def _finish(self, c: Completion, model: ModelState, n_tokens: int) -> None:
+        st = model.stats
         st.generation_tokens += n_tokens
         st.success[c.finish_reason] = st.success.get(c.finish_reason, 0) + 1
 
-    async def _stream(self, c: Completion, slots: Slots, fmt: StreamFormat) -> AsyncIterator[bytes]:
+    async def _stream(self, c: Completion, model: ModelState, fmt: StreamFormat) -> AsyncIterator[bytes]:
         """Tokens at their due times; tokens already due go out in one write."""
         self.in_flight += 1
         loop = asyncio.get_running_loop()
-        acquired, done, adm = False, False, None
+        replica, done, adm = None, False, None
         try:
-            await slots.acquire()
-            acquired = True
-            adm = self._admit(c, slots)
+            replica = await model.replicas.acquire()
+            adm = self._admit(c, model, replica)
             tokens = filler_tokens(c.prompt, c.max_tokens)
             drop_after = max(1, len(tokens) // 2)
             start, scale = loop.time(), 1.0 / 1000.0 / self.speed
@@ -404,7 +470,7 @@ class SimSite:
                 if i + 1 >= drop_after and self.mode == "drop":
                     yield b"".join(pending)
                     raise DropConnection
-            self._finish(c, len(tokens))
+            self._finish(c, model, len(tokens))
             pending.append(fmt.final())
             if c.include_usage:
                 pending.append(fmt.usage(len(tokens), adm.cached))
@@ -413,8 +479,8 @@ class SimSite:
             done = True
             self.served += 1
         finally:
-            if acquired:
-                self._leave(slots, adm)
+            if replica is not None:
+                self._leave(model, replica, adm)
             self.in_flight -= 1
             if not done:
                 self.failed += 1
@@ -437,8 +503,7 @@ class SimSite:
         return _error(404, f"no lab route {req.method} {req.path}", code=404)
 
     def _metrics(self) -> bytes:
-        models = list(self.slots)
-        usage = self.kv_used / self.kv_blocks
+        models = list(self.models)
 
         def per_model(get: Any) -> list[tuple[dict[str, str], float]]:
             return [({"model_name": m}, float(get(m))) for m in models]
@@ -446,7 +511,7 @@ class SimSite:
         success = [
             ({"finished_reason": reason, "model_name": m}, float(n))
             for m in models
-            for reason, n in sorted(self.stats[m].success.items())
+            for reason, n in sorted(self.models[m].stats.success.items())
         ]
         return render_metrics(
             [
@@ -454,49 +519,49 @@ class SimSite:
                     "vllm:num_requests_running",
                     "gauge",
                     "Number of requests in model execution batches.",
-                    per_model(lambda m: self.slots[m].running),
+                    per_model(lambda m: self.models[m].replicas.running),
                 ),
                 Metric(
                     "vllm:num_requests_waiting",
                     "gauge",
                     "Number of requests waiting to be processed.",
-                    per_model(lambda m: self.slots[m].waiting),
+                    per_model(lambda m: self.models[m].replicas.waiting),
                 ),
                 Metric(
                     "vllm:gpu_cache_usage_perc",
                     "gauge",
                     "GPU KV-cache usage. 1 means 100 percent usage.",
-                    per_model(lambda m: usage),
+                    per_model(lambda m: self.models[m].kv_usage),
                 ),
                 Metric(
                     "vllm:kv_cache_usage_perc",
                     "gauge",
                     "KV-cache usage. 1 means 100 percent usage.",
-                    per_model(lambda m: usage),
+                    per_model(lambda m: self.models[m].kv_usage),
                 ),
                 Metric(
                     "vllm:prefix_cache_queries_total",
                     "counter",
                     "Prefix cache queries, in terms of number of queried tokens.",
-                    per_model(lambda m: self.stats[m].prefix_queries),
+                    per_model(lambda m: self.models[m].stats.prefix_queries),
                 ),
                 Metric(
                     "vllm:prefix_cache_hits_total",
                     "counter",
                     "Prefix cache hits, in terms of number of cached tokens.",
-                    per_model(lambda m: self.stats[m].prefix_hits),
+                    per_model(lambda m: self.models[m].stats.prefix_hits),
                 ),
                 Metric(
                     "vllm:prompt_tokens_total",
                     "counter",
                     "Number of prefill tokens processed.",
-                    per_model(lambda m: self.stats[m].prompt_tokens),
+                    per_model(lambda m: self.models[m].stats.prompt_tokens),
                 ),
                 Metric(
                     "vllm:generation_tokens_total",
                     "counter",
                     "Number of generation tokens processed.",
-                    per_model(lambda m: self.stats[m].generation_tokens),
+                    per_model(lambda m: self.models[m].stats.generation_tokens),
                 ),
                 Metric(
                     "vllm:request_success_total",
@@ -508,7 +573,7 @@ class SimSite:
                     "gridctl_lab_requests_total",
                     "counter",
                     "Requests received for the model.",
-                    per_model(lambda m: self.stats[m].requests),
+                    per_model(lambda m: self.models[m].stats.requests),
                 ),
                 Metric(
                     "gridctl_lab_failure_mode",

@@ -8,7 +8,7 @@ simulator's own timing could not pass: it has to learn each site's factor online
 - ``speed_factor(seed, site)``: a site's time multiplier, uniform in [SPEED_MIN, SPEED_MAX]
   (0.6-1.4: a site up to 40% faster or slower than its row: clocks, drivers, thermal limits,
   noisy neighbours), the same for a given seed and site name on every run and in every process;
-  seed None (``--no-hidden-speed``): 1.0, the table exactly.
+  seed None (``lab up --hidden-speed off``): 1.0, the table exactly.
 - ``noise(rnd)``: each request's own multiplier, log-normal with sigma NOISE_SIGMA (5%).
 """
 

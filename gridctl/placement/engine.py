@@ -49,7 +49,7 @@ from gridctl.placement.predict import Prediction, Shape, predict
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
 SLO_MARGIN = 0.1
-DEFAULT_SHAPE = Shape(256, 128, "given")  # route test / route render without --prompt-tokens/--max-tokens
+DEFAULT_SHAPE = Shape(256, 32, "given")  # route test / route render without --prompt-tokens/--max-tokens: a short answer
 
 
 @dataclass(frozen=True)

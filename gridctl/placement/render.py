@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import textwrap
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -154,6 +156,7 @@ def render_routing(
     context = {
         "grid": str(table.get("grid", "")),
         "slo_ms": table.get("slo_ms"),
+        "weights_note": _weights_note(table),
         "routes": routes,
         "sites": _sites(routes),
         "o": options,
@@ -169,6 +172,28 @@ def render_routing(
         "no_site_body": _json_body("no eligible site for this region and model", "grid_no_site"),
     }
     return {name: _render_template(templates_dir, TEMPLATES[fmt], context)}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _weights_note(table: Mapping[str, Any]) -> list[str]:
+    """The header comment saying what the primaries' weights were computed for (the table's
+    ``shape``), as comment lines; none when the table does not say (or says it oddly)."""
+    shape, slo, budget = table.get("shape"), table.get("slo_ms"), table.get("budget_ms")
+    if not (isinstance(shape, Mapping) and _number(slo) and _number(budget)):
+        return []
+    prompt, output = shape.get("prompt_tokens"), shape.get("max_tokens")
+    if not (_number(prompt) and _number(output)):
+        return []
+    text = (
+        f"Primary weights: each site's predicted capacity within the SLO ({slo:g} ms less the margin: "
+        f"{budget:g} ms) for requests of {prompt:g} prompt + {output:g} output tokens "
+        "(route render --prompt-tokens / --max-tokens); a route where no site meets it sends to the "
+        "fastest sites, weighted by their capacity."
+    )
+    return textwrap.wrap(text, 96)
 
 
 def _plain(value: Any) -> Any:

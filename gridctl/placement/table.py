@@ -1,9 +1,24 @@
 """Routing tables: for every client region and model, the sites to send traffic to.
 
-Built from the same planner as every live decision, with no live load (the
-last recorded health still excludes failed sites). Per (region, model):
-``primary`` sites share the traffic by weight; ``backup`` sites take it when
-every primary is down. Deterministic: the same inputs give the same table.
+Built by the same decision as every live request (:meth:`Planner.order`), for one
+request shape (``route render --prompt-tokens/--max-tokens``, default
+:data:`~gridctl.placement.engine.DEFAULT_SHAPE`), with no live load (the last
+recorded health still excludes failed sites). Per (region, model):
+
+- ``primary``: the sites predicted to meet the SLO for that shape, in the decision's
+  order (cheapest first), at most ``primaries``; each weighted by its **predicted
+  capacity within the SLO**: how many requests of the shape it can run at once with
+  each still predicted within the budget (SLO less the margin;
+  :func:`~gridctl.placement.predict.capacity_within`), scaled to 1..100 over the
+  route's primaries. A site that cannot meet the SLO even idle (capacity 0) is never
+  a primary while one that can exists.
+- when no site is predicted to meet the SLO, the route says ``"meets_slo": false``
+  and its primaries are the fastest predicted sites (the daemon's default: send to
+  the fastest, expected to miss), weighted by their capacity;
+- ``backup``: the next sites of the decision's order, taking the traffic when every
+  primary is down.
+
+Deterministic: the same inputs give the same table; the inventory's order never matters.
 """
 
 from __future__ import annotations
@@ -12,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from gridctl.placement.engine import Live, Planner, Request
+from gridctl.placement.engine import DEFAULT_SHAPE, SLO_MARGIN, Live, Planner, Request, health_live
+from gridctl.placement.predict import Shape, capacity_within
 
 DEFAULT_PRIMARIES = 2
 DEFAULT_BACKUPS = 2
@@ -32,52 +48,80 @@ def _endpoint(url: str) -> dict[str, Any]:
     }
 
 
+def _route(
+    planner: Planner,
+    region: str,
+    model: str,
+    shape: Shape,
+    live: Live,
+    budget_ms: float,
+    primaries: int,
+    backups: int,
+) -> dict[str, Any]:
+    ranking = planner.order(Request(region, model), shape, live)
+    static = {s.name: s for s in planner.static_candidates(region, model)}
+    within = {
+        n: capacity_within(static[n].serving, shape, static[n].rtt_ms, budget_ms) for n in ranking.sites
+    }
+    predicted = dict(zip(ranking.sites, ranking.predicted_ms, strict=True))
+    head = [n for n in ranking.sites[: ranking.feasible] if within[n] > 0][:primaries]
+    meets = bool(head)
+    weight_of = within
+    if not head:  # no site meets the SLO: the fastest, by their slots (expected to miss)
+        head = list(ranking.sites[:primaries])
+        weight_of = {n: static[n].capacity for n in head}
+    tail = [n for n in ranking.sites if n not in head][:backups]
+    total = sum(weight_of[n] for n in head) or 1
+
+    def entry(name: str) -> dict[str, Any]:
+        s = static[name]
+        return {
+            "site": name,
+            "endpoint": _endpoint(planner.sites[name].endpoint),
+            "rtt_ms": s.rtt_ms,
+            "capacity": s.capacity,
+            "predicted_ms": round(predicted[name], 3),
+            "capacity_within_slo": within[name],
+        }
+
+    return {
+        "region": region,
+        "model": model,
+        "meets_slo": meets,
+        "primary": [{**entry(n), "weight": max(1, round(WEIGHT_SCALE * weight_of[n] / total))} for n in head],
+        "backup": [entry(n) for n in tail],
+    }
+
+
 def build_routing_table(
     planner: Planner,
     health: Mapping[str, str] | None = None,
     primaries: int = DEFAULT_PRIMARIES,
     backups: int = DEFAULT_BACKUPS,
+    shape: Shape = DEFAULT_SHAPE,
 ) -> dict[str, Any]:
     """The table as plain data (what ``route render --format json`` prints).
 
-    ``{"grid", "slo_ms", "routes": [{"region", "model", "primary": [...], "backup": [...]}]}``;
-    each site entry has ``site``, ``endpoint`` (url, scheme, host, port, path),
-    ``rtt_ms``, ``capacity`` and, for primaries, ``weight``. A route with no
-    eligible site has empty lists (and is still listed, so its absence is visible).
+    ``{"grid", "slo_ms", "budget_ms", "shape": {"prompt_tokens", "max_tokens"}, "routes":
+    [{"region", "model", "meets_slo", "primary": [...], "backup": [...]}]}``; each site entry
+    has ``site``, ``endpoint`` (url, scheme, host, port, path), ``rtt_ms``, ``capacity``,
+    ``predicted_ms`` (idle, for the shape), ``capacity_within_slo`` and, for primaries,
+    ``weight``. A route with no eligible site has empty lists (and is still listed, so its
+    absence is visible; ``meets_slo`` false).
     """
-    live = Live(health=dict(health or {}))
+    live = health_live(dict(health or {}))
+    slo = planner.default_slo_ms
+    budget = slo * (1.0 - SLO_MARGIN)
     models = sorted({m.name for s in planner.sites.values() for m in s.models})
-    routes = []
-    for region in sorted(planner.regions):
-        for model in models:
-            names = planner.rank(Request(region, model), live, limit=primaries + backups)
-            static = {s.name: s for s in planner.static_candidates(region, model)}
-            chosen = [static[n] for n in names]
-            head, tail = chosen[:primaries], chosen[primaries:]
-            total = sum(s.capacity for s in head) or 1
-            routes.append(
-                {
-                    "region": region,
-                    "model": model,
-                    "primary": [
-                        {
-                            "site": s.name,
-                            "endpoint": _endpoint(planner.sites[s.name].endpoint),
-                            "rtt_ms": s.rtt_ms,
-                            "capacity": s.capacity,
-                            "weight": max(1, round(WEIGHT_SCALE * s.capacity / total)),
-                        }
-                        for s in head
-                    ],
-                    "backup": [
-                        {
-                            "site": s.name,
-                            "endpoint": _endpoint(planner.sites[s.name].endpoint),
-                            "rtt_ms": s.rtt_ms,
-                            "capacity": s.capacity,
-                        }
-                        for s in tail
-                    ],
-                }
-            )
-    return {"grid": planner.grid_name, "slo_ms": planner.default_slo_ms, "routes": routes}
+    routes = [
+        _route(planner, region, model, shape, live, budget, primaries, backups)
+        for region in sorted(planner.regions)
+        for model in models
+    ]
+    return {
+        "grid": planner.grid_name,
+        "slo_ms": slo,
+        "budget_ms": round(budget, 3),
+        "shape": {"prompt_tokens": shape.prompt_tokens, "max_tokens": shape.output_tokens},
+        "routes": routes,
+    }

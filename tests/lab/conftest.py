@@ -10,26 +10,40 @@ import httpx
 import pytest
 
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.model import ModelServing
 from gridctl.lab import LabOptions, LabThread, SiteSpec, run_lab
-from gridctl.placement.perf import gpu_perf
+from gridctl.placement.perf import Serving, gpu_perf, model_factor
 from tests.conftest import EXAMPLE
 
 MODEL = "llama-3.1-8b-instruct"
 
 
+def make_serving(
+    site: str, capacity: int = 4, gpu: str = "H100", model: str = "m", replicas: int = 1
+) -> Serving:
+    """``model`` served by ``replicas`` replicas of one ``gpu`` each, sharing ``capacity`` slots."""
+    row = gpu_perf(gpu)
+    return Serving(
+        site, model, row, replicas, 1, replicas, capacity, model_factor(model), row.kv_tokens * replicas
+    )
+
+
 def make_spec(
-    name: str, capacity: int = 4, gpu: str = "H100", rtt: dict[str, float] | None = None, model: str = "m"
+    name: str,
+    capacity: int = 4,
+    gpu: str = "H100",
+    rtt: dict[str, float] | None = None,
+    model: str = "m",
+    replicas: int = 1,
 ) -> SiteSpec:
     """A hand-made site: regions 'near' (1 ms, the default) and 'far' (300 ms) unless told."""
     rtt = {"near": 1.0, "far": 300.0} if rtt is None else rtt
-    return SiteSpec(name, (ModelServing(model, capacity),), gpu_perf(gpu), 1, rtt, "near")
+    return SiteSpec(name, (make_serving(name, capacity, gpu, model, replicas),), rtt, "near")
 
 
 @pytest.fixture(scope="session")
 def example_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabThread]:
-    """One lab site per site of the example inventory, 50x faster than real time, with an overlay.
-    Shared: tests must not change its failure modes."""
+    """One lab site per site of the example inventory, 50x faster than real time, with an overlay
+    and the default hidden speeds. Shared: tests must not change its failure modes."""
     inv = load_inventory(EXAMPLE)
     overlay = tmp_path_factory.mktemp("lab") / "inventory"
     with run_lab(inv, speed=50, overlay=overlay, grace_s=0.2) as lab:
@@ -42,9 +56,10 @@ def client() -> Iterator[httpx.Client]:
         yield c
 
 
-def start_sites(*specs: SiteSpec, speed: float = 1.0) -> LabThread:
-    """Hand-made sites, for ``with start_sites(...) as lab``."""
-    return LabThread(specs, LabOptions(speed=speed, grace_s=0.2))
+def start_sites(*specs: SiteSpec, speed: float = 1.0, hidden_speed: int | None = None) -> LabThread:
+    """Hand-made sites, for ``with start_sites(...) as lab``; by default timed by the GPU table
+    exactly (no hidden speed factor, no noise)."""
+    return LabThread(specs, LabOptions(speed=speed, grace_s=0.2, hidden_speed=hidden_speed))
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")

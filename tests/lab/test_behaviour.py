@@ -12,7 +12,10 @@ import httpx
 import pytest
 
 from gridctl.lab import LabThread
-from gridctl.lab.site import Slots
+from gridctl.lab.formats import parse_completion
+from gridctl.lab.site import Replicas
+from gridctl.lab.truth import SPEED_MAX, SPEED_MIN, speed_factor
+from gridctl.placement.perf import gpu_perf, token_interval_ms, ttft_ms
 from tests.lab.conftest import fetch_metrics, make_spec, metric, start_sites
 
 
@@ -59,16 +62,16 @@ def test_capacity_two_with_four_requests_runs_two_and_queues_two(client: httpx.C
         assert client.get(url + "/lab/state").json()["served"] == 4
 
 
-def test_slots_are_fifo_and_a_waiter_that_leaves_gives_up_its_place() -> None:
+def test_replicas_are_fifo_and_a_waiter_that_leaves_gives_up_its_place() -> None:
     async def scenario() -> list[str]:
-        slots, order = Slots(1), []
+        slots, order = Replicas([1]), []
         await slots.acquire()
 
         async def user(name: str) -> None:
-            await slots.acquire()
+            replica = await slots.acquire()
             order.append(name)
             await asyncio.sleep(0)
-            slots.release()
+            slots.release(replica)
 
         tasks = [asyncio.create_task(user(n)) for n in "abc"]
         await asyncio.sleep(0)
@@ -76,12 +79,76 @@ def test_slots_are_fifo_and_a_waiter_that_leaves_gives_up_its_place() -> None:
         tasks[1].cancel()  # b leaves the queue
         await asyncio.sleep(0)
         assert slots.waiting == 2
-        slots.release()
+        slots.release(0)
         await asyncio.gather(tasks[0], tasks[2])
         assert (slots.running, slots.waiting) == (0, 0)
         return order
 
     assert asyncio.run(scenario()) == ["a", "c"]
+
+
+def test_a_request_goes_to_the_replica_with_the_fewest_running_and_a_freed_slot_to_the_queue() -> None:
+    async def scenario() -> None:
+        r = Replicas([2, 2, 1])
+        assert r.capacity == 5
+        got = [await r.acquire() for _ in range(5)]
+        assert got == [0, 1, 2, 0, 1]  # fewest running first, ties: the first replica
+        assert r.running_on == [2, 2, 1] and r.running == 5
+        waiter = asyncio.create_task(r.acquire())
+        await asyncio.sleep(0)
+        assert r.waiting == 1
+        r.release(2)  # the slot freed on replica 2 goes to the head of the queue
+        assert await waiter == 2 and r.running_on == [2, 2, 1] and r.waiting == 0
+        r.release(0)
+        r.release(0)
+        assert r.running_on == [0, 2, 1]
+        assert await r.acquire() == 0
+
+    asyncio.run(scenario())
+
+
+def lab_ttft(url: str, prompt: str = "hi", max_tokens: int = 1) -> tuple[float, int]:
+    r = ask(url, prompt, max_tokens)
+    assert r.status_code == 200, r.text
+    return float(r.headers["x-lab-ttft-ms"]), int(r.headers["x-lab-replica"])
+
+
+def test_each_replica_has_its_own_load_factor_by_the_table(client: httpx.Client) -> None:
+    """Two L4 replicas of 2 slots: a request alone runs at load 1/2 on its replica, not 1/4 on
+    the site; with the hidden speed off the timing is the table's exactly."""
+    l4 = gpu_perf("L4")
+    with start_sites(make_spec("rep", capacity=4, gpu="L4", replicas=2), speed=50.0) as lab:
+        url = lab.urls["rep"]
+        ttft, replica = lab_ttft(url, "x" * 400)  # 100 prompt tokens, none cached
+        assert replica == 0
+        body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+        prompt = parse_completion(body, True).prompt_tokens
+        assert ttft == pytest.approx(ttft_ms(l4, prompt, 0, 1, 2), abs=0.001)
+        assert ttft > ttft_ms(l4, prompt, 0, 1, 4) + 1  # a whole-site pool would say less
+        state = client.get(url + "/lab/state").json()
+        (model,) = state["models"]
+        assert (model["replicas"], model["replica_slots"], model["gpu"]) == (2, [2, 2], "L4")
+        assert state["speed_factor"] == 1.0 and state["hidden_speed"] is None
+    assert token_interval_ms(l4, 1, 2) > token_interval_ms(l4, 1, 4)
+
+
+def test_the_hidden_speed_is_the_seeded_site_factor_with_noise_and_off_is_the_table() -> None:
+    spec = make_spec("hid", capacity=1, gpu="H100")
+    prompts = [f"question {i} " * 20 for i in range(12)]
+    with start_sites(spec, speed=50.0) as off:
+        exact = [lab_ttft(off.urls["hid"], p)[0] for p in prompts]
+    with start_sites(spec, speed=50.0, hidden_speed=7) as lab:
+        url = lab.urls["hid"]
+        true = [lab_ttft(url, p)[0] for p in prompts]
+        assert lab.state("hid")["speed_factor"] == pytest.approx(speed_factor(7, "hid"), abs=1e-6)
+    with start_sites(spec, speed=50.0, hidden_speed=7) as again:
+        assert [lab_ttft(again.urls["hid"], p)[0] for p in prompts] == true  # the same seed, the same truth
+    ratios = [t / e for t, e in zip(true, exact, strict=True)]
+    factor = speed_factor(7, "hid")
+    assert SPEED_MIN <= factor <= SPEED_MAX and factor != 1.0
+    assert len(set(ratios)) == len(ratios)  # noise: each request its own draw
+    assert all(0.75 * factor < r < 1.33 * factor for r in ratios)  # 5% noise, far within 6 sigma
+    assert sum(ratios) / len(ratios) == pytest.approx(factor, rel=0.05)
 
 
 def test_a_queued_client_that_gives_up_leaves_the_queue(client: httpx.Client) -> None:

@@ -43,11 +43,15 @@ def test_up_status_fail_down(cli, inv: Path) -> None:  # type: ignore[no-untyped
 
         st = status(cli)
         assert st["pid"] == pid and st["from"] == "us-east" and st["speed"] == 50
+        assert st["hidden_speed"] == 1  # on by default, seed 1
         rows = {s["name"]: s for s in st["sites"]}
         assert len(rows) == 15 and {s["mode"] for s in rows.values()} == {"ok"}
         fra = rows["fra-pop-01"]
         assert fra["url"] == next(s["endpoint"] for s in sites if s["name"] == "fra-pop-01")
         assert fra["models"] == ["llama-3.1-8b-instruct", "llama-3.1-70b-instruct"]
+        jc = rows["jc-edge-01"]
+        assert [(m["gpu"], m["replicas"]) for m in jc["serving"]] == [("L4", 2), ("L4", 2)]
+        assert 0.6 <= jc["speed_factor"] <= 1.4 and jc["speed_factor"] != 1.0
 
         with httpx.Client(trust_env=False, timeout=10) as c:
             body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -57,7 +61,9 @@ def test_up_status_fail_down(cli, inv: Path) -> None:  # type: ignore[no-untyped
 
             table = cli("lab", "status")
             assert table.rc == 0 and f"Lab pid {pid}" in table.out
-            assert "SERVED" in table.out and "fra-pop-01" in table.out
+            assert "SERVED" in table.out and "fra-pop-01" in table.out and "hidden speed seed 1" in table.out
+            wide = cli("lab", "status", "-o", "wide")
+            assert wide.rc == 0 and "2x L4 (2 replicas)" in wide.out and "TRUE-SPEED" in wide.out
             assert cli("lab", "status", "-o", "name").out.split() == sorted(rows)
 
             r = cli("lab", "fail", "fra-pop-01", "503")
@@ -90,7 +96,17 @@ def test_up_status_fail_down(cli, inv: Path) -> None:  # type: ignore[no-untyped
 
 
 def test_synthetic_sites(cli, inv: Path) -> None:  # type: ignore[no-untyped-def]
-    r = cli("lab", "up", "--sites", "5", "--from", "eu-de", env=cli_env(GRIDCTL_LAB_SPEED="40"))
+    r = cli(
+        "lab",
+        "up",
+        "--sites",
+        "5",
+        "--from",
+        "eu-de",
+        "--hidden-speed",
+        "off",
+        env=cli_env(GRIDCTL_LAB_SPEED="40"),
+    )
     assert r.rc == 0, r
     pid, start = lab_pid(inv)
     try:
@@ -100,6 +116,7 @@ def test_synthetic_sites(cli, inv: Path) -> None:  # type: ignore[no-untyped-def
         st = status(cli)
         assert st["synthetic"] == 5 and st["from"] == "eu-de" and len(st["sites"]) == 5
         assert st["speed"] == 40  # from the environment
+        assert st["hidden_speed"] is None and {s["speed_factor"] for s in st["sites"]} == {1.0}
         urls = [s["url"] for s in st["sites"]]
         with httpx.Client(trust_env=False, timeout=10) as c:
             body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
@@ -128,3 +145,5 @@ def test_up_refuses_bad_options(cli) -> None:  # type: ignore[no-untyped-def]
     assert r.rc == 2 and "no such client region" in r.err and "eu-de" in r.err
     assert cli("lab", "up", "--speed", "0").rc == 2
     assert cli("lab", "up", "--sites", "0").rc == 2
+    r = cli("lab", "up", "--hidden-speed", "fast")
+    assert r.rc == 2 and "expected a seed (an integer) or 'off'" in r.err and "hint:" in r.err

@@ -10,8 +10,12 @@ import pytest
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
 from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
+from gridctl.lab.prefix import BLOCK_CHARS, BLOCK_TOKENS, PrefixCache
+from gridctl.lab.site import build_site_specs
+from gridctl.placement.latency import estimate_rtt_ms
 from gridctl.placement.perf import (
     DEFAULT_GPU,
+    build_serving,
     choose_site_gpu,
     count_tokens,
     gpu_perf,
@@ -19,9 +23,6 @@ from gridctl.placement.perf import (
     token_interval_ms,
     ttft_ms,
 )
-from gridctl.lab.prefix import BLOCK_CHARS, BLOCK_TOKENS, PrefixCache
-from gridctl.lab.site import build_site_specs
-from gridctl.placement.latency import estimate_rtt_ms
 from tests.conftest import EXAMPLE
 
 
@@ -119,8 +120,23 @@ def test_specs_follow_the_inventory() -> None:
     site, region = inv.site("fra-pop-01"), inv.region("eu-fr")
     assert site is not None and region is not None
     assert fra.rtt_ms["eu-fr"] == round(estimate_rtt_ms(region.location, site.location, site.kind), 3)
-    assert (fra.gpu.name, fra.gpu_count) == ("H100", sum(n.gpus.count for n in site.nodes if n.gpus))
-    assert {m.name: m.capacity for m in fra.models} == {m.name: m.capacity for m in site.models}
+    assert {m.model: m.capacity for m in fra.models} == {m.name: m.capacity for m in site.models}
+    assert all(m.gpu.name == "H100" for m in fra.models)
+    # each model as placement sees it: the same Serving (GPUs, tensor parallel, replicas)
+    for spec in specs.values():
+        s = inv.site(spec.name)
+        assert s is not None
+        assert spec.models == tuple(build_serving(s, m.name, inv.grid.gpus) for m in s.models)
+    jc = {m.model: m for m in specs["jc-edge-01"].models}["llama-3.1-8b-instruct"]
+    assert (jc.gpu.name, jc.gpus, jc.tensor_parallel, jc.replicas, jc.replica_slots()) == (
+        "L4",
+        2,
+        1,
+        2,
+        [8, 8],
+    )
+    nwk = {m.model: m.gpu.name for m in specs["nwk-co-03"].models}  # a mixed site: models[].gpu
+    assert nwk == {"llama-3.1-8b-instruct": "RTX PRO 6000", "parakeet-tdt-0.6b-v2": "L40S"}
     assert build_site_specs(inv, "eu-de")[0].default_region == "eu-de"
 
 

@@ -1,7 +1,10 @@
 """Rendering routing tables: golden files, determinism, names, refusals, template errors, Envoy's shape.
 
 The golden files in golden/ are the example inventory's tables as each format
-renders them. They change only on purpose: ``pytest tests/placement --update-golden``
+renders them, for requests of 256 prompt + 32 output tokens (``route render
+--max-tokens 32``: a short answer, which some of the example's sites can serve
+within the SLO and some cannot; an explicit shape, so that tuning the default
+shape does not rewrite them). They change only on purpose: ``pytest tests/placement --update-golden``
 rewrites them, and the diff is reviewed like code.
 """
 
@@ -22,7 +25,8 @@ import yaml
 
 from gridctl.errors import UsageError
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.engine import Planner
+from gridctl.placement.engine import DEFAULT_SHAPE, SLO_MARGIN, Planner, Request
+from gridctl.placement.predict import Shape, capacity_within
 from gridctl.placement.render import (
     FORMATS,
     OUTPUT_FILES,
@@ -39,8 +43,11 @@ TEMPLATES = REPO / "templates"
 GOLDEN = Path(__file__).parent / "golden"
 
 
+SHAPE = Shape(256, 32, "given")
+
+
 def example_table() -> dict[str, Any]:
-    return build_routing_table(Planner(load_inventory(EXAMPLE)))
+    return build_routing_table(Planner(load_inventory(EXAMPLE)), shape=SHAPE)
 
 
 def site(name: str, url: str, weight: int | None = None) -> dict[str, Any]:
@@ -98,6 +105,76 @@ def test_example_inventory_renders_as_its_golden_file(fmt: str, update_golden: b
         )
 
 
+# -- the table: the decision's order, weights by capacity within the SLO ------------------------
+
+
+def test_primaries_meet_the_slo_in_the_decisions_order_weighted_by_capacity_within_it() -> None:
+    planner = Planner(load_inventory(EXAMPLE))
+    t = build_routing_table(planner, shape=SHAPE)
+    budget = t["slo_ms"] * (1 - SLO_MARGIN)
+    assert t["shape"] == {"prompt_tokens": 256, "max_tokens": 32} and t["budget_ms"] == budget
+    checked = 0
+    for r in t["routes"]:
+        ranking = planner.order(Request(r["region"], r["model"]), SHAPE)
+        static = {s.name: s for s in planner.static_candidates(r["region"], r["model"])}
+        names = [s["site"] for s in r["primary"] + r["backup"]]
+        assert names == list(ranking.sites[: len(names)])  # the one decision's order
+        for s in r["primary"] + r["backup"]:
+            c = static[s["site"]]
+            assert s["capacity_within_slo"] == capacity_within(c.serving, SHAPE, c.rtt_ms, budget)
+        if not r["meets_slo"]:
+            continue
+        checked += 1
+        primary = r["primary"]
+        assert 1 <= len(primary) <= min(2, ranking.feasible)
+        assert all(s["capacity_within_slo"] > 0 and s["predicted_ms"] <= budget for s in primary)
+        total = sum(s["capacity_within_slo"] for s in primary)
+        for s in primary:
+            assert s["weight"] == max(1, round(100 * s["capacity_within_slo"] / total))
+    assert checked >= 15
+    us = next(r for r in t["routes"] if (r["region"], r["model"]) == ("us-east", "llama-3.1-8b-instruct"))
+    # the L40S and L4 sites cannot give a 32-token answer within 450 ms: never primaries here
+    assert {s["site"] for s in us["primary"]} == {"nwk-co-03", "chi-co-07"}
+    assert "jc-edge-01" not in {s["site"] for s in us["primary"] + us["backup"]}
+
+
+def test_a_route_no_site_can_serve_within_the_slo_sends_to_the_fastest_and_says_so() -> None:
+    planner = Planner(load_inventory(EXAMPLE))
+    long = Shape(256, 2000, "given")  # ten seconds of decoding anywhere
+    t = build_routing_table(planner, shape=long)
+    assert t["shape"] == {"prompt_tokens": 256, "max_tokens": 2000}
+    served = [r for r in t["routes"] if r["primary"]]
+    assert served and not any(r["meets_slo"] for r in t["routes"])
+    for r in served:
+        ranking = planner.order(Request(r["region"], r["model"]), long)
+        assert ranking.feasible == 0
+        fastest = sorted(ranking.sites, key=dict(zip(ranking.sites, ranking.predicted_ms, strict=True)).get)
+        assert [s["site"] for s in r["primary"]] == fastest[: len(r["primary"])]
+        total = sum(s["capacity"] for s in r["primary"])
+        assert all(s["weight"] == max(1, round(100 * s["capacity"] / total)) for s in r["primary"])
+        assert all(s["capacity_within_slo"] == 0 for s in r["primary"] + r["backup"])
+    nginx = render_routing(t, "nginx", TEMPLATES)["nginx.conf"]
+    assert "for requests of 256 prompt + 2000 output tokens" in nginx
+
+
+def test_the_default_shape_is_the_engines_and_the_table_says_so() -> None:
+    t = build_routing_table(Planner(load_inventory(EXAMPLE)))
+    assert t["shape"] == {
+        "prompt_tokens": DEFAULT_SHAPE.prompt_tokens,
+        "max_tokens": DEFAULT_SHAPE.output_tokens,
+    }
+    assert all("meets_slo" in r for r in t["routes"])
+
+
+def test_a_hand_made_table_without_a_shape_renders_without_the_weights_note() -> None:
+    t = table(one_route("lab", "m", [site("a", "http://10.0.0.1:8000", 100)]))
+    for fmt in ("nginx", "haproxy", "envoy"):
+        text = next(iter(render_routing(t, fmt, TEMPLATES).values()))
+        assert "Primary weights" not in text
+    odd = {**t, "shape": {"prompt_tokens": "1\nlisten 80;", "max_tokens": 1}, "budget_ms": 450.0}
+    assert "listen 80" not in render_routing(odd, "nginx", TEMPLATES)["nginx.conf"]
+
+
 # -- determinism --------------------------------------------------------------------------------
 
 
@@ -116,7 +193,7 @@ def test_the_order_of_sites_and_regions_in_the_inventory_does_not_matter(fmt: st
         grid=dataclasses.replace(inv.grid, regions=tuple(reversed(inv.grid.regions))),
     )
     assert [s.name for s in shuffled.sites] != [s.name for s in inv.sites]
-    again = build_routing_table(Planner(shuffled))
+    again = build_routing_table(Planner(shuffled), shape=SHAPE)
     assert render_routing(again, fmt, TEMPLATES) == render_routing(example_table(), fmt, TEMPLATES)
 
 

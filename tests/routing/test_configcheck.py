@@ -14,6 +14,7 @@ from gridctl.placement.engine import Planner
 from gridctl.placement.render import DEFAULT_OPTIONS, RenderOptions, render_routing
 from gridctl.placement.table import build_routing_table
 from tests.conftest import EXAMPLE, REPO
+from tests.placement.test_render import SHAPE
 from tests.routing.conftest import TEMPLATES, LabGrid, nginx_options
 
 GOLDEN = REPO / "tests" / "placement" / "golden"
@@ -22,7 +23,7 @@ HAPROXY_SERVER = re.compile(r"^(    server \S+ )([a-z0-9.-]+\.example\.net)(:\d+
 
 
 def example_table() -> dict[str, Any]:
-    return build_routing_table(Planner(load_inventory(EXAMPLE)))
+    return build_routing_table(Planner(load_inventory(EXAMPLE)), shape=SHAPE)  # as the golden files
 
 
 def example_hosts() -> set[str]:
