@@ -106,10 +106,16 @@ def running_grid(source: Path, environ: Mapping[str, str], speed: float) -> Iter
         shutil.rmtree(work, ignore_errors=True)
 
 
-def explain_route(base: str, region: str) -> dict[str, Any]:
+def explain_route(base: str, region: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
     import httpx
 
-    return dict(httpx.get(f"{base}/grid/route", params={"model": MODEL, "region": region}, timeout=10).json())
+    params: dict[str, str | int] = {
+        "model": MODEL,
+        "region": region,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+    }
+    return dict(httpx.get(f"{base}/grid/route", params=params, timeout=10).json())
 
 
 def _why(route: Mapping[str, Any], site: str) -> str:
@@ -117,32 +123,43 @@ def _why(route: Mapping[str, Any], site: str) -> str:
     pos = next((i for i, r in enumerate(ranked) if r["site"] == site), None)
     excluded = route["excluded"]
     kinds: dict[str, int] = {}
-    for e in excluded:
-        for reason in e["reasons"]:
-            key = reason.split(" ", 1)[0] if not reason.startswith("jurisdiction") else "sovereignty"
-            key = {"does": "model not served", "round": "over SLO", "last": "unhealthy"}.get(key, key)
-            kinds[key] = kinds.get(key, 0) + 1
+    for e in excluded:  # each site once, by its first reason
+        reason = e["reasons"][0] if e["reasons"] else "-"
+        key = reason.split(" ", 1)[0] if not reason.startswith("jurisdiction") else "sovereignty"
+        key = {"does": "model not served", "round": "over SLO", "last": "unhealthy"}.get(key, key)
+        kinds[key] = kinds.get(key, 0) + 1
     out = f"{len(excluded)} excluded ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
     if pos is None:
         return f"not in the ranking now; {out}"
     r = ranked[pos]
-    lead = "best score" if pos == 0 else f"rank {pos + 1} (load or prefix affinity)"
-    return f"{lead} {r['score']:.3f}, rtt {r['rtt_ms']:.1f} ms, {r['jurisdiction']}; {out}"
+    feasible = sum(1 for x in ranked if x["feasible"])
+    if pos == 0:
+        lead = "cheapest within the SLO" if r["feasible"] else "fastest (none expected within the SLO)"
+    else:
+        lead = f"rank {pos + 1} (load moved it)"
+    return (
+        f"{lead}: {r['gpu']}, predicted {r['predicted_ms']:.0f} ms (rtt {r['rtt_ms']:.1f} ms), "
+        f"{r['jurisdiction']}; {feasible} of {len(ranked)} feasible; {out}"
+    )
 
 
 def send_burst(base: str, per_region: int, on_sent: Callable[[Sent], None] | None = None) -> list[Sent]:
     """``per_region`` streaming chat requests from each demo region, all at once."""
     import httpx
 
-    routes = {r: explain_route(base, r) for r in REGIONS}
+    from gridctl.placement.perf import count_tokens
+
     system = "You are the voice agent of a telco. Answer in one short sentence. " * 8
+    max_tokens = 12
+    shape = count_tokens(f"system:{system}\nuser:caller 0: where is my nearest store?\n")
+    routes = {r: explain_route(base, r, shape, max_tokens) for r in REGIONS}
 
     def one(region: str, i: int) -> Sent:
         prompt = f"caller {i}: where is my nearest store?"
         body = {
             "model": MODEL,
             "stream": True,
-            "max_tokens": 12,
+            "max_tokens": max_tokens,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
         }
         start = time.perf_counter()

@@ -49,7 +49,8 @@ from gridctl.placement.predict import Prediction, Shape, predict
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
 SLO_MARGIN = 0.1
-DEFAULT_SHAPE = Shape(256, 32, "given")  # route test / route render without --prompt-tokens/--max-tokens: a short answer
+# route test / route render without --prompt-tokens / --max-tokens: a short chat answer
+DEFAULT_SHAPE = Shape(256, 32, "given")
 
 
 @dataclass(frozen=True)
