@@ -296,6 +296,7 @@ class Planner:
                     s.rtt_ms,
                     s.jurisdiction,
                     s.capacity,
+                    s.serving.replicas,
                     s.first_ms,
                     s.prefill_ms_per_token,
                     s.interval_ms,
@@ -331,7 +332,7 @@ class Planner:
         get = live.get
         getc = cached.get if cached else None
         idle = _IDLE
-        for name, rtt, jur, cap, first_ms, per_token, interval_ms, cost_per_ms in self._fast(
+        for name, rtt, jur, cap, replicas, first_ms, per_token, interval_ms, cost_per_ms in self._fast(
             request.region, request.model
         ):
             if rtt > slo:
@@ -345,7 +346,7 @@ class Planner:
             if busy >= cap:
                 continue
             running = sig.running
-            load = running + 1 if running > busy else busy + 1  # the request counts itself
+            load = running if running > busy else busy
             if getc is not None:
                 uncached = prompt - getc(name, 0)
                 if uncached < 0:
@@ -354,10 +355,13 @@ class Planner:
                 uncached = prompt
             first = (first_ms + uncached * per_token) * sig.first_factor
             interval = interval_ms * sig.decode_factor * tokens
-            frac = load / cap if load < cap else 1.0
+            # the least-loaded replica, with the request itself, against its share of the slots
+            frac = (load // replicas + 1) * replicas / cap
+            if frac > 1.0:
+                frac = 1.0
             service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac)
             e2e = rtt + service
-            ahead = load + sig.waiting - cap  # requests before it beyond the slots
+            ahead = load + sig.waiting + 1 - cap  # requests before it beyond the slots
             if ahead > 0:
                 e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld)) / cap
             if e2e <= budget:

@@ -5,7 +5,8 @@ For a request of a given shape (prompt tokens, output tokens; see
 under its current load::
 
     load     = max(requests this daemon has in flight there, the site's own running count)
-    frac     = min(load + 1, capacity) / capacity                  (the request counts itself)
+    frac     = min(1, (load // replicas + 1) / (capacity / replicas))
+                 (the least-loaded replica, which the site's balancer picks, with the request itself)
     first    = (TTFT + uncached_prompt / prefill * 1000) * factor * cal.first  * (1 + LOAD_TTFT * frac)
     interval = 1000 / decode * factor * cal.decode * (1 + LOAD_DECODE * frac)
     service  = first + interval * (output - 1)                     (an embedding: first alone)
@@ -103,7 +104,10 @@ def predict(
 ) -> Prediction:
     """The module docstring's formulas for one site (the engine's loop inlines the same)."""
     cap = serving.capacity
-    frac = min(load + 1, cap) / cap
+    replicas = serving.replicas
+    frac = (load // replicas + 1) * replicas / cap
+    if frac > 1.0:
+        frac = 1.0
     f = serving.factor
     gpu = serving.gpu
     uncached = shape.prompt_tokens - cached_tokens
