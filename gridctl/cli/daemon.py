@@ -44,11 +44,19 @@ def run(
         float, typer.Option(min=0.0, help="Seconds in-flight requests get on SIGTERM.")
     ] = 30.0,
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body in bytes.")] = 8 * 1024 * 1024,
+    slo_policy: Annotated[
+        str,
+        typer.Option(
+            help="When no site is predicted to meet a request's SLO: best-effort sends it to the fastest "
+            "(x-grid-slo: expected-miss); strict answers 429 with Retry-After. A request's "
+            "x-grid-slo-policy header overrides it."
+        ),
+    ] = "best-effort",
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /grid/status,
     /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
     change reloads without dropping requests. Off loopback it needs GRIDCTL_DAEMON_TOKEN."""
-    from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, token_from
+    from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, parse_slo_policy, token_from
     from gridctl.daemon.server import load_state, run_daemon
 
     st = state(ctx)
@@ -64,6 +72,7 @@ def run(
         probe_interval_s=probe_interval,
         drain_timeout_s=drain_timeout,
         max_body_bytes=max_body,
+        slo_policy=parse_slo_policy(slo_policy),
     )
     check_security(config)
     load_state(config)  # fail fast, before forking, on a bad inventory or region

@@ -10,6 +10,7 @@ from pathlib import Path
 from gridctl.errors import UsageError
 
 TOKEN_ENV = "GRIDCTL_DAEMON_TOKEN"
+SLO_POLICIES = ("best-effort", "strict")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class DaemonConfig:
     reload_poll_s: float = 2.0  # inventory change detection
     drain_timeout_s: float = 30.0
     affinity_block_chars: int = 256  # prompt block size for the prefix index
-    affinity_max_util: float = 0.8  # affinity never sends to a site busier than this
-    affinity_balance: float = 0.2  # ... nor to one busier than the best-ranked site by more than this
+    slo_policy: str = "best-effort"  # or "strict": 429 instead of sending a request predicted to miss
+    calibration_save_s: float = 30.0  # how often what calibration learned is written to .state
 
     @property
     def loopback(self) -> bool:
@@ -64,6 +65,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise UsageError(f"--listen {text}: port out of range")
     return host, number
+
+
+def parse_slo_policy(text: str, where: str = "--slo-policy") -> str:
+    """``best-effort`` (send to the fastest site, flagged as an expected miss) or ``strict``
+    (answer 429 with Retry-After instead)."""
+    policy = text.strip().lower()
+    if policy not in SLO_POLICIES:
+        raise UsageError(f"{where} {text!r}: expected one of {', '.join(SLO_POLICIES)}")
+    return policy
 
 
 def check_security(config: DaemonConfig) -> None:

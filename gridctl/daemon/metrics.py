@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Mapping
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -39,8 +40,18 @@ class Metrics:
         self.failovers = 0
         self.shed: dict[str, int] = defaultdict(int)  # reason -> count
         self.stream_cuts = 0
+        self.expected_miss: dict[str, int] = defaultdict(int)  # model -> requests sent predicted to miss
 
-    def render(self, in_flight: dict[str, int], up: dict[str, int], queued: int) -> str:
+    def render(
+        self,
+        in_flight: Mapping[str, int],
+        up: Mapping[str, int],
+        queued: int,
+        model_in_flight: Mapping[tuple[str, str], int] | None = None,
+        calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+    ) -> str:
+        """``model_in_flight``: (site, model) -> requests; ``calibration``: (site, model) ->
+        (first, decode) factors now."""
         out: list[str] = []
 
         def head(name: str, kind: str, text: str) -> None:
@@ -74,6 +85,19 @@ class Metrics:
         head("gridctl_in_flight", "gauge", "Requests in flight to each site.")
         for site, n in sorted(in_flight.items()):
             out.append(f"gridctl_in_flight{_labels(site=site)} {n}")
+        head("gridctl_model_in_flight", "gauge", "Requests in flight to each site, by model.")
+        for (site, model), n in sorted((model_in_flight or {}).items()):
+            out.append(f"gridctl_model_in_flight{_labels(site=site, model=model)} {n}")
+        head(
+            "gridctl_calibration_factor",
+            "gauge",
+            "Observed over table-predicted time at each site (part: first token, decode); 1 is the table.",
+        )
+        for (site, model), (first, decode) in sorted((calibration or {}).items()):
+            for part, value in (("first", first), ("decode", decode)):
+                out.append(
+                    f"gridctl_calibration_factor{_labels(site=site, model=model, part=part)} {value:.4f}"
+                )
         head("gridctl_site_up", "gauge", "1 when the site is eligible for traffic (healthy, circuit closed).")
         for site, n in sorted(up.items()):
             out.append(f"gridctl_site_up{_labels(site=site)} {n}")
@@ -84,10 +108,19 @@ class Metrics:
         head(
             "gridctl_shed_total",
             "counter",
-            "Requests refused: 429 when every site is full, 503 when none is eligible.",
+            "Requests refused: 429 when every site is full or (strict SLO policy) none is predicted"
+            " to meet the SLO, 503 when none is eligible.",
         )
         for reason, n in sorted(self.shed.items()):
             out.append(f"gridctl_shed_total{_labels(reason=reason)} {n}")
+        head(
+            "gridctl_slo_expected_miss_total",
+            "counter",
+            "Answers from a site not predicted to meet the request's SLO (x-grid-slo: expected-miss: none"
+            " was, or the ones that were failed before answering), by model.",
+        )
+        for model, n in sorted(self.expected_miss.items()):
+            out.append(f"gridctl_slo_expected_miss_total{_labels(model=model)} {n}")
         head("gridctl_queued", "gauge", "Requests waiting for a site with room.")
         out.append(f"gridctl_queued {queued}")
         return "\n".join(out) + "\n"

@@ -6,6 +6,20 @@ environment variable its inventory entry names); a site is tried at most once
 per request; after a byte has reached the client there is no retry, and a cut
 stream ends with an SSE error event; when every eligible site is full the
 request waits in a bounded queue up to a deadline, then gets 429.
+
+Placement (issue 11): the request's shape (prompt tokens from its text, output
+tokens from ``max_tokens`` / ``max_completion_tokens``, else the 90th
+percentile of the model's completed answers, else the default; none for an
+embedding) and the prompt tokens each site probably holds (its prefix-index
+match) go to the one decision, :meth:`Planner.order`. Every answer carries
+``x-grid-predicted-ms`` (the site's predicted end to end when the request was
+sent). When no site is predicted to meet the SLO, the request still goes to the
+fastest (``x-grid-slo: expected-miss``, counted in
+``gridctl_slo_expected_miss_total``), unless the policy is strict
+(``x-grid-slo-policy: strict`` or ``daemon run --slo-policy strict``): then it
+gets 429 with Retry-After, and fails over only to sites predicted to meet it.
+A request is never cut or failed over for being slow. Each answer's timing and
+output tokens (``usage``, else the stream's token events) calibrate its site.
 """
 
 from __future__ import annotations
@@ -13,19 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import re
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from gridctl.daemon.affinity import prefix_hashes
+from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
+from gridctl.daemon.metrics import Metrics
+from gridctl.daemon.state import GridState, SiteState
 from gridctl.net.client import Pool, Response, UpstreamError
 from gridctl.net.server import DropConnection, Request, StreamingResponse, json_response
 from gridctl.net.server import Response as Answer
+from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
 from gridctl.placement.engine import Request as Placement
-
-if TYPE_CHECKING:
-    from gridctl.daemon.server import Daemon
+from gridctl.placement.predict import OutputTokens, Prediction, Shape, estimate_shape
 
 HOP_BY_HOP = frozenset(
     {
@@ -75,18 +93,132 @@ def prompt_text(body: Mapping[str, Any]) -> str:
     return ""
 
 
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_ROLE = re.compile(rb'"role"\s*:')
+_TEXT_CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
+_EMPTY_DELTA = re.compile(rb'"delta"\s*:\s*\{\s*\}')
+_EMPTY_TEXT = re.compile(rb'"text"\s*:\s*""')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_CARRY_MAX = 64 * 1024
+
+
+def completion_tokens(body: bytes) -> int | None:
+    """``usage.completion_tokens`` of an answer's body, when the site reported it."""
+    found = _COMPLETION_TOKENS.findall(body)
+    return int(found[-1]) if found else None
+
+
+class OutputCounter:
+    """A streamed answer's output tokens, counted as its pieces pass (no JSON parse).
+
+    Server-Sent Events: the last ``usage.completion_tokens`` when the site sends one (vLLM
+    with ``stream_options.include_usage``), else the ``data:`` events that carry a token:
+    not ``[DONE]``, not the opening role-only event, not an empty final event, not the
+    usage-only event. Another body: its ``usage`` when present. Pure: fed bytes."""
+
+    __slots__ = ("sse", "events", "usage", "_carry")
+
+    def __init__(self, sse: bool) -> None:
+        self.sse = sse
+        self.events = 0
+        self.usage: int | None = None
+        self._carry = b""
+
+    def feed(self, piece: bytes) -> bool:
+        """Count ``piece``; True when it holds the answer's first token."""
+        data = self._carry + piece if self._carry else piece
+        if not self.sse:
+            tokens = completion_tokens(data)
+            if tokens is not None:
+                self.usage = tokens
+            self._carry = data[-64:]
+            return False
+        lines = data.split(b"\n")
+        last = lines.pop()
+        self._carry = last if len(last) <= _CARRY_MAX else b""
+        before = self.events
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if not payload or payload == b"[DONE]":
+                continue
+            if b"completion_tokens" in payload:
+                tokens = completion_tokens(payload)
+                if tokens is not None:
+                    self.usage = tokens
+            if _NO_CHOICES.search(payload):
+                continue  # the usage-only event
+            if _ROLE.search(payload) and not _TEXT_CONTENT.search(payload):
+                continue  # the opening event: the role, no token yet
+            if _EMPTY_DELTA.search(payload) or (
+                _EMPTY_TEXT.search(payload) and b'"finish_reason":null' not in payload
+            ):
+                continue  # the final event: a finish reason, no token
+            self.events += 1
+        return before == 0 and self.events > 0
+
+    def tokens(self) -> int | None:
+        if self.usage is not None:
+            return self.usage
+        return self.events if self.sse and self.events else None
+
+
+class Attempt:
+    """One try of a request at one site: what it was sent with, for its accounting."""
+
+    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "hashes", "miss")
+
+    def __init__(
+        self,
+        st: SiteState,
+        sig: SiteSignals,
+        name: str,
+        model: str,
+        start: float,
+        prediction: Prediction | None,
+        hashes: list[bytes],
+        miss: bool,
+    ) -> None:
+        self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
+        self.prediction, self.hashes, self.miss = prediction, hashes, miss
+
+    def headers(self) -> list[tuple[str, str]]:
+        out = [("x-grid-site", self.name)]
+        if self.prediction is not None:
+            out.append(("x-grid-predicted-ms", str(round(self.prediction.e2e_ms))))
+        if self.miss:
+            out.append(("x-grid-slo", "expected-miss"))
+        return out
+
+
 class Proxy:
-    def __init__(self, daemon: Daemon, pool: Pool) -> None:
-        self.d = daemon
+    """The inference path. It gets what it uses: ``book`` (the current :class:`GridState`:
+    sites, placement, prefix index; a reload replaces it), the metrics, the client pool,
+    the configuration and the environment (the sites' API keys)."""
+
+    def __init__(
+        self,
+        book: Callable[[], GridState],
+        metrics: Metrics,
+        pool: Pool,
+        config: DaemonConfig,
+        environ: Mapping[str, str],
+        outputs: OutputTokens | None = None,
+    ) -> None:
+        self.book = book
+        self.metrics = metrics
         self.pool = pool
+        self.config = config
+        self.environ = environ
+        self.outputs = outputs if outputs is not None else OutputTokens()
         self.queued = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     # -- the inference path -----------------------------------------------------------
 
     async def handle(self, request: Request) -> Answer | StreamingResponse:
-        d = self.d
-        cfg = d.config
+        cfg = self.config
         raw = request.body  # the server answered 413 already when it was over the limit
         try:
             body = json.loads(raw)
@@ -105,48 +237,87 @@ class Proxy:
             )
         try:
             slo = float(headers["x-grid-slo-ms"]) if "x-grid-slo-ms" in headers else None
+            if slo is not None and not (math.isfinite(slo) and slo > 0):
+                raise ValueError(slo)
         except ValueError:
-            return error_json(400, "x-grid-slo-ms must be a number of milliseconds", "invalid_request_error")
+            return error_json(
+                400, "x-grid-slo-ms must be a positive number of milliseconds", "invalid_request_error"
+            )
+        policy = headers.get("x-grid-slo-policy", cfg.slo_policy).strip().lower()
+        if policy not in SLO_POLICIES:
+            return error_json(
+                400, f"x-grid-slo-policy must be one of {', '.join(SLO_POLICIES)}", "invalid_request_error"
+            )
         jurisdiction = headers.get("x-grid-jurisdiction")
         req = Placement(region, model, jurisdiction.upper() if jurisdiction else None, slo)
-        state = d.state  # one snapshot for the whole request, even across a reload
+        state = self.book()  # one snapshot for the whole request, even across a reload
         if region not in state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
-        hashes = prefix_hashes(prompt_text(body), cfg.affinity_block_chars)
-        session = headers.get("x-grid-session")
+        text = prompt_text(body)
+        hashes = prefix_hashes(text, cfg.affinity_block_chars)
+        embedding = request.path == "/v1/embeddings"
+        shape = estimate_shape(body, text, embedding, self.outputs.estimate(model))
+        cached = state.cached_tokens(hashes)
+        session = headers.get("x-grid-session") or None
         deadline = time.monotonic() + cfg.queue_timeout_s
-        order = state.order(req, hashes, session, time.monotonic())
-        if not order:
-            if not state.eligible_ignoring_load(req, time.monotonic()):
-                d.metrics.shed["no-eligible-site"] += 1
-                decision = state.explain(req, time.monotonic())
+
+        def decide() -> Ranking:
+            return state.order(req, shape, cached, session, time.monotonic())
+
+        ranking = decide()
+        if not ranking.sites:
+            if not state.eligible_ignoring_load(req, shape, time.monotonic()):
+                self.metrics.shed["no-eligible-site"] += 1
+                decision = state.explain(req, shape, cached, time.monotonic())
                 reasons = {e.site: list(e.reasons) for e in decision.excluded}
                 return error_json(
                     503, f"no eligible site for {model} from {region}", "no_eligible_site", reasons=reasons
                 )
-            order = await self._wait_for_room(req, hashes, session, deadline)
-            if not order:
-                d.metrics.shed["all-sites-full"] += 1
+            ranking = await self._wait_for_room(decide, deadline)
+            if not ranking.sites:
+                self.metrics.shed["all-sites-full"] += 1
                 return error_json(
                     429,
                     "every eligible site is full; retry shortly",
                     "rate_limit_exceeded",
                     headers=(("retry-after", "1"),),
                 )
-        return await self._forward(request, req, order, hashes)
+        order = list(ranking.sites)
+        if policy == "strict":
+            if ranking.expected_miss:
+                self.metrics.shed["slo-expected-miss"] += 1
+                return self._refuse_miss(req, ranking, state.planner.default_slo_ms)
+            order = order[: ranking.feasible]  # fail over only to sites that can meet it
+        return await self._forward(request, state, req, shape, cached, order, ranking.feasible, hashes)
 
-    async def _wait_for_room(
-        self, req: Placement, hashes: list[bytes], session: str | None, deadline: float
-    ) -> list[str]:
-        if self.queued >= self.d.config.queue_max:
-            return []
+    def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float) -> Answer:
+        slo = req.slo_ms or default_slo_ms
+        best, ms = ranking.sites[0], ranking.predicted_ms[0]
+        budget = slo * (1.0 - SLO_MARGIN)
+        return error_json(
+            429,
+            f"no site is predicted to meet the {slo:g} ms SLO for {req.model} from {req.region}: "
+            f"the fastest, {best}, is predicted at {ms:.0f} ms (a site must be predicted within "
+            f"{budget:g} ms, the SLO less its {SLO_MARGIN:.0%} margin); retry later, allow more "
+            "with x-grid-slo-ms, or send x-grid-slo-policy: best-effort to be served anyway",
+            "rate_limit_exceeded",
+            headers=(("retry-after", "1"),),
+            code="slo_expected_miss",
+            site=best,
+            predicted_ms=round(ms, 1),
+            slo_ms=slo,
+        )
+
+    async def _wait_for_room(self, decide: Callable[[], Ranking], deadline: float) -> Ranking:
+        if self.queued >= self.config.queue_max:
+            return EMPTY
         loop = asyncio.get_running_loop()
         self.queued += 1
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return []
+                    return EMPTY
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append(fut)
                 woken = False
@@ -155,7 +326,7 @@ class Proxy:
                         await fut
                     woken = True
                 except TimeoutError:
-                    return []
+                    return EMPTY
                 finally:
                     if not fut.done():
                         fut.cancel()
@@ -163,9 +334,9 @@ class Proxy:
                         # woken, but leaving (timed out or the client hung up) without the slot
                         # it was woken for: pass the wake-up on to the next in the queue
                         self._release()
-                order = self.d.state.order(req, hashes, session, time.monotonic())
-                if order:
-                    return order
+                ranking = decide()
+                if ranking.sites:
+                    return ranking
         finally:
             self.queued -= 1
 
@@ -177,30 +348,40 @@ class Proxy:
                 fut.set_result(None)
                 return
 
-    def _site_headers(self, request: Request, site_name: str, region: str) -> list[tuple[str, str]]:
+    def _site_headers(self, request: Request, st: SiteState, region: str) -> list[tuple[str, str]]:
         headers = request.headers
         named = headers.get("connection")  # headers the client marked as hop-by-hop
         drop = DROP_TO_SITE | {t.strip().lower() for t in named.split(",")} if named else DROP_TO_SITE
         out = [(k, v) for k, v in headers.items() if k not in drop and not k.startswith("x-grid-")]
-        out.extend(self.d.state.sites[site_name].site.auth_headers(self.d.environ).items())
+        out.extend(st.site.auth_headers(self.environ).items())
         out.append(("x-grid-client-region", region))  # lab sites simulate the distance; others ignore it
         return out
 
     async def _forward(
-        self, request: Request, req: Placement, order: list[str], hashes: list[bytes]
+        self,
+        request: Request,
+        state: GridState,
+        req: Placement,
+        shape: Shape,
+        cached: Mapping[str, int],
+        order: list[str],
+        feasible: int,
+        hashes: list[bytes],
     ) -> Answer | StreamingResponse:
-        d = self.d
-        cfg = d.config
+        cfg = self.config
         attempts: list[dict[str, str]] = []
         for n, name in enumerate(order):
-            st = d.state.sites.get(name)
-            if st is None:  # removed by a reload while we waited
+            st = state.sites.get(name)
+            sig = st.signals.get(req.model) if st is not None else None
+            if st is None or sig is None:  # removed by a reload while we waited
                 continue
             if n:
-                d.metrics.failovers += 1
+                self.metrics.failovers += 1
             url = st.site.endpoint.rstrip("/") + request.path
             start = time.monotonic()
-            st.in_flight += 1
+            prediction = state.predict(req, shape, name, cached.get(name, 0), start)
+            attempt = Attempt(st, sig, name, req.model, start, prediction, hashes, n >= feasible)
+            sig.in_flight += 1
             st.requests += 1
             st.breaker.on_attempt(start)
             handed_off = False  # a streamed answer ends (and is accounted) after this returns
@@ -209,7 +390,7 @@ class Proxy:
                     upstream = await self.pool.request(
                         "POST",
                         url,
-                        self._site_headers(request, name, req.region),
+                        self._site_headers(request, st, req.region),
                         request.body,
                         head_timeout=cfg.header_timeout_s,
                         connect_timeout=cfg.connect_timeout_s,
@@ -221,66 +402,68 @@ class Proxy:
                     detail = (await _first_bytes(upstream, 200)).decode("utf-8", "replace")
                     self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
                     continue
-                answer = await self._relay(upstream, st, name, start, hashes)
+                answer = await self._relay(upstream, attempt)
                 handed_off = isinstance(answer, StreamingResponse)
                 return answer
             except asyncio.CancelledError:  # the client hung up while we waited for the site
-                self._account(st, name, start, None, hashes, 0, None, gone=True)
+                self._account(attempt, None, 0, None, gone=True)
                 raise
             finally:
                 if not handed_off:
-                    st.in_flight -= 1
+                    sig.in_flight -= 1
                     self._release()
-        d.metrics.requests[("none", "502")] += 1
+        self.metrics.requests[("none", "502")] += 1
         return error_json(
             502, "every site tried failed before answering", "upstream_error", attempts=attempts
         )
 
-    def _failed(self, st: Any, attempts: list[dict[str, str]], name: str, error: str) -> None:
+    def _failed(self, st: SiteState, attempts: list[dict[str, str]], name: str, error: str) -> None:
         st.failures += 1
         st.error_rate.add(1.0)
         st.breaker.on_failure(time.monotonic())
-        self.d.metrics.requests[(name, "error")] += 1
+        self.metrics.requests[(name, "error")] += 1
         attempts.append({"site": name, "error": error})
 
-    async def _relay(
-        self, upstream: Response, st: Any, name: str, start: float, hashes: list[bytes]
-    ) -> Answer | StreamingResponse:
+    async def _relay(self, upstream: Response, attempt: Attempt) -> Answer | StreamingResponse:
         """The site's answer for the client: whole when its size is known and it is not a
         stream (one send), else relayed piece by piece as it arrives."""
         headers = [(k, v) for k, v in upstream.headers if k not in DROP_TO_CLIENT]
-        headers.append(("x-grid-site", name))
+        headers.extend(attempt.headers())
+        if attempt.miss:  # the same answers as the x-grid-slo header
+            self.metrics.expected_miss[attempt.model] += 1
         content_type = upstream.header("content-type", "") or ""
         if not upstream.has_body:  # 204, 304: nothing to relay, and no framing may be sent
-            self._account(st, name, start, time.monotonic(), hashes, upstream.status, None)
+            self._account(attempt, time.monotonic(), upstream.status, None)
             return Answer(upstream.status, b"", content_type, headers)
         streaming = "text/event-stream" in content_type
         if not streaming and upstream.content_length is not None:
             try:
                 body = await upstream.read()
             except UpstreamError as exc:
-                self._account(st, name, start, None, hashes, upstream.status, exc)
-                return error_json(502, f"site {name} broke off its answer: {exc}", "upstream_error")
-            self._account(st, name, start, time.monotonic(), hashes, upstream.status, None)
+                self._account(attempt, None, upstream.status, exc)
+                return error_json(502, f"site {attempt.name} broke off its answer: {exc}", "upstream_error")
+            self._account(attempt, time.monotonic(), upstream.status, None, tokens=completion_tokens(body))
             return Answer(upstream.status, body, content_type, headers)
-        relay = _Relay(self, upstream, st, name, start, hashes, streaming)
+        relay = _Relay(self, upstream, attempt, streaming)
         return StreamingResponse(relay, upstream.status, content_type, headers)
 
     def _account(
         self,
-        st: Any,
-        name: str,
-        start: float,
+        attempt: Attempt,
         first: float | None,
-        hashes: list[bytes],
         status: int,
         cut: BaseException | None,
         gone: bool = False,
+        tokens: int | None = None,
+        first_token: float | None = None,
     ) -> None:
-        d = self.d
+        """One attempt ended: breaker, moving averages, prefix index, metrics, and what its
+        timing teaches the site's calibration (answers that completed with a 2xx only)."""
+        st, name, start = attempt.st, attempt.name, attempt.start
+        metrics = self.metrics
         now = time.monotonic()
         if cut is not None:
-            d.metrics.stream_cuts += 1
+            metrics.stream_cuts += 1
             st.breaker.on_failure(now)
             st.failures += 1
             st.error_rate.add(1.0)
@@ -290,13 +473,19 @@ class Proxy:
             st.latency_s.add(now - start)
             if first is not None:
                 st.ttft_s.add(first - start)
-            if hashes and status < 400:
-                d.state.prefixes.record(name, hashes)
+            if status < 400:
+                if attempt.hashes:
+                    self.book().prefixes.record(name, attempt.hashes)
+                if tokens is not None:
+                    self.outputs.record(attempt.model, tokens)
+                if attempt.prediction is not None and 200 <= status < 300:
+                    ttft_ms = (first_token - start) * 1000.0 if first_token is not None else None
+                    st.learn(attempt.model, attempt.prediction, now, ttft_ms, (now - start) * 1000.0, tokens)
         label = "cut" if cut is not None else "client-gone" if gone else str(status)
-        d.metrics.requests[(name, label)] += 1
-        d.metrics.latency[name].observe(now - start)
+        metrics.requests[(name, label)] += 1
+        metrics.latency[name].observe(now - start)
         if first is not None:
-            d.metrics.ttft[name].observe(first - start)
+            metrics.ttft[name].observe(first - start)
 
 
 async def _first_bytes(upstream: Response, limit: int) -> bytes:
@@ -325,20 +514,13 @@ class _Relay:
     error event; a body that is not a stream is cut off (the client sees it incomplete, never
     a short body that looks whole); a client that hangs up is not the site's fault."""
 
-    def __init__(
-        self,
-        proxy: Proxy,
-        upstream: Response,
-        st: Any,
-        name: str,
-        start: float,
-        hashes: list[bytes],
-        streaming: bool,
-    ) -> None:
-        self.proxy, self.upstream, self.st, self.name = proxy, upstream, st, name
-        self.start, self.hashes, self.streaming = start, hashes, streaming
+    def __init__(self, proxy: Proxy, upstream: Response, attempt: Attempt, streaming: bool) -> None:
+        self.proxy, self.upstream, self.attempt = proxy, upstream, attempt
+        self.name, self.streaming = attempt.name, streaming
         self.pieces = upstream.chunks()
-        self.first: float | None = None
+        self.counter = OutputCounter(streaming)
+        self.first: float | None = None  # the first byte
+        self.first_token: float | None = None  # the first token event (a stream's TTFT)
         self.ended = False  # the body is over (complete or cut)
         self.accounted = False
 
@@ -368,8 +550,11 @@ class _Relay:
                 }
             }
             return f"data: {json.dumps(event)}\n\n".encode()
+        now = time.monotonic()
         if self.first is None:
-            self.first = time.monotonic()
+            self.first = now
+        if self.counter.feed(piece) and self.first_token is None:
+            self.first_token = now
         return piece
 
     async def aclose(self) -> None:
@@ -383,8 +568,9 @@ class _Relay:
         if self.accounted:
             return
         self.accounted = True
+        a = self.attempt
         self.proxy._account(
-            self.st, self.name, self.start, self.first, self.hashes, self.upstream.status, cut, gone
+            a, self.first, self.upstream.status, cut, gone, self.counter.tokens(), self.first_token
         )
-        self.st.in_flight -= 1
+        a.sig.in_flight -= 1
         self.proxy._release()

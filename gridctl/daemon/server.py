@@ -3,15 +3,21 @@
 uvicorn's shape: ``Daemon(config)`` holds plain data until ``serve()``;
 ``startup()`` loads the inventory and binds; the main loop runs probes and
 watches the inventory; a signal sets a flag and ``shutdown()`` drains.
+
+What calibration learns (per site and model) is kept across a reload (the new
+``GridState`` takes the old one's) and across restarts in the inventory's
+``.state/calibration.json``: written every ``calibration_save_s`` and on
+shutdown, read at start-up. Each probe round also decays every site's factors
+toward its table row, so a site predicted too slow to get traffic comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
-import re
 import signal
 import sys
 import time
@@ -23,24 +29,22 @@ from urllib.parse import parse_qsl
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, error_json
-from gridctl.daemon.state import GridState
+from gridctl.daemon.state import NO_LOAD, GridState, parse_calibration, parse_site_metrics
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
 from gridctl.placement.engine import Request as Placement
-from gridctl.placement.engine import decision_dict
+from gridctl.placement.predict import Shape
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
-_VLLM_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
-_VLLM_KV = re.compile(
-    r"^vllm:(?:gpu_cache_usage_perc|kv_cache_usage_perc)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M
-)
-
 
 def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridState:
+    """The inventory and what ``.state`` holds; a first load (no ``previous``) also reads
+    the calibration an earlier run wrote, a reload keeps the running one's."""
     from gridctl.inventory.load import load_inventory
-    from gridctl.inventory.state import health_by_site, probe_rtts
+    from gridctl.inventory.state import health_by_site, load_calibration, probe_rtts
 
     inv = load_inventory(config.inventory)
     if config.region and inv.region(config.region) is None:
@@ -48,7 +52,23 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
             f"no client region '{config.region}' in {config.inventory}",
             hint=f"regions: {', '.join(r.name for r in inv.grid.regions)}",
         )
-    return GridState(inv, config, probe_rtts(inv.root), health_by_site(inv.root), previous)
+    calibration = None
+    if previous is None:
+        calibration = parse_calibration(load_calibration(inv.root), time.monotonic())
+    return GridState(inv, config, probe_rtts(inv.root), health_by_site(inv.root), previous, calibration)
+
+
+def save_calibration(state: GridState) -> None:
+    """What calibration learned, into ``.state/calibration.json`` (merged with other workers')."""
+    from gridctl.inventory.state import write_calibration
+
+    now, wall = time.monotonic(), round(time.time(), 3)
+    entries = {
+        site: {model: {**entry, "written_at": wall} for model, entry in models.items()}
+        for site, models in state.calibration_dict(now).items()
+    }
+    if entries:
+        write_calibration(state.inv.root, entries)
 
 
 def inventory_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -83,7 +103,7 @@ class Daemon:
         self._signature = inventory_signature(self.config.inventory)
         cfg = self.config
         self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
-        self.proxy = Proxy(self, self.pool)
+        self.proxy = Proxy(lambda: self.state, self.metrics, self.pool, cfg, self.environ)
         self.routes = self._routes()
         self.http = HttpServer(
             self._dispatch,
@@ -123,6 +143,14 @@ class Daemon:
             else f"gridctl daemon stopped (pid {pid})"
         )
         self.pool.close()
+        self._save_calibration()
+
+    def _save_calibration(self) -> None:
+        """Keep what calibration learned for the next start (a failure is logged, not fatal)."""
+        try:
+            save_calibration(self.state)
+        except (OSError, GridctlError) as exc:
+            self.log(f"could not keep calibration in {self.state.inv.root}/.state: {exc}")
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,10 +191,17 @@ class Daemon:
                 await self.reload("inventory changed")
 
     async def _probe_loop(self) -> None:
+        saved = time.monotonic()
         while True:
             await asyncio.gather(
                 *(self._probe(name) for name in list(self.state.sites)), return_exceptions=True
             )
+            now = time.monotonic()
+            self.state.refresh_factors(now)  # corrections decay toward the table without traffic
+            if now - saved >= self.config.calibration_save_s:
+                saved = now
+                with contextlib.suppress(OSError, GridctlError):
+                    await asyncio.to_thread(save_calibration, self.state)
             interval = self.config.probe_interval_s
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # jitter: daemons do not probe in step
 
@@ -208,15 +243,13 @@ class Daemon:
                     data = await r.read()
                 if r.status == 404:
                     st.metrics_supported = False
+                    st.set_load(NO_LOAD)
                     return
-                text = data.decode("utf-8", "replace")
-                st.waiting = (
-                    sum(float(x) for x in _VLLM_WAITING.findall(text)) if _VLLM_WAITING.search(text) else None
-                )
-                kv = [float(x) for x in _VLLM_KV.findall(text)]
-                st.kv_usage = max(kv) if kv else None
+                st.set_load(parse_site_metrics(data.decode("utf-8", "replace")))
             except (UpstreamError, TimeoutError, ValueError):
-                st.waiting = st.kv_usage = None
+                st.set_load(NO_LOAD)
+        elif not ok:
+            st.set_load(NO_LOAD)
 
     # -- the HTTP surface ----------------------------------------------------------------
 
@@ -275,6 +308,7 @@ class Daemon:
                 "listen": f"{self.config.host}:{self.bound_port}",
                 "pid": os.getpid(),
                 "queued": self.proxy.queued,
+                "slo_policy": self.config.slo_policy,
                 "sites": sites,
             }
         )
@@ -293,19 +327,41 @@ class Daemon:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
         try:
             slo = float(q["slo_ms"]) if "slo_ms" in q else None
+            if slo is not None and not (math.isfinite(slo) and slo > 0):
+                raise ValueError(slo)
         except ValueError:
-            return error_json(400, "slo_ms must be a number", "invalid_request_error")
+            return error_json(400, "slo_ms must be a positive number", "invalid_request_error")
+        try:
+            prompt = int(q.get("prompt_tokens", DEFAULT_SHAPE.prompt_tokens))
+            output = int(q["max_tokens"]) if "max_tokens" in q else None
+            if prompt < 0 or (output is not None and output < 0):
+                raise ValueError
+        except ValueError:
+            return error_json(
+                400, "prompt_tokens and max_tokens must be whole numbers >= 0", "invalid_request_error"
+            )
+        if output is None:  # as a request without max_tokens: the model's observed quantile
+            shape = Shape(prompt, *self.proxy.outputs.estimate(model))
+        else:
+            shape = Shape(prompt, output, "max_tokens")
         juris = q.get("jurisdiction")
         req = Placement(region, model, juris.upper() if juris else None, slo)
-        decision = self.state.explain(req, time.monotonic())
+        decision = self.state.explain(req, shape, None, time.monotonic(), q.get("session") or None)
         return json_response(decision_dict(decision, self.state.planner.sites))
 
     async def _metrics(self, request: Request) -> Response:
         now = time.monotonic()
-        live = self.state.live(now)
-        up = {n: int(live.health.get(n) not in ("failed", "unreachable")) for n in self.state.sites}
-        in_flight = {n: s.in_flight for n, s in self.state.sites.items()}
-        text = self.metrics.render(in_flight, up, self.proxy.queued)
+        state = self.state
+        up = {
+            n: int(s.status(state.recorded.get(n), now) not in ("failed", "unreachable"))
+            for n, s in state.sites.items()
+        }
+        in_flight = {n: s.in_flight for n, s in state.sites.items()}
+        by_model = {(n, m): sig.in_flight for n, s in state.sites.items() for m, sig in s.signals.items()}
+        calibration = {
+            (n, m): cal.factors(now) for n, s in state.sites.items() for m, cal in s.calibration.items()
+        }
+        text = self.metrics.render(in_flight, up, self.proxy.queued, by_model, calibration)
         return Response(
             200,
             text.encode(),

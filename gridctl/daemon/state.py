@@ -1,31 +1,132 @@
-"""What the daemon knows about each site right now, and the order in which to try sites.
+"""What the daemon knows about each site right now: the snapshot the placement decision reads.
 
-``GridState`` wraps the placement ``Planner`` (the same code as ``route test``)
-with live signals: in-flight requests, active probe results, the sites' own
-load from their /metrics, circuit breakers, moving averages, and the prefix
-index for KV-cache affinity. ``order()`` is the whole decision; it takes
-``now`` so it can be tested as plain data.
+``GridState`` wraps the placement ``Planner`` (the same code as ``route test``,
+``route render`` and the simulator) with live signals. It keeps one
+:class:`~gridctl.placement.engine.SiteSignals` per (model, site), updated in
+place as things happen:
+
+- ``in_flight``: this daemon's requests in flight to the site **for that model**
+  (a site's speech traffic does not count against its LLM slots), changed as
+  attempts start and end;
+- ``running`` / ``waiting``: the site's own ``vllm:num_requests_running`` /
+  ``vllm:num_requests_waiting`` for the model (their ``model_name`` label), from
+  its /metrics at each probe: the load that several daemons and ``--workers`` share;
+- ``first_factor`` / ``decode_factor``: the site's calibration for the model
+  (:class:`~gridctl.placement.predict.Calibration`), refreshed when an answer
+  teaches it something and, decayed toward the prior, at every probe round;
+- ``health`` / ``open``: from the probes, the recorded health and the circuit
+  breaker, written at decision time (a breaker's cooldown ends with time).
+
+:func:`build_signals` is the one place plain readings become signals; the test
+suite drives it (and ``GridState.observe``) from plain data with ``now``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gridctl.daemon.affinity import PrefixIndex
-from gridctl.placement.engine import rendezvous
 from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.inventory.model import Inventory, Site
-from gridctl.placement.engine import Decision, Live, Planner, Request
+from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
+from gridctl.placement.perf import CHARS_PER_TOKEN
+from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
+
+_SAMPLE = re.compile(
+    r"^vllm:(num_requests_running|num_requests_waiting|gpu_cache_usage_perc|kv_cache_usage_perc)"
+    r"(?:\{([^}]*)\})?\s+([0-9.eE+-]+|NaN)\s*$",
+    re.M,
+)
+_MODEL_NAME = re.compile(r'model_name="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class SiteLoad:
+    """A site's own load, from its vLLM /metrics: running and waiting requests per model
+    (the ``model_name`` label; a sample without it counts for every model), KV-cache usage."""
+
+    running: Mapping[str, int]
+    waiting: Mapping[str, int]
+    waiting_total: float | None  # None: the site exports no queue
+    kv_usage: float | None
+
+    def for_model(self, model: str) -> tuple[int, int]:
+        return self.running.get(model, self.running.get("", 0)), self.waiting.get(
+            model, self.waiting.get("", 0)
+        )
+
+
+def parse_site_metrics(text: str) -> SiteLoad:
+    """The Prometheus text of a vLLM (or lab) site -> its :class:`SiteLoad`. Pure."""
+    running: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    kv: list[float] = []
+    waited = False
+    for name, labels, value in _SAMPLE.findall(text):
+        x = float(value)
+        if not math.isfinite(x):
+            continue
+        if name in ("gpu_cache_usage_perc", "kv_cache_usage_perc"):
+            kv.append(x)
+            continue
+        found = _MODEL_NAME.search(labels or "")
+        model = found.group(1) if found else ""
+        into = running if name == "num_requests_running" else waiting
+        waited = waited or name == "num_requests_waiting"
+        into[model] = into.get(model, 0) + max(0, round(x))
+    return SiteLoad(
+        running, waiting, float(sum(waiting.values())) if waited else None, max(kv) if kv else None
+    )
+
+
+NO_LOAD = SiteLoad({}, {}, None, None)
+
+
+def site_health(probe_ok: bool | None, recorded: str | None, breaker: str) -> str:
+    """The health placement sees: live probes win over the recorded verdict; an open
+    circuit is a failure until its cooldown ends."""
+    if probe_ok is False or breaker == "open":
+        return "failed"
+    if probe_ok is None and recorded is not None:
+        return recorded
+    return "ok"
+
+
+def build_signals(
+    sig: SiteSignals,
+    *,
+    health: str,
+    open: bool,
+    in_flight: int,
+    running: int,
+    waiting: int,
+    calibration: Calibration,
+    now: float,
+) -> SiteSignals:
+    """Write one site's plain readings for one model into ``sig`` (in place) and return it.
+
+    ``open``: the breaker refuses a request now (open, or half-open with its trial out);
+    ``calibration`` is read at ``now`` (decayed toward the prior since its last evidence)."""
+    sig.health = health
+    sig.open = open
+    sig.in_flight = in_flight
+    sig.running = running
+    sig.waiting = waiting
+    sig.first_factor, sig.decode_factor = calibration.factors(now)
+    return sig
 
 
 @dataclass
 class SiteState:
     site: Site
     breaker: Breaker
-    in_flight: int = 0
+    signals: dict[str, SiteSignals] = field(default_factory=dict)  # model -> its signals
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # model -> correction
     requests: int = 0
     failures: int = 0
     ttft_s: Ewma = field(default_factory=Ewma)
@@ -34,36 +135,67 @@ class SiteState:
     probe_ok: bool | None = None  # None: not probed yet
     probe_error: str | None = None
     probe_rtt_ms: float | None = None
-    waiting: float | None = None  # the site's own queue (vLLM num_requests_waiting)
+    waiting: float | None = None  # the site's own queue, all models (vLLM num_requests_waiting)
     kv_usage: float | None = None  # 0..1 (vLLM gpu_cache_usage_perc)
     metrics_supported: bool = True
 
-    def capacity(self, model: str) -> int:
-        return next((m.capacity for m in self.site.models if m.name == model), 0)
+    def __post_init__(self) -> None:
+        self.fit_models()
 
-    def total_capacity(self) -> int:
-        return sum(m.capacity for m in self.site.models) or 1
+    def fit_models(self) -> None:
+        """One signals object per model the site serves (a reload may add or drop models)."""
+        models = [m.name for m in self.site.models]
+        self.signals = {m: self.signals.get(m) or SiteSignals() for m in models}
 
-    def utilization(self, model: str) -> float:
-        return self.in_flight / (self.capacity(model) or self.total_capacity())
+    @property
+    def in_flight(self) -> int:
+        """This daemon's requests in flight to the site, all models."""
+        return sum(s.in_flight for s in self.signals.values())
 
-    def saturated(self, cfg: DaemonConfig, model: str) -> bool:
-        """Too busy for affinity to add to it (a cache hit is not worth a queue)."""
-        if self.in_flight >= cfg.affinity_max_util * (self.capacity(model) or self.total_capacity()):
-            return True
-        if self.waiting is not None and self.waiting > 0:
-            return True
-        return self.kv_usage is not None and self.kv_usage >= 0.95
+    def set_load(self, load: SiteLoad) -> None:
+        """What the site's /metrics said (``NO_LOAD`` when they could not be read)."""
+        self.waiting = load.waiting_total
+        self.kv_usage = load.kv_usage
+        for model, sig in self.signals.items():
+            sig.running, sig.waiting = load.for_model(model)
+
+    def cal(self, model: str) -> Calibration:
+        return self.calibration.get(model, PRIOR)
 
     def status(self, recorded: str | None, now: float) -> str:
-        """The health placement sees: live probes win over the recorded verdict."""
-        if self.probe_ok is False:
-            return "failed"
-        if self.breaker.state(now) == "open":
-            return "failed"
-        if self.probe_ok is None and recorded is not None:
-            return recorded
-        return "ok"
+        return site_health(self.probe_ok, recorded, self.breaker.state(now))
+
+    def refresh(self, model: str, recorded: str | None, now: float) -> SiteSignals:
+        """The site's signals for ``model`` brought up to ``now``: health, breaker, calibration."""
+        sig = self.signals[model]
+        return build_signals(
+            sig,
+            health=self.status(recorded, now),
+            open=not self.breaker.allows(now),
+            in_flight=sig.in_flight,
+            running=sig.running,
+            waiting=sig.waiting,
+            calibration=self.cal(model),
+            now=now,
+        )
+
+    def learn(
+        self,
+        model: str,
+        predicted: Prediction,
+        now: float,
+        ttft_ms: float | None,
+        e2e_ms: float,
+        output_tokens: int | None,
+    ) -> Calibration:
+        """One answer's evidence: the model's calibration at this site moves, and its
+        signals carry the new factors at once."""
+        cal = calibrate(self.cal(model), predicted, now, ttft_ms, e2e_ms, output_tokens)
+        self.calibration[model] = cal
+        sig = self.signals.get(model)
+        if sig is not None:
+            sig.first_factor, sig.decode_factor = cal.factors(now)
+        return cal
 
     def to_dict(self, recorded: str | None, now: float) -> dict[str, Any]:
         return {
@@ -77,6 +209,15 @@ class SiteState:
             "breaker": self.breaker.state(now),
             "in_flight": self.in_flight,
             "capacity": {m.name: m.capacity for m in self.site.models},
+            "models": {
+                m: {
+                    "in_flight": s.in_flight,
+                    "site_running": s.running,
+                    "site_waiting": s.waiting,
+                    "calibration": self.cal(m).to_dict(now),
+                }
+                for m, s in sorted(self.signals.items())
+            },
             "requests": self.requests,
             "failures": self.failures,
             "error_rate": self.error_rate.value,
@@ -95,7 +236,11 @@ class GridState:
         probes: Mapping[str, Mapping[str, float]] | None = None,
         recorded_health: Mapping[str, str] | None = None,
         previous: GridState | None = None,
+        calibration: Mapping[str, Mapping[str, Calibration]] | None = None,
     ) -> None:
+        """``previous``: the state a reload replaces (live signals, calibration and the prefix
+        index of sites that stay are kept); ``calibration``: site -> model -> what an earlier
+        run learned (read from ``.state`` at start-up)."""
         self.inv = inv
         self.cfg = cfg
         self.planner = Planner(inv, probes)
@@ -106,53 +251,133 @@ class GridState:
             kept = old.get(site.name)
             if kept is not None:  # a reload keeps live signals of sites that stay
                 kept.site = site
+                kept.fit_models()
                 self.sites[site.name] = kept
             else:
-                self.sites[site.name] = SiteState(site, Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
+                st = SiteState(site, Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
+                st.calibration.update((calibration or {}).get(site.name, {}))
+                self.sites[site.name] = st
         self.prefixes: PrefixIndex = previous.prefixes if previous else PrefixIndex()
         self.prefixes.forget(self.sites)
         self.models = sorted({m.name for s in inv.sites for m in s.models})
+        self._by_model: dict[str, list[tuple[str, SiteState]]] = {
+            model: [(n, st) for n, st in self.sites.items() if model in st.signals] for model in self.models
+        }
 
-    def live(self, now: float) -> Live:
-        return Live(
-            health={n: s.status(self.recorded.get(n), now) for n, s in self.sites.items()},
-            in_flight={n: s.in_flight for n, s in self.sites.items()},
-        )
+    # -- the snapshot -------------------------------------------------------------------
 
-    def order(self, request: Request, hashes: Sequence[bytes], session: str | None, now: float) -> list[str]:
-        """Sites to try, in order: placement's ranking with live load, minus open
-        circuits; a session key picks by rendezvous hashing among them; otherwise
-        the site most likely to hold the prompt's prefix goes first, unless it is
-        saturated or busier than the first-ranked site by more than ``affinity_balance``."""
-        ranked = self.planner.rank(request, self.live(now))
-        ranked = [n for n in ranked if self.sites[n].breaker.allows(now)]
-        if not ranked:
-            return ranked
-        if session:
-            return rendezvous(session, ranked)
-        if hashes:
-            # a cache hit is worth less than a queue: affinity only picks a site that is not
-            # saturated and not much busier than the site placement ranks first (load balance)
-            best, best_len = None, 0
-            limit = self.sites[ranked[0]].utilization(request.model) + self.cfg.affinity_balance
-            for name in ranked:
-                n = self.prefixes.match(name, hashes)
-                st = self.sites[name]
-                if (
-                    n > best_len
-                    and not st.saturated(self.cfg, request.model)
-                    and st.utilization(request.model) <= limit
-                ):
-                    best, best_len = name, n
-            if best is not None and best != ranked[0]:
-                ranked.remove(best)
-                ranked.insert(0, best)
-        return ranked
+    def live(self, model: str, now: float) -> dict[str, SiteSignals]:
+        """The snapshot for ``model``: its signals at every site serving it, brought to ``now``."""
+        recorded = self.recorded
+        return {n: st.refresh(model, recorded.get(n), now) for n, st in self._by_model.get(model, ())}
 
-    def eligible_ignoring_load(self, request: Request, now: float) -> bool:
+    def observe(
+        self,
+        site: str,
+        model: str,
+        *,
+        in_flight: int | None = None,
+        running: int | None = None,
+        waiting: int | None = None,
+        calibration: Calibration | None = None,
+        probe_ok: bool | None = None,
+        breaker_opened_at: float | None = None,
+    ) -> None:
+        """Set plain readings of one site for one model (what the request path, the probes,
+        the breaker and calibration write as they happen; a test writes them directly).
+        ``probe_ok=False``: its last probe failed (the site is out); ``breaker_opened_at``:
+        its circuit opened then (out for the breaker's cooldown, then one trial)."""
+        st = self.sites[site]
+        sig = st.signals[model]
+        if probe_ok is not None:
+            st.probe_ok = probe_ok
+        if breaker_opened_at is not None:
+            st.breaker.opened_at = breaker_opened_at
+            st.breaker.trial_in_flight = False
+        if in_flight is not None:
+            sig.in_flight = in_flight
+        if running is not None:
+            sig.running = running
+        if waiting is not None:
+            sig.waiting = waiting
+        if calibration is not None:
+            st.calibration[model] = calibration
+
+    def refresh_factors(self, now: float) -> None:
+        """Every site's calibration factors decayed to ``now`` (the probe loop calls it)."""
+        for st in self.sites.values():
+            for model, sig in st.signals.items():
+                sig.first_factor, sig.decode_factor = st.cal(model).factors(now)
+
+    def cached_tokens(self, hashes: Sequence[bytes], sites: Sequence[str] | None = None) -> dict[str, int]:
+        """Site -> prompt tokens it probably holds in its prefix cache (matched blocks)."""
+        if not hashes:
+            return {}
+        tokens_per_block = self.cfg.affinity_block_chars / CHARS_PER_TOKEN
+        out: dict[str, int] = {}
+        for name in sites if sites is not None else self.sites:
+            n = self.prefixes.match(name, hashes)
+            if n:
+                out[name] = math.floor(n * tokens_per_block)
+        return out
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def order(
+        self,
+        request: Request,
+        shape: Shape,
+        cached: Mapping[str, int] | None,
+        session: str | None,
+        now: float,
+    ) -> Ranking:
+        """The placement decision over the live snapshot: sites to try, best first."""
+        return self.planner.order(request, shape, self.live(request.model, now), cached, session)
+
+    def predict(
+        self, request: Request, shape: Shape, site: str, cached_tokens: int, now: float
+    ) -> Prediction | None:
+        """The prediction a request is sent to ``site`` with (for its header and calibration)."""
+        return self.planner.predict(request, shape, site, self.live(request.model, now), cached_tokens)
+
+    def eligible_ignoring_load(self, request: Request, shape: Shape, now: float) -> bool:
         """Would any site serve this request if none were busy? (429 vs 503)"""
-        live = self.live(now)
-        return bool(self.planner.rank(request, Live(health=live.health)))
+        idle = {n: SiteSignals(health=sig.health) for n, sig in self.live(request.model, now).items()}
+        return bool(self.planner.order(request, shape, idle).sites)
 
-    def explain(self, request: Request, now: float) -> Decision:
-        return self.planner.explain(request, self.live(now))
+    def explain(
+        self,
+        request: Request,
+        shape: Shape,
+        cached: Mapping[str, int] | None,
+        now: float,
+        session: str | None = None,
+    ) -> Decision:
+        return self.planner.explain(request, shape, self.live(request.model, now), cached or {}, session)
+
+    # -- persistence --------------------------------------------------------------------
+
+    def calibration_dict(self, now: float) -> dict[str, dict[str, dict[str, Any]]]:
+        """site -> model -> ``Calibration.to_dict(now)``, for the models with evidence."""
+        return {
+            n: {m: cal.to_dict(now) for m, cal in sorted(st.calibration.items()) if cal.samples}
+            for n, st in sorted(self.sites.items())
+            if any(cal.samples for cal in st.calibration.values())
+        }
+
+
+def parse_calibration(data: Mapping[str, Any], now: float) -> dict[str, dict[str, Calibration]]:
+    """What :meth:`GridState.calibration_dict` wrote (site -> model -> entry), read back at
+    ``now`` (``Calibration.from_dict``: the factors as written, decaying from ``now`` on; the
+    time the daemon was down is not counted). Bad entries and entries without evidence are
+    dropped."""
+    out: dict[str, dict[str, Calibration]] = {}
+    for site, models in data.items():
+        if not isinstance(models, Mapping):
+            continue
+        for model, entry in models.items():
+            if isinstance(entry, Mapping):
+                cal = Calibration.from_dict(entry, now)
+                if cal.samples:
+                    out.setdefault(str(site), {})[str(model)] = cal
+    return out

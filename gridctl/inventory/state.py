@@ -95,3 +95,40 @@ def health_by_site(root: Path) -> dict[str, str]:
         for name, entry in load_health(root)["sites"].items()
         if isinstance(entry, dict) and isinstance(entry.get("status"), str)
     }
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibration_path(root: Path) -> Path:
+    return root / STATE_DIR / CALIBRATION_FILE
+
+
+def load_calibration(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{site: {model: entry}}`` the placement daemon learned (``Calibration.to_dict`` plus
+    ``written_at``, Unix seconds); a missing or unreadable file is no evidence yet."""
+    try:
+        data = json.loads(calibration_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    sites = data.get("sites") if isinstance(data, dict) else None
+    if not isinstance(sites, dict):
+        return {}
+    return {
+        s: {m: e for m, e in v.items() if isinstance(e, dict)}
+        for s, v in sites.items()
+        if isinstance(v, dict)
+    }
+
+
+def write_calibration(root: Path, entries: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Merge these (site -> model -> entry) into calibration.json (``--workers`` processes each
+    write what they learned; the last word on a site's model wins)."""
+    from gridctl.inventory.store import inventory_lock, write_atomic
+
+    with inventory_lock(root):
+        current = load_calibration(root)
+        for site, models in entries.items():
+            current.setdefault(site, {}).update(models)
+        text = json.dumps({"sites": current}, indent=2, sort_keys=True) + "\n"
+        write_atomic(calibration_path(root), text)

@@ -131,3 +131,50 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def write_inventory(root: Path, sites: dict[str, dict], slo_ms: float = 500) -> Path:
+    """A small inventory: one client region ``metro`` (New York) and ``sites``: name ->
+    {gpu, gpus, capacity, cost, rtt_ms, endpoint}."""
+    (root / "sites").mkdir(parents=True, exist_ok=True)
+    latency = "".join(f"      {name}: {s['rtt_ms']}\n" for name, s in sites.items())
+    (root / "grid.yaml").write_text(
+        "name: test-grid\n"
+        f"defaults:\n  slo_ms: {slo_ms}\n"
+        "regions:\n"
+        "  - name: metro\n"
+        "    location: {lat: 40.71, lon: -74.0}\n"
+        "    jurisdiction: US\n"
+        "    allowed_jurisdictions: [US]\n"
+        "    latency_ms:\n" + latency
+    )
+    for name, s in sites.items():
+        (root / "sites" / f"{name}.yaml").write_text(
+            f"name: {name}\n"
+            "kind: regional-pop\n"
+            "region: metro\n"
+            "jurisdiction: US\n"
+            "location: {lat: 40.72, lon: -74.04}\n"
+            f"endpoint: {s.get('endpoint', 'http://127.0.0.1:9')}\n"
+            f"cost_per_gpu_hour: {s['cost']}\n"
+            "drain: false\n"
+            "models:\n"
+            f"  - name: {M8}\n"
+            f"    capacity: {s['capacity']}\n"
+            "    tensor_parallel: 1\n"
+            "nodes:\n"
+            f"  - name: {name}-gpu-01\n"
+            f"    host: gpu-01.{name}.example.net\n"
+            f"    gpus: {{model: {s['gpu']}, count: {s['gpus']}}}\n"
+        )
+    return root
+
+
+FIRST = "nwk-co-03"  # the cheapest site predicted to meet the SLO for chat() from us-east
+SECOND = "chi-co-07"  # ... the next
+
+
+def route_sites(d: DaemonProc, **params: str) -> list[str]:
+    """The daemon's /grid/route order for a chat() request (3 prompt tokens, 8 output)."""
+    q = {"model": M8, "prompt_tokens": "3", "max_tokens": "8", **params}
+    return [x["site"] for x in httpx.get(d.url + "/grid/route", params=q).json()["ranked"]]

@@ -16,10 +16,13 @@ import pytest
 
 from tests.conftest import REPO, cli_env, run_cli
 from tests.daemon.conftest import (
+    FIRST,
     M8,
+    SECOND,
     chat,
     pid_alive,
     probed_status,
+    route_sites,
     set_capacity,
     set_endpoint,
     start_daemon,
@@ -28,10 +31,12 @@ from tests.daemon.upstream import CHUNKS, Upstream
 from tests.fleet.sshd import free_port
 
 
-def test_nearest_eligible_site_wins_and_sovereignty_holds(daemon) -> None:
+def test_cheapest_feasible_site_wins_and_sovereignty_holds(daemon) -> None:
+    assert route_sites(daemon)[:2] == [FIRST, SECOND]
     r = daemon.post(chat())
     assert r.status_code == 200, r.text
-    assert r.headers["x-grid-site"] == "jc-edge-01"
+    assert r.headers["x-grid-site"] == FIRST  # not jc-edge-01: its L4s make it dearer per request
+    assert int(r.headers["x-grid-predicted-ms"]) > 0 and "x-grid-slo" not in r.headers
     assert r.json()["choices"][0]["message"]["content"]
     r = daemon.post(chat(), headers={"x-grid-region": "eu-fr"})
     assert r.headers["x-grid-site"] == "par-edge-02"
@@ -52,10 +57,15 @@ def test_nearest_eligible_site_wins_and_sovereignty_holds(daemon) -> None:
 
 
 def test_tight_slo_excludes_far_sites_and_no_site_is_503_with_reasons(daemon) -> None:
-    route = httpx.get(daemon.url + "/grid/route", params={"model": M8, "slo_ms": "1.5"}).json()
-    assert [x["site"] for x in route["ranked"]] == ["jc-edge-01", "nwk-co-03"]
+    params = {"model": M8, "slo_ms": "1.5", "prompt_tokens": "3", "max_tokens": "8"}
+    route = httpx.get(daemon.url + "/grid/route", params=params).json()
+    # only the sites within 1.5 ms of round trip are candidates, none predicted to meet it: fastest first
+    assert [x["site"] for x in route["ranked"]] == ["nwk-co-03", "jc-edge-01"]
+    assert not route["expected_to_meet_slo"] and not any(x["feasible"] for x in route["ranked"])
+    assert route["request"]["max_tokens"] == 8 and route["ranked"][0]["predicted_ms"] > 1.5
     r = daemon.post(chat(), headers={"x-grid-slo-ms": "1.5", "x-grid-region": "us-central"})
     assert r.status_code == 200 and r.headers["x-grid-site"] in {"chi-co-07"}
+    assert r.headers["x-grid-slo"] == "expected-miss"
     r = daemon.post(chat(), headers={"x-grid-slo-ms": "0.1"})
     assert r.status_code == 503
     err = r.json()["error"]
@@ -71,34 +81,39 @@ def test_bad_requests(daemon) -> None:
     assert r.status_code == 400 and "model" in r.json()["error"]["message"]
     r = daemon.post(chat(), headers={"x-grid-region": "mars"})
     assert r.status_code == 400 and "unknown client region" in r.text
+    for bad in ("fast", "0", "-5", "nan"):
+        r = daemon.post(chat(), headers={"x-grid-slo-ms": bad})
+        assert r.status_code == 400 and "x-grid-slo-ms must be a positive number" in r.text
+    r = httpx.get(daemon.url + "/grid/route", params={"model": M8, "max_tokens": "many"})
+    assert r.status_code == 400 and "max_tokens" in r.text
     big = {"model": M8, "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
     r = httpx.post(daemon.url + "/v1/chat/completions", json=big, timeout=30)
     assert r.status_code == 413
 
 
 def test_failover_before_the_first_byte(lab, daemon) -> None:
-    lab.set_mode("jc-edge-01", "503")
+    lab.set_mode(FIRST, "503")
     r = daemon.post(chat())
-    assert r.status_code == 200 and r.headers["x-grid-site"] == "nwk-co-03"
+    assert r.status_code == 200 and r.headers["x-grid-site"] == SECOND
     assert re.search(r"^gridctl_failovers_total [1-9]", httpx.get(daemon.url + "/metrics").text, re.M)
-    lab.set_mode("nwk-co-03", "hang")
+    lab.set_mode(SECOND, "hang")
     deadline = time.monotonic() + 15
     status: dict = {}
     while time.monotonic() < deadline:  # the active probe times out on the hung site
         status = {s["site"]: s for s in httpx.get(daemon.url + "/grid/status").json()["sites"]}
-        if status["nwk-co-03"]["probe_ok"] is False:
+        if status[SECOND]["probe_ok"] is False:
             break
         time.sleep(0.2)
-    assert status["nwk-co-03"]["probe_ok"] is False and status["nwk-co-03"]["status"] == "failed"
-    assert status["jc-edge-01"]["probe_ok"] is False  # its health route answers 503 too
+    assert status[SECOND]["probe_ok"] is False and status[SECOND]["status"] == "failed"
+    assert status[FIRST]["probe_ok"] is False  # its health route answers 503 too
     r = daemon.post(chat())
-    assert r.status_code == 200 and r.headers["x-grid-site"] not in ("jc-edge-01", "nwk-co-03")
+    assert r.status_code == 200 and r.headers["x-grid-site"] not in (FIRST, SECOND)
 
 
 def test_streaming_is_byte_for_byte_and_secrets_stay_home(tmp_path: Path, lab) -> None:
     up = Upstream()
     try:
-        site = lab.overlay / "sites" / "jc-edge-01.yaml"
+        site = lab.overlay / "sites" / f"{FIRST}.yaml"
         text = site.read_text()
         text = re.sub(r"api_key_env: .*\n", "", text)
         text = re.sub(r"endpoint: .*", f"endpoint: {up.url}\napi_key_env: JC_KEY", text)
@@ -119,7 +134,7 @@ def test_streaming_is_byte_for_byte_and_secrets_stay_home(tmp_path: Path, lab) -
                     "Content-Type": "application/json",
                 },
             ) as r:
-                assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
+                assert r.status_code == 200 and r.headers["x-grid-site"] == FIRST
                 assert r.headers["x-upstream"] == "yes"
                 for chunk in r.iter_raw():
                     got += chunk
@@ -145,8 +160,8 @@ from gridctl.lab.grid import LabThread, LabOptions
 from gridctl.lab.site import build_site_specs
 import dataclasses
 inv = load_inventory(Path(sys.argv[1]))
-spec = next(s for s in build_site_specs(inv) if s.name == "jc-edge-01")
-with LabThread([dataclasses.replace(spec, port=int(sys.argv[2]))], LabOptions(speed=2.0)):
+spec = next(s for s in build_site_specs(inv) if s.name == sys.argv[3])
+with LabThread([dataclasses.replace(spec, port=int(sys.argv[2]))], LabOptions(speed=0.1)):
     print("up", flush=True)
     time.sleep(3600)
 """
@@ -157,22 +172,21 @@ def test_site_killed_during_a_load_run(tmp_path: Path, lab) -> None:
 
     port = free_port()
     victim = subprocess.Popen(
-        [sys.executable, "-c", VICTIM, str(EXAMPLE), str(port)],
+        [sys.executable, "-c", VICTIM, str(EXAMPLE), str(port), FIRST],
         stdout=subprocess.PIPE,
         text=True,
         env=cli_env(),
         cwd=REPO,
     )
     assert victim.stdout is not None and victim.stdout.readline().strip() == "up"
-    site = lab.overlay / "sites" / "jc-edge-01.yaml"
-    site.write_text(re.sub(r"endpoint: .*", f"endpoint: http://127.0.0.1:{port}", site.read_text()))
+    set_endpoint(lab.overlay, FIRST, f"http://127.0.0.1:{port}")
     d = start_daemon(lab.overlay, "--region", "us-east")
     streams: list[tuple[str, bytes]] = []
 
     def stream_one() -> None:
         data = b""
         with httpx.stream(
-            "POST", d.url + "/v1/chat/completions", json=chat(stream=True, max_tokens=200), timeout=60
+            "POST", d.url + "/v1/chat/completions", json=chat(stream=True, max_tokens=20), timeout=60
         ) as r:
             name = r.headers.get("x-grid-site", "")
             for chunk in r.iter_raw():
@@ -183,15 +197,15 @@ def test_site_killed_during_a_load_run(tmp_path: Path, lab) -> None:
         threads = [threading.Thread(target=stream_one) for _ in range(6)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # streams are running on the victim
+        time.sleep(0.5)  # streams are running on the victim (about 2 s each at its speed)
         victim.kill()
         victim.wait()
         after = [d.post(chat(f"after {i}")) for i in range(10)]  # requests that had not started
         for t in threads:
             t.join(60)
         assert all(r.status_code == 200 for r in after), [r.text for r in after]
-        assert all(r.headers["x-grid-site"] != "jc-edge-01" for r in after)
-        cut = [data for name, data in streams if name == "jc-edge-01"]
+        assert all(r.headers["x-grid-site"] != FIRST for r in after)
+        cut = [data for name, data in streams if name == FIRST]
         assert cut, "the streams should have started on the victim"
         for data in cut:
             assert b"[DONE]" not in data
@@ -202,42 +216,20 @@ def test_site_killed_during_a_load_run(tmp_path: Path, lab) -> None:
         d.stop()
 
 
-def test_affinity_follows_the_prefix_until_the_site_is_busy(lab) -> None:
-    set_capacity(lab.overlay, "chi-co-07", 3)
-    d = start_daemon(lab.overlay, "--region", "us-east")
-    try:
-        prefix = "You are the grid's voice agent. " * 40  # ~1.3 KB shared system prompt
-        r = d.post(chat(prefix + "first"), headers={"x-grid-region": "us-central"})
-        assert r.headers["x-grid-site"] == "chi-co-07"
-        # from us-east, jc-edge-01 ranks first, but chi-co-07 probably holds the prefix
-        for i in range(3):
-            r = d.post(chat(prefix + f"again {i}"))
-            assert r.headers["x-grid-site"] == "chi-co-07", i
-        assert d.post(chat("no shared prefix")).headers["x-grid-site"] == "jc-edge-01"
-        # keep chi-co-07 busy: affinity must not pile onto a saturated site
-        lab.set_mode("chi-co-07", "slow", delay_ms=100_000)  # / speed 50: 2 s before the first token
-        held = []
-        for _ in range(3):
-            held.append(httpx.Client(timeout=60))
-        blockers = [
-            threading.Thread(
-                target=lambda c=c: c.post(
-                    d.url + "/v1/chat/completions",
-                    json=chat(prefix + "hold", max_tokens=400),
-                    headers={"x-grid-region": "us-central"},
-                )
-            )
-            for c in held
-        ]
-        for t in blockers:
-            t.start()
-        time.sleep(0.5)
-        r = d.post(chat(prefix + "while busy"))
-        assert r.headers["x-grid-site"] != "chi-co-07"
-        for t in blockers:
-            t.join(60)
-    finally:
-        d.stop()
+def test_a_held_prefix_shortens_the_predicted_prefill_without_deciding_alone(daemon) -> None:
+    """The prefix index says the site holds a long shared prompt: its prediction drops by the
+    prefill of the cached tokens (x-grid-predicted-ms), and the choice stays the cheapest site."""
+    prefix = "You are the grid's voice agent. Answer briefly. " * 320  # ~15 KB: 60 blocks of 256 chars
+    first = daemon.post(chat(prefix + "first"))
+    assert first.status_code == 200 and first.headers["x-grid-site"] == FIRST
+    # the shared prompt first, then one as long without it: calibration after the first answer can
+    # only make the second look faster, so the held prefix is what makes the first of these faster
+    held = daemon.post(chat(prefix + "again"))
+    fresh = daemon.post(chat("Tell me something else entirely, at length please. " * 320))
+    assert held.headers["x-grid-site"] == fresh.headers["x-grid-site"] == FIRST
+    assert int(held.headers["x-grid-predicted-ms"]) < int(fresh.headers["x-grid-predicted-ms"]) / 2
+    route = route_sites(daemon, prompt_tokens="4000")
+    assert route[0] == FIRST  # what it learned from those answers; /grid/route takes no prompt
 
 
 def test_session_key_sticks_to_one_site(daemon) -> None:
@@ -291,26 +283,28 @@ def test_reload_on_sighup_and_on_change_keeps_in_flight_requests(lab) -> None:
     d = start_daemon(lab.overlay, "--region", "us-east")
     try:
         slow: list[httpx.Response] = []
-        t = threading.Thread(target=lambda: slow.append(d.post(chat("slow", max_tokens=300), timeout=60)))
+        lab.set_mode(FIRST, "slow", delay_ms=25_000)  # / speed 50: 0.5 s before the first token
+        t = threading.Thread(target=lambda: slow.append(d.post(chat("slow"), timeout=60)))
         t.start()
-        time.sleep(0.3)
-        site = lab.overlay / "sites" / "jc-edge-01.yaml"
+        time.sleep(0.2)
+        lab.set_mode(FIRST, "ok")  # the slow one keeps its delay; the rest answer at lab speed
+        site = lab.overlay / "sites" / f"{FIRST}.yaml"
         site.write_text(site.read_text().replace("drain: false", "drain: true"))
         d.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and d.post(chat("probe")).headers["x-grid-site"] == "jc-edge-01":
+        while time.monotonic() < deadline and d.post(chat("probe")).headers["x-grid-site"] == FIRST:
             time.sleep(0.1)
-        assert d.post(chat("after")).headers["x-grid-site"] == "nwk-co-03"
+        assert d.post(chat("after")).headers["x-grid-site"] == SECOND
         t.join(60)
-        assert slow and slow[0].status_code == 200 and slow[0].headers["x-grid-site"] == "jc-edge-01"
+        assert slow and slow[0].status_code == 200 and slow[0].headers["x-grid-site"] == FIRST
         # an inventory change without a signal is picked up too
         site.write_text(site.read_text().replace("drain: true", "drain: false"))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and d.post(chat("p")).headers["x-grid-site"] != "jc-edge-01":
+        while time.monotonic() < deadline and d.post(chat("p")).headers["x-grid-site"] != FIRST:
             time.sleep(0.2)
-        assert d.post(chat("back")).headers["x-grid-site"] == "jc-edge-01"
+        assert d.post(chat("back")).headers["x-grid-site"] == FIRST
         # a broken inventory is refused and the running one kept
-        site.write_text(site.read_text().replace("kind: edge", "kind: edgy"))
+        site.write_text(re.sub(r"kind: .*", "kind: edgy", site.read_text()))
         time.sleep(3)
         assert d.post(chat("still")).status_code == 200
     finally:
@@ -319,6 +313,7 @@ def test_reload_on_sighup_and_on_change_keeps_in_flight_requests(lab) -> None:
 
 
 def test_sigterm_drains_in_flight_then_exits_0(lab) -> None:
+    lab.set_mode("*", "slow", delay_ms=60_000)  # / speed 50: 1.2 s before the first token
     d = start_daemon(lab.overlay, "--region", "us-east")
     slow: list[httpx.Response] = []
     t = threading.Thread(target=lambda: slow.append(d.post(chat("slow", max_tokens=400), timeout=60)))
@@ -382,9 +377,12 @@ def test_models_status_metrics_and_cli(daemon) -> None:
         "gridctl_site_up",
         "gridctl_failovers_total",
         "gridctl_time_to_first_byte_seconds_count",
+        "gridctl_model_in_flight",
+        "gridctl_slo_expected_miss_total",
     ):
         assert name in text
-    assert 'gridctl_requests_total{site="jc-edge-01",status="200"} 1' in text
+    assert f'gridctl_requests_total{{site="{FIRST}",status="200"}} 1' in text
+    assert f'gridctl_calibration_factor{{model="{M8}",part="decode",site="{FIRST}"}}' in text
     r = run_cli("daemon", "status", "--url", daemon.url, inventory=daemon.inventory)
     assert r.rc in (0, 3) and r.out.splitlines()[1].split()[:2] == ["SITE", "STATUS"]
     r = run_cli("daemon", "status", "--url", f"http://127.0.0.1:{free_port()}")
@@ -401,10 +399,11 @@ def test_unit_renders(inv) -> None:
     )
 
 
-def test_clients_hanging_up_do_not_count_against_the_site(daemon) -> None:
+def test_clients_hanging_up_do_not_count_against_the_site(lab, daemon) -> None:
     import socket
 
-    body = json.dumps(chat(stream=True, max_tokens=300)).encode()
+    lab.set_mode(FIRST, "slow", delay_ms=25_000)  # / speed 50: 0.5 s before the first token
+    body = json.dumps(chat(stream=True)).encode()
     host, port = daemon.url.removeprefix("http://").split(":")
     for _ in range(4):  # read the first bytes of a stream, then hang up
         with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -414,7 +413,7 @@ def test_clients_hanging_up_do_not_count_against_the_site(daemon) -> None:
                 + body
             )
             assert s.recv(200).startswith(b"HTTP/1.1 200")
-    plain = json.dumps(chat(max_tokens=300)).encode()
+    plain = json.dumps(chat()).encode()
     for _ in range(3):  # hang up while the daemon still waits for the site's answer
         with socket.create_connection((host, int(port)), timeout=10) as s:
             s.sendall(
@@ -424,13 +423,16 @@ def test_clients_hanging_up_do_not_count_against_the_site(daemon) -> None:
             )
             time.sleep(0.1)
     time.sleep(1.0)
+    lab.set_mode(FIRST, "ok")
     sites = httpx.get(daemon.url + "/grid/status").json()["sites"]
-    site = next(s for s in sites if s["site"] == "jc-edge-01")
+    site = next(s for s in sites if s["site"] == FIRST)
     assert site["breaker"] == "closed" and site["failures"] == 0 and site["status"] == "ok"
     assert site["requests"] == 7
     assert all(s["in_flight"] == 0 for s in sites)  # every abandoned attempt gave its slot back
+    assert all(m["in_flight"] == 0 for s in sites for m in s["models"].values())
+    assert site["models"][M8]["calibration"]["samples"] == 0  # an abandoned answer teaches nothing
     r = daemon.post(chat())
-    assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
+    assert r.status_code == 200 and r.headers["x-grid-site"] == FIRST
     assert 'status="client-gone"' in httpx.get(daemon.url + "/metrics").text
 
 
@@ -438,13 +440,14 @@ def test_a_site_cutting_a_plain_answer_cuts_the_client_too(lab) -> None:
     """A non-stream body the site breaks off must not reach the client as a short body that looks whole."""
     up = Upstream()
     try:
-        set_endpoint(lab.overlay, "jc-edge-01", up.url)
+        set_endpoint(lab.overlay, FIRST, up.url)
         d = start_daemon(lab.overlay, "--region", "us-east")
         try:
             with pytest.raises(httpx.RemoteProtocolError):
-                httpx.post(d.url + "/v1/completions", json={"model": M8, "prompt": "x"}, timeout=10)
+                body = {"model": M8, "prompt": "x", "max_tokens": 8}
+                httpx.post(d.url + "/v1/completions", json=body, timeout=10)
             status = httpx.get(d.url + "/grid/status").json()["sites"]
-            jc = next(s for s in status if s["site"] == "jc-edge-01")
+            jc = next(s for s in status if s["site"] == FIRST)
             assert jc["failures"] == 1 and jc["in_flight"] == 0
             assert "gridctl_stream_cuts_total 1" in httpx.get(d.url + "/metrics").text
         finally:
@@ -461,11 +464,11 @@ def test_https_sites_are_verified_against_the_system_trust_store(tmp_path: Path,
     ca = make_ca(tmp_path)
     up = Upstream(tls=server_context(ca, tmp_path))
     try:
-        set_endpoint(lab.overlay, "jc-edge-01", up.url)
+        set_endpoint(lab.overlay, FIRST, up.url)
         trusted = start_daemon(lab.overlay, "--region", "us-east", env=cli_env(SSL_CERT_FILE=str(ca.cert)))
         try:
             with httpx.stream("POST", trusted.url + "/v1/chat/completions", json=chat(stream=True)) as r:
-                assert r.status_code == 200 and r.headers["x-grid-site"] == "jc-edge-01"
+                assert r.status_code == 200 and r.headers["x-grid-site"] == FIRST
                 assert b"".join(r.iter_raw()) == b"".join(CHUNKS)
         finally:
             trusted.stop()
@@ -475,8 +478,8 @@ def test_https_sites_are_verified_against_the_system_trust_store(tmp_path: Path,
         untrusted = start_daemon(lab.overlay, "--region", "us-east", env=env)
         try:
             r = untrusted.post(chat())
-            assert r.status_code == 200 and r.headers["x-grid-site"] != "jc-edge-01"
-            jc = probed_status(untrusted, "jc-edge-01")  # the request may have come before the first probe
+            assert r.status_code == 200 and r.headers["x-grid-site"] != FIRST
+            jc = probed_status(untrusted, FIRST)  # the request may have come before the first probe
             assert jc["probe_ok"] is False and jc["status"] == "failed"
             assert "certificate is not trusted" in jc["probe_error"], jc
             assert "SSL_CERT_FILE" in jc["probe_error"]
@@ -512,7 +515,7 @@ def test_a_site_s_204_keeps_the_client_connection_usable_and_smuggled_headers_ar
 
     up = Upstream()
     try:
-        set_endpoint(lab.overlay, "jc-edge-01", up.url)
+        set_endpoint(lab.overlay, FIRST, up.url)
         d = start_daemon(lab.overlay, "--region", "us-east")
         try:
             host, port = d.url.removeprefix("http://").split(":")
@@ -527,7 +530,8 @@ def test_a_site_s_204_keeps_the_client_connection_usable_and_smuggled_headers_ar
                 s.sendall(request)
                 head, got = _answer(s, buf)
                 assert head.startswith(b"http/1.1 204") and got == b""
-                assert b"x-grid-site: jc-edge-01" in head and b"x-upstream: yes" in head
+                assert f"x-grid-site: {FIRST}".encode() in head and b"x-upstream: yes" in head
+                assert b"x-grid-predicted-ms: " in head
                 assert b"content-length" not in head and b"transfer-encoding" not in head
                 s.sendall(request)  # the same connection: nothing stray was left on it
                 head, _ = _answer(s, buf)
@@ -549,16 +553,16 @@ def test_a_site_s_204_keeps_the_client_connection_usable_and_smuggled_headers_ar
 
 
 def test_a_site_whose_api_key_has_a_control_character_is_out_and_its_key_never_shown(lab) -> None:
-    site = lab.overlay / "sites" / "jc-edge-01.yaml"
+    site = lab.overlay / "sites" / f"{FIRST}.yaml"
     text = re.sub(r"api_key_env: .*\n", "", site.read_text())
     site.write_text(re.sub(r"(endpoint: .*)", r"\1\napi_key_env: JC_KEY", text))
     d = start_daemon(lab.overlay, "--region", "us-east", env=cli_env(JC_KEY="sk-se\rcret"))
     try:
-        jc = probed_status(d, "jc-edge-01")
+        jc = probed_status(d, FIRST)
         assert jc["status"] == "failed" and "JC_KEY" in jc["probe_error"]
         assert "control character" in jc["probe_error"]
         r = d.post(chat())
-        assert r.status_code == 200 and r.headers["x-grid-site"] != "jc-edge-01"
+        assert r.status_code == 200 and r.headers["x-grid-site"] != FIRST
         status = httpx.get(d.url + "/grid/status").text
     finally:
         _, err = d.stop()

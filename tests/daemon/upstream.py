@@ -88,3 +88,88 @@ class Upstream:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class TimedUpstream:
+    """An OpenAI-like site whose timing the test sets: the first token after ``first_ms``,
+    then one token every ``interval_ms`` (streamed as vLLM does: the role with the first
+    token; no usage event, so the daemon counts tokens), or the whole answer after
+    ``first_ms + interval_ms * (max_tokens - 1)`` with ``usage`` when not streamed."""
+
+    def __init__(self, first_ms: float, interval_ms: float, model: str = "llama-3.1-8b-instruct") -> None:
+        self.first_ms, self.interval_ms, self.model = first_ms, interval_ms, model
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        import json
+
+        body = json.loads(await request.read())
+        self.requests += 1
+        n = int(body.get("max_tokens") or 16)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def until(ms: float) -> None:
+            await asyncio.sleep(max(0.0, start + ms / 1000.0 - loop.time()))
+
+        head = '{"id":"t","object":"chat.completion.chunk","model":' + json.dumps(self.model) + ',"choices":['
+
+        if not body.get("stream"):
+            await until(self.first_ms + self.interval_ms * (n - 1))
+            usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": 4 + n}
+            message = {"role": "assistant", "content": "x" * n}
+            return web.json_response(
+                {
+                    "id": "t",
+                    "object": "chat.completion",
+                    "model": self.model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n):
+            await until(self.first_ms + self.interval_ms * i)
+            token = head + '{"index":0,"delta":{"content":"x"},"finish_reason":null}]}'
+            if i == 0:
+                role = head + '{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'
+                await resp.write(f"data: {role}\n\ndata: {token}\n\n".encode())
+            else:
+                await resp.write(f"data: {token}\n\n".encode())
+        final = head + '{"index":0,"delta":{},"finish_reason":"length"}]}'
+        await resp.write(f"data: {final}\n\ndata: [DONE]\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/health", self._health)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner = runner
+        self._ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
