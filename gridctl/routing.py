@@ -73,7 +73,7 @@ def build_shape(
     ``DEFAULT_SHAPE`` (``output_source`` "default"); ``prompt_tokens`` / ``max_tokens`` override
     either part (``max_tokens``: source "given")."""
     if body is not None:
-        from gridctl.daemon.proxy import prompt_text
+        from gridctl.placement.predict import prompt_text
 
         base = estimate_shape(body, prompt_text(body))
     else:

@@ -185,10 +185,16 @@ def unit(
     token_file: Annotated[
         str | None, typer.Option(help="EnvironmentFile with GRIDCTL_DAEMON_TOKEN and site keys.")
     ] = None,
+    slo_policy: Annotated[
+        str, typer.Option(help="best-effort or strict, as for `daemon run --slo-policy`.")
+    ] = "best-effort",
 ) -> None:
     """Print a systemd unit for the daemon (from templates/daemon/gridctl-daemon.service.j2)."""
     import jinja2
 
+    from gridctl.daemon.config import parse_slo_policy
+
+    policy = parse_slo_policy(slo_policy)
     st = state(ctx)
     path = st.templates_dir / "daemon" / "gridctl-daemon.service.j2"
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True)
@@ -202,6 +208,7 @@ def unit(
             listen=listen,
             region=region,
             workers=workers,
+            slo_policy=policy,
             drain_timeout=30,
         )
     except (OSError, jinja2.TemplateError) as exc:

@@ -43,7 +43,7 @@ from gridctl.net.server import DropConnection, Request, StreamingResponse, json_
 from gridctl.net.server import Response as Answer
 from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
 from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import OutputTokens, Prediction, Shape, estimate_shape
+from gridctl.placement.predict import OutputTokens, Prediction, Shape, estimate_shape, prompt_text
 
 HOP_BY_HOP = frozenset(
     {
@@ -69,28 +69,6 @@ def error_json(
     status: int, message: str, kind: str, headers: tuple[tuple[str, str], ...] = (), **extra: Any
 ) -> Answer:
     return json_response({"error": {"message": message, "type": kind, **extra}}, status, headers)
-
-
-def prompt_text(body: Mapping[str, Any]) -> str:
-    """The text whose prefix decides KV-cache affinity."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        parts = []
-        for m in messages:
-            if isinstance(m, dict):
-                content = m.get("content")
-                if isinstance(content, str):
-                    parts.append(f"{m.get('role', '')}:{content}\n")
-                elif isinstance(content, list):  # content parts
-                    parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return "".join(parts)
-    for key in ("prompt", "input"):
-        value = body.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value and isinstance(value[0], str):
-            return "\n".join(v for v in value if isinstance(v, str))
-    return ""
 
 
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')

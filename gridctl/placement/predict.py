@@ -270,3 +270,26 @@ def estimate_shape(
         if n is not None:
             return Shape(prompt, n, "max_tokens")
     return Shape(prompt, fallback[0], fallback[1])
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The text of an OpenAI request body that placement reads: the rendered conversation (or the
+    prompt, or the input), whose length gives the prompt tokens and whose prefix the cache matches."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for m in messages:
+            if isinstance(m, dict):
+                content = m.get("content")
+                if isinstance(content, str):
+                    parts.append(f"{m.get('role', '')}:{content}\n")
+                elif isinstance(content, list):  # content parts
+                    parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return "".join(parts)
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            return "\n".join(v for v in value if isinstance(v, str))
+    return ""

@@ -103,8 +103,8 @@ def test_when_no_site_meets_the_slo_it_says_which_would_be_used_and_exits_3(cli)
 
 
 def test_route_test_takes_the_shape_and_model_from_a_request_body(cli, tmp_path: Path) -> None:
-    from gridctl.daemon.proxy import prompt_text
     from gridctl.placement.perf import count_tokens
+    from gridctl.placement.predict import prompt_text
 
     body = {
         "model": M8,

@@ -396,7 +396,13 @@ def test_unit_renders(inv) -> None:
         and "ExecStart=" in r.out
         and "--region us-east" in r.out
         and "ExecReload=/bin/kill -HUP" in r.out
+        and "--slo-policy" not in r.out
     )
+    strict = run_cli("daemon", "unit", "--slo-policy", "STRICT", inventory=inv)
+    exec_line = next(line for line in strict.out.splitlines() if line.startswith("ExecStart="))
+    assert strict.rc == 0 and exec_line.endswith("--slo-policy strict --workers 1"), strict
+    bad = run_cli("daemon", "unit", "--slo-policy", "sometimes", inventory=inv)
+    assert bad.rc == 2 and "expected one of best-effort, strict" in bad.err and bad.out == ""
 
 
 def test_clients_hanging_up_do_not_count_against_the_site(lab, daemon) -> None:
