@@ -52,6 +52,14 @@ def run(
             "x-grid-slo-policy header overrides it."
         ),
     ] = "best-effort",
+    calibration_probe: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds without an answer from a site's model after which the probe loop sends it a "
+            "4-token completion to keep its calibration current; 0: never.",
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /grid/status,
     /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
@@ -73,6 +81,7 @@ def run(
         drain_timeout_s=drain_timeout,
         max_body_bytes=max_body,
         slo_policy=parse_slo_policy(slo_policy),
+        calibration_probe_s=calibration_probe,
     )
     check_security(config)
     load_state(config)  # fail fast, before forking, on a bad inventory or region

@@ -35,6 +35,9 @@ class DaemonConfig:
     affinity_block_chars: int = 256  # prompt block size for the prefix index
     slo_policy: str = "best-effort"  # or "strict": 429 instead of sending a request predicted to miss
     calibration_save_s: float = 30.0  # how often what calibration learned is written to .state
+    # a site's model with no answer to learn from for this long gets a tiny generation from the
+    # probe loop (4 tokens), so a site placement stopped choosing is measured again; 0: never
+    calibration_probe_s: float = 60.0
 
     @property
     def loopback(self) -> bool:

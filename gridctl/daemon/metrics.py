@@ -41,6 +41,7 @@ class Metrics:
         self.shed: dict[str, int] = defaultdict(int)  # reason -> count
         self.stream_cuts = 0
         self.expected_miss: dict[str, int] = defaultdict(int)  # model -> requests sent predicted to miss
+        self.calibration_probes: dict[tuple[str, str], int] = defaultdict(int)  # (site, model) -> probes
 
     def render(
         self,
@@ -98,6 +99,13 @@ class Metrics:
                 out.append(
                     f"gridctl_calibration_factor{_labels(site=site, model=model, part=part)} {value:.4f}"
                 )
+        head(
+            "gridctl_calibration_probes_total",
+            "counter",
+            "Tiny generations sent to measure a site's model that had no recent answer to learn from.",
+        )
+        for (site, model), n in sorted(self.calibration_probes.items()):
+            out.append(f"gridctl_calibration_probes_total{_labels(site=site, model=model)} {n}")
         head("gridctl_site_up", "gauge", "1 when the site is eligible for traffic (healthy, circuit closed).")
         for site, n in sorted(up.items()):
             out.append(f"gridctl_site_up{_labels(site=site)} {n}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import random
@@ -28,14 +29,18 @@ from urllib.parse import parse_qsl
 
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics
-from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, error_json
-from gridctl.daemon.state import NO_LOAD, GridState, parse_calibration, parse_site_metrics
+from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens, error_json
+from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
 from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
 from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import Shape
+from gridctl.placement.predict import Shape, predict
+
+CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
+CALIBRATION_PROMPT_TOKENS = 2
+CALIBRATION_TOKENS = 4
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
@@ -93,6 +98,7 @@ class Daemon:
         self.should_exit: asyncio.Event | None = None  # created in serve(), inside the loop
         self.reload_requested = False
         self.started = False
+        self.started_at = time.monotonic()
         self.bound_port: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -250,6 +256,52 @@ class Daemon:
                 st.set_load(NO_LOAD)
         elif not ok:
             st.set_load(NO_LOAD)
+        if ok:
+            await self._calibration_probe(st, headers)
+
+    async def _calibration_probe(self, st: SiteState, headers: list[tuple[str, str]]) -> None:
+        """Evidence for calibration where traffic gives none: each model of the site whose last
+        answer is older than ``calibration_probe_s`` (or, before any, the daemon's age) gets a
+        4-token completion, timed and learnt from like any answer (a site faster than its table
+        row, or recovered, is found even though placement stopped choosing it)."""
+        every = self.config.calibration_probe_s
+        if every <= 0 or st.probe_rtt_ms is None:
+            return
+        now = time.monotonic()
+        for model in list(st.signals):
+            cal = st.cal(model)
+            last = cal.at if cal.at is not None else self.started_at
+            serving = self.state.planner.serving(st.site.name, model)
+            if now - last < every or serving is None:
+                continue
+            sig = st.signals[model]
+            shape = Shape(CALIBRATION_PROMPT_TOKENS, CALIBRATION_TOKENS, "given")
+            load = max(sig.in_flight, sig.running)
+            predicted = predict(serving, shape, st.probe_rtt_ms, load, sig.waiting)
+            ask = {"model": model, "prompt": CALIBRATION_PROMPT, "max_tokens": CALIBRATION_TOKENS}
+            body = json.dumps({**ask, "stream": False}).encode()
+            region = [("x-grid-client-region", self.config.region)] if self.config.region else []
+            send = [*headers, ("content-type", "application/json"), *region]
+            start = time.monotonic()
+            timeout = self.config.probe_timeout_s + predicted.e2e_ms * 3 / 1000.0
+            try:
+                async with asyncio.timeout(timeout):
+                    r = await self.pool.request(
+                        "POST",
+                        st.site.endpoint.rstrip("/") + "/v1/completions",
+                        send,
+                        body,
+                        head_timeout=timeout,
+                        connect_timeout=self.config.probe_timeout_s,
+                    )
+                    data = await r.read()
+            except (TimeoutError, UpstreamError):
+                continue  # the health probe and the breaker judge the site; this only measures
+            if 200 <= r.status < 300:
+                end = time.monotonic()
+                tokens = completion_tokens(data)
+                st.learn(model, predicted, end, None, (end - start) * 1000.0, tokens)
+                self.metrics.calibration_probes[(st.site.name, model)] += 1
 
     # -- the HTTP surface ----------------------------------------------------------------
 

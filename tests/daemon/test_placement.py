@@ -66,6 +66,36 @@ def test_voice_answers_go_to_the_fast_far_site_and_short_ones_stay_near(near_far
     assert status_of(d, "far-h100")["models"][M8]["calibration"]["samples"] == 3
 
 
+def test_a_site_placement_stopped_choosing_is_measured_by_a_tiny_generation(tmp_path: Path) -> None:
+    """The near L4 gets no 48-token traffic; the probe loop still measures it (a site faster than
+    its table row, or recovered, is found), and only where traffic gives no evidence."""
+    inv = load_inventory(write_inventory(tmp_path / "inv", NEAR_FAR))
+    with run_lab(inv, speed=1.0, overlay=tmp_path / "overlay", control=False, hidden_speed=None) as lab:
+        d = start_daemon(lab.overlay, "--region", "metro", "--calibration-probe", "0.5")
+        try:
+            deadline = time.monotonic() + 20
+            near = {"samples": 0}
+            while time.monotonic() < deadline:
+                d.post(chat("voice", max_tokens=48))  # keeps the far site's evidence fresh
+                near = status_of(d, "near-l4")["models"][M8]["calibration"]
+                if near["samples"] >= 2:
+                    break
+                time.sleep(0.2)
+            assert near["samples"] >= 2, near
+            assert 0.5 < near["first_factor"] < 2 and 0.5 < near["decode_factor"] < 2  # the table's speed
+            metrics = httpx.get(d.url + "/metrics").text
+            probes = re.search(
+                rf'^gridctl_calibration_probes_total{{model="{M8}",site="near-l4"}} (\d+)$', metrics, re.M
+            )
+            assert probes and int(probes.group(1)) >= 2
+            far = re.search(
+                rf'^gridctl_calibration_probes_total{{model="{M8}",site="far-h100"}}', metrics, re.M
+            )
+            assert far is None  # its answers were evidence enough
+        finally:
+            d.stop()
+
+
 def test_no_feasible_site_best_effort_flags_it_strict_refuses_it(near_far: DaemonProc) -> None:
     d = near_far
     tight = {"x-grid-slo-ms": "60"}  # the H100s need ~90 ms for 8 tokens, the L4s ~350 ms
