@@ -41,12 +41,28 @@ _BODY_HINT = (
 )
 
 
+MAX_BODY_CHARS = 64 * 2**20  # the daemon's own limit is smaller (--max-body, 8 MiB by default)
+
+
+def _read_regular(path: Path, where: str) -> str:
+    """A regular file's text, at most MAX_BODY_CHARS (never a FIFO or a device, which could block
+    or never end)."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"--body {where}: not a regular file", hint=_BODY_HINT)
+        return f.read(4 * MAX_BODY_CHARS + 1).decode("utf-8")
+
+
 def read_body(path: Path, stdin: TextIO) -> dict[str, Any]:
     """``route test --body FILE`` (``-``: stdin): the request body as a JSON object; a
     UsageError saying what is wrong and where otherwise."""
     where = "stdin" if str(path) == "-" else str(path)
     try:
-        text = stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        text = stdin.read(MAX_BODY_CHARS + 1) if str(path) == "-" else _read_regular(path, where)
     except OSError as exc:
         raise UsageError(
             f"--body {where}: cannot read it: {exc.strerror or exc}",
@@ -54,12 +70,16 @@ def read_body(path: Path, stdin: TextIO) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"--body {where}: not UTF-8 text ({exc.reason})", hint=_BODY_HINT) from None
+    if len(text) > MAX_BODY_CHARS:
+        raise UsageError(f"--body {where}: larger than {MAX_BODY_CHARS // 2**20} MiB", hint=_BODY_HINT)
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"--body {where}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", hint=_BODY_HINT
         ) from None
+    except RecursionError:
+        raise UsageError(f"--body {where}: nested too deeply to be a request body", hint=_BODY_HINT) from None
     if not isinstance(body, dict):
         raise UsageError(f"--body {where}: a JSON {type(body).__name__}, not an object", hint=_BODY_HINT)
     return body

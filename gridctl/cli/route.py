@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from gridctl.cli.common import OutputOpt, state
 from gridctl.errors import ExitCode, NotFoundError, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 from gridctl.placement.engine import DEFAULT_SHAPE
-from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS
+from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -101,6 +102,7 @@ def test(
         typer.Option(
             "--prompt-tokens",
             min=1,
+            max=MAX_TOKENS,
             help=f"Prompt tokens of the request [default: {DEFAULT_SHAPE.prompt_tokens}; with --body: its "
             "prompt at 4 characters a token].",
         ),
@@ -110,6 +112,7 @@ def test(
         typer.Option(
             "--max-tokens",
             min=1,
+            max=MAX_TOKENS,
             help=f"Output tokens of the request [default: {DEFAULT_SHAPE.output_tokens}; with --body: its "
             f"max_tokens / max_completion_tokens, else {DEFAULT_OUTPUT_TOKENS} as the daemon assumes "
             "before it has seen the model answer].",
@@ -167,6 +170,8 @@ def test(
             raise UsageError(
                 f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)"
             )
+    if slo_ms is not None and not math.isfinite(slo_ms):
+        raise UsageError(f"--slo-ms {slo_ms}: must be a finite number of milliseconds")
     request = Request(region, model, jurisdiction, slo_ms)
     decision = planner.explain(request, shape, recorded_live(inv))
     result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
@@ -306,13 +311,19 @@ def render(
     prompt_tokens: Annotated[
         int,
         typer.Option(
-            "--prompt-tokens", min=1, help="Prompt tokens of the request shape the weights are computed for."
+            "--prompt-tokens",
+            min=1,
+            max=MAX_TOKENS,
+            help="Prompt tokens of the request shape the weights are computed for.",
         ),
     ] = DEFAULT_SHAPE.prompt_tokens,
     max_tokens: Annotated[
         int,
         typer.Option(
-            "--max-tokens", min=1, help="Output tokens of the request shape the weights are computed for."
+            "--max-tokens",
+            min=1,
+            max=MAX_TOKENS,
+            help="Output tokens of the request shape the weights are computed for.",
         ),
     ] = DEFAULT_SHAPE.output_tokens,
 ) -> None:

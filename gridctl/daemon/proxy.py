@@ -145,7 +145,7 @@ class OutputCounter:
 class Attempt:
     """One try of a request at one site: what it was sent with, for its accounting."""
 
-    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "hashes", "miss")
+    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "hashes", "miss", "shape")
 
     def __init__(
         self,
@@ -157,9 +157,10 @@ class Attempt:
         prediction: Prediction | None,
         hashes: list[bytes],
         miss: bool,
+        shape: Shape | None = None,
     ) -> None:
         self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
-        self.prediction, self.hashes, self.miss = prediction, hashes, miss
+        self.prediction, self.hashes, self.miss, self.shape = prediction, hashes, miss, shape
 
     def headers(self) -> list[tuple[str, str]]:
         out = [("x-grid-site", self.name)]
@@ -260,33 +261,62 @@ class Proxy:
                     "rate_limit_exceeded",
                     headers=(("retry-after", "1"),),
                 )
-        order = list(ranking.sites)
-        if policy == "strict":
-            if ranking.expected_miss:
-                self.metrics.shed["slo-expected-miss"] += 1
-                return self._refuse_miss(req, ranking, state.planner.default_slo_ms)
-            order = order[: ranking.feasible]  # fail over only to sites that can meet it
+        # strict judges only a request whose size it knows (max_tokens, or what the model's answers
+        # have been): before any evidence, the default size is a guess, and the request is served
+        if policy == "strict" and shape.output_source != "default":
+            if ranking.feasible == 0:
+                if not state.feasible_when_free(req, shape, cached, time.monotonic()):
+                    self.metrics.shed["slo-unattainable"] += 1
+                    return self._refuse_miss(req, ranking, state.planner.default_slo_ms, busy=False)
+                # the sites that could meet it are only busy with our own requests: wait for one
+                ranking = await self._wait_for_room(decide, deadline, feasible=True)
+                if ranking.feasible == 0:
+                    self.metrics.shed["slo-expected-miss"] += 1
+                    return self._refuse_miss(req, ranking, state.planner.default_slo_ms, busy=True)
+            order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
+        else:
+            order = list(ranking.sites)
         return await self._forward(request, state, req, shape, cached, order, ranking.feasible, hashes)
 
-    def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float) -> Answer:
+    def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float, busy: bool) -> Answer:
+        """Strict: 429 with Retry-After when the sites that could meet the SLO are busy; 400 when
+        no site could meet it even free (retrying would not help)."""
         slo = req.slo_ms or default_slo_ms
-        best, ms = ranking.sites[0], ranking.predicted_ms[0]
         budget = slo * (1.0 - SLO_MARGIN)
+        extra: dict[str, Any] = {"slo_ms": slo}
+        if ranking.sites:
+            best, ms = ranking.sites[0], ranking.predicted_ms[0]
+            fastest = f"the fastest, {best}, is predicted at {ms:.0f} ms"
+            extra.update(site=best, predicted_ms=round(ms, 1))
+        else:
+            fastest = "every site that could meet it is full"
+        within = f"a site must be predicted within {budget:g} ms, the SLO less its {SLO_MARGIN:.0%} margin"
+        if busy:
+            return error_json(
+                429,
+                f"no site is predicted to meet the {slo:g} ms SLO for {req.model} from {req.region} "
+                f"now ({fastest}; {within}): the sites that could are busy; retry shortly, or send "
+                "x-grid-slo-policy: best-effort to be served anyway",
+                "rate_limit_exceeded",
+                headers=(("retry-after", "1"),),
+                code="slo_expected_miss",
+                **extra,
+            )
         return error_json(
-            429,
-            f"no site is predicted to meet the {slo:g} ms SLO for {req.model} from {req.region}: "
-            f"the fastest, {best}, is predicted at {ms:.0f} ms (a site must be predicted within "
-            f"{budget:g} ms, the SLO less its {SLO_MARGIN:.0%} margin); retry later, allow more "
-            "with x-grid-slo-ms, or send x-grid-slo-policy: best-effort to be served anyway",
-            "rate_limit_exceeded",
-            headers=(("retry-after", "1"),),
-            code="slo_expected_miss",
-            site=best,
-            predicted_ms=round(ms, 1),
-            slo_ms=slo,
+            400,
+            f"no site can meet the {slo:g} ms SLO for {req.model} from {req.region}, even idle "
+            f"({fastest}; {within}): allow more with x-grid-slo-ms, ask for fewer tokens "
+            "(max_tokens), or send x-grid-slo-policy: best-effort to be served anyway",
+            "invalid_request_error",
+            code="slo_unattainable",
+            **extra,
         )
 
-    async def _wait_for_room(self, decide: Callable[[], Ranking], deadline: float) -> Ranking:
+    async def _wait_for_room(
+        self, decide: Callable[[], Ranking], deadline: float, feasible: bool = False
+    ) -> Ranking:
+        """Wait (bounded) until a slot frees and the decision has a site (``feasible``: a site
+        predicted to meet the SLO); EMPTY on the deadline or a full queue."""
         if self.queued >= self.config.queue_max:
             return EMPTY
         loop = asyncio.get_running_loop()
@@ -313,7 +343,7 @@ class Proxy:
                         # it was woken for: pass the wake-up on to the next in the queue
                         self._release()
                 ranking = decide()
-                if ranking.sites:
+                if ranking.feasible if feasible else ranking.sites:
                     return ranking
         finally:
             self.queued -= 1
@@ -358,7 +388,7 @@ class Proxy:
             url = st.site.endpoint.rstrip("/") + request.path
             start = time.monotonic()
             prediction = state.predict(req, shape, name, cached.get(name, 0), start)
-            attempt = Attempt(st, sig, name, req.model, start, prediction, hashes, n >= feasible)
+            attempt = Attempt(st, sig, name, req.model, start, prediction, hashes, n >= feasible, shape)
             sig.in_flight += 1
             st.requests += 1
             st.breaker.on_attempt(start)
@@ -406,6 +436,8 @@ class Proxy:
         """The site's answer for the client: whole when its size is known and it is not a
         stream (one send), else relayed piece by piece as it arrives."""
         headers = [(k, v) for k, v in upstream.headers if k not in DROP_TO_CLIENT]
+        if upstream.status >= 400:  # the site's own error: not an answer that missed the SLO
+            attempt.miss = False
         headers.extend(attempt.headers())
         if attempt.miss:  # the same answers as the x-grid-slo header
             self.metrics.expected_miss[attempt.model] += 1
@@ -454,9 +486,16 @@ class Proxy:
             if status < 400:
                 if attempt.hashes:
                     self.book().prefixes.record(name, attempt.hashes)
-                if tokens is not None:
+                shape = attempt.shape
+                if tokens is not None and shape is not None and shape.output_source == "max_tokens":
+                    tokens = min(tokens, shape.output_tokens)  # a site cannot have said more than asked
+                elif tokens is not None and shape is not None and shape.output_tokens > 0:
+                    # only answers to requests that set no limit say how long answers run unasked
                     self.outputs.record(attempt.model, tokens)
-                if attempt.prediction is not None and 200 <= status < 300:
+                if shape is not None and shape.output_tokens == 0:
+                    tokens = 0  # an embedding: no decode step
+                # an answer whose length is unknown says nothing about the time per token
+                if attempt.prediction is not None and tokens is not None and 200 <= status < 300:
                     ttft_ms = (first_token - start) * 1000.0 if first_token is not None else None
                     st.learn(attempt.model, attempt.prediction, now, ttft_ms, (now - start) * 1000.0, tokens)
         label = "cut" if cut is not None else "client-gone" if gone else str(status)

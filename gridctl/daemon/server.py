@@ -36,13 +36,20 @@ from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
 from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
 from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import Shape, predict
+from gridctl.placement.predict import MAX_TOKENS, Shape, predict
 
 CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
 CALIBRATION_PROMPT_TOKENS = 2
 CALIBRATION_TOKENS = 4
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+
+
+def _count(text: str) -> int:
+    """A token count from a query string: digits only (no sign, spaces or underscores), bounded."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) > MAX_TOKENS:
+        raise ValueError(text)
+    return int(text)
 
 
 def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridState:
@@ -59,7 +66,7 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
         )
     calibration = None
     if previous is None:
-        calibration = parse_calibration(load_calibration(inv.root), time.monotonic())
+        calibration = parse_calibration(load_calibration(inv.root), time.monotonic(), time.time())
     return GridState(inv, config, probe_rtts(inv.root), health_by_site(inv.root), previous, calibration)
 
 
@@ -384,13 +391,13 @@ class Daemon:
         except ValueError:
             return error_json(400, "slo_ms must be a positive number", "invalid_request_error")
         try:
-            prompt = int(q.get("prompt_tokens", DEFAULT_SHAPE.prompt_tokens))
-            output = int(q["max_tokens"]) if "max_tokens" in q else None
-            if prompt < 0 or (output is not None and output < 0):
-                raise ValueError
+            prompt = _count(q.get("prompt_tokens", str(DEFAULT_SHAPE.prompt_tokens)))
+            output = _count(q["max_tokens"]) if "max_tokens" in q else None
         except ValueError:
             return error_json(
-                400, "prompt_tokens and max_tokens must be whole numbers >= 0", "invalid_request_error"
+                400,
+                f"prompt_tokens and max_tokens must be whole numbers from 0 to {MAX_TOKENS:,}",
+                "invalid_request_error",
             )
         if output is None:  # as a request without max_tokens: the model's observed quantile
             shape = Shape(prompt, *self.proxy.outputs.estimate(model))
@@ -411,7 +418,10 @@ class Daemon:
         in_flight = {n: s.in_flight for n, s in state.sites.items()}
         by_model = {(n, m): sig.in_flight for n, s in state.sites.items() for m, sig in s.signals.items()}
         calibration = {
-            (n, m): cal.factors(now) for n, s in state.sites.items() for m, cal in s.calibration.items()
+            (n, m): cal.factors(now)
+            for n, s in state.sites.items()
+            for m, cal in s.calibration.items()
+            if m in s.signals
         }
         text = self.metrics.render(in_flight, up, self.proxy.queued, by_model, calibration)
         return Response(

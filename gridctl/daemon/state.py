@@ -345,6 +345,19 @@ class GridState:
         idle = {n: SiteSignals(health=sig.health) for n, sig in self.live(request.model, now).items()}
         return bool(self.planner.order(request, shape, idle).sites)
 
+    def feasible_when_free(
+        self, request: Request, shape: Shape, cached: Mapping[str, int] | None, now: float
+    ) -> bool:
+        """Would a site be predicted to meet the SLO once this daemon's own requests there
+        ended (the sites' queues, health and calibration as they are)? Strict: wait, or refuse."""
+        free = {
+            n: SiteSignals(
+                sig.health, sig.open, 0, sig.running, sig.waiting, sig.first_factor, sig.decode_factor
+            )
+            for n, sig in self.live(request.model, now).items()
+        }
+        return self.planner.order(request, shape, free, cached).feasible > 0
+
     def explain(
         self,
         request: Request,
@@ -358,26 +371,42 @@ class GridState:
     # -- persistence --------------------------------------------------------------------
 
     def calibration_dict(self, now: float) -> dict[str, dict[str, dict[str, Any]]]:
-        """site -> model -> ``Calibration.to_dict(now)``, for the models with evidence."""
-        return {
-            n: {m: cal.to_dict(now) for m, cal in sorted(st.calibration.items()) if cal.samples}
-            for n, st in sorted(self.sites.items())
-            if any(cal.samples for cal in st.calibration.values())
-        }
+        """site -> model -> ``Calibration.to_dict(now)``, for the models the site still serves
+        with evidence."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for n, st in sorted(self.sites.items()):
+            models = {
+                m: cal.to_dict(now)
+                for m, cal in sorted(st.calibration.items())
+                if cal.samples and m in st.signals
+            }
+            if models:
+                out[n] = models
+        return out
 
 
-def parse_calibration(data: Mapping[str, Any], now: float) -> dict[str, dict[str, Calibration]]:
+def parse_calibration(
+    data: Mapping[str, Any], now: float, wall_now: float | None = None
+) -> dict[str, dict[str, Calibration]]:
     """What :meth:`GridState.calibration_dict` wrote (site -> model -> entry), read back at
-    ``now`` (``Calibration.from_dict``: the factors as written, decaying from ``now`` on; the
-    time the daemon was down is not counted). Bad entries and entries without evidence are
-    dropped."""
+    ``now`` (``Calibration.from_dict``: the factors as written, clamped, decaying on from the
+    entry's ``written_at`` when ``wall_now`` (Unix seconds) is given, so the time the daemon
+    was down counts). Bad entries and entries without evidence are dropped."""
     out: dict[str, dict[str, Calibration]] = {}
     for site, models in data.items():
         if not isinstance(models, Mapping):
             continue
         for model, entry in models.items():
             if isinstance(entry, Mapping):
-                cal = Calibration.from_dict(entry, now)
+                written = entry.get("written_at")
+                down = 0.0
+                if (
+                    wall_now is not None
+                    and isinstance(written, int | float)
+                    and not isinstance(written, bool)
+                ):
+                    down = wall_now - float(written) if math.isfinite(float(written)) else 0.0
+                cal = Calibration.from_dict(entry, now, down)
                 if cal.samples:
                     out.setdefault(str(site), {})[str(model)] = cal
     return out

@@ -10,6 +10,8 @@ checked", not an error.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +106,21 @@ def calibration_path(root: Path) -> Path:
     return root / STATE_DIR / CALIBRATION_FILE
 
 
+MAX_CALIBRATION_BYTES = 16 * 1024 * 1024
+
+
 def load_calibration(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """``{site: {model: entry}}`` the placement daemon learned (``Calibration.to_dict`` plus
     ``written_at``, Unix seconds); a missing or unreadable file is no evidence yet."""
+    path = calibration_path(root)
     try:
-        data = json.loads(calibration_path(root).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        # a regular file of a sane size only: never a FIFO, a device or /dev/zero behind a symlink
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CALIBRATION_BYTES:
+                return {}
+            data = json.loads(f.read(MAX_CALIBRATION_BYTES + 1).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
     sites = data.get("sites") if isinstance(data, dict) else None
     if not isinstance(sites, dict):

@@ -345,8 +345,11 @@ class Planner:
             busy = sig.in_flight
             if busy >= cap:
                 continue
-            running = sig.running
-            load = running if running > busy else busy
+            # every request at the site: ours (some may wait in its queue) or its own count of
+            # running and waiting, whichever is more (its /metrics lag; other daemons share it)
+            load = sig.running + sig.waiting
+            if busy > load:
+                load = busy
             if getc is not None:
                 uncached = prompt - getc(name, 0)
                 if uncached < 0:
@@ -361,7 +364,7 @@ class Planner:
                 frac = 1.0
             service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac)
             e2e = rtt + service
-            ahead = load + sig.waiting + 1 - cap  # requests before it beyond the slots
+            ahead = load + 1 - cap  # requests before it beyond the slots
             if ahead > 0:
                 e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld)) / cap
             if e2e <= budget:
@@ -401,9 +404,9 @@ class Planner:
         if s is None:
             return None
         sig = live.get(site, _IDLE)
-        load = max(sig.in_flight, sig.running)
+        load = max(sig.in_flight, sig.running + sig.waiting)
         return predict(
-            s.serving, shape, s.rtt_ms, load, sig.waiting, cached_tokens, sig.first_factor, sig.decode_factor
+            s.serving, shape, s.rtt_ms, load, 0, cached_tokens, sig.first_factor, sig.decode_factor
         )
 
     def explain(
@@ -455,10 +458,10 @@ class Planner:
             if reasons or serving is None:
                 excluded.append(Exclusion(name, tuple(reasons)))
                 continue
-            load = max(sig.in_flight, sig.running)
+            load = max(sig.in_flight, sig.running + sig.waiting)
             hit = cached.get(name, 0)
             p = predict(
-                serving, shape, latency.rtt_ms, load, sig.waiting, hit, sig.first_factor, sig.decode_factor
+                serving, shape, latency.rtt_ms, load, 0, hit, sig.first_factor, sig.decode_factor
             )
             cost = site.cost_per_gpu_hour * serving.gpus / serving.capacity * p.service_ms / 3_600_000.0
             total_tokens = max(1, shape.prompt_tokens + shape.output_tokens)

@@ -4,13 +4,13 @@ For a request of a given shape (prompt tokens, output tokens; see
 :func:`estimate_shape`) at a site serving the model (:class:`~gridctl.placement.perf.Serving`)
 under its current load::
 
-    load     = max(requests this daemon has in flight there, the site's own running count)
+    load     = max(requests this daemon has in flight there, the site's own running + waiting)
     frac     = min(1, (load // replicas + 1) / (capacity / replicas))
                  (the least-loaded replica, which the site's balancer picks, with the request itself)
     first    = (TTFT + uncached_prompt / prefill * 1000) * factor * cal.first  * (1 + LOAD_TTFT * frac)
     interval = 1000 / decode * factor * cal.decode * (1 + LOAD_DECODE * frac)
     service  = first + interval * (output - 1)                     (an embedding: first alone)
-    ahead    = load + site_waiting + 1 - capacity                  (requests before it beyond the slots)
+    ahead    = load + 1 - capacity                                 (requests before it beyond the slots)
     queue    = ahead * service_at_full_load / capacity             (0 when ahead <= 0)
     e2e      = round_trip + queue + service
     ttft     = round_trip + queue + first
@@ -25,12 +25,15 @@ answer took with what the table alone predicted for it, per site: the first
 token's compute time (observed TTFT - round trip - predicted queue) against
 ``first`` without calibration, and the time per output token against
 ``interval`` without calibration (an answer that is not streamed gives one
-ratio for both). Each ratio moves the site's factor by ``CAL_ALPHA`` in log
-space (a site twice as slow as its row is predicted within 10% after about 15
-answers, within 1% after about 30); ratios are clamped to [0.1, 10]. With no
-new evidence, a factor decays toward the prior (1.0) with a half-life of
-``CAL_HALF_LIFE_S`` (10 minutes), so a site predicted too slow to be chosen is
-tried again and comes back when it has recovered.
+ratio for both; one with no decode step, one token or an embedding, moves only
+the first-token factor; an answer of unknown length teaches nothing). Each
+ratio moves the site's factor by ``CAL_ALPHA`` in log space (a site twice as
+slow as its row is predicted within 10% after about 15 answers, within 1%
+after about 30); ratios are clamped to [0.1, 10]. With no new evidence, a
+factor decays toward the prior (1.0) with a half-life of ``CAL_HALF_LIFE_S``
+(10 minutes), so a site predicted too slow to be chosen is tried again and
+comes back when it has recovered (the daemon also measures such a site with a
+tiny generation now and then, which finds one faster than its row too).
 """
 
 from __future__ import annotations
@@ -102,9 +105,11 @@ def predict(
     first_factor: float = 1.0,
     decode_factor: float = 1.0,
 ) -> Prediction:
-    """The module docstring's formulas for one site (the engine's loop inlines the same)."""
+    """The module docstring's formulas for one site (the engine's loop inlines the same);
+    ``load`` + ``waiting`` is every request at the site."""
     cap = serving.capacity
     replicas = serving.replicas
+    load += waiting  # every request at the site, running or queued
     frac = (load // replicas + 1) * replicas / cap
     if frac > 1.0:
         frac = 1.0
@@ -120,7 +125,7 @@ def predict(
     tokens = shape.output_tokens - 1 if shape.output_tokens > 1 else 0
     prefill = first_raw * first_factor
     decode = interval_raw * decode_factor * tokens
-    ahead = load + waiting + 1 - cap
+    ahead = load + 1 - cap
     queue = 0.0
     if ahead > 0:
         full = (
@@ -170,18 +175,22 @@ class Calibration:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], now: float) -> Calibration:
+    def from_dict(cls, d: Mapping[str, Any], now: float, downtime_s: float = 0.0) -> Calibration:
         """What :meth:`to_dict` wrote (kept in ``.state``): its factors as they were when written,
-        decaying on from ``now`` (the time the process was down is not counted)."""
+        clamped to ``CAL_CLAMP``, decaying on as if ``downtime_s`` had passed since; anything
+        malformed is the prior."""
         try:
             first = float(d.get("first_factor", 1.0))
             decode = float(d.get("decode_factor", 1.0))
-            samples = int(d.get("samples", 0) or 0)
-        except (TypeError, ValueError):
+            samples = int(min(float(d.get("samples", 0) or 0), 1e12))
+        except (TypeError, ValueError, OverflowError):
             return cls()
         if not (math.isfinite(first) and math.isfinite(decode)) or first <= 0 or decode <= 0:
             return cls()
-        return cls(math.log(first), math.log(decode), max(0, samples), now)
+        lo, hi = CAL_CLAMP
+        first, decode = min(hi, max(lo, first)), min(hi, max(lo, decode))
+        away = downtime_s if math.isfinite(downtime_s) and downtime_s > 0 else 0.0
+        return cls(math.log(first), math.log(decode), max(0, samples), now - away)
 
 
 PRIOR = Calibration()
@@ -214,11 +223,14 @@ def calibrate(
             r_decode = decode
         lf += alpha * (_clamped_log(r_first) - lf)
         ld += alpha * (_clamped_log(r_decode) - ld)
-    else:
+    elif tokens > 0:
         raw = predicted.first_raw_ms + predicted.interval_raw_ms * tokens
         r = max(e2e_ms - base, 0.1) / raw
         lf += alpha * (_clamped_log(r) - lf)
         ld += alpha * (_clamped_log(r) - ld)
+    else:  # no decode step seen (one token, an embedding): evidence for the first token only
+        r = max((ttft_ms if ttft_ms is not None else e2e_ms) - base, 0.1) / predicted.first_raw_ms
+        lf += alpha * (_clamped_log(r) - lf)
     return Calibration(lf, ld, cal.samples + 1, now)
 
 
@@ -245,12 +257,17 @@ class OutputTokens:
         return ordered[min(len(ordered) - 1, int(OUTPUT_QUANTILE * len(ordered)))], "observed"
 
 
+MAX_TOKENS = 10_000_000  # larger token counts are read as this (no model's context is longer)
+
+
 def _positive_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, int):
+        return min(value, MAX_TOKENS) if value >= 1 else None
     if not math.isfinite(value) or value < 1:
         return None
-    return int(value)
+    return int(min(value, MAX_TOKENS))
 
 
 def estimate_shape(
@@ -261,8 +278,9 @@ def estimate_shape(
 ) -> Shape:
     """The shape of an OpenAI request: its prompt at 4 characters a token; its output from
     ``max_completion_tokens`` or ``max_tokens``, else ``fallback`` (the model's observed
-    quantile, or the default); an embedding has no output."""
-    prompt = count_tokens(prompt_text)
+    quantile, or the default); an embedding has no output. A prompt given as token ids
+    (``prompt`` / ``input``: a list of integers, or of such lists) counts one token each."""
+    prompt = min(MAX_TOKENS, max(count_tokens(prompt_text), _token_ids(body)))
     if embedding:
         return Shape(prompt, 0, "embedding")
     for key in ("max_completion_tokens", "max_tokens"):
@@ -270,6 +288,21 @@ def estimate_shape(
         if n is not None:
             return Shape(prompt, n, "max_tokens")
     return Shape(prompt, fallback[0], fallback[1])
+
+
+def _token_ids(body: Mapping[str, Any]) -> int:
+    """How many token ids ``prompt`` or ``input`` holds (0 when they are text)."""
+    n = 0
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if not isinstance(value, list):
+            continue
+        for item in value:
+            if isinstance(item, int) and not isinstance(item, bool):
+                n += 1
+            elif isinstance(item, list):
+                n += sum(1 for x in item if isinstance(x, int) and not isinstance(x, bool))
+    return n
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:

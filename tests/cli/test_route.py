@@ -271,3 +271,21 @@ def test_route_probe_and_live_strip_the_api_key_and_refuse_a_control_character(c
     assert live["ok"] is False and live["error"].startswith("API key in $GRID_KEY_")
     assert live["error"].endswith("contains a control character; set it to the key alone")
     assert "cret" not in r.out + r.err
+
+
+def test_body_and_slo_inputs_that_are_not_requests_are_usage_errors(cli, tmp_path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for args, said in (
+        (["--body", str(fifo)], "not a regular file"),
+        (["--body", "/dev/zero"], "not a regular file"),
+        (["--body", str(deep)], "nested too deeply"),
+        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "nan"], "must be a finite number"),
+        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "inf"], "must be a finite number"),
+    ):
+        r = cli("route", "test", "--from", "us-phl", *args)
+        assert r.rc == 2 and said in r.err and "Traceback" not in r.err, (args, r)

@@ -104,15 +104,21 @@ def test_no_feasible_site_best_effort_flags_it_strict_refuses_it(near_far: Daemo
     assert r.headers["x-grid-slo"] == "expected-miss" and int(r.headers["x-grid-predicted-ms"]) > 54
     metrics = httpx.get(d.url + "/metrics").text
     assert re.search(rf'^gridctl_slo_expected_miss_total{{model="{M8}"}} 1$', metrics, re.M)
+    # strict: not even an idle site could meet 60 ms, so retrying would not help: 400, no Retry-After
     r = d.post(chat(), headers={**tight, "x-grid-slo-policy": "strict"})
-    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.status_code == 400 and "retry-after" not in r.headers
     err = r.json()["error"]
-    assert err["code"] == "slo_expected_miss" and err["site"] == "far-h100" and err["slo_ms"] == 60
-    assert "60 ms SLO" in err["message"] and "far-h100" in err["message"]
+    assert err["code"] == "slo_unattainable" and err["site"] == "far-h100" and err["slo_ms"] == 60
+    assert "60 ms SLO" in err["message"] and "far-h100" in err["message"] and "even idle" in err["message"]
     assert err["predicted_ms"] > 54
-    assert 'gridctl_shed_total{reason="slo-expected-miss"} 1' in httpx.get(d.url + "/metrics").text
+    assert 'gridctl_shed_total{reason="slo-unattainable"} 1' in httpx.get(d.url + "/metrics").text
     r = d.post(chat(), headers={"x-grid-slo-policy": "strict"})  # feasible: served as usual
     assert r.status_code == 200 and "x-grid-slo" not in r.headers
+    # a request that does not say how long its answer may be, before any answer without a limit
+    # was seen: its size is a guess (256 tokens), so strict serves it rather than refuse a guess
+    unsized = {k: v for k, v in chat("how long?").items() if k != "max_tokens"}
+    r = d.post(unsized, headers={"x-grid-slo-policy": "strict"})
+    assert r.status_code == 200, r.text
     r = d.post(chat(), headers={"x-grid-slo-policy": "sometimes"})
     assert r.status_code == 400 and "x-grid-slo-policy" in r.json()["error"]["message"]
 
@@ -124,13 +130,35 @@ def test_the_strict_flag_refuses_and_a_request_can_ask_for_best_effort(tmp_path:
         try:
             assert httpx.get(d.url + "/grid/status").json()["slo_policy"] == "strict"
             r = d.post(chat(), headers={"x-grid-slo-ms": "60"})
-            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert r.status_code == 400 and r.json()["error"]["code"] == "slo_unattainable"
             r = d.post(chat(), headers={"x-grid-slo-ms": "60", "x-grid-slo-policy": "best-effort"})
             assert r.status_code == 200 and r.headers["x-grid-slo"] == "expected-miss"
         finally:
             d.stop()
     bad = start_daemon_fails(lab.overlay, "--slo-policy", "maybe")
     assert bad[0] == 2 and "--slo-policy 'maybe'" in bad[1] and "strict" in bad[1]
+
+
+def test_one_clients_max_tokens_is_not_everyones_estimate_and_sizes_are_bounded(near_far: DaemonProc) -> None:
+    d = near_far
+
+    def estimate() -> tuple[int, str]:
+        route = httpx.get(d.url + "/grid/route", params={"model": M8, "prompt_tokens": "3"}).json()
+        return route["request"]["max_tokens"], route["request"]["output_tokens_from"]
+
+    assert estimate() == (256, "default")
+    for i in range(3):
+        assert d.post(chat(f"long {i}", max_tokens=120)).status_code == 200
+    assert estimate() == (256, "default")  # answers to requests that set a limit say nothing of others
+    unsized = {k: v for k, v in chat("no limit").items() if k != "max_tokens"}
+    assert d.post(unsized).status_code == 200  # the lab answers 16 tokens when none is asked for
+    assert estimate() == (16, "observed")
+    # sizes beyond any model's context: read as the bound, never an error of ours
+    r = d.post(chat("huge", max_tokens=10**400), headers={"x-grid-slo-ms": "100000000000"})
+    assert r.status_code != 500
+    for q in ({"max_tokens": "9" * 400}, {"prompt_tokens": "-1"}, {"prompt_tokens": "1_0"}):
+        r = httpx.get(d.url + "/grid/route", params={"model": M8, **q})
+        assert r.status_code == 400 and "whole numbers" in r.json()["error"]["message"], q
 
 
 def start_daemon_fails(inventory: Path, *args: str) -> tuple[int, str]:

@@ -146,3 +146,23 @@ def test_calibration_round_trips_and_decays_from_the_restart(inv) -> None:  # ty
     assert restarted.live(M8, 500.0)["nwk-co-03"].first_factor == pytest.approx(2.0, 1e-3)
     reloaded = GridState(inv, DaemonConfig(inventory=EXAMPLE), previous=restarted)
     assert reloaded.sites["nwk-co-03"].cal(M8).samples == 30
+
+
+def test_a_hostile_calibration_file_is_no_evidence_never_a_hang(tmp_path) -> None:
+    import os
+
+    from gridctl.inventory.state import calibration_path, load_calibration
+
+    path = calibration_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    assert load_calibration(tmp_path) == {}  # a FIFO: not read (it would block)
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    assert load_calibration(tmp_path) == {}  # a device: not read (it never ends)
+    path.unlink()
+    path.write_text('{"sites": {"a": {"m": {"first_factor": 1e300, "samples": 1e400}}}}')
+    from gridctl.daemon.state import parse_calibration
+
+    [[cal]] = [list(m.values()) for m in parse_calibration(load_calibration(tmp_path), 0.0).values()]
+    assert cal.factors(0.0)[0] == pytest.approx(10.0)  # clamped

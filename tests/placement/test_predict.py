@@ -221,3 +221,36 @@ def test_output_tokens_quantile_of_what_a_model_answered() -> None:
         seen.record("m", 5)  # the window forgets the old answers
     assert seen.estimate("m") == (5, "observed")
     assert seen.estimate("other")[1] == "default"
+
+
+# -- hostile or odd inputs (review of issue 11) -------------------------------------------
+
+
+def test_sizes_beyond_any_context_are_bounded_not_errors() -> None:
+    from gridctl.placement.predict import MAX_TOKENS
+
+    assert estimate_shape({"max_tokens": 10**400}, "x").output_tokens == MAX_TOKENS
+    assert estimate_shape({"max_tokens": 1e300}, "x").output_tokens == MAX_TOKENS
+    assert estimate_shape({"max_tokens": -5}, "x").output_source == "default"
+
+
+def test_a_prompt_of_token_ids_counts_one_token_each() -> None:
+    assert estimate_shape({"prompt": list(range(4000)), "max_tokens": 1}, "").prompt_tokens == 4000
+    assert estimate_shape({"prompt": [[1, 2, 3], [4, 5]]}, "").prompt_tokens == 5
+    assert estimate_shape({"input": [True, False]}, "").prompt_tokens == 1  # booleans are not ids
+
+
+def test_an_answer_without_a_decode_step_moves_only_the_first_token_factor() -> None:
+    assert H100_TP1 is not None
+    sent = predict(H100_TP1, Shape(4000, 1), 5.0)
+    cal = calibrate(PRIOR, sent, 0.0, None, 5 + sent.first_raw_ms * 3, 1, alpha=1.0)
+    first, decode = cal.factors(0.0)
+    assert first == pytest.approx(3.0) and decode == 1.0
+
+
+def test_saved_calibration_is_clamped_aged_by_downtime_and_never_fatal() -> None:
+    wild = Calibration.from_dict({"first_factor": 1e300, "decode_factor": 1e-300, "samples": 5}, 0.0)
+    assert wild.factors(0.0) == pytest.approx((10.0, 0.1))
+    assert Calibration.from_dict({"first_factor": 2, "samples": 1e400}, 0.0).samples == 10**12
+    week = Calibration.from_dict({"first_factor": 2.0, "decode_factor": 2.0, "samples": 9}, 0.0, 7 * 86400)
+    assert week.factors(0.0)[0] == pytest.approx(1.0, abs=1e-6)  # a week of downtime: the prior
