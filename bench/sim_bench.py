@@ -4,7 +4,7 @@
     The reference scenario (``inventory/scenarios/voice-burst.yaml``) stretched
     to ``--duration`` seconds (2000 s: about a million requests), in process,
     phase by phase: generate the requests, simulate them with the ``grid``
-    policy (a ``Planner.rank`` per request), summarise (percentiles, costs, the
+    policy (a ``Planner.order`` per request), summarise (percentiles, costs, the
     plot's series). Side by side, in the same process and run order:
 
     - floor ``heapq``: the event queue alone, one push and one pop per request;
@@ -12,17 +12,21 @@
       of completions, pools, in-flight counts) with a constant service time: no
       policy, no timing model, no prefix cache;
     - ``nearest``: the real engine with a policy fixed per (region, model), so
-      no Planner call per request: the difference to ``grid`` is the Planner;
-    - ``Planner.rank`` alone, called once per request as ``grid`` calls it.
+      no Planner call per request: the difference to ``grid`` is the decision;
+    - ``Planner.order`` alone, called once per request as ``grid`` calls it.
 
     Plus the whole command as a user runs it: ``gridctl sim --policy grid
     --duration 2000 -o json`` in a fresh process (start-up, inventory, output).
     Target: one policy over 1,000,000 requests in < 60 s, end to end.
 ``reference``
-    The figures of the README's reference scenario: every policy at the
-    scenario's load, and for ``grid`` and ``central`` the highest load each
-    carries with p99 within the SLO (bisection on ``--scale``), with its
-    throughput and cost per token. Prints markdown.
+    Every simulator figure of the README: the reference scenario (every policy
+    at the scenario's load; for ``grid``, ``grid-no-affinity`` and ``central``
+    the highest load each carries with p99 within the SLO and nothing rejected,
+    by bisection on ``--scale``, with hidden speeds on and off), the same with
+    ``--sites all``, the SLO attainment of every policy for each built-in
+    profile with ``--sites all``, and the same-hardware scenario; with the
+    issue-11 targets marked PASS or FAIL. Prints markdown (``--write-readme``:
+    also into bench/README.md's ``sim-figures`` section).
 
 Run from the repository root with the environment's interpreter::
 
@@ -56,9 +60,10 @@ sys.path.insert(0, str(REPO / "bench"))
 from inventory_bench import machine, write_readme  # noqa: E402
 
 from gridctl.inventory.load import load_inventory  # noqa: E402
-from gridctl.placement.engine import NO_LIVE, Live, Planner  # noqa: E402
+from gridctl.placement.engine import NO_LIVE, Planner  # noqa: E402
+from gridctl.placement.predict import Shape  # noqa: E402
 from gridctl.sim.compare import Plan, SimOptions, build_workload, plan_run, run_plan, run_policy  # noqa: E402
-from gridctl.sim.policy import Placement  # noqa: E402
+from gridctl.sim.policy import Placement, SiteView, build_signals  # noqa: E402
 from gridctl.sim.report import summarize, time_series  # noqa: E402
 from gridctl.sim.sites import build_sim_sites  # noqa: E402
 from gridctl.sim.traffic import Workload  # noqa: E402
@@ -149,7 +154,7 @@ def one_round(plan: Plan) -> dict[str, float]:
     out["generate"], w = timed(lambda: build_workload(plan))
     out["requests"] = len(w)
     planner = Planner(plan.inv, plan.probes)
-    sites = build_sim_sites(plan.inv)
+    sites = build_sim_sites(plan.inv, plan.seed)
     placement = Placement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
     rtt = [[planner.latency(planner.region(r), s).rtt_ms for s in plan.inv.sites] for r in w.regions]
     out["floor_heapq"] = floor_heapq(w)
@@ -157,16 +162,17 @@ def one_round(plan: Plan) -> dict[str, float]:
     out["nearest"], _ = timed(lambda: run_policy(plan, w, "nearest", sites, placement, rtt))
     out["grid"], grid = timed(lambda: run_policy(plan, w, "grid", sites, placement, rtt))
     out["summarize"], _ = timed(lambda: (summarize(w, sites, grid), time_series(w, grid)))
-    # Planner.rank alone, once per request, with live in-flight counts as grid passes them
-    lives = Live(in_flight={s.name: 7 for s in sites})
+    # Planner.order alone, once per request, over a snapshot with every site busy as grid passes it
+    live = build_signals({s.name: SiteView(in_flight=7, running=7) for s in sites}, 0.0)
     reqs = placement.requests
-    rank = planner.rank
-    R, M = w.region, w.model
+    order = planner.order
+    R, M, P = w.region, w.model, w.prompt
+    out_tokens = plan.profile.output_tokens.hi if plan.profile else 256
     t0 = time.perf_counter()
     for i in range(len(w)):
-        rank(reqs[R[i]][M[i]], lives, 1)
+        order(reqs[R[i]][M[i]], Shape(P[i], out_tokens), live)
     out["planner"] = time.perf_counter() - t0
-    assert planner.rank(reqs[0][0], NO_LIVE), "the reference scenario must have eligible sites"
+    assert planner.order(reqs[0][0], Shape(400, 48), NO_LIVE).sites, "the scenario must have eligible sites"
     return out
 
 
@@ -213,8 +219,11 @@ def bench_sim(args: argparse.Namespace) -> str:
         ("floor: the event loop, constant service time, no policy/model/cache", "floor_loop"),
         ("generate the requests (profile -> workload)", "generate"),
         ("simulate, `nearest` (choice fixed per region; no Planner per request)", "nearest"),
-        ("simulate, `grid` (Planner.rank per request with live in-flight, then prefix affinity)", "grid"),
-        ("`Planner.rank` alone, once per request", "planner"),
+        (
+            "simulate, `grid` (Planner.order per request over the snapshot, prediction at send, calibration at completion)",
+            "grid",
+        ),
+        ("`Planner.order` alone, once per request", "planner"),
         ("summarise `grid` (percentiles, costs, plot series)", "summarize"),
     ]
     lines = [
@@ -249,7 +258,8 @@ def bench_sim(args: argparse.Namespace) -> str:
         "after, on 2 CPUs; wall times stretch with it, CPU times much less.\n"
         f"- where the time goes, per request: the event loop's skeleton {per(floor)}; the timing model, "
         f"prefix cache and bookkeeping on top of it {per(med('nearest') - floor)}; the daemon's decision "
-        f"(Planner ranking + prefix affinity) {per(med('grid') - med('nearest'))} (`Planner.rank` alone: "
+        f"(Planner.order, the chosen site's prediction, the prefix record, calibration at each completion) "
+        f"{per(med('grid') - med('nearest'))} (`Planner.order` alone: "
         f"{per(med('planner'))}); generating the request "
         f"{per(med('generate'))}; the figures {per(med('summarize'))}.\n"
         f"- Target < {TARGET_S:g} s for 1,000,000 requests with one policy: **{verdict}**.\n"
@@ -260,67 +270,199 @@ def bench_sim(args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- reference figures
 
+ALL = ("grid", "grid-no-affinity", "nearest", "central", "round-robin")
+LO = 0.05  # the bottom of each bisection: a policy over the SLO even there is reported as such
 
-def run_at(scale: float, policies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+
+def run_at(
+    scale: float,
+    policies: tuple[str, ...],
+    sites: str | None = None,
+    profile: str = "voice-burst",
+    hidden: bool = True,
+) -> dict[str, dict[str, Any]]:
     inv = load_inventory(INVENTORY)
-    result, _ = run_plan(plan_run(inv, {}, SimOptions(profile="voice-burst", scale=scale, policies=policies)))
+    opts = SimOptions(profile=profile, scale=scale, policies=policies, sites=sites, hidden_speed=hidden)
+    result, _ = run_plan(plan_run(inv, {}, opts))
     return {p["policy"]: p for p in result["policies"]}
 
 
-def slo_capacity(policy: str, lo: float, hi: float, steps: int) -> tuple[float, dict[str, Any]]:
-    """The highest --scale (within lo..hi, by bisection) at which ``policy`` keeps p99 <= SLO."""
-    best = run_at(lo, (policy,))[policy]
-    assert best["e2e_ms"]["p99"] <= best["slo_ms"], f"{policy} misses the SLO already at {lo}"
+def within(fig: dict[str, Any]) -> bool:
+    return fig["e2e_ms"]["p99"] is not None and fig["e2e_ms"]["p99"] <= fig["slo_ms"] and fig["rejected"] == 0
+
+
+def slo_capacity(
+    policy: str,
+    lo: float,
+    hi: float,
+    steps: int,
+    sites: str | None = None,
+    profile: str = "voice-burst",
+    hidden: bool = True,
+) -> tuple[float, dict[str, Any] | None]:
+    """The highest --scale (within lo..hi, by bisection) at which ``policy`` keeps p99 <= SLO with
+    nothing rejected; (0, None) when it misses already at ``lo``."""
+    best = run_at(lo, (policy,), sites, profile, hidden)[policy]
+    if not within(best):
+        return 0.0, None
     for _ in range(steps):
         mid = round((lo + hi) / 2, 2)  # the --scale a user can type, to reproduce it
         if mid in (lo, hi):
             break
-        fig = run_at(mid, (policy,))[policy]
-        if fig["e2e_ms"]["p99"] <= fig["slo_ms"] and fig["rejected"] == 0:
+        fig = run_at(mid, (policy,), sites, profile, hidden)[policy]
+        if within(fig):
             lo, best = mid, fig
         else:
             hi = mid
     return lo, best
 
 
-def bench_reference(args: argparse.Namespace) -> str:
-    ref = run_at(1.0, ("grid", "grid-no-affinity", "nearest", "central", "round-robin"))
+def policy_table(ref: dict[str, dict[str, Any]]) -> list[str]:
     out = [
         "| policy | p99 ms | p99 in bursts | in SLO | rejected | tokens/s | goodput tok/s "
-        "| $/Mtok (sites used) | $/Mtok (busy GPU time) | sites |",
+        "| $/Mtok (sites used) | $/Mtok (busy GPU time) | sites (utilisation) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, p in ref.items():
         used = ", ".join(f"{s['site']} {s['utilization'] * 100:.0f}%" for s in p["sites"] if s["requests"])
+        burst = p["e2e_p99_in_bursts_ms"]
         out.append(
-            f"| {name} | {p['e2e_ms']['p99']:.0f} | {p['e2e_p99_in_bursts_ms']:.0f} | "
+            f"| {name} | {p['e2e_ms']['p99']:,.0f} | {'-' if burst is None else f'{burst:,.0f}'} | "
             f"{p['slo_attainment'] * 100:.1f}% | {p['rejected']} | {p['throughput_tok_s']:,.0f} | "
             f"{p['goodput_tok_s']:,.0f} | {p['cost']['per_million_tokens']:.4f} | "
             f"{p['cost']['busy_per_million_tokens']:.4f} | {used} |"
         )
-    caps = {
-        name: slo_capacity(name, 0.25, 4.0, args.steps) for name in ("central", "grid", "grid-no-affinity")
-    }
-    out += [
-        "",
+    return out
+
+
+def capacity_table(caps: dict[str, tuple[float, dict[str, Any] | None]]) -> list[str]:
+    out = [
         "| policy | highest load within the SLO | p99 ms | tokens/s | $/Mtok (sites used) | $/Mtok (busy) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, (scale, p) in caps.items():
+        if p is None:
+            out.append(f"| {name} | under the lowest load tried | - | - | - | - |")
+            continue
         out.append(
             f"| {name} | {scale:.2f}× | {p['e2e_ms']['p99']:.0f} | {p['throughput_tok_s']:,.0f} | "
             f"{p['cost']['per_million_tokens']:.4f} | {p['cost']['busy_per_million_tokens']:.4f} |"
         )
-    c = caps["central"][1]
-    out.append("")
-    for name in ("grid", "grid-no-affinity"):
-        g = caps[name][1]
-        tput = (g["throughput_tok_s"] / c["throughput_tok_s"] - 1) * 100
-        cost = (g["cost"]["per_million_tokens"] / c["cost"]["per_million_tokens"] - 1) * 100
-        busy = (g["cost"]["busy_per_million_tokens"] / c["cost"]["busy_per_million_tokens"] - 1) * 100
+    return out
+
+
+def ratio(caps: dict[str, tuple[float, dict[str, Any] | None]], a: str, b: str) -> float | None:
+    pa, pb = caps[a][1], caps[b][1]
+    if pa is None or pb is None:
+        return None
+    return float(pa["throughput_tok_s"]) / float(pb["throughput_tok_s"])
+
+
+def verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def bench_reference(args: argparse.Namespace) -> str:
+    m = machine()
+    steps, hi = args.steps, args.max_scale
+    out = [
+        "## Simulator figures: the README's reference scenario, `--sites all`, each profile, same hardware",
+        "",
+        f"- date: {m['date']}",
+        f"- source: {m['tree']}",
+        f"- command: `python bench/sim_bench.py --bench reference --steps {steps} --max-scale {hi:g}"
+        + (" --write-readme`" if args.write_readme else "`"),
+        "- every run: seed 1, hidden per-site speed factors on (`gridctl sim` default) unless a row says "
+        f"otherwise; the highest load within the SLO is the highest `--scale` (bisection from {LO:g} to "
+        f"{hi:g}, {steps} steps, two decimals) with p99 <= SLO and nothing rejected.",
+        "",
+        "### The reference scenario (`--profile voice-burst`: the H100 sites)",
+        "",
+    ]
+    ref = run_at(1.0, ALL)
+    out += policy_table(ref)
+    caps = {n: slo_capacity(n, LO, hi, steps) for n in ("central", "grid", "grid-no-affinity")}
+    out += ["", *capacity_table(caps)]
+    plain = {n: slo_capacity(n, LO, hi, steps, hidden=False) for n in ("central", "grid")}
+    out += [
+        "",
+        "The same without the hidden speed factors (`--no-hidden-speed`: every site at its table row):",
+        "",
+    ]
+    out += capacity_table(plain)
+    r_ref = ratio(caps, "grid", "central")
+    g = ref["grid"]
+    out += [
+        "",
+        f"- target p99 <= 420 ms at 1.0×: grid {g['e2e_ms']['p99']:.0f} ms {verdict(g['e2e_ms']['p99'] <= 420)}; "
+        f"highest load >= 2.38×: grid {caps['grid'][0]:.2f}× {verdict(caps['grid'][0] >= 2.38)}",
+        "- grid / central tokens/s, each at its highest load within the SLO: "
+        + (f"{r_ref:.2f}×" if r_ref is not None else "n/a"),
+        "",
+        "### Deployed on every site (`--profile voice-burst --sites all`)",
+        "",
+    ]
+    everywhere = run_at(1.0, ALL, "all")
+    out += policy_table(everywhere)
+    caps_all = {n: slo_capacity(n, LO, hi, steps, "all") for n in ("central", "grid")}
+    out += ["", *capacity_table(caps_all)]
+    g = everywhere["grid"]
+    r_all = ratio(caps_all, "grid", "central")
+    out += [
+        "",
+        f"- target at 1.0×: grid p99 <= 500 ms and >= 99% within the SLO: {g['e2e_ms']['p99']:.0f} ms, "
+        f"{g['slo_attainment'] * 100:.1f}% "
+        f"{verdict(g['e2e_ms']['p99'] <= 500 and g['slo_attainment'] >= 0.99)}",
+        "- target grid >= 2× central's tokens/s, each at its highest load within the SLO: "
+        + (f"{r_all:.2f}× {verdict(r_all >= 2.0)}" if r_all is not None else "n/a"),
+        "",
+        "### Each built-in profile with `--sites all`: SLO attainment",
+        "",
+        "| profile | " + " | ".join(ALL) + " | grid >= every other | grid: requests predicted feasible |",
+        "|---|" + "---:|" * len(ALL) + "---|---:|",
+    ]
+    for profile in ("voice-burst", "chat", "rag"):
+        figs = everywhere if profile == "voice-burst" else run_at(1.0, ALL, "all", profile)
+        att = {n: figs[n]["slo_attainment"] for n in ALL}
+        best_other = max(v for n, v in att.items() if n != "grid")
+        cells = " | ".join(f"{att[n] * 100:.1f}%" for n in ALL)
+        pred = figs["grid"]["prediction"] or {}
+        share = (pred.get("predicted_feasible") or 0) / max(1, figs["grid"]["completed"])
+        out.append(f"| {profile} | {cells} | {verdict(att['grid'] >= best_other)} | {share * 100:.1f}% |")
+    out += [
+        "",
+        "(`max_tokens` is each profile's largest output: 48 for voice-burst, 2000 for chat, 1000 for rag; "
+        "a request predicted to miss everywhere goes to the fastest predicted site.)",
+        "",
+        "### Same hardware (`--profile same-hardware`): four 1-GPU metro sites against one 4-GPU cluster",
+        "",
+        "grid: the four metro sites (`--sites 'sh-*,!sh-central'`); central: sh-central (4 H100 in Ashburn, "
+        "4 replicas); every GPU an H100 at $3.00 per hour.",
+        "",
+        "| hidden speed | load | grid p99 ms | grid in SLO | grid rejected | central p99 ms | central in SLO "
+        "| central rejected |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    four = "sh-*,!sh-central"
+    same: dict[bool, dict[str, tuple[float, dict[str, Any] | None]]] = {}
+    for hidden in (True, False):
+        for scale in (1.0, 1.5, 2.0):
+            g = run_at(scale, ("grid",), four, "same-hardware", hidden)["grid"]
+            c = run_at(scale, ("central",), None, "same-hardware", hidden)["central"]
+            out.append(
+                f"| {'on' if hidden else 'off'} | {scale:.1f}× | {g['e2e_ms']['p99']:.0f} | "
+                f"{g['slo_attainment'] * 100:.1f}% | {g['rejected']} | {c['e2e_ms']['p99']:.0f} | "
+                f"{c['slo_attainment'] * 100:.1f}% | {c['rejected']} |"
+            )
+        same[hidden] = {
+            "grid": slo_capacity("grid", LO, hi, steps, four, "same-hardware", hidden),
+            "central": slo_capacity("central", LO, hi, steps, None, "same-hardware", hidden),
+        }
+    out += ["", "| hidden speed | grid: highest load within the SLO | central: highest load within the SLO |"]
+    out += ["|---|---:|---:|"]
+    for hidden, caps_h in same.items():
         out.append(
-            f"- {name} vs central, each at its highest load within the SLO: throughput {tput:+.1f}%, "
-            f"cost per token {cost:+.1f}% (sites used), {busy:+.1f}% (busy GPU time)"
+            f"| {'on' if hidden else 'off'} | {caps_h['grid'][0]:.2f}× | {caps_h['central'][0]:.2f}× |"
         )
     text = "\n".join(out) + "\n"
     print(text)
@@ -334,11 +476,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="rounds of in-process phases (sim)")
     p.add_argument("--cli-runs", type=int, default=2, help="whole-command runs (sim)")
     p.add_argument("--steps", type=int, default=7, help="bisection steps per policy (reference)")
+    p.add_argument("--max-scale", type=float, default=6.0, help="top of the bisection (reference)")
     p.add_argument("--write-readme", action="store_true", help="rewrite the sim section of bench/README.md")
     args = p.parse_args(argv)
     random.seed(0)
     if args.bench == "reference":
-        bench_reference(args)
+        text = bench_reference(args)
+        if args.write_readme:
+            write_readme({"sim-figures": text})
+            print("wrote bench/README.md: sim-figures", file=sys.stderr)
         return 0
     body = bench_sim(args)
     if args.write_readme:

@@ -47,6 +47,11 @@ POLICY_WIDE = [
     Column("BUSY-COST/MTOK", lambda r: _num(r["cost"]["busy_per_million_tokens"], 4)),
     Column("USD", lambda r: _num(r["cost"]["usd"], 2)),
     Column("SITES", lambda r: r["cost"]["sites_used"]),
+    Column("PRED-ERR-P50", lambda r: _pct(r["prediction"]["abs_error_p50"]) if r.get("prediction") else "-"),
+    Column(
+        "FEASIBLE-MISSED",
+        lambda r: _pct(r["prediction"]["feasible_missed_share"]) if r.get("prediction") else "-",
+    ),
 ]
 
 
@@ -93,6 +98,7 @@ def _headline(result: dict[str, Any]) -> str:
     )
     if sc["central"]:
         line += f"; central site {sc['central']}"
+    line += "; hidden site speeds on" if sc.get("hidden_speed") else "; sites at the GPU table's speed"
     if sc["bursts"]:
         spans = ", ".join(f"{a:g}-{b:g}" for a, b in sc["bursts"][:4]) + (
             " ..." if len(sc["bursts"]) > 4 else ""
@@ -126,7 +132,9 @@ def sim(
         float | None,
         typer.Option("--duration", min=0.001, help="Seconds of traffic (default: the profile's)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the traffic generator.")] = 1,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the traffic, the sites' hidden speed and the noise.")
+    ] = 1,
     central: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +159,14 @@ def sim(
         float | None,
         typer.Option("--slo-ms", min=0.1, help="End-to-end SLO (default: the profile's or grid's)."),
     ] = None,
+    hidden_speed: Annotated[
+        bool,
+        typer.Option(
+            "--hidden-speed/--no-hidden-speed",
+            help="Time each site at its GPU row x a hidden per-site factor in [0.6, 1.4] drawn from the "
+            "seed, and a 5% noise per request (placement must learn them); off: exactly the table.",
+        ),
+    ] = True,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG of p99 latency over time, one line per policy.")
     ] = None,
@@ -181,6 +197,7 @@ def sim(
         sites=sites,
         scale=scale,
         slo_ms=slo_ms,
+        hidden_speed=hidden_speed,
     )
     plan = plan_run(inv, probe_rtts(inv.root), opts)
     if plan.profile is not None and plan.profile.source != "built-in":

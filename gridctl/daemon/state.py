@@ -34,6 +34,7 @@ from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.inventory.model import Inventory, Site
 from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
+from gridctl.placement.engine import write_signals as build_signals
 from gridctl.placement.perf import CHARS_PER_TOKEN
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 
@@ -95,30 +96,6 @@ def site_health(probe_ok: bool | None, recorded: str | None, breaker: str) -> st
     if probe_ok is None and recorded is not None:
         return recorded
     return "ok"
-
-
-def build_signals(
-    sig: SiteSignals,
-    *,
-    health: str,
-    open: bool,
-    in_flight: int,
-    running: int,
-    waiting: int,
-    calibration: Calibration,
-    now: float,
-) -> SiteSignals:
-    """Write one site's plain readings for one model into ``sig`` (in place) and return it.
-
-    ``open``: the breaker refuses a request now (open, or half-open with its trial out);
-    ``calibration`` is read at ``now`` (decayed toward the prior since its last evidence)."""
-    sig.health = health
-    sig.open = open
-    sig.in_flight = in_flight
-    sig.running = running
-    sig.waiting = waiting
-    sig.first_factor, sig.decode_factor = calibration.factors(now)
-    return sig
 
 
 @dataclass

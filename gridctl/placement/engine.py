@@ -45,7 +45,7 @@ from gridctl.inventory.jurisdictions import expand_jurisdictions
 from gridctl.inventory.model import Inventory, Region, Site
 from gridctl.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
 from gridctl.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, build_serving
-from gridctl.placement.predict import Prediction, Shape, predict
+from gridctl.placement.predict import Calibration, Prediction, Shape, predict
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
 SLO_MARGIN = 0.1
@@ -91,6 +91,31 @@ class SiteSignals:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
         return f"SiteSignals({fields})"
+
+
+def write_signals(
+    sig: SiteSignals,
+    *,
+    health: str | None,
+    open: bool,
+    in_flight: int,
+    running: int,
+    waiting: int,
+    calibration: Calibration,
+    now: float,
+) -> SiteSignals:
+    """Write one site's plain readings for one model into ``sig`` (in place) and return it: the
+    one snapshot writer of the daemon and the simulator.
+
+    ``open``: the breaker refuses a request now (open, or half-open with its trial out);
+    ``calibration`` is read at ``now`` (decayed toward the prior since its last evidence)."""
+    sig.health = health
+    sig.open = open
+    sig.in_flight = in_flight
+    sig.running = running
+    sig.waiting = waiting
+    sig.first_factor, sig.decode_factor = calibration.factors(now)
+    return sig
 
 
 Live = Mapping[str, SiteSignals]  # site -> signals: the snapshot a decision reads
@@ -460,9 +485,7 @@ class Planner:
                 continue
             load = max(sig.in_flight, sig.running + sig.waiting)
             hit = cached.get(name, 0)
-            p = predict(
-                serving, shape, latency.rtt_ms, load, 0, hit, sig.first_factor, sig.decode_factor
-            )
+            p = predict(serving, shape, latency.rtt_ms, load, 0, hit, sig.first_factor, sig.decode_factor)
             cost = site.cost_per_gpu_hour * serving.gpus / serving.capacity * p.service_ms / 3_600_000.0
             total_tokens = max(1, shape.prompt_tokens + shape.output_tokens)
             candidates[name] = Candidate(

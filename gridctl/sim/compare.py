@@ -27,10 +27,18 @@ from gridctl.sim.policy import (
     RoundRobinPolicy,
     central_policy,
     nearest_policy,
+    new_signals,
 )
 from gridctl.sim.profiles import PROFILES, Profile, load_scenario, scenario_path
 from gridctl.sim.report import summarize, time_series
-from gridctl.sim.sites import SimulatedSite, biggest_site, build_sim_sites, deploy_only, most_served_model
+from gridctl.sim.sites import (
+    SimulatedSite,
+    biggest_site,
+    build_sim_sites,
+    deploy_only,
+    most_served_model,
+    speeds,
+)
 from gridctl.sim.traffic import Workload, generate_workload, region_rates
 
 
@@ -46,6 +54,7 @@ class SimOptions:
     sites: str | None = None  # target pattern of the sites the service is deployed on
     scale: float = 1.0  # multiplies every region's rate
     slo_ms: float | None = None
+    hidden_speed: bool = True  # each site's true speed: its GPU row x a hidden factor drawn from the seed
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Plan:
     duration_s: float
     queue_per_slot: float
     trace: str | None = None
+    hidden_speed: bool = True
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
@@ -113,6 +123,8 @@ def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: Si
     if not inv.grid.regions:
         raise UsageError("the inventory has no client regions", hint="add regions to grid.yaml")
     profile = resolve_profile(inv, opts.profile or "voice-burst") if opts.trace is None else None
+    if profile is not None and profile.add_sites:
+        inv = replace(inv, sites=tuple(sorted((*inv.sites, *profile.add_sites), key=lambda s: s.name)))
     model = opts.model or (profile.model if profile else None) or most_served_model(inv)
     if model is None:
         raise UsageError("no site serves any model", hint="add models to the sites, or give --model")
@@ -158,6 +170,7 @@ def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: Si
         duration_s=duration,
         queue_per_slot=profile.queue_per_slot if profile else 1.0,
         trace=str(opts.trace) if opts.trace is not None else None,
+        hidden_speed=opts.hidden_speed,
     )
 
 
@@ -170,6 +183,20 @@ def build_workload(plan: Plan) -> Workload:
     return generate_workload(profile, regions, plan.model, random.Random(plan.seed), plan.scale)
 
 
+def max_tokens(plan: Plan) -> int | None:
+    """What the clients ask for as ``max_tokens``: the profile's largest output, when its clients
+    set one (None: a trace, or clients that set none; placement then predicts each answer at the
+    90th percentile of the answers it has seen, as the daemon does)."""
+    p = plan.profile
+    return p.output_tokens.hi if p is not None and p.clients_set_max_tokens else None
+
+
+def noise_rng(plan: Plan) -> random.Random | None:
+    """The run's own source of per-request noise (not the traffic generator's); None with
+    ``--no-hidden-speed`` (the table exactly, as the lab's sites without a hidden speed)."""
+    return random.Random(f"{plan.seed}:noise") if plan.hidden_speed else None
+
+
 def run_policy(
     plan: Plan,
     w: Workload,
@@ -179,17 +206,17 @@ def run_policy(
     rtt: list[list[float]],
 ) -> Outcome:
     pools = build_pools(sites, w.models, rtt, plan.queue_per_slot)
-    in_flight: list[dict[str, int]] = [{} for _ in w.models]
+    signals = new_signals(placement.names, len(w.models))
     policy: Any
     if name in ("grid", "grid-no-affinity"):
-        policy = GridPolicy(placement, in_flight, w, [s.capacity for s in sites], affinity=name == "grid")
+        policy = GridPolicy(placement, w, signals, max_tokens(plan), affinity=name == "grid")
     elif name == "central":
         policy = central_policy(placement, plan.central or "")
     elif name == "nearest":
-        policy = nearest_policy(placement, plan.inv, plan.probes)
+        policy = nearest_policy(placement)
     else:
         policy = RoundRobinPolicy(placement)
-    return simulate(w, sites, pools, policy, in_flight)
+    return simulate(w, sites, pools, policy, signals, noise_rng(plan))
 
 
 def simulate_plan(
@@ -203,7 +230,7 @@ def simulate_plan(
             hint="raise --scale or --duration, or give the scenario's regions a rate above 0",
         )
     planner = Planner(plan.inv, plan.probes)
-    sites = build_sim_sites(plan.inv)
+    sites = build_sim_sites(plan.inv, plan.seed if plan.hidden_speed else None)
     placement = Placement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
     rtt = [[planner.latency(planner.region(r), s).rtt_ms for s in plan.inv.sites] for r in w.regions]
     outcomes = []
@@ -221,7 +248,11 @@ def run_plan(
     w, sites, outcomes = simulate_plan(plan, on_policy)
     results = [summarize(w, sites, out) for out in outcomes]
     series = [time_series(w, out) for out in outcomes]
-    return {"scenario": describe(plan, w), "policies": results}, series
+    scenario = describe(plan, w)
+    scenario["hidden_speed"] = (
+        speeds(s for s in sites if s.name in plan.deployed) if plan.hidden_speed else None
+    )
+    return {"scenario": scenario, "policies": results}, series
 
 
 def describe(plan: Plan, w: Workload) -> dict[str, Any]:

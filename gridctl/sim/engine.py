@@ -1,44 +1,62 @@
-"""The event loop: requests through the policy to the sites, in simulated time. Pure.
+"""The event loop: requests through the policy to the sites' replicas, in simulated time. Pure.
 
 Events are arrivals (the workload, already sorted by time) and completions (a
-``heapq`` of ``(time, request, pool)``; a completion at the same instant as an
-arrival frees its slot first). Time is simulated seconds; nothing reads a clock
-and nothing is random here: the same workload and policy give the same outcome.
+``heapq`` of ``(time, request, pool, replica)``; a completion at the same
+instant as an arrival frees its slot first). Time is simulated seconds; nothing
+reads a clock, and the only randomness is the ``random.Random`` passed in (the
+per-request noise): the same workload, policy and seed give the same outcome.
 
-Each site serves each of its models with a *pool*: ``capacity`` slots (the
-inventory's model capacity) and a FIFO queue holding at most ``queue_per_slot x
-capacity`` waiting requests; a request arriving at a full queue is refused
-(rejected, ``full``). A request the policy has no site for is rejected
-(``no site``). Every request is either completed or rejected.
+Each site serves each of its models with a *pool*: its replicas
+(:class:`~gridctl.placement.perf.Serving`: ``replicas`` engines, the model's
+``capacity`` slots shared out by ``replica_slots()``), each with its own batch,
+behind a least-loaded balancer: a request goes to the replica with the fewest
+running requests (ties: the first). When every replica is full, the site's
+FIFO queue holds at most ``queue_per_slot x capacity`` waiting requests and
+feeds whichever replica frees a slot first; a request arriving at a full queue
+is refused (rejected, ``full``). A request the policy has no site for is
+rejected (``no site``). Every request is either completed or rejected.
 
-When a request takes a slot (on arrival, or later from the queue), its timing
-is fixed, as the lab's sites do it (:mod:`gridctl.placement.perf`; ``running``
-counts it)::
+When a request takes a slot its *true* timing is fixed, as the lab's sites do
+it (:mod:`gridctl.placement.perf`; ``running`` and ``slots`` are its replica's,
+``running`` counting it)::
 
     cached   = prefix-cache hit (the shared prefix, or the session's previous turn), < prompt
-    first    = ttft_ms(gpu, prompt, cached, running, capacity) x model factor
-    interval = token_interval_ms(gpu, running, capacity) x model factor
+    k        = serving.factor x site.speed x noise(rnd)   (speed: the hidden per-site factor,
+                                                           noise: log-normal, one draw per request;
+                                                           both from gridctl.lab.truth, as the lab's)
+    first    = ttft_ms(gpu, prompt, cached, running, slots) x k
+    interval = token_interval_ms(gpu, running, slots) x k
     service  = first + interval x (output - 1)
 
 and the client sees ``TTFT = rtt + wait + first`` and ``end to end = rtt + wait +
-service``, where ``rtt`` is the round trip from its region to the site (the
-placement latency model) and ``wait`` its time in the queue. The site sees the
-request when it is placed (the one-way delay is not modelled in the queue).
+service``, from the moment it sent the request, where ``rtt`` is the round
+trip from its region to the site (the placement latency model) and ``wait``
+its time in the queue. The site sees the request when it is placed.
 
 The prefix cache of a pool is an LRU of shared prefixes and sessions, holding
-at most the site's KV tokens (GPU row x GPU count).
+at most the KV tokens of the GPUs serving the model (shared by its replicas).
+
+Live signals: ``signals[m][site]`` (a :class:`~gridctl.placement.engine.SiteSignals`
+per model and site, as the daemon keeps them) is updated in place: ``in_flight``
+when a request is sent and when it completes, ``running`` and ``waiting`` (the
+site's own counts, as its /metrics would give them) at every change. A policy
+with a ``complete(i, site, now, ttft_ms, e2e_ms)`` method hears of each
+completion when it happens (never before), with what the client observed.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import OrderedDict, deque
-from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Protocol
 
-from gridctl.placement.perf import model_factor, token_interval_ms, ttft_ms
+from gridctl.lab.truth import noise
+from gridctl.placement.engine import SiteSignals
+from gridctl.placement.perf import token_interval_ms, ttft_ms
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload
 
@@ -68,11 +86,12 @@ class Outcome:
     served: list[int]  # per site: requests served
     peak_queue: list[int]  # per site: most requests waiting at once (any model)
     span_s: float  # from 0 to the last completion (at least the workload's duration)
+    predicted_ms: list[float] = field(default_factory=list)  # per request, the policy's e2e prediction
 
 
 @dataclass(frozen=True)
 class Pools:
-    """A pool per (site, model served): slots, queue bound, timing inputs, round trips."""
+    """A pool per (site, model served): replicas and their slots, queue bound, round trips."""
 
     of: list[list[int]]  # [site][model] -> pool, -1 when the site does not serve the model
     site: list[int]
@@ -80,6 +99,7 @@ class Pools:
     capacity: list[int]
     queue_limit: list[int]
     rtt: list[list[float]]  # [region][pool] -> ms
+    slots: list[list[int]] = field(default_factory=list)  # [pool][replica] -> slots
 
 
 def build_pools(
@@ -94,18 +114,20 @@ def build_pools(
     model_l: list[int] = []
     cap_l: list[int] = []
     qlim_l: list[int] = []
+    slots_l: list[list[int]] = []
     for s, site in enumerate(sites):
         for m, model in enumerate(models):
-            cap = site.capacity.get(model, 0)
-            if cap <= 0:
+            sv = site.serving_of(model)
+            if sv is None or sv.capacity <= 0:
                 continue
             of[s][m] = len(site_l)
             site_l.append(s)
             model_l.append(m)
-            cap_l.append(cap)
-            qlim_l.append(int(queue_per_slot * cap))
+            cap_l.append(sv.capacity)
+            qlim_l.append(int(queue_per_slot * sv.capacity))
+            slots_l.append(sv.replica_slots())
     rtt = [[row[s] for s in site_l] for row in rtt_ms]
-    return Pools(of, site_l, model_l, cap_l, qlim_l, rtt)
+    return Pools(of, site_l, model_l, cap_l, qlim_l, rtt, slots_l)
 
 
 def simulate(
@@ -113,10 +135,12 @@ def simulate(
     sites: Sequence[SimulatedSite],
     pools: Pools,
     policy: Policy,
-    in_flight: Sequence[MutableMapping[str, int]],
+    signals: Sequence[Mapping[str, SiteSignals]] = (),
+    rnd: random.Random | None = None,
 ) -> Outcome:
-    """Run the workload through ``policy``. ``in_flight[m]`` (site name -> requests in flight for
-    model m) is kept current for load-aware policies; it must start empty or at zero."""
+    """Run the workload through ``policy``. ``signals[m]`` (site name -> SiteSignals for model m,
+    optional) is kept current as the module docstring says; ``rnd``: the per-request noise
+    (None: none)."""
     n = len(w)
     T, R, M = w.t, w.region, w.model
     P, OUT, PF, PT, S, H = w.prompt, w.output, w.prefix, w.prefix_tokens, w.session, w.history
@@ -131,9 +155,12 @@ def simulate(
     npools = len(pools.site)
     pool_of, cap, qlim, rtt = pools.of, pools.capacity, pools.queue_limit, pools.rtt
     psite = pools.site
-    gpu = [sites[s].gpu for s in psite]
-    factor = [model_factor(w.models[m]) for m in pools.model]
-    kvcap = [sites[s].kv_tokens for s in psite]
+    servings = [sites[s].serving_of(w.models[m]) for s, m in zip(psite, pools.model, strict=True)]
+    gpu = [sv.gpu if sv else sites[0].gpu for sv in servings]
+    scale = [(sv.factor if sv else 1.0) * sites[s].speed for sv, s in zip(servings, psite, strict=True)]
+    kvcap = [sv.kv_tokens if sv else 0 for sv in servings]
+    slots = pools.slots or [[c] for c in cap]
+    rrun = [[0] * len(sl) for sl in slots]
     running = [0] * npools
     queues: list[deque[int]] = [deque() for _ in range(npools)]
     caches: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(npools)]
@@ -142,18 +169,20 @@ def simulate(
     served = [0] * len(sites)
     peak = [0] * npools
     names = [sites[s].name for s in psite]
-    live = [in_flight[m] for m in pools.model]
-    for p in range(npools):
-        live[p][names[p]] = 0
-    heap: list[tuple[float, int, int]] = []
+    sig: list[SiteSignals | None] = [
+        (signals[m].get(names[p]) if m < len(signals) else None) for p, m in enumerate(pools.model)
+    ]
+    heap: list[tuple[float, int, int, int]] = []
     choose = policy.choose
+    complete = getattr(policy, "complete", None)
     first_fn, interval_fn = ttft_ms, token_interval_ms
     last_done = 0.0
 
-    def admit(j: int, p: int, now: float) -> None:
-        r = running[p] + 1
-        running[p] = r
-        c = cap[p]
+    def admit(j: int, p: int, r: int, now: float) -> None:
+        rr = rrun[p][r] + 1
+        rrun[p][r] = rr
+        running[p] += 1
+        c = slots[p][r]
         cache = caches[p]
         got = 0
         pf = PF[j]
@@ -191,34 +220,52 @@ def simulate(
         if got >= prompt:
             got = prompt - 1
         cached_l[j] = got
-        f = factor[p]
-        first = first_fn(gpu[p], prompt, got, r, c) * f
-        service = first + interval_fn(gpu[p], r, c) * f * (OUT[j] - 1)
+        k = scale[p] if rnd is None else scale[p] * noise(rnd)
+        first = first_fn(gpu[p], prompt, got, rr, c) * k
+        service = first + interval_fn(gpu[p], rr, c) * k * (OUT[j] - 1)
         base = rtt[R[j]][p] + (now - T[j]) * 1000.0
         ttft_l[j] = base + first
         e2e_l[j] = base + service
         busy[p] += service
         end = now + service / 1000.0
         done_l[j] = end
-        heappush(heap, (end, j, p))
+        heappush(heap, (end, j, p, r))
+
+    def least_loaded(p: int) -> int:
+        """The replica with the fewest running that has a free slot; -1 when all are full."""
+        best, fewest = -1, 1 << 30
+        for r, (k, c) in enumerate(zip(rrun[p], slots[p], strict=True)):
+            if k < c and k < fewest:
+                best, fewest = r, k
+        return best
+
+    def finish(done: float, j: int, p: int, r: int) -> None:
+        rrun[p][r] -= 1
+        running[p] -= 1
+        q = queues[p]
+        if q:
+            admit(q.popleft(), p, r, done)
+        sg = sig[p]
+        if sg is not None:
+            sg.in_flight -= 1
+            sg.running = running[p]
+            sg.waiting = len(q)
+        if complete is not None:
+            complete(j, psite[p], done, ttft_l[j], e2e_l[j])
 
     for i in range(n):
         t = T[i]
         while heap and heap[0][0] <= t:
-            done, j, p = heappop(heap)
-            running[p] -= 1
-            lv = live[p]
-            lv[names[p]] -= 1
-            q = queues[p]
-            if q:
-                admit(q.popleft(), p, done)
+            done, j, p, r = heappop(heap)
+            finish(done, j, p, r)
         s = choose(R[i], M[i], i)
         if s < 0:
             status[i] = NO_SITE
             continue
         p = pool_of[s][M[i]]
-        if running[p] < cap[p]:
-            admit(i, p, t)
+        r = least_loaded(p) if running[p] < cap[p] else -1
+        if r >= 0:
+            admit(i, p, r, t)
         else:
             q = queues[p]
             if len(q) >= qlim[p]:
@@ -229,21 +276,21 @@ def simulate(
                 peak[p] = len(q)
         site_of[i] = s
         served[s] += 1
-        lv = live[p]
-        lv[names[p]] += 1
+        sg = sig[p]
+        if sg is not None:
+            sg.in_flight += 1
+            sg.running = running[p]
+            sg.waiting = len(queues[p])
     while heap:
-        done, j, p = heappop(heap)
+        done, j, p, r = heappop(heap)
         last_done = done
-        running[p] -= 1
-        live[p][names[p]] -= 1
-        q = queues[p]
-        if q:
-            admit(q.popleft(), p, done)
+        finish(done, j, p, r)
     busy_site = [0.0] * len(sites)
     peak_site = [0] * len(sites)
     for p in range(npools):
         busy_site[psite[p]] += busy[p] / 1000.0
         peak_site[psite[p]] = max(peak_site[psite[p]], peak[p])
+    predicted = getattr(policy, "predicted", None)
     return Outcome(
         policy=policy.name,
         site=site_of,
@@ -256,4 +303,5 @@ def simulate(
         served=served,
         peak_queue=peak_site,
         span_s=max(w.duration_s, last_done),
+        predicted_ms=list(predicted) if predicted is not None else [],
     )

@@ -1,50 +1,70 @@
 """Placement policies of the simulator. Every one chooses through the placement engine.
 
-No policy names a site itself: each takes its sites from ``Planner.rank``, so a
+No policy names a site itself: each takes its sites from ``Planner.order``, so a
 site the Planner excludes (not serving the model, drained, outside the
 jurisdictions the client region's data may go to, a round trip over the SLO)
 can never be chosen. A request with no site to go to is rejected and counted.
 
 ``grid``
-    The placement daemon's policy: ``Planner.rank`` with the live number of
-    requests in flight at each site, so full sites are skipped and load spreads
-    by the score (latency, cost, headroom), then the daemon's prefix affinity
-    (below). When every eligible site is full the request is rejected, where the
-    daemon answers 429 (after waiting up to ``--queue-timeout`` for a slot,
-    which is not modelled).
+    The placement daemon's decision, the same function: ``Planner.order(request,
+    shape, live, cached)`` over a snapshot kept as the daemon keeps it: one
+    :class:`~gridctl.placement.engine.SiteSignals` per (model, site), updated in
+    place by the engine (requests in flight, the site's running and waiting) and
+    by online calibration. The request's shape is what a client sends: its
+    prompt tokens and, as ``max_tokens``, the profile's largest output when its
+    clients set one (voice; never the true output length); otherwise (chat,
+    rag, a trace) the daemon's estimate: the model's p90 of completed answers. ``cached``: the
+    prompt tokens each site probably holds, from this policy's own record of
+    what it sent where (:class:`SentIndex`). When a request completes (an
+    event, never at admission) the site's :class:`~gridctl.placement.predict.Calibration`
+    learns from the prediction made at send and what the client observed (TTFT
+    and end to end from send: round trip + queue + compute), and the site's
+    signals take ``cal.factors(now)``; every ``REFRESH_S`` simulated seconds all
+    factors are refreshed (they decay toward the table without evidence). When
+    every eligible site is full the request is rejected, where the daemon
+    answers 429 (after waiting up to ``--queue-timeout`` for a slot, which is not
+    modelled).
+``grid-no-affinity``
+    The same without the prefix record (``cached`` empty).
 ``central``
     Everything to one designated central site, when the Planner lists it as
-    eligible for the request's region; otherwise the request is rejected (a
-    central site outside a region's allowed jurisdictions is never used for it).
+    eligible for the request's region; otherwise the request is rejected.
 ``nearest``
-    The lowest round trip among the eligible sites, ignoring load and cost: the
-    first site of ``Planner.rank`` under latency-only weights.
+    The lowest round trip among the eligible sites, ignoring load, speed and cost.
 ``round-robin``
     The eligible sites in turn (per client region and model), ignoring load.
 
+The grid policy's snapshot is built by plain functions a test can drive from
+plain data: :func:`build_signals` (site -> :class:`SiteView`: in flight, the
+site's running and waiting, health, breaker, calibration -> the ``SiteSignals``
+``Planner.order`` reads) and :meth:`SentIndex.cached` (what was sent where ->
+the ``cached`` mapping of one request). The engine keeps the same objects
+current in place during a run.
+
 Policies other than ``grid`` do not look at load: their choice is fixed per
-(region, model) and computed once. They send requests to full sites, which
-queue them (up to the site's queue bound) or refuse them.
+(region, model) and computed once, from the Planner's eligibility for
+``DEFAULT_SHAPE``. They send requests to full sites, which queue them (up to
+the site's queue bound) or refuse them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 
-from gridctl.inventory.model import Inventory, Weights
-from gridctl.placement.engine import NO_LIVE, Live, Planner, Request
+from gridctl.placement.engine import DEFAULT_SHAPE, NO_LIVE, Planner, Request, SiteSignals, write_signals
+from gridctl.placement.predict import PRIOR, Calibration, OutputTokens, Prediction, Shape, calibrate
 from gridctl.sim.traffic import Workload
 
 POLICIES = ("grid", "nearest", "central", "round-robin")
 EXTRA_POLICIES = ("grid-no-affinity",)
-# the daemon's defaults (gridctl/daemon/config.py): affinity never picks a site this busy; its prefix
-# index hashes the first 64 blocks of 256 characters of a prompt (about 64 tokens each), 50,000 per site
-AFFINITY_MAX_UTIL = 0.8
-AFFINITY_BALANCE = 0.2
+# the daemon's prefix index (gridctl/daemon/affinity.py): the first 64 blocks of 256 characters of a
+# prompt (about 64 tokens each), 50,000 blocks per site
 AFFINITY_MAX_TOKENS = 64 * 64
 AFFINITY_INDEX_TOKENS = 50_000 * 64
+REFRESH_S = 5.0  # the daemon's probe interval: calibration factors read again, decayed
 
 
 class Placement:
@@ -59,96 +79,74 @@ class Placement:
         slo_ms: float,
     ) -> None:
         self.planner = planner
+        self.names = tuple(sites)
         self.index = {name: i for i, name in enumerate(sites)}
         self.requests = [[Request(r, m, None, slo_ms) for m in models] for r in regions]
-        # eligible[r][m]: site indices the Planner allows, best first with no load
-        self.eligible = [[self._indices(planner.rank(req, NO_LIVE)) for req in row] for row in self.requests]
+        # eligible[r][m]: site indices the Planner allows, in its order for the default shape, idle
+        self.eligible = [
+            [self._indices(planner.order(req, DEFAULT_SHAPE, NO_LIVE).sites) for req in row]
+            for row in self.requests
+        ]
 
     def _indices(self, names: Sequence[str]) -> tuple[int, ...]:
         return tuple(self.index[n] for n in names)
 
 
-class GridPolicy:
-    """The daemon's choice (``GridState.order``) without a session header.
+# -- the snapshot: what the grid policy knows of each site ------------------------------------------
 
-    ``Planner.rank`` with the live in-flight counts; then prefix affinity: among
-    the ranked sites, the one that most probably holds the prompt's leading
-    tokens in KV cache goes first, unless it is saturated (in flight at
-    ``AFFINITY_MAX_UTIL`` of the slots of all its models, as the daemon counts
-    them; here the in-flight requests of the model simulated). Like the daemon's prefix
-    index (chained hashes of what each site was sent, a bounded LRU per site,
-    the first ``AFFINITY_MAX_TOKENS`` tokens), this policy remembers what it
-    sent where: a prompt matches a site by its shared prefix, or by the whole
-    previous turn of its session when that turn went there.
-    """
 
-    def __init__(
-        self,
-        placement: Placement,
-        in_flight: Sequence[MutableMapping[str, int]],
-        w: Workload,
-        capacity: Sequence[Mapping[str, int]],
-        affinity: bool = True,
-    ) -> None:
-        """``in_flight[m]``: site name -> requests in flight for model m, kept current by the engine;
-        ``capacity[s]``: site index -> model -> slots; ``affinity=False``: the ranking alone."""
-        self.name = "grid" if affinity else "grid-no-affinity"
-        self._affinity = affinity
-        self._rank = placement.planner.rank
-        self._requests = placement.requests
-        self._lives = [Live(in_flight=counts) for counts in in_flight]
-        self._in_flight = in_flight
-        self._index = placement.index
-        # as the daemon: a site's requests in flight against the slots of the requested model
-        model_name = w.models
-        self._slots = [
-            {n: capacity[i].get(m, 0) or sum(capacity[i].values()) or 1 for n, i in placement.index.items()}
-            for m in model_name
-        ]
-        self._w = w
-        self._sent: dict[str, OrderedDict[int, int]] = {n: OrderedDict() for n in placement.index}
-        self._held: dict[str, int] = dict.fromkeys(placement.index, 0)
+@dataclass(frozen=True)
+class SiteView:
+    """What the simulator knows of one site for one model, as plain data (the daemon keeps the
+    same from its own requests, the site's /metrics, its breaker and its calibration)."""
 
-    def choose(self, region: int, model: int, i: int) -> int:
-        if not self._affinity:
-            best1 = self._rank(self._requests[region][model], self._lives[model], 1)
-            return self._index[best1[0]] if best1 else -1
-        ranked = self._rank(self._requests[region][model], self._lives[model])
-        if not ranked:
-            return -1
-        w = self._w
-        pf, ss = w.prefix[i], w.session[i]
-        pkey, skey = pf << 1, (ss << 1) | 1
-        hist = w.history[i]
-        best, best_len = ranked[0], 0
-        if pf >= 0 or (ss >= 0 and hist):
-            slots, flying = self._slots[model], self._in_flight[model]
-            limit = flying.get(ranked[0], 0) / slots[ranked[0]] + AFFINITY_BALANCE
-            if limit > AFFINITY_MAX_UTIL:
-                limit = AFFINITY_MAX_UTIL
-            ptoks = w.prefix_tokens[i]
-            for name in ranked:
-                sent = self._sent[name]
-                n = ptoks if pf >= 0 and pkey in sent else 0
-                if hist > n and sent.get(skey, 0) >= hist:
-                    n = hist
-                if n > AFFINITY_MAX_TOKENS:
-                    n = AFFINITY_MAX_TOKENS
-                if n > best_len and flying.get(name, 0) / slots[name] < limit + 1e-12:
-                    best, best_len = name, n
-        self._record(
-            best,
-            pkey if pf >= 0 else -1,
-            w.prefix_tokens[i],
-            skey if ss >= 0 else -1,
-            w.prompt[i] + w.output[i],
-        )
-        return self._index[best]
+    in_flight: int = 0  # the policy's requests there, sent and not completed
+    running: int = 0  # the site's own running count for the model
+    waiting: int = 0  # the site's own queue for the model
+    health: str | None = None  # the simulator's sites never fail: None
+    open: bool = False
+    calibration: Calibration = PRIOR
 
-    def _record(self, name: str, pkey: int, ptoks: int, skey: int, stoks: int) -> None:
-        sent = self._sent[name]
-        held = self._held[name]
-        for key, toks in ((pkey, ptoks), (skey, stoks)):
+
+def apply_view(sig: SiteSignals, view: SiteView, now: float) -> SiteSignals:
+    """``sig`` updated in place from ``view`` at ``now`` (calibration factors decayed to now),
+    by the daemon's own writer (:func:`gridctl.placement.engine.write_signals`)."""
+    return write_signals(
+        sig,
+        health=view.health,
+        open=view.open,
+        in_flight=view.in_flight,
+        running=view.running,
+        waiting=view.waiting,
+        calibration=view.calibration,
+        now=now,
+    )
+
+
+def build_signals(views: Mapping[str, SiteView], now: float) -> dict[str, SiteSignals]:
+    """The snapshot of one model: site -> SiteSignals, what ``Planner.order`` reads."""
+    return {name: apply_view(SiteSignals(), view, now) for name, view in views.items()}
+
+
+class SentIndex:
+    """What the policy sent where, per site: a bounded LRU of shared prefixes and sessions with the
+    prompt tokens each covered (the daemon's prefix index, in the simulator's terms: a request
+    is known by its prefix id and session id, not its text)."""
+
+    def __init__(self, sites: Sequence[str], limit_tokens: int = AFFINITY_INDEX_TOKENS) -> None:
+        self._sites = frozenset(sites)
+        self._sent: dict[str, OrderedDict[int, int]] = {}  # only the sites sent something
+        self._held: dict[str, int] = {}
+        self._limit = limit_tokens
+
+    def record(self, site: str, prefix: int, prefix_tokens: int, session: int, prompt_tokens: int) -> None:
+        """``site`` was sent a prompt of ``prompt_tokens`` starting with ``prefix`` (-1: none) in
+        ``session`` (-1: none)."""
+        if site not in self._sites:
+            raise KeyError(site)
+        sent = self._sent.setdefault(site, OrderedDict())
+        held = self._held.get(site, 0)
+        for key, toks in ((prefix << 1, prefix_tokens), ((session << 1) | 1, prompt_tokens)):
             if key < 0:
                 continue
             old = sent.pop(key, None)
@@ -156,9 +154,113 @@ class GridPolicy:
                 held -= old
             sent[key] = toks
             held += toks
-        while held > AFFINITY_INDEX_TOKENS and sent:
+        while held > self._limit and sent:
             held -= sent.popitem(last=False)[1]
-        self._held[name] = held
+        self._held[site] = held
+
+    def cached(self, prefix: int, prefix_tokens: int, session: int, history: int) -> dict[str, int]:
+        """site -> prompt tokens it probably holds for a request: its shared prefix when that was
+        sent there, or its session's previous prompt when that went there (the previous answer
+        is not in what was sent); at most ``AFFINITY_MAX_TOKENS``; sites with none left out."""
+        out: dict[str, int] = {}
+        if prefix < 0 and (session < 0 or history <= 0):
+            return out
+        pkey, skey = prefix << 1, (session << 1) | 1
+        for name, sent in self._sent.items():
+            n = prefix_tokens if prefix >= 0 and pkey in sent else 0
+            if session >= 0 and history > 0:
+                prev = sent.get(skey, 0)
+                if prev > n and prev <= history:
+                    n = prev
+            if n > 0:
+                out[name] = n if n < AFFINITY_MAX_TOKENS else AFFINITY_MAX_TOKENS
+        return out
+
+
+class GridPolicy:
+    """The daemon's decision (``Planner.order``) over the simulator's snapshot, calibrated online."""
+
+    def __init__(
+        self,
+        placement: Placement,
+        w: Workload,
+        signals: Sequence[MutableMapping[str, SiteSignals]],
+        max_tokens: int | None,
+        affinity: bool = True,
+    ) -> None:
+        """``signals[m]``: site -> SiteSignals for model m, kept current by the engine;
+        ``max_tokens``: what every request asks for (None: the daemon's observed estimate)."""
+        self.name = "grid" if affinity else "grid-no-affinity"
+        self._affinity = affinity
+        planner = placement.planner
+        self._order = planner.order
+        self._predict = planner.predict
+        self._requests = placement.requests
+        self._names = placement.names
+        self._index = placement.index
+        self._signals = signals
+        self._cal: list[dict[str, Calibration]] = [dict.fromkeys(s, PRIOR) for s in signals]
+        self._w = w
+        self._max_tokens = max_tokens
+        self._outputs = OutputTokens()
+        self.sent = SentIndex(placement.names)
+        self._pending: dict[int, tuple[Prediction, int, str]] = {}
+        self._next_refresh = REFRESH_S
+        self.predicted = [math.nan] * len(w)  # per request: the chosen site's prediction at send
+
+    def shape(self, i: int, model: int) -> Shape:
+        """What the client's request says: its prompt, and max_tokens (never the true output)."""
+        if self._max_tokens is not None:
+            return Shape(self._w.prompt[i], self._max_tokens, "max_tokens")
+        n, source = self._outputs.estimate(self._w.models[model])
+        return Shape(self._w.prompt[i], n, source)
+
+    def choose(self, region: int, model: int, i: int) -> int:
+        w = self._w
+        now = w.t[i]
+        if now >= self._next_refresh:
+            self.refresh(now)
+        req = self._requests[region][model]
+        shape = self.shape(i, model)
+        live = self._signals[model]
+        pf, ss = w.prefix[i], w.session[i]
+        cached = self.sent.cached(pf, w.prefix_tokens[i], ss, w.history[i]) if self._affinity else {}
+        ranking = self._order(req, shape, live, cached)
+        best = ranking.best
+        if best is None:
+            return -1
+        pred = self._predict(req, shape, best, live, cached.get(best, 0))
+        if pred is not None:
+            self._pending[i] = (pred, model, best)
+            self.predicted[i] = pred.e2e_ms
+        if self._affinity:
+            self.sent.record(best, pf, w.prefix_tokens[i], ss, w.prompt[i])
+        return self._index[best]
+
+    def complete(self, i: int, site: int, now: float, ttft_ms: float, e2e_ms: float) -> None:
+        """Request ``i`` finished at ``site``: learn from it as the daemon does."""
+        pending = self._pending.pop(i, None)
+        if pending is None:
+            return
+        pred, model, name = pending
+        out = self._w.output[i]
+        if self._max_tokens is None:  # as the daemon: only answers nobody bounded say how long they run
+            self._outputs.record(self._w.models[model], out)
+        cal = calibrate(self._cal[model][name], pred, now, ttft_ms, e2e_ms, out)
+        self._cal[model][name] = cal
+        sig = self._signals[model][name]
+        sig.first_factor, sig.decode_factor = cal.factors(now)
+
+    def refresh(self, now: float) -> None:
+        """Every site's calibration factors read again at ``now`` (decayed without evidence)."""
+        for cals, sigs in zip(self._cal, self._signals, strict=True):
+            for name, cal in cals.items():
+                if cal.samples:
+                    sigs[name].first_factor, sigs[name].decode_factor = cal.factors(now)
+        self._next_refresh = now + REFRESH_S
+
+    def calibration(self, model: int = 0) -> dict[str, Calibration]:
+        return dict(self._cal[model])
 
 
 class FixedPolicy:
@@ -194,17 +296,22 @@ def central_policy(placement: Placement, central: str) -> FixedPolicy:
     return FixedPolicy("central", [[c if c in row else -1 for row in rows] for rows in placement.eligible])
 
 
-def nearest_policy(
-    placement: Placement, inv: Inventory, probes: Mapping[str, Mapping[str, float]]
-) -> FixedPolicy:
-    """The first site of ``Planner.rank`` under latency-only weights (no load, no cost)."""
-    latency_only = replace(inv, grid=replace(inv.grid, weights=Weights(latency=1.0, cost=0.0, headroom=0.0)))
-    planner = Planner(latency_only, probes)
+def nearest_policy(placement: Placement) -> FixedPolicy:
+    """The eligible site with the lowest round trip (then name): no load, speed or cost."""
+    planner = placement.planner
     choice = []
-    for row in placement.requests:
+    for row, eligible in zip(placement.requests, placement.eligible, strict=True):
         picks = []
-        for req in row:
-            best = planner.choose(req, NO_LIVE)
+        for req, sites in zip(row, eligible, strict=True):
+            ok = {placement.names[s] for s in sites}
+            best = next(
+                (c.name for c in planner.static_candidates(req.region, req.model) if c.name in ok), None
+            )
             picks.append(placement.index[best] if best is not None else -1)
         choice.append(picks)
     return FixedPolicy("nearest", choice)
+
+
+def new_signals(sites: Sequence[str], models: int) -> list[dict[str, SiteSignals]]:
+    """An idle snapshot per model (what a daemon starts with)."""
+    return [build_signals(dict.fromkeys(sites, SiteView()), 0.0) for _ in range(models)]

@@ -9,8 +9,10 @@ prompts and outputs, shared prefixes (system prompts, documents) and sessions
 A scenario file (YAML, ``<inventory>/scenarios/<name>.yaml``, or any path)
 starts from a built-in profile (``base``, default: the file's name when it is
 a built-in one) and overrides what it names; it may also name the central site
-and the sites the service is deployed on. Every key is optional; unknown keys
-are errors, located as ``file:line``. The README documents the keys.
+and the sites the service is deployed on, and add sites of its own
+(``add_sites``: site documents in the inventory's schema, which exist only in
+the runs of that scenario: a what-if deployment without touching the inventory).
+Every key is optional; unknown keys are errors, located as ``file:line``. The README documents the keys.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gridctl.errors import InventoryError, Problem
-from gridctl.inventory.schema import DNS_LABEL, _Checker
+from gridctl.inventory.model import Site, SshDefaults
+from gridctl.inventory.schema import DNS_LABEL, _Checker, build_site
 from gridctl.inventory.yamldoc import DocumentError, parse_document, path_str
 
 MAX_RATE = 1_000_000.0
@@ -73,6 +76,10 @@ class Profile:
     central: str | None = None  # the central site of the `central` policy
     sites: str | None = None  # target pattern: the sites the service is deployed on (None: all)
     source: str = "built-in"
+    add_sites: tuple[Site, ...] = ()  # sites only this scenario's runs have
+    # clients send the largest output as max_tokens (voice agents bound a spoken answer); else
+    # they send none, and placement predicts each answer at the 90th percentile it has seen
+    clients_set_max_tokens: bool = True
 
 
 PROFILES: dict[str, Profile] = {
@@ -107,6 +114,7 @@ PROFILES: dict[str, Profile] = {
             output_tokens=Lengths(250, 0.7, 8, 2000),
             turns=6.0,
             think_s=20.0,
+            clients_set_max_tokens=False,
         ),
         Profile(
             name="rag",
@@ -122,6 +130,7 @@ PROFILES: dict[str, Profile] = {
             output_tokens=Lengths(120, 0.6, 8, 1000),
             turns=1.5,
             think_s=30.0,
+            clients_set_max_tokens=False,
         ),
     )
 }
@@ -146,6 +155,8 @@ SCENARIO_KEYS = {
     "sessions": False,
     "queue_per_slot": False,
     "max_prompt_tokens": False,
+    "add_sites": False,
+    "clients_set_max_tokens": False,
 }
 BURST_KEYS = {"every_s": True, "length_s": True, "factor": True, "first_s": False, "regions": False}
 PREFIX_KEYS = {"tokens": False, "count": False, "skew": False}
@@ -209,6 +220,12 @@ def build_profile(
             changes["sites"] = top["sites"].strip()
         else:
             ck.fail(("sites",), "must be a target pattern such as 'kind:regional-pop,chi-co-07'")
+    if "add_sites" in top:
+        changes["add_sites"] = _add_sites(ck, top["add_sites"])
+    if "clients_set_max_tokens" in top:
+        changes["clients_set_max_tokens"] = ck.want_bool(
+            top["clients_set_max_tokens"], ("clients_set_max_tokens",)
+        )
     if "regions" in top:
         rates = _rates(ck, top["regions"])
         changes["rates"] = rates
@@ -237,11 +254,31 @@ def build_profile(
             )
     issues = [(i.path, i.message, i.at_key) for i in ck.issues]
     if issues or any(
-        v is None and k not in ("model", "rates", "central", "sites", "bursts", "burst_regions")
+        v is None and k not in ("model", "rates", "central", "sites", "bursts", "burst_regions", "add_sites")
         for k, v in changes.items()
     ):
         return None, issues
     return replace(p, **changes), issues
+
+
+def _add_sites(ck: _Checker, value: Any) -> tuple[Site, ...]:
+    items = ck.want_list(value, ("add_sites",))
+    out: list[Site] = []
+    for i, doc in enumerate(items or ()):
+        site, issues = build_site(doc, SshDefaults())
+        for issue in issues:
+            ck.fail(("add_sites", i, *issue.path), issue.message, issue.at_key)
+        if site is not None:
+            out.append(site)
+        elif not issues:
+            ck.fail(
+                ("add_sites", i), "not a usable site (name, kind, region, jurisdiction, location, endpoint)"
+            )
+    names = [s.name for s in out]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            ck.fail(("add_sites", i, "name"), f"site {name!r} added twice")
+    return tuple(out)
 
 
 def _rates(ck: _Checker, value: Any) -> dict[str, float] | None:
@@ -320,8 +357,14 @@ def check_profile(
     for i, name in enumerate(profile.burst_regions or ()):
         if name not in regions:
             out.append((("bursts", "regions", i), unknown("client region", name, regions)))
-    if profile.central is not None and profile.central not in sites:
-        out.append((("central",), unknown("site", profile.central, sites)))
+    added = {s.name: s for s in profile.add_sites}
+    for i, site in enumerate(profile.add_sites):
+        if site.name in sites:
+            out.append((("add_sites", i, "name"), f"site {site.name!r} is already in the inventory"))
+        if site.region not in regions:
+            out.append((("add_sites", i, "region"), unknown("client region", site.region, regions)))
+    if profile.central is not None and profile.central not in sites and profile.central not in added:
+        out.append((("central",), unknown("site", profile.central, {**sites, **added})))
     return out
 
 

@@ -14,6 +14,11 @@
   whole run.
 - Utilisation of a site: slot-seconds of service / (slots x span), over the
   models simulated.
+- Prediction (``grid`` only: the decision's predicted end to end at send, for the
+  chosen site): the relative error ``|predicted - observed| / observed`` (p50, p90;
+  the prediction assumes the request's ``max_tokens``, so it is high for shorter
+  answers by design), and the share of completed requests predicted within the
+  SLO's budget (SLO less the margin) that missed the SLO.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gridctl.placement.engine import SLO_MARGIN
 from gridctl.sim.engine import FULL, NO_SITE, Outcome
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload
@@ -143,6 +149,26 @@ def summarize(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> dict
             "busy_per_million_tokens": round(busy_cost / tokens * 1e6, 4) if tokens else None,
         },
         "sites": site_rows,
+        "prediction": _prediction(out, done, slo),
+    }
+
+
+def _prediction(out: Outcome, done: list[int], slo: float) -> dict[str, Any] | None:
+    pred, e2e = out.predicted_ms, out.e2e_ms
+    if not pred:
+        return None
+    known = [i for i in done if pred[i] == pred[i]]
+    if not known:
+        return None
+    errors = sorted(abs(pred[i] - e2e[i]) / e2e[i] for i in known if e2e[i] > 0)
+    budget = slo * (1.0 - SLO_MARGIN)
+    feasible = [i for i in known if pred[i] <= budget]
+    missed = sum(1 for i in feasible if e2e[i] > slo)
+    return {
+        "abs_error_p50": _ms(percentile(errors, 50)),
+        "abs_error_p90": _ms(percentile(errors, 90)),
+        "predicted_feasible": len(feasible),
+        "feasible_missed_share": round(missed / len(feasible), 4) if feasible else None,
     }
 
 

@@ -81,3 +81,64 @@ def test_invalid_yaml_is_located(example: Inventory, tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as err:
         load(example, path)
     assert str(err.value.problems[0]).startswith(f"{path}:3: invalid YAML")
+
+
+def test_the_same_hardware_scenario_adds_its_own_sites(example: Inventory) -> None:
+    from gridctl.sim.compare import SimOptions, plan_run, run_plan
+
+    path = scenario_path(EXAMPLE, "same-hardware")
+    assert path == EXAMPLE / "scenarios" / "same-hardware.yaml"
+    p = load(example, path)
+    assert [s.name for s in p.add_sites] == ["sh-central", "sh-mnh-01", "sh-bkn-01", "sh-qns-01", "sh-nwk-01"]
+    assert p.central == "sh-central" and p.rates == {"us-east": 40.0}
+    grid, _ = run_plan(
+        plan_run(example, {}, SimOptions(profile="same-hardware", sites="sh-*,!sh-central", duration_s=20))
+    )
+    central, _ = run_plan(plan_run(example, {}, SimOptions(profile="same-hardware", duration_s=20)))
+    assert grid["scenario"]["deployed"] == ["sh-bkn-01", "sh-mnh-01", "sh-nwk-01", "sh-qns-01"]
+    g = next(x for x in grid["policies"] if x["policy"] == "grid")
+    c = next(x for x in central["policies"] if x["policy"] == "central")
+    assert {s["gpus"] for s in g["sites"] if s["requests"]} == {"1x H100"}
+    assert [(s["site"], s["gpus"]) for s in c["sites"] if s["requests"]] == [("sh-central", "4x H100")]
+    assert g["completed"] > 0 and c["completed"] > 0
+    assert example.site("sh-central") is None  # only the scenario's runs have them
+
+
+def test_added_sites_are_checked_like_the_inventorys(example: Inventory, tmp_path: Path) -> None:
+    path = tmp_path / "adds.yaml"
+    path.write_text(
+        "base: voice-burst\n"
+        "add_sites:\n"
+        "  - name: nyc-pop-01\n"
+        "    kind: edge\n"
+        "    region: us-east\n"
+        "    jurisdiction: US\n"
+        "    location: {lat: 40.7, lon: -74.0}\n"
+        "    endpoint: https://x.example.net\n"
+        "  - name: new-01\n"
+        "    kind: edgy\n"
+        "    region: us-east\n"
+        "    jurisdiction: US\n"
+        "    location: {lat: 40.7, lon: -74.0}\n"
+        "    endpoint: https://y.example.net\n"
+    )
+    with pytest.raises(ScenarioError) as err:
+        load(example, path)
+    lines = [str(p) for p in err.value.problems]
+    assert any(s.startswith(f"{path}:10: add_sites[1].kind: must be one of") for s in lines), lines
+    path.write_text("\n".join(path.read_text().splitlines()[:8]) + "\n")  # the first site alone
+    with pytest.raises(ScenarioError) as err:
+        load(example, path)
+    lines = [str(p) for p in err.value.problems]
+    assert f"{path}:3: add_sites[0].name: site 'nyc-pop-01' is already in the inventory" in lines
+
+
+def test_whether_clients_bound_their_answers_is_the_profiles() -> None:
+    from gridctl.sim.profiles import PROFILES
+
+    assert PROFILES["voice-burst"].clients_set_max_tokens is True
+    assert not PROFILES["chat"].clients_set_max_tokens and not PROFILES["rag"].clients_set_max_tokens
+    p, issues = build_profile({"base": "voice-burst", "clients_set_max_tokens": False}, "mine")
+    assert issues == [] and p is not None and p.clients_set_max_tokens is False
+    _, issues = build_profile({"base": "voice-burst", "clients_set_max_tokens": "sometimes"}, "mine")
+    assert [path for path, _msg, _key in issues] == [("clients_set_max_tokens",)]

@@ -1,0 +1,139 @@
+"""One decision, no mirror: the daemon and the simulator, each through its own snapshot builder,
+choose the same sites from the same live state (issue 11).
+
+The daemon's side is its real ``GridState`` (readings written as its request path, probes and
+breaker write them; the prefix index fed real prompt text); the simulator's is its ``SiteView``
+snapshot and its ``SentIndex`` of what it sent where (prefix ids, not text). Both end in
+``Planner.order``; what this checks is that nothing between the state and that call differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gridctl.daemon.affinity import prefix_hashes
+from gridctl.daemon.config import DaemonConfig
+from gridctl.daemon.state import GridState
+from gridctl.inventory.load import load_inventory
+from gridctl.placement.engine import Planner, Request
+from gridctl.placement.predict import Calibration, Shape
+from gridctl.sim.policy import SentIndex, SiteView, build_signals
+from tests.conftest import EXAMPLE
+
+M8 = "llama-3.1-8b-instruct"
+REGION = "us-east"
+NOW = 1000.0
+BLOCK_CHARS = 256  # the daemon's default prefix block: 64 tokens at 4 characters a token
+BLOCK_TOKENS = 64
+
+INV = load_inventory(EXAMPLE)
+SITES = [s.name for s in INV.sites if s.serves(M8) and s.jurisdiction == "US"]
+
+
+@st.composite
+def site_states(draw):
+    states = {}
+    for name in SITES:
+        cap = next(m.capacity for m in INV.site(name).models if m.name == M8)  # type: ignore[union-attr]
+        states[name] = {
+            "in_flight": draw(st.integers(0, cap)),
+            "running": draw(st.integers(0, cap + 5)),
+            "waiting": draw(st.integers(0, 10)),
+            "probe_ok": draw(st.sampled_from([True, True, True, False])),
+            "breaker_open": draw(st.sampled_from([False, False, False, True])),
+            "log_first": draw(st.floats(-0.7, 0.7)),
+            "log_decode": draw(st.floats(-0.7, 0.7)),
+            "age_s": draw(st.floats(0, 1200)),
+            "holds_prefix": draw(st.booleans()),
+        }
+    blocks = draw(st.integers(1, 8))
+    new_chars = draw(st.integers(4, 2000))
+    max_tokens = draw(st.integers(1, 96))
+    slo = draw(st.sampled_from([None, 300.0, 800.0, 2000.0]))
+    return states, blocks, new_chars, max_tokens, slo
+
+
+def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
+    gs = GridState(INV, DaemonConfig(inventory=EXAMPLE))
+    for name, s in states.items():
+        cal = Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"])
+        gs.observe(
+            name,
+            M8,
+            in_flight=s["in_flight"],
+            running=s["running"],
+            waiting=s["waiting"],
+            calibration=cal,
+            probe_ok=s["probe_ok"],
+            breaker_opened_at=NOW if s["breaker_open"] else None,
+        )
+        if s["holds_prefix"]:
+            gs.prefixes.record(name, prefix_hashes(prompt[: blocks * BLOCK_CHARS], BLOCK_CHARS))
+    hashes = prefix_hashes(prompt, BLOCK_CHARS)
+    req = Request(REGION, M8, None, slo)
+    return gs.order(req, shape, gs.cached_tokens(hashes), None, NOW)
+
+
+def sim_order(states, blocks, shape: Shape, slo):
+    planner = Planner(INV)
+    views = {
+        name: SiteView(
+            in_flight=s["in_flight"],
+            running=s["running"],
+            waiting=s["waiting"],
+            health=None if s["probe_ok"] else "failed",
+            open=s["breaker_open"],
+            calibration=Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"]),
+        )
+        for name, s in states.items()
+    }
+    sent = SentIndex(list(views))
+    for name, s in states.items():
+        if s["holds_prefix"]:
+            sent.record(name, 0, blocks * BLOCK_TOKENS, -1, blocks * BLOCK_TOKENS)
+    cached = sent.cached(0, blocks * BLOCK_TOKENS, -1, 0)
+    return planner.order(Request(REGION, M8, None, slo), shape, build_signals(views, NOW), cached)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(site_states())
+def test_the_daemon_and_the_simulator_choose_the_same_sites(drawn) -> None:
+    states, blocks, new_chars, max_tokens, slo = drawn
+    prefix = "".join(chr(97 + (i * 7) % 26) for i in range(blocks * BLOCK_CHARS))
+    prompt = prefix + "#" * new_chars
+    shape = Shape(math.ceil(len(prompt) / 4), max_tokens, "max_tokens")
+    daemon = daemon_order(states, blocks, prompt, shape, slo)
+    sim = sim_order(states, blocks, shape, slo)
+    assert daemon.sites == sim.sites
+    assert daemon.feasible == sim.feasible
+    assert daemon.predicted_ms == pytest.approx(sim.predicted_ms)
+
+
+def test_the_property_sees_both_kinds_of_outcome() -> None:
+    """The strategy reaches states where the sites differ (not only one trivial answer)."""
+    idle = {
+        n: {
+            "in_flight": 0,
+            "running": 0,
+            "waiting": 0,
+            "probe_ok": True,
+            "breaker_open": False,
+            "log_first": 0.0,
+            "log_decode": 0.0,
+            "age_s": 0.0,
+            "holds_prefix": False,
+        }
+        for n in SITES
+    }
+    shape = Shape(300, 48, "max_tokens")
+    calm = sim_order(idle, 1, shape, None)
+    busy = dict(idle)
+    busy[calm.sites[0]] = {**idle[calm.sites[0]], "probe_ok": False}
+    moved = sim_order(busy, 1, shape, None)
+    assert calm.sites[0] != moved.sites[0]
+    prompt = "a" * 1200
+    assert daemon_order(busy, 1, prompt, Shape(300, 48, "max_tokens"), None).sites == moved.sites
