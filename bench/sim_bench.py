@@ -431,8 +431,9 @@ def bench_reference(args: argparse.Namespace) -> str:
         out.append(f"| {profile} | {cells} | {verdict(att['grid'] >= best_other)} | {share * 100:.1f}% |")
     out += [
         "",
-        "(`max_tokens` is each profile's largest output: 48 for voice-burst, 2000 for chat, 1000 for rag; "
-        "a request predicted to miss everywhere goes to the fastest predicted site.)",
+        "(voice-burst clients send `max_tokens` 48, the profile's largest output; chat and rag clients send "
+        "none, so each answer is predicted at the 90th percentile of the answers seen so far, as the daemon "
+        "does; a request predicted to miss everywhere goes to the fastest predicted site.)",
         "",
         "### Same hardware (`--profile same-hardware`): four 1-GPU metro sites against one 4-GPU cluster",
         "",
