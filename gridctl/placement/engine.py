@@ -322,6 +322,7 @@ class Planner:
                     s.jurisdiction,
                     s.capacity,
                     s.serving.replicas,
+                    s.serving.replicas / s.capacity,
                     s.first_ms,
                     s.prefill_ms_per_token,
                     s.interval_ms,
@@ -357,15 +358,27 @@ class Planner:
         get = live.get
         getc = cached.get if cached else None
         idle = _IDLE
-        for name, rtt, jur, cap, replicas, first_ms, per_token, interval_ms, cost_per_ms in self._fast(
-            request.region, request.model
-        ):
+        same_load = lt == ld
+        full = 1.0 + lt
+        bad = BAD_HEALTH
+        for (
+            name,
+            rtt,
+            jur,
+            cap,
+            replicas,
+            rep_share,
+            first_ms,
+            per_token,
+            interval_ms,
+            cost_per_ms,
+        ) in self._fast(request.region, request.model):
             if rtt > slo:
                 break  # sorted by rtt: the rest are further
             if allowed is not None and jur not in allowed:
                 continue
             sig = get(name, idle)
-            if sig.open or sig.health in BAD_HEALTH:
+            if sig.open or sig.health in bad:
                 continue
             busy = sig.in_flight
             if busy >= cap:
@@ -384,14 +397,22 @@ class Planner:
             first = (first_ms + uncached * per_token) * sig.first_factor
             interval = interval_ms * sig.decode_factor * tokens
             # the least-loaded replica, with the request itself, against its share of the slots
-            frac = (load // replicas + 1) * replicas / cap
+            frac = (load // replicas + 1) * rep_share
             if frac > 1.0:
                 frac = 1.0
-            service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac)
-            e2e = rtt + service
-            ahead = load + 1 - cap  # requests before it beyond the slots
-            if ahead > 0:
-                e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld)) / cap
+            if same_load:  # LOAD_TTFT == LOAD_DECODE (the table's model): one stretch for both
+                unloaded = first + interval
+                service = unloaded * (1.0 + lt * frac)
+                e2e = rtt + service
+                ahead = load + 1 - cap  # requests before it beyond the slots
+                if ahead > 0:
+                    e2e += ahead * unloaded * full / cap
+            else:
+                service = first * (1.0 + lt * frac) + interval * (1.0 + ld * frac)
+                e2e = rtt + service
+                ahead = load + 1 - cap
+                if ahead > 0:
+                    e2e += ahead * (first * (1.0 + lt) + interval * (1.0 + ld)) / cap
             if e2e <= budget:
                 feasible.append((cost_per_ms * service, rtt, name, e2e))
             else:

@@ -138,11 +138,18 @@ def predict(
 
 def capacity_within(serving: Serving, shape: Shape, rtt_ms: float, budget_ms: float) -> int:
     """How many requests of ``shape`` the site can run at once with each predicted within
-    ``budget_ms`` (by the table, no queue): 0 when even an idle site misses it."""
-    for load in range(serving.capacity - 1, -1, -1):
-        if predict(serving, shape, rtt_ms, load).e2e_ms <= budget_ms:
-            return load + 1
-    return 0
+    ``budget_ms`` (by the table, no queue): 0 when even an idle site misses it. The prediction
+    grows with the load, so a binary search over it."""
+    if predict(serving, shape, rtt_ms, 0).e2e_ms > budget_ms:
+        return 0
+    lo, hi = 0, serving.capacity - 1  # load lo is within the budget; find the highest such
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if predict(serving, shape, rtt_ms, mid).e2e_ms <= budget_ms:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo + 1
 
 
 # -- calibration -------------------------------------------------------------------------

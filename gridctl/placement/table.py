@@ -60,17 +60,35 @@ def _route(
 ) -> dict[str, Any]:
     ranking = planner.order(Request(region, model), shape, live)
     static = {s.name: s for s in planner.static_candidates(region, model)}
-    within = {
-        n: capacity_within(static[n].serving, shape, static[n].rtt_ms, budget_ms) for n in ranking.sites
-    }
+    within: dict[str, int] = {}
+
+    def capacity(name: str) -> int:  # only for the sites the table lists (10,000 sites: a few)
+        if name not in within:
+            s = static[name]
+            within[name] = capacity_within(s.serving, shape, s.rtt_ms, budget_ms)
+        return within[name]
+
     predicted = dict(zip(ranking.sites, ranking.predicted_ms, strict=True))
-    head = [n for n in ranking.sites[: ranking.feasible] if within[n] > 0][:primaries]
+    head: list[str] = []
+    for n in ranking.sites[: ranking.feasible]:
+        if len(head) >= primaries:
+            break
+        if capacity(n) > 0:
+            head.append(n)
     meets = bool(head)
     weight_of = within
     if not head:  # no site meets the SLO: the fastest, by their slots (expected to miss)
         head = list(ranking.sites[:primaries])
         weight_of = {n: static[n].capacity for n in head}
-    tail = [n for n in ranking.sites if n not in head][:backups]
+    chosen = set(head)
+    tail: list[str] = []
+    for n in ranking.sites:
+        if len(tail) >= backups:
+            break
+        if n not in chosen:
+            tail.append(n)
+    for n in tail:
+        capacity(n)
     total = sum(weight_of[n] for n in head) or 1
 
     def entry(name: str) -> dict[str, Any]:
@@ -81,7 +99,7 @@ def _route(
             "rtt_ms": s.rtt_ms,
             "capacity": s.capacity,
             "predicted_ms": round(predicted[name], 3),
-            "capacity_within_slo": within[name],
+            "capacity_within_slo": capacity(name),
         }
 
     return {
