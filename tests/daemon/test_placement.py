@@ -71,7 +71,7 @@ def test_a_site_placement_stopped_choosing_is_measured_by_a_tiny_generation(tmp_
     its table row, or recovered, is found), and only where traffic gives no evidence."""
     inv = load_inventory(write_inventory(tmp_path / "inv", NEAR_FAR))
     with run_lab(inv, speed=1.0, overlay=tmp_path / "overlay", control=False, hidden_speed=None) as lab:
-        d = start_daemon(lab.overlay, "--region", "metro", "--calibration-probe", "0.5")
+        d = start_daemon(lab.overlay, "--region", "metro", "--calibration-probe", "1.5")
         try:
             deadline = time.monotonic() + 20
             near = {"samples": 0}
@@ -89,9 +89,11 @@ def test_a_site_placement_stopped_choosing_is_measured_by_a_tiny_generation(tmp_
             )
             assert probes and int(probes.group(1)) >= 2
             far = re.search(
-                rf'^gridctl_calibration_probes_total{{model="{M8}",site="far-h100"}}', metrics, re.M
+                rf'^gridctl_calibration_probes_total{{model="{M8}",site="far-h100"}} (\d+)$', metrics, re.M
             )
-            assert far is None  # its answers were evidence enough
+            # its answers (about every 0.6 s, under the 1.5 s) were evidence enough; one probe may
+            # have gone out if the machine stalled between two of them
+            assert far is None or int(far.group(1)) <= 1, far
         finally:
             d.stop()
 
