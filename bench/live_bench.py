@@ -15,10 +15,10 @@ What runs, in one invocation:
      way a model stops at its end of sequence. So every request's ``output_tokens`` is the
      profile's largest output (48 for voice), and the live client sends ``max_tokens: 48``, as
      the simulator's grid policy does for a profile. The daemon therefore predicts with 48 output
-     tokens, which here is also the true length. The trace format has no ``max_tokens``, so
-     ``gridctl sim --trace`` predicts with the daemon's other estimator: the model's p90 of
-     completed answers (256 before the first answer, 48 after it). Only the first requests, sent
-     before any answer has come back, are predicted differently. This lab does not test how well
+     tokens, which here is also the true length. The trace carries the same ``max_tokens``, so
+     ``gridctl sim --trace`` predicts with the shape the daemon sees (a trace without it would be
+     predicted with the daemon's other estimator, the model's p90 of completed answers). This
+     lab does not test how well
      the output length is estimated; it tests the timing model and its calibration.
    - **Sessions dropped.** A session's next turn would start with the previous answer's text,
      which only the live run knows. The ``session`` key is left out. Each request keeps its
@@ -152,6 +152,7 @@ def build_trace(inv: Any, seed: int, scale: float, duration_s: float) -> list[di
             "model": w.models[w.model[i]],
             "prompt_tokens": w.prompt[i],
             "output_tokens": out_tokens,
+            "max_tokens": out_tokens,  # what the live client sends; placement predicts with it
         }
         if w.prefix[i] >= 0:
             row["prefix"] = w.prefix[i]
@@ -674,9 +675,9 @@ def readme_section(
         f"{args.connections} at once) and timed by the client. Sim: "
         f"`gridctl -i COPY sim --trace TRACE --sites all --policy grid --seed {args.seed}` (hidden "
         "speed factors on, the same seed). Beside it is the same trace simulated in process with "
-        "`max_tokens` 48 in each request's shape, the shape the daemon sees. A trace has no "
-        "max_tokens, so `sim --trace` predicts its first requests with the 256-token default. The "
-        "script's docstring defines each figure.\n\n"
+        "`max_tokens` 48 from the profile instead of the trace (a check that nothing else differs). "
+        "The trace carries each request's `max_tokens` (48, what the live client sends), so `sim "
+        "--trace` predicts with the shape the daemon sees. The script's docstring defines each figure.\n\n"
         + _md_table(f.header, f.rows)
         + "\n\n"
         + _md_table([*SITE_HEADER, *[s.label for s in sims]], f.sites)

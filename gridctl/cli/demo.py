@@ -68,6 +68,11 @@ def demo(
         out.write(
             render_table(sorted(rows, key=lambda r: (r["region"], r["site"])), SENT_COLUMNS, st.streams)
         )
+        out.write(
+            "(predicted: the site's time for one request as the daemon saw it before the burst; here "
+            "the lab, the daemon and every client share one process, which adds its own delay: in "
+            "separate processes the prediction is within a few percent, bench/README.md)\n"
+        )
         scen = sim["scenario"]
         out.write(
             f"\nSimulation: {scen['requests']} requests, {scen['duration_s']:g} s of {scen['profile']} "

@@ -210,6 +210,9 @@ class GridPolicy:
 
     def shape(self, i: int, model: int) -> Shape:
         """What the client's request says: its prompt, and max_tokens (never the true output)."""
+        asked = self._w.max_tokens
+        if asked is not None and asked[i] > 0:  # a trace's own max_tokens
+            return Shape(self._w.prompt[i], asked[i], "max_tokens")
         if self._max_tokens is not None:
             return Shape(self._w.prompt[i], self._max_tokens, "max_tokens")
         n, source = self._outputs.estimate(self._w.models[model])
@@ -244,7 +247,9 @@ class GridPolicy:
             return
         pred, model, name = pending
         out = self._w.output[i]
-        if self._max_tokens is None:  # as the daemon: only answers nobody bounded say how long they run
+        asked = self._w.max_tokens
+        bounded = self._max_tokens is not None or (asked is not None and asked[i] > 0)
+        if not bounded:  # as the daemon: only answers nobody bounded say how long they run
             self._outputs.record(self._w.models[model], out)
         cal = calibrate(self._cal[model][name], pred, now, ttft_ms, e2e_ms, out)
         self._cal[model][name] = cal

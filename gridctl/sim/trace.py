@@ -12,6 +12,10 @@ One JSON object per line (blank lines are skipped)::
 - ``prompt_tokens`` (>= 1), ``output_tokens`` (>= 1);
 - ``prefix`` (text or integer) and ``prefix_tokens`` go together: requests with
   the same prefix share their first ``prefix_tokens`` prompt tokens;
+- ``max_tokens`` (>= 1), optional: what the client asked for, the size placement predicts
+  with (never ``output_tokens``, the answer's true length, which placement does not see);
+  without it, placement predicts at the 90th percentile of the answers it has seen, as the
+  daemon does for a request without ``max_tokens``;
 - ``session`` (text or integer), optional: a request continues the session's
   previous request (by ``t``), whose prompt and output lead its own prompt when
   they fit in it;
@@ -32,7 +36,18 @@ from typing import Any
 from gridctl.errors import UsageError
 from gridctl.sim.traffic import Workload
 
-KEYS = ("t", "region", "model", "prompt_tokens", "output_tokens", "prefix", "prefix_tokens", "session", "id")
+KEYS = (
+    "t",
+    "region",
+    "model",
+    "prompt_tokens",
+    "output_tokens",
+    "max_tokens",
+    "prefix",
+    "prefix_tokens",
+    "session",
+    "id",
+)
 MAX_PROBLEMS = 20
 
 
@@ -84,7 +99,7 @@ def parse_trace(
     model_ix: dict[str, int] = {default_model: 0}
     prefix_ix: dict[str, int] = {}
     session_ix: dict[str, int] = {}
-    rows: list[tuple[float, int, int, int, int, int, int, int, int]] = []
+    rows: list[tuple[float, int, int, int, int, int, int, int, int, int]] = []
     seen = 0
     for lineno, line in enumerate(lines, 1):
         if len(problems) >= MAX_PROBLEMS:
@@ -140,6 +155,9 @@ def parse_trace(
                         f"{where}: prefix_tokens: must not exceed prompt_tokens ({ptoks} > {prompt})"
                     )
         session = _ident(obj["session"], "session", where, problems) if "session" in obj else None
+        asked = _tokens(obj, "max_tokens", where, problems) if "max_tokens" in obj else 0
+        if asked and output > asked:
+            problems.append(f"{where}: output_tokens: more than the max_tokens asked ({output} > {asked})")
         if len(problems) > before:
             continue
         assert isinstance(t, (int, float)) and isinstance(region, str) and isinstance(model, str)
@@ -149,7 +167,7 @@ def parse_trace(
         mi = model_ix.setdefault(model, len(model_ix))
         pi = prefix_ix.setdefault(prefix, len(prefix_ix)) if prefix is not None else -1
         si = session_ix.setdefault(session, len(session_ix)) if session is not None else -1
-        rows.append((float(t), lineno, ri, mi, prompt, output, pi, ptoks, si))
+        rows.append((float(t), lineno, ri, mi, prompt, output, pi, ptoks, si, asked))
     if problems:
         raise TraceError(problems)
     if not rows:
@@ -161,7 +179,9 @@ def parse_trace(
     end = duration_s if duration_s is not None else rows[-1][0] + 1e-3
     w = Workload(names, models, end, slo_ms)
     last: dict[int, int] = {}  # session -> its previous request's prompt + output
-    for t, _, ri, mi, prompt, output, pi, ptoks, si in rows:
+    if any(r[9] for r in rows):
+        w.max_tokens = []
+    for t, _, ri, mi, prompt, output, pi, ptoks, si, asked in rows:
         hist = 0
         if si >= 0:
             prev = last.get(si, 0)
@@ -176,6 +196,8 @@ def parse_trace(
         w.prefix_tokens.append(ptoks)
         w.session.append(si)
         w.history.append(hist)
+        if w.max_tokens is not None:
+            w.max_tokens.append(asked)
     return w
 
 

@@ -50,12 +50,13 @@ class Workload:
     session: list[int] = field(default_factory=list)  # session id, -1: none
     history: list[int] = field(default_factory=list)  # leading tokens that are the session's previous turn
     bursts: tuple[tuple[float, float], ...] = ()  # (start, end) windows, for reports and plots
+    max_tokens: list[int] | None = None  # per request, what the client asked (0: nothing); None: no column
 
     def __len__(self) -> int:
         return len(self.t)
 
     def columns(self) -> tuple[list[int], ...]:
-        return (
+        cols = (
             self.region,
             self.model,
             self.prompt,
@@ -65,6 +66,7 @@ class Workload:
             self.session,
             self.history,
         )
+        return cols if self.max_tokens is None else (*cols, self.max_tokens)
 
     def sort(self) -> None:
         """Order every column by arrival time (stable)."""

@@ -111,3 +111,57 @@ def test_an_empty_trace_and_a_missing_file_are_usage_errors(tmp_path: Path) -> N
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not UTF-8"):
         load_trace(tmp_path / "bin.jsonl", REGIONS, "m", 500.0, None)
+
+
+def test_a_traces_max_tokens_is_what_placement_predicts_with() -> None:
+    w = parse_trace(
+        lines(
+            {"t": 1.0, "region": "us-east", "prompt_tokens": 10, "output_tokens": 20, "max_tokens": 48},
+            {"t": 0.0, "region": "us-east", "prompt_tokens": 10, "output_tokens": 20},
+        ),
+        "t.jsonl",
+        REGIONS,
+        "m",
+        500.0,
+    )
+    assert w.max_tokens == [0, 48]  # sorted by time with the other columns; 0: not asked
+    plain = parse_trace(
+        lines({"t": 0.0, "region": "us-east", "prompt_tokens": 10, "output_tokens": 20}),
+        "t.jsonl",
+        REGIONS,
+        "m",
+        500.0,
+    )
+    assert plain.max_tokens is None
+    with pytest.raises(TraceError) as err:
+        parse_trace(
+            lines({"t": 0, "region": "us-east", "prompt_tokens": 1, "output_tokens": 9, "max_tokens": 4}),
+            "t.jsonl",
+            REGIONS,
+            "m",
+            500.0,
+        )
+    assert "t.jsonl:1: output_tokens: more than the max_tokens asked (9 > 4)" in str(err.value)
+
+
+def test_the_grid_policy_predicts_with_a_traces_max_tokens() -> None:
+    from gridctl.inventory.load import load_inventory
+    from gridctl.sim.compare import SimOptions, plan_run, run_plan
+    from tests.conftest import EXAMPLE
+
+    inv = load_inventory(EXAMPLE)
+    rows = [
+        {"t": i * 0.05, "region": "us-east", "prompt_tokens": 300, "output_tokens": 20, "max_tokens": 48}
+        for i in range(40)
+    ]
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
+        fh.writelines(lines(*rows))
+    plan = plan_run(inv, {}, SimOptions(trace=Path(fh.name), policies=("grid",), sites="all"))
+    result, _ = run_plan(plan)
+    grid = next(p for p in result["policies"] if p["policy"] == "grid")
+    # 48 tokens asked: only the H100 sites are predicted within 500 ms, so nothing goes elsewhere
+    assert grid["prediction"]["predicted_feasible"] == 40
+    used = [s for s in grid["sites"] if s["requests"]]
+    assert used and all(s["gpus"].endswith("H100") for s in used), used
