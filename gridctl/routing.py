@@ -93,8 +93,23 @@ def build_shape(
     ``DEFAULT_SHAPE`` (``output_source`` "default"); ``prompt_tokens`` / ``max_tokens`` override
     either part (``max_tokens``: source "given")."""
     if body is not None:
-        from gridctl.placement.predict import prompt_text
+        from gridctl.placement.predict import MAX_TOKENS, prompt_text
 
+        # the daemon reads a bad max_tokens as "not given" (the site will refuse it); an
+        # explanation says so instead of explaining a request that is not the one written
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = body.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+                got = json.dumps(value)
+                raise UsageError(
+                    f"--body: {key}: must be a whole number from 1 to {MAX_TOKENS:,} (got {got})",
+                    hint=_BODY_HINT,
+                )
+        messages = body.get("messages")
+        if messages is not None and not isinstance(messages, list):
+            raise UsageError("--body: messages: must be a list of {role, content}", hint=_BODY_HINT)
         base = estimate_shape(body, prompt_text(body))
     else:
         base = Shape(DEFAULT_SHAPE.prompt_tokens, DEFAULT_SHAPE.output_tokens, "default")

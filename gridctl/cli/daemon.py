@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, GridctlError, UnreachableError
+from gridctl.errors import ExitCode, GridctlError, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def run(
         drain_timeout_s=drain_timeout,
         max_body_bytes=max_body,
         slo_policy=parse_slo_policy(slo_policy),
-        calibration_probe_s=calibration_probe,
+        calibration_probe_s=_finite_seconds(calibration_probe, "--calibration-probe"),
     )
     check_security(config)
     load_state(config)  # fail fast, before forking, on a bad inventory or region
@@ -89,6 +89,14 @@ def run(
         run_daemon(config, st.streams.environ)
         return
     _run_workers(config, dict(st.streams.environ))
+
+
+def _finite_seconds(value: float, flag: str) -> float:
+    import math
+
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} {value}: must be a finite number of seconds (0: never)")
+    return value
 
 
 def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

@@ -49,6 +49,7 @@ KEYS = (
     "id",
 )
 MAX_PROBLEMS = 20
+MAX_T_S = 366 * 86400.0  # a year of traffic: a later t is a unit mistake, not a trace
 
 
 class TraceError(UsageError):
@@ -127,8 +128,13 @@ def parse_trace(
         t = obj.get("t")
         if t is None:
             problems.append(f"{where}: t: missing (required): seconds from the start of the trace")
-        elif isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            problems.append(f"{where}: t: must be seconds >= 0 (got {json.dumps(t)})")
+        elif (
+            isinstance(t, bool)
+            or not isinstance(t, (int, float))
+            or not math.isfinite(t)
+            or not 0 <= t <= MAX_T_S
+        ):
+            problems.append(f"{where}: t: must be seconds from 0 to {MAX_T_S:g} (got {json.dumps(t)})")
         region = obj.get("region")
         if not isinstance(region, str):
             problems.append(f"{where}: region: must be a client region name (got {json.dumps(region)})")

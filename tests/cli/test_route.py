@@ -280,7 +280,13 @@ def test_body_and_slo_inputs_that_are_not_requests_are_usage_errors(cli, tmp_pat
     os.mkfifo(fifo)
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
+    zero = tmp_path / "zero.json"
+    zero.write_text('{"model": "llama-3.1-8b-instruct", "max_tokens": 0, "messages": []}')
+    words = tmp_path / "words.json"
+    words.write_text('{"model": "llama-3.1-8b-instruct", "max_tokens": "lots", "messages": "hi"}')
     for args, said in (
+        (["--body", str(zero)], "max_tokens: must be a whole number from 1 to 10,000,000 (got 0)"),
+        (["--body", str(words)], "max_tokens: must be a whole number"),
         (["--body", str(fifo)], "not a regular file"),
         (["--body", "/dev/zero"], "not a regular file"),
         (["--body", str(deep)], "nested too deeply"),

@@ -139,6 +139,9 @@ def test_the_strict_flag_refuses_and_a_request_can_ask_for_best_effort(tmp_path:
             d.stop()
     bad = start_daemon_fails(lab.overlay, "--slo-policy", "maybe")
     assert bad[0] == 2 and "--slo-policy 'maybe'" in bad[1] and "strict" in bad[1]
+    for value in ("nan", "inf"):
+        bad = start_daemon_fails(lab.overlay, "--calibration-probe", value)
+        assert bad[0] == 2 and "--calibration-probe" in bad[1] and "finite" in bad[1], bad
 
 
 def test_one_clients_max_tokens_is_not_everyones_estimate_and_sizes_are_bounded(near_far: DaemonProc) -> None:

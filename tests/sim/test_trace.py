@@ -92,7 +92,7 @@ def test_every_bad_line_is_reported_with_its_line_number() -> None:
         problems[0]
         == "bad.jsonl:3: region: no client region named 'us-esat' in grid.yaml; did you mean 'us-east'?"
     )
-    assert "bad.jsonl:4: t: must be seconds >= 0 (got -1)" in problems
+    assert "bad.jsonl:4: t: must be seconds from 0 to 3.16224e+07 (got -1)" in problems
     assert "bad.jsonl:4: prompt_tokens: must be an integer >= 1 (got 0)" in problems
     assert "bad.jsonl:4: prompt: unknown key; did you mean 'prompt_tokens'?" in problems
     assert any(p.startswith("bad.jsonl:5: not JSON") for p in problems)
@@ -165,3 +165,15 @@ def test_the_grid_policy_predicts_with_a_traces_max_tokens() -> None:
     assert grid["prediction"]["predicted_feasible"] == 40
     used = [s for s in grid["sites"] if s["requests"]]
     assert used and all(s["gpus"].endswith("H100") for s in used), used
+
+
+def test_a_time_past_a_year_is_a_unit_mistake() -> None:
+    with pytest.raises(TraceError) as err:
+        parse_trace(
+            lines({"t": 1e308, "region": "us-east", "prompt_tokens": 1, "output_tokens": 1}),
+            "t.jsonl",
+            REGIONS,
+            "m",
+            500.0,
+        )
+    assert "t.jsonl:1: t: must be seconds from 0 to" in str(err.value)
