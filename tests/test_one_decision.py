@@ -1,10 +1,12 @@
 """One decision, no mirror: the daemon and the simulator, each through its own snapshot builder,
 choose the same sites from the same live state (issue 11).
 
-The daemon's side is its real ``GridState`` (readings written as its request path, probes and
-breaker write them; the prefix index fed real prompt text); the simulator's is its ``SiteView``
-snapshot and its ``SentIndex`` of what it sent where (prefix ids, not text). Both end in
-``Planner.order``; what this checks is that nothing between the state and that call differs.
+The daemon's side is its real ``GridState``, written by its own writers (the request path's
+in-flight count, the probe's verdict, the breaker, the sites' /metrics through its parser;
+calibration is set, having no writer but an answer) and its prefix index fed real prompt text;
+the simulator's is its ``SiteView`` snapshot and its ``SentIndex`` of what it sent where (prefix
+ids, not text). Both end in ``Planner.order``; what this checks is that nothing between the
+state and that call differs.
 """
 
 from __future__ import annotations
@@ -58,19 +60,29 @@ def site_states(draw):
 
 
 def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
+    """The daemon's state written by its own writers: the request path's in-flight count, the
+    probe's verdict, the breaker's failures, the sites' /metrics through its parser, the prefix
+    index fed the prompt's text. Calibration has no writer but an answer, so it is set."""
+    from gridctl.daemon.state import parse_site_metrics
+
     gs = GridState(INV, DaemonConfig(inventory=EXAMPLE))
     for name, s in states.items():
-        cal = Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"])
-        gs.observe(
-            name,
-            M8,
-            in_flight=s["in_flight"],
-            running=s["running"],
-            waiting=s["waiting"],
-            calibration=cal,
-            probe_ok=s["probe_ok"],
-            breaker_opened_at=NOW if s["breaker_open"] else None,
+        st = gs.sites[name]
+        sig = st.signals[M8]
+        for _ in range(s["in_flight"]):  # as Proxy._forward does before it sends
+            sig.in_flight += 1
+        st.set_load(  # as the probe loop does with the site's /metrics
+            parse_site_metrics(
+                f'vllm:num_requests_running{{model_name="{M8}"}} {s["running"]}\n'
+                f'vllm:num_requests_waiting{{model_name="{M8}"}} {s["waiting"]}\n'
+            )
         )
+        st.probe_ok = s["probe_ok"]  # as _probe sets it
+        if s["breaker_open"]:  # as failed attempts do
+            for _ in range(gs.cfg.breaker_failures):
+                st.breaker.on_failure(NOW)
+        cal = Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"])
+        gs.observe(name, M8, calibration=cal)
         if s["holds_prefix"]:
             gs.prefixes.record(name, prefix_hashes(prompt[: blocks * BLOCK_CHARS], BLOCK_CHARS))
     hashes = prefix_hashes(prompt, BLOCK_CHARS)
