@@ -222,7 +222,8 @@ def count_tokens(text: str) -> int:
 
 def gpu_warnings(inv: Inventory) -> list[str]:
     """What ``inventory validate`` warns about placement's inputs: each GPU model no row names
-    (placement then assumes the default row, named in the message), and the old score weights."""
+    (placement then assumes the default row, named in the message), a ``tensor_parallel`` that
+    leaves GPUs idle, and the old score weights."""
     out: list[str] = []
     if inv.grid.weights_given:
         out.append(
@@ -232,6 +233,15 @@ def gpu_warnings(inv: Inventory) -> list[str]:
     rows = inv.grid.gpus
     d = DEFAULT_GPU
     for site in inv.sites:
+        for i, m in enumerate(site.models):
+            sv = build_serving(site, m.name, rows)
+            if sv is not None and m.tensor_parallel and sv.replicas * sv.tensor_parallel < sv.gpus:
+                idle = sv.gpus - sv.replicas * sv.tensor_parallel
+                where = f"{site.file or site.name}: models[{i}].tensor_parallel"
+                out.append(
+                    f"{where}: {m.tensor_parallel} does not divide the {sv.gpus} {sv.gpu.name} GPUs "
+                    f"serving {m.name}: {idle} stay idle (and are still counted in its cost)"
+                )
         for i, node in enumerate(site.nodes):
             if node.gpus and find_gpu(node.gpus.model, rows) is None:
                 out.append(

@@ -254,3 +254,13 @@ def test_saved_calibration_is_clamped_aged_by_downtime_and_never_fatal() -> None
     assert Calibration.from_dict({"first_factor": 2, "samples": 1e400}, 0.0).samples == 10**12
     week = Calibration.from_dict({"first_factor": 2.0, "decode_factor": 2.0, "samples": 9}, 0.0, 7 * 86400)
     assert week.factors(0.0)[0] == pytest.approx(1.0, abs=1e-6)  # a week of downtime: the prior
+
+
+def test_a_tensor_parallel_that_leaves_gpus_idle_is_a_warning() -> None:
+    s = site([("H100", 4)], [ModelServing("llama-8b", 16, 3)])
+    [warning] = gpu_warnings(Inventory(Path("."), Grid("g"), (s,)))
+    assert (
+        "models[0].tensor_parallel: 3 does not divide the 4 H100 GPUs" in warning and "1 stay idle" in warning
+    )
+    even = site([("H100", 4)], [ModelServing("llama-8b", 16, 2)])
+    assert gpu_warnings(Inventory(Path("."), Grid("g"), (even,))) == []
