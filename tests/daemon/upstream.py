@@ -17,19 +17,56 @@ CHUNKS = [
 ]
 
 
-class Upstream:
-    def __init__(self, gap_s: float = 0.02, tls: ssl.SSLContext | None = None) -> None:
-        self.gap_s = gap_s
-        self.tls = tls
-        self.seen: list[dict[str, str]] = []
-        self.bodies: list[bytes] = []
+class _ThreadedSite:
+    """An aiohttp app on its own event loop in a thread, on a free loopback port; subclasses
+    add their routes in ``_routes``."""
+
+    tls: ssl.SSLContext | None = None
+
+    def _start(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.port = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self._ready.wait(10)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        self._routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner = runner
+        self._ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class Upstream(_ThreadedSite):
+    def __init__(self, gap_s: float = 0.02, tls: ssl.SSLContext | None = None) -> None:
+        self.gap_s = gap_s
+        self.tls = tls
+        self.seen: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
+        self._start()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(dict(request.headers))
@@ -58,39 +95,18 @@ class Upstream:
         await request.read()
         return web.Response(status=204, headers={"X-Upstream": "yes"})
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({})
-
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "llama-3.1-8b-instruct"}]})
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._cut)
         app.router.add_post("/v1/embeddings", self._no_content)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._runner = runner
-        self._ready.set()
-        self._loop.run_forever()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
-class TimedUpstream:
+class TimedUpstream(_ThreadedSite):
     """An OpenAI-like site whose timing the test sets: the first token after ``first_ms``,
     then one token every ``interval_ms`` (streamed as vLLM does: the role with the first
     token; no usage event, so the daemon counts tokens), or the whole answer after
@@ -99,13 +115,7 @@ class TimedUpstream:
     def __init__(self, first_ms: float, interval_ms: float, model: str = "llama-3.1-8b-instruct") -> None:
         self.first_ms, self.interval_ms, self.model = first_ms, interval_ms, model
         self.requests = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         import json
@@ -149,27 +159,6 @@ class TimedUpstream:
         await resp.write_eof()
         return resp
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._runner = runner
-        self._ready.set()
-        self._loop.run_forever()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
