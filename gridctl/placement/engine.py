@@ -234,6 +234,7 @@ class Planner:
         self.probes = probes or {}
         self._static: dict[tuple[str, str], tuple[_Static, ...]] = {}
         self._fast_cache: dict[tuple[str, str], tuple[tuple[Any, ...], ...]] = {}
+        self._by_name: dict[tuple[str, str], dict[str, _Static]] = {}
         self._serving_cache: dict[str, list[tuple[Site, Serving, tuple[float, float, float]]]] = {}
 
     # -- precomputation ---------------------------------------------------------------
@@ -446,7 +447,12 @@ class Planner:
     ) -> Prediction | None:
         """The prediction for one eligible site, with its parts (what the daemon puts in
         ``x-grid-predicted-ms`` and learns from); None when the site is not a candidate."""
-        s = next((c for c in self.static_candidates(request.region, request.model) if c.name == site), None)
+        key = (request.region, request.model)
+        by_name = self._by_name.get(key)
+        if by_name is None:
+            by_name = {c.name: c for c in self.static_candidates(*key)}
+            self._by_name[key] = by_name
+        s = by_name.get(site)
         if s is None:
             return None
         sig = live.get(site, _IDLE)
