@@ -85,6 +85,7 @@ def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
         gs.observe(name, M8, calibration=cal)
         if s["holds_prefix"]:
             gs.prefixes.record(name, prefix_hashes(prompt[: blocks * BLOCK_CHARS], BLOCK_CHARS))
+    gs.refresh_factors(NOW)  # as the probe loop does each round
     hashes = prefix_hashes(prompt, BLOCK_CHARS)
     req = Request(REGION, M8, None, slo)
     return gs.order(req, shape, gs.cached_tokens(hashes), None, NOW)

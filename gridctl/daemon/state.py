@@ -17,8 +17,8 @@ place as things happen:
 - ``health`` / ``open``: from the probes, the recorded health and the circuit
   breaker, written at decision time (a breaker's cooldown ends with time).
 
-:func:`build_signals` is the one place plain readings become signals; the test
-suite drives it (and ``GridState.observe``) from plain data with ``now``.
+:func:`gridctl.placement.engine.write_signals` is the one place plain readings become signals
+(the simulator's too); the test suite drives it (and ``GridState.observe``) from plain data.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.inventory.model import Inventory, Site
 from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
-from gridctl.placement.engine import write_signals as build_signals
 from gridctl.placement.perf import CHARS_PER_TOKEN
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 
@@ -143,18 +142,13 @@ class SiteState:
         return site_health(self.probe_ok, recorded, self.breaker.state(now))
 
     def refresh(self, model: str, recorded: str | None, now: float) -> SiteSignals:
-        """The site's signals for ``model`` brought up to ``now``: health, breaker, calibration."""
+        """The site's signals for ``model`` with health and breaker brought up to ``now`` (the
+        calibration factors are written when an answer teaches something and at each probe
+        round, not recomputed per request)."""
         sig = self.signals[model]
-        return build_signals(
-            sig,
-            health=self.status(recorded, now),
-            open=not self.breaker.allows(now),
-            in_flight=sig.in_flight,
-            running=sig.running,
-            waiting=sig.waiting,
-            calibration=self.cal(model),
-            now=now,
-        )
+        sig.health = self.status(recorded, now)
+        sig.open = not self.breaker.allows(now)
+        return sig
 
     def learn(
         self,
@@ -232,7 +226,12 @@ class GridState:
                 self.sites[site.name] = kept
             else:
                 st = SiteState(site, Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
-                st.calibration.update((calibration or {}).get(site.name, {}))
+                for model, cal in (calibration or {}).get(site.name, {}).items():
+                    st.calibration[model] = cal
+                    if model in st.signals:  # as learnt: decayed on by the probe rounds from here
+                        st.signals[model].first_factor, st.signals[model].decode_factor = cal.factors(
+                            cal.at or 0.0
+                        )
                 self.sites[site.name] = st
         self.prefixes: PrefixIndex = previous.prefixes if previous else PrefixIndex()
         self.prefixes.forget(self.sites)
@@ -279,6 +278,7 @@ class GridState:
             sig.waiting = waiting
         if calibration is not None:
             st.calibration[model] = calibration
+            sig.first_factor, sig.decode_factor = calibration.factors(calibration.at or 0.0)
 
     def refresh_factors(self, now: float) -> None:
         """Every site's calibration factors decayed to ``now`` (the probe loop calls it)."""

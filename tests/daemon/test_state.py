@@ -7,9 +7,10 @@ import pytest
 from gridctl.daemon.breaker import Breaker
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.proxy import OutputCounter, completion_tokens
-from gridctl.daemon.state import GridState, build_signals, parse_calibration, parse_site_metrics, site_health
+from gridctl.daemon.state import GridState, parse_calibration, parse_site_metrics, site_health
 from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import Request, SiteSignals
+from gridctl.placement.engine import write_signals as build_signals
 from gridctl.placement.predict import Calibration, Shape
 from tests.conftest import EXAMPLE
 from tests.daemon.upstream import CHUNKS
