@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridctl.daemon.affinity import prefix_hashes
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.state import GridState
 from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import Planner, Request
 from gridctl.placement.predict import Calibration, Shape
-from gridctl.sim.policy import SentIndex, SiteView, build_signals
+from gridctl.placement.prefix import SentIndex
+from gridctl.sim.policy import AFFINITY_INDEX_TOKENS, SiteView, build_signals
+from gridctl.sim.traffic import prompt_chain
 from tests.conftest import EXAMPLE
 
 M8 = "llama-3.1-8b-instruct"
@@ -84,11 +85,10 @@ def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
         cal = Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"])
         gs.observe(name, M8, calibration=cal)
         if s["holds_prefix"]:
-            gs.prefixes.record(name, prefix_hashes(prompt[: blocks * BLOCK_CHARS], BLOCK_CHARS))
+            gs.prefixes.record(name, gs.prompt_chain(prompt[: blocks * BLOCK_CHARS]))  # as an answer does
     gs.refresh_factors(NOW)  # as the probe loop does each round
-    hashes = prefix_hashes(prompt, BLOCK_CHARS)
     req = Request(REGION, M8, None, slo)
-    return gs.order(req, shape, gs.cached_tokens(hashes), None, NOW)
+    return gs.order(req, shape, gs.cached_tokens(gs.prompt_chain(prompt)), None, NOW)
 
 
 def sim_order(states, blocks, shape: Shape, slo):
@@ -104,11 +104,12 @@ def sim_order(states, blocks, shape: Shape, slo):
         )
         for name, s in states.items()
     }
-    sent = SentIndex(list(views))
+    sent = SentIndex(AFFINITY_INDEX_TOKENS)  # as GridPolicy keeps it
+    chain = prompt_chain(0, blocks * BLOCK_TOKENS, -1, blocks * BLOCK_TOKENS)
     for name, s in states.items():
         if s["holds_prefix"]:
-            sent.record(name, 0, blocks * BLOCK_TOKENS, -1, blocks * BLOCK_TOKENS)
-    cached = sent.cached(0, blocks * BLOCK_TOKENS, -1, 0)
+            sent.record(name, chain)
+    cached = sent.cached(chain)
     return planner.order(Request(REGION, M8, None, slo), shape, build_signals(views, NOW), cached)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridctl.errors import UsageError
+from gridctl.placement.perf import CHARS_PER_TOKEN
 
 TOKEN_ENV = "GRIDCTL_DAEMON_TOKEN"
 SLO_POLICIES = ("best-effort", "strict")
@@ -38,6 +39,11 @@ class DaemonConfig:
     # a site's model with no answer to learn from for this long gets a tiny generation from the
     # probe loop (4 tokens), so a site placement stopped choosing is measured again; 0: never
     calibration_probe_s: float = 60.0
+
+    @property
+    def affinity_block_tokens(self) -> int:
+        """The tokens one prefix-index block stands for."""
+        return max(1, self.affinity_block_chars // CHARS_PER_TOKEN)
 
     @property
     def loopback(self) -> bool:

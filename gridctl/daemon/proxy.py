@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gridctl.daemon.affinity import prefix_hashes
 from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.state import GridState, SiteState
@@ -145,7 +144,7 @@ class OutputCounter:
 class Attempt:
     """One try of a request at one site: what it was sent with, for its accounting."""
 
-    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "hashes", "miss", "shape")
+    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape")
 
     def __init__(
         self,
@@ -155,12 +154,12 @@ class Attempt:
         model: str,
         start: float,
         prediction: Prediction | None,
-        hashes: list[bytes],
+        chain: list[tuple[bytes, int]],
         miss: bool,
         shape: Shape | None = None,
     ) -> None:
         self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
-        self.prediction, self.hashes, self.miss, self.shape = prediction, hashes, miss, shape
+        self.prediction, self.chain, self.miss, self.shape = prediction, chain, miss, shape
 
     def headers(self) -> list[tuple[str, str]]:
         out = [("x-grid-site", self.name)]
@@ -233,10 +232,10 @@ class Proxy:
         if region not in state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
         text = prompt_text(body)
-        hashes = prefix_hashes(text, cfg.affinity_block_chars)
+        chain = state.prompt_chain(text)
         embedding = request.path == "/v1/embeddings"
         shape = estimate_shape(body, text, embedding, self.outputs.estimate(model))
-        cached = state.cached_tokens(hashes)
+        cached = state.cached_tokens(chain)
         session = headers.get("x-grid-session") or None
         deadline = time.monotonic() + cfg.queue_timeout_s
 
@@ -276,7 +275,7 @@ class Proxy:
             order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
         else:
             order = list(ranking.sites)
-        return await self._forward(request, state, req, shape, cached, order, ranking.feasible, hashes)
+        return await self._forward(request, state, req, shape, cached, order, ranking.feasible, chain)
 
     def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float, busy: bool) -> Answer:
         """Strict: 429 with Retry-After when the sites that could meet the SLO are busy; 400 when
@@ -374,7 +373,7 @@ class Proxy:
         cached: Mapping[str, int],
         order: list[str],
         feasible: int,
-        hashes: list[bytes],
+        chain: list[tuple[bytes, int]],
     ) -> Answer | StreamingResponse:
         cfg = self.config
         attempts: list[dict[str, str]] = []
@@ -388,7 +387,7 @@ class Proxy:
             url = st.site.endpoint.rstrip("/") + request.path
             start = time.monotonic()
             prediction = state.predict(req, shape, name, cached.get(name, 0), start)
-            attempt = Attempt(st, sig, name, req.model, start, prediction, hashes, n >= feasible, shape)
+            attempt = Attempt(st, sig, name, req.model, start, prediction, chain, n >= feasible, shape)
             sig.in_flight += 1
             st.requests += 1
             st.breaker.on_attempt(start)
@@ -484,8 +483,8 @@ class Proxy:
             if first is not None:
                 st.ttft_s.add(first - start)
             if status < 400:
-                if attempt.hashes:
-                    self.book().prefixes.record(name, attempt.hashes)
+                if attempt.chain:
+                    self.book().prefixes.record(name, attempt.chain)
                 shape = attempt.shape
                 if tokens is not None and shape is not None and shape.output_source == "max_tokens":
                     tokens = min(tokens, shape.output_tokens)  # a site cannot have said more than asked

@@ -29,13 +29,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.daemon.affinity import PrefixIndex
 from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.inventory.model import Inventory, Site
 from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
-from gridctl.placement.perf import CHARS_PER_TOKEN
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
+from gridctl.placement.prefix import Chain, SentIndex, text_chain
 
 _SAMPLE = re.compile(
     r"^vllm:(num_requests_running|num_requests_waiting|gpu_cache_usage_perc|kv_cache_usage_perc)"
@@ -233,7 +232,10 @@ class GridState:
                             cal.at or 0.0
                         )
                 self.sites[site.name] = st
-        self.prefixes: PrefixIndex = previous.prefixes if previous else PrefixIndex()
+        # per site, what this daemon sent there: 50,000 blocks of the prompts' text
+        self.prefixes: SentIndex = (
+            previous.prefixes if previous else SentIndex(50_000 * self.cfg.affinity_block_tokens)
+        )
         self.prefixes.forget(self.sites)
         self.models = sorted({m.name for s in inv.sites for m in s.models})
         self._by_model: dict[str, list[tuple[str, SiteState]]] = {
@@ -286,17 +288,13 @@ class GridState:
             for model, sig in st.signals.items():
                 sig.first_factor, sig.decode_factor = st.cal(model).factors(now)
 
-    def cached_tokens(self, hashes: Sequence[bytes], sites: Sequence[str] | None = None) -> dict[str, int]:
-        """Site -> prompt tokens it probably holds in its prefix cache (matched blocks)."""
-        if not hashes:
-            return {}
-        tokens_per_block = self.cfg.affinity_block_chars / CHARS_PER_TOKEN
-        out: dict[str, int] = {}
-        for name in sites if sites is not None else self.sites:
-            n = self.prefixes.match(name, hashes)
-            if n:
-                out[name] = math.floor(n * tokens_per_block)
-        return out
+    def prompt_chain(self, text: str) -> list[tuple[bytes, int]]:
+        """The prefix-cache chain of a prompt's text: its first 64 blocks of ``affinity_block_chars``."""
+        return text_chain(text, self.cfg.affinity_block_chars, self.cfg.affinity_block_tokens, 64)
+
+    def cached_tokens(self, chain: Chain, sites: Sequence[str] | None = None) -> dict[str, int]:
+        """Site -> prompt tokens it probably holds in its prefix cache (what was sent there)."""
+        return self.prefixes.cached(chain, self.sites if sites is None else sites)
 
     # -- decisions ----------------------------------------------------------------------
 

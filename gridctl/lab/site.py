@@ -26,7 +26,7 @@ Behaviour, every duration divided by the lab's ``speed``:
   is the site's hidden speed (seed ``hidden_speed``, default 1; None: 1.0 and no
   noise, the table exactly). Placement never sees it: it has to learn it;
 - prefix cache and KV usage: one per model, sized by the KV tokens of the GPUs
-  serving it (:mod:`gridctl.lab.prefix`);
+  serving it (:mod:`gridctl.placement.prefix`, in blocks of ``BLOCK_TOKENS``, vLLM's default);
 - output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens,
   with ``usage`` in the answer (and in a last chunk with ``stream_options.include_usage``).
 
@@ -66,14 +66,16 @@ from gridctl.lab.formats import (
     parse_completion,
     render_metrics,
 )
-from gridctl.lab.prefix import BLOCK_TOKENS, PrefixCache
 from gridctl.lab.truth import DEFAULT_SEED, noise, speed_factor
 from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 from gridctl.placement.latency import region_site_latency
-from gridctl.placement.perf import Serving, build_serving, token_interval_ms, ttft_ms
+from gridctl.placement.perf import CHARS_PER_TOKEN, Serving, build_serving, token_interval_ms, ttft_ms
+from gridctl.placement.prefix import PrefixCache, text_chain
 
 REGION_HEADER = "x-grid-client-region"
 DAEMON_REGION_HEADER = "x-grid-region"  # what clients send the placement daemon; honoured if passed on
+BLOCK_TOKENS = 16  # vLLM's default KV block
+BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN
 FAIL_MODES = ("ok", "503", "hang", "drop", "slow")
 DEFAULT_SLOW_MS = 1000.0
 OWNER = "gridctl-lab"
@@ -194,7 +196,7 @@ class ModelState:
         self.stats = ModelStats()
         self.kv_blocks = max(1, serving.kv_tokens // BLOCK_TOKENS)
         self.kv_used = 0
-        self.cache = PrefixCache(self.kv_blocks)
+        self.cache = PrefixCache(self.kv_blocks * BLOCK_TOKENS)
 
     @property
     def kv_usage(self) -> float:
@@ -423,7 +425,8 @@ class SimSite:
         """A request takes its slot on ``replica``: look up the prefix cache and compute its timing
         from that replica's load."""
         st, sv = model.stats, model.serving
-        cached = max(0, min(model.cache.lookup(c.prompt), c.prompt_tokens - 1))
+        held = model.cache.lookup(text_chain(c.prompt, BLOCK_CHARS, BLOCK_TOKENS))
+        cached = max(0, min(held, c.prompt_tokens - 1))
         st.prompt_tokens += c.prompt_tokens
         st.prefix_queries += c.prompt_tokens
         st.prefix_hits += cached

@@ -33,8 +33,10 @@ service``, from the moment it sent the request, where ``rtt`` is the round
 trip from its region to the site (the placement latency model) and ``wait``
 its time in the queue. The site sees the request when it is placed.
 
-The prefix cache of a pool is an LRU of shared prefixes and sessions, holding
-at most the KV tokens of the GPUs serving the model (shared by its replicas).
+The prefix cache of a pool is a :class:`~gridctl.placement.prefix.PrefixCache` of the
+requests' :func:`~gridctl.sim.traffic.prompt_chain` (a shared prefix, a session's
+conversation), holding at most the KV tokens of the GPUs serving the model (shared by
+its replicas); an admitted request's prompt and answer stay cached.
 
 Live signals: ``signals[m][site]`` (a :class:`~gridctl.placement.engine.SiteSignals`
 per model and site, as the daemon keeps them) is updated in place: ``in_flight``
@@ -48,7 +50,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
@@ -57,8 +59,9 @@ from typing import Protocol
 from gridctl.lab.truth import noise
 from gridctl.placement.engine import SiteSignals
 from gridctl.placement.perf import token_interval_ms, ttft_ms
+from gridctl.placement.prefix import PrefixCache
 from gridctl.sim.sites import SimulatedSite
-from gridctl.sim.traffic import Workload
+from gridctl.sim.traffic import Workload, prompt_chain
 
 SERVED, NO_SITE, FULL = 0, 1, 2
 
@@ -163,8 +166,7 @@ def simulate(
     rrun = [[0] * len(sl) for sl in slots]
     running = [0] * npools
     queues: list[deque[int]] = [deque() for _ in range(npools)]
-    caches: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(npools)]
-    used = [0] * npools
+    caches = [PrefixCache(c) for c in kvcap]
     busy = [0.0] * npools
     served = [0] * len(sites)
     peak = [0] * npools
@@ -175,7 +177,7 @@ def simulate(
     heap: list[tuple[float, int, int, int]] = []
     choose = policy.choose
     complete = getattr(policy, "complete", None)
-    first_fn, interval_fn = ttft_ms, token_interval_ms
+    first_fn, interval_fn, chain = ttft_ms, token_interval_ms, prompt_chain
     last_done = 0.0
 
     def admit(j: int, p: int, r: int, now: float) -> None:
@@ -184,38 +186,13 @@ def simulate(
         running[p] += 1
         c = slots[p][r]
         cache = caches[p]
-        got = 0
-        pf = PF[j]
-        if pf >= 0:
-            key = pf << 1
-            have = cache.get(key)
-            want = PT[j]
-            if have is None:
-                cache[key] = want
-                used[p] += want
-            else:
-                cache.move_to_end(key)
-                got = want if want < have else have
-                if want > have:
-                    cache[key] = want
-                    used[p] += want - have
-        ss = S[j]
-        if ss >= 0:
-            key = (ss << 1) | 1
-            have = cache.pop(key, None)
-            if have is not None:
-                used[p] -= have
-                h = H[j]
-                if h > got and have >= h:
-                    got = h
-            keep = P[j] + OUT[j]
-            cache[key] = keep
-            used[p] += keep
-        if used[p] > kvcap[p]:
-            u, limit = used[p], kvcap[p]
-            while u > limit and cache:
-                u -= cache.popitem(last=False)[1]
-            used[p] = u
+        pf, ss = PF[j], S[j]
+        if pf >= 0 or ss >= 0:
+            h = H[j] if ss >= 0 else 0
+            got = cache.match(chain(pf, PT[j], ss, h if h > PT[j] else PT[j]))
+            cache.insert(chain(pf, PT[j], ss, P[j] + OUT[j]))  # the answer is cached with its prompt
+        else:
+            got = 0
         prompt = P[j]
         if got >= prompt:
             got = prompt - 1

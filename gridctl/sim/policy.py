@@ -15,7 +15,8 @@ can never be chosen. A request with no site to go to is rejected and counted.
     clients set one (voice; never the true output length); otherwise (chat,
     rag, a trace) the daemon's estimate: the model's p90 of completed answers. ``cached``: the
     prompt tokens each site probably holds, from this policy's own record of
-    what it sent where (:class:`SentIndex`). When a request completes (an
+    what it sent where (a :class:`~gridctl.placement.prefix.SentIndex` of the requests'
+    :func:`~gridctl.sim.traffic.prompt_chain`, as the daemon's of their text). When a request completes (an
     event, never at admission) the site's :class:`~gridctl.placement.predict.Calibration`
     learns from the prediction made at send and what the client observed (TTFT
     and end to end from send: round trip + queue + compute), and the site's
@@ -37,7 +38,7 @@ can never be chosen. A request with no site to go to is rejected and counted.
 The grid policy's snapshot is built by plain functions a test can drive from
 plain data: :func:`build_signals` (site -> :class:`SiteView`: in flight, the
 site's running and waiting, health, breaker, calibration -> the ``SiteSignals``
-``Planner.order`` reads) and :meth:`SentIndex.cached` (what was sent where ->
+``Planner.order`` reads) and ``SentIndex.cached`` (what was sent where ->
 the ``cached`` mapping of one request). The engine keeps the same objects
 current in place during a run.
 
@@ -50,18 +51,18 @@ the site's queue bound) or refuse them.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from gridctl.placement.engine import DEFAULT_SHAPE, NO_LIVE, Planner, Request, SiteSignals, write_signals
 from gridctl.placement.predict import PRIOR, Calibration, OutputTokens, Prediction, Shape, calibrate
-from gridctl.sim.traffic import Workload
+from gridctl.placement.prefix import SentIndex
+from gridctl.sim.traffic import Workload, prompt_chain
 
 POLICIES = ("grid", "nearest", "central", "round-robin")
 EXTRA_POLICIES = ("grid-no-affinity",)
-# the daemon's prefix index (gridctl/daemon/affinity.py): the first 64 blocks of 256 characters of a
-# prompt (about 64 tokens each), 50,000 blocks per site
+# the daemon's prefix index (GridState.prompt_chain): the first 64 blocks of 256 characters of a
+# prompt (64 tokens each), 50,000 blocks per site
 AFFINITY_MAX_TOKENS = 64 * 64
 AFFINITY_INDEX_TOKENS = 50_000 * 64
 REFRESH_S = 5.0  # the daemon's probe interval: calibration factors read again, decayed
@@ -128,55 +129,6 @@ def build_signals(views: Mapping[str, SiteView], now: float) -> dict[str, SiteSi
     return {name: apply_view(SiteSignals(), view, now) for name, view in views.items()}
 
 
-class SentIndex:
-    """What the policy sent where, per site: a bounded LRU of shared prefixes and sessions with the
-    prompt tokens each covered (the daemon's prefix index, in the simulator's terms: a request
-    is known by its prefix id and session id, not its text)."""
-
-    def __init__(self, sites: Sequence[str], limit_tokens: int = AFFINITY_INDEX_TOKENS) -> None:
-        self._sites = frozenset(sites)
-        self._sent: dict[str, OrderedDict[int, int]] = {}  # only the sites sent something
-        self._held: dict[str, int] = {}
-        self._limit = limit_tokens
-
-    def record(self, site: str, prefix: int, prefix_tokens: int, session: int, prompt_tokens: int) -> None:
-        """``site`` was sent a prompt of ``prompt_tokens`` starting with ``prefix`` (-1: none) in
-        ``session`` (-1: none)."""
-        if site not in self._sites:
-            raise KeyError(site)
-        sent = self._sent.setdefault(site, OrderedDict())
-        held = self._held.get(site, 0)
-        for key, toks in ((prefix << 1, prefix_tokens), ((session << 1) | 1, prompt_tokens)):
-            if key < 0:
-                continue
-            old = sent.pop(key, None)
-            if old is not None:
-                held -= old
-            sent[key] = toks
-            held += toks
-        while held > self._limit and sent:
-            held -= sent.popitem(last=False)[1]
-        self._held[site] = held
-
-    def cached(self, prefix: int, prefix_tokens: int, session: int, history: int) -> dict[str, int]:
-        """site -> prompt tokens it probably holds for a request: its shared prefix when that was
-        sent there, or its session's previous prompt when that went there (the previous answer
-        is not in what was sent); at most ``AFFINITY_MAX_TOKENS``; sites with none left out."""
-        out: dict[str, int] = {}
-        if prefix < 0 and (session < 0 or history <= 0):
-            return out
-        pkey, skey = prefix << 1, (session << 1) | 1
-        for name, sent in self._sent.items():
-            n = prefix_tokens if prefix >= 0 and pkey in sent else 0
-            if session >= 0 and history > 0:
-                prev = sent.get(skey, 0)
-                if prev > n and prev <= history:
-                    n = prev
-            if n > 0:
-                out[name] = n if n < AFFINITY_MAX_TOKENS else AFFINITY_MAX_TOKENS
-        return out
-
-
 class GridPolicy:
     """The daemon's decision (``Planner.order``) over the simulator's snapshot, calibrated online."""
 
@@ -203,10 +155,18 @@ class GridPolicy:
         self._w = w
         self._max_tokens = max_tokens
         self._outputs = OutputTokens()
-        self.sent = SentIndex(placement.names)
+        self.sent = SentIndex(AFFINITY_INDEX_TOKENS)
         self._pending: dict[int, tuple[Prediction, int, str]] = {}
         self._next_refresh = REFRESH_S
         self.predicted = [math.nan] * len(w)  # per request: the chosen site's prediction at send
+
+    def chain(self, i: int, tokens: int) -> list[tuple[int, int]]:
+        """Request i's first ``tokens`` tokens (at least its prefix) as the daemon's prefix index
+        sees a prompt: at most its first ``AFFINITY_MAX_TOKENS``."""
+        w = self._w
+        pt = w.prefix_tokens[i]
+        n = tokens if tokens > pt else pt
+        return prompt_chain(w.prefix[i], pt, w.session[i], min(n, AFFINITY_MAX_TOKENS))
 
     def shape(self, i: int, model: int) -> Shape:
         """What the client's request says: its prompt, and max_tokens (never the true output)."""
@@ -226,8 +186,8 @@ class GridPolicy:
         req = self._requests[region][model]
         shape = self.shape(i, model)
         live = self._signals[model]
-        pf, ss = w.prefix[i], w.session[i]
-        cached = self.sent.cached(pf, w.prefix_tokens[i], ss, w.history[i]) if self._affinity else {}
+        ss = w.session[i]
+        cached = self.sent.cached(self.chain(i, w.history[i] if ss >= 0 else 0)) if self._affinity else {}
         ranking = self._order(req, shape, live, cached)
         best = ranking.best
         if best is None:
@@ -237,7 +197,7 @@ class GridPolicy:
             self._pending[i] = (pred, model, best)
             self.predicted[i] = pred.e2e_ms
         if self._affinity:
-            self.sent.record(best, pf, w.prefix_tokens[i], ss, w.prompt[i])
+            self.sent.record(best, self.chain(i, w.prompt[i]))  # what was sent: the prompt, not the answer
         return self._index[best]
 
     def complete(self, i: int, site: int, now: float, ttft_ms: float, e2e_ms: float) -> None:

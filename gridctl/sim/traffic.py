@@ -84,6 +84,23 @@ class Workload:
         assert all(len(c) == n for c in self.columns()), "workload columns differ in length"
 
 
+def prompt_chain(prefix: int, prefix_tokens: int, session: int, tokens: int) -> list[tuple[int, int]]:
+    """The prefix-cache chain (:mod:`gridctl.placement.prefix`) of the first ``tokens`` tokens of a
+    simulated conversation: its shared prefix (``prefix`` >= 0), one run keyed ``prefix << 1``
+    of ``prefix_tokens``; then the session's own tokens (``session`` >= 0), one run keyed
+    ``session << 1 | 1``. A conversation only grows, so each turn's history is a leading part
+    of the run its previous turn left. A request in no session has nothing cacheable beyond
+    its prefix (the rest of its prompt is its own)."""
+    chain: list[tuple[int, int]] = []
+    base = 0
+    if prefix >= 0 and prefix_tokens > 0:
+        base = prefix_tokens if prefix_tokens < tokens else tokens
+        chain.append((prefix << 1, base))
+    if session >= 0 and tokens > base:
+        chain.append(((session << 1) | 1, tokens - base))
+    return chain
+
+
 def burst_windows(bursts: Bursts | None, duration_s: float) -> tuple[tuple[float, float], ...]:
     if bursts is None or bursts.length_s <= 0 or bursts.factor == 1.0:
         return ()

@@ -10,8 +10,7 @@ import pytest
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
 from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
-from gridctl.lab.prefix import BLOCK_CHARS, BLOCK_TOKENS, PrefixCache
-from gridctl.lab.site import build_site_specs
+from gridctl.lab.site import BLOCK_CHARS, BLOCK_TOKENS, build_site_specs
 from gridctl.placement.latency import estimate_rtt_ms
 from gridctl.placement.perf import (
     DEFAULT_GPU,
@@ -23,6 +22,7 @@ from gridctl.placement.perf import (
     token_interval_ms,
     ttft_ms,
 )
+from gridctl.placement.prefix import PrefixCache, text_chain
 from tests.conftest import EXAMPLE
 
 
@@ -71,13 +71,17 @@ def test_tokens_and_filler() -> None:
 
 def test_prefix_cache_counts_leading_blocks_and_evicts_lru() -> None:
     a, b, c = "a" * BLOCK_CHARS, "b" * BLOCK_CHARS, "c" * BLOCK_CHARS
-    cache = PrefixCache(capacity_blocks=4)
-    assert cache.lookup(a + b + "tail") == 0
-    assert cache.lookup(a + b + c) == 2 * BLOCK_TOKENS  # the shared prefix
-    assert cache.lookup(b + a) == 0  # same blocks, different prefix: chained hashes differ
-    assert len(cache) == 4
-    assert cache.lookup(a) == 0  # a's block was the least recently used and got evicted
-    assert cache.lookup("short") == 0 and len(cache) == 4  # partial blocks are not cached
+    cache = PrefixCache(capacity_tokens=4 * BLOCK_TOKENS)
+
+    def lookup(text: str) -> int:  # what a lab site does on admission
+        return cache.lookup(text_chain(text, BLOCK_CHARS, BLOCK_TOKENS))
+
+    assert lookup(a + b + "tail") == 0
+    assert lookup(a + b + c) == 2 * BLOCK_TOKENS  # the shared prefix
+    assert lookup(b + a) == 0  # same blocks, different prefix: chained hashes differ
+    assert len(cache) == 4 and cache.used == 4 * BLOCK_TOKENS
+    assert lookup(a) == 0  # a's block was the least recently used and got evicted
+    assert lookup("short") == 0 and len(cache) == 4  # partial blocks are not cached
 
 
 def test_parse_completion() -> None:
