@@ -23,7 +23,7 @@ from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import Planner, Request
 from gridctl.placement.predict import Calibration, Shape
 from gridctl.placement.prefix import SentIndex
-from gridctl.sim.policy import AFFINITY_INDEX_TOKENS, SiteView, build_signals
+from gridctl.sim.policy import SiteView, build_signals, index_capacity
 from gridctl.sim.traffic import prompt_chain
 from tests.conftest import EXAMPLE
 
@@ -85,10 +85,10 @@ def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
         cal = Calibration(s["log_first"], s["log_decode"], 10, NOW - s["age_s"])
         gs.observe(name, M8, calibration=cal)
         if s["holds_prefix"]:
-            gs.prefixes.record(name, gs.prompt_chain(prompt[: blocks * BLOCK_CHARS]))  # as an answer does
+            gs.prefixes.record(name, M8, gs.prompt_chain(prompt[: blocks * BLOCK_CHARS]))  # as an answer does
     gs.refresh_factors(NOW)  # as the probe loop does each round
     req = Request(REGION, M8, None, slo)
-    return gs.order(req, shape, gs.cached_tokens(gs.prompt_chain(prompt)), None, NOW)
+    return gs.order(req, shape, gs.cached_tokens(M8, gs.prompt_chain(prompt)), None, NOW)
 
 
 def sim_order(states, blocks, shape: Shape, slo):
@@ -104,12 +104,12 @@ def sim_order(states, blocks, shape: Shape, slo):
         )
         for name, s in states.items()
     }
-    sent = SentIndex(AFFINITY_INDEX_TOKENS)  # as GridPolicy keeps it
+    sent = SentIndex(index_capacity(planner))  # as GridPolicy keeps it
     chain = prompt_chain(0, blocks * BLOCK_TOKENS, -1, blocks * BLOCK_TOKENS)
     for name, s in states.items():
         if s["holds_prefix"]:
-            sent.record(name, chain)
-    cached = sent.cached(chain)
+            sent.record(name, M8, chain)
+    cached = sent.cached(M8, chain, list(views))
     return planner.order(Request(REGION, M8, None, slo), shape, build_signals(views, NOW), cached)
 
 

@@ -235,7 +235,7 @@ class Proxy:
         chain = state.prompt_chain(text)
         embedding = request.path == "/v1/embeddings"
         shape = estimate_shape(body, text, embedding, self.outputs.estimate(model))
-        cached = state.cached_tokens(chain)
+        cached = state.cached_tokens(model, chain)
         session = headers.get("x-grid-session") or None
         deadline = time.monotonic() + cfg.queue_timeout_s
 
@@ -484,7 +484,7 @@ class Proxy:
                 st.ttft_s.add(first - start)
             if status < 400:
                 if attempt.chain:
-                    self.book().prefixes.record(name, attempt.chain)
+                    self.book().prefixes.record(name, attempt.model, attempt.chain)
                 shape = attempt.shape
                 if tokens is not None and shape is not None and shape.output_source == "max_tokens":
                     tokens = min(tokens, shape.output_tokens)  # a site cannot have said more than asked

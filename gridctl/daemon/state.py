@@ -232,10 +232,9 @@ class GridState:
                             cal.at or 0.0
                         )
                 self.sites[site.name] = st
-        # per site, what this daemon sent there: 50,000 blocks of the prompts' text
-        self.prefixes: SentIndex = (
-            previous.prefixes if previous else SentIndex(50_000 * self.cfg.affinity_block_tokens)
-        )
+        # per (site, model), what this daemon sent there, kept across a reload
+        self.prefixes: SentIndex = previous.prefixes if previous else SentIndex(self.index_capacity)
+        self.prefixes.capacity = self.index_capacity
         self.prefixes.forget(self.sites)
         self.models = sorted({m.name for s in inv.sites for m in s.models})
         self._by_model: dict[str, list[tuple[str, SiteState]]] = {
@@ -292,9 +291,17 @@ class GridState:
         """The prefix-cache chain of a prompt's text: its first 64 blocks of ``affinity_block_chars``."""
         return text_chain(text, self.cfg.affinity_block_chars, self.cfg.affinity_block_tokens, 64)
 
-    def cached_tokens(self, chain: Chain, sites: Sequence[str] | None = None) -> dict[str, int]:
-        """Site -> prompt tokens it probably holds in its prefix cache (what was sent there)."""
-        return self.prefixes.cached(chain, self.sites if sites is None else sites)
+    def index_capacity(self, site: str, model: str) -> int:
+        """Tokens the prefix index keeps for (site, model): what the GPUs serving the model hold
+        (the site forgets beyond that), at most 50,000 blocks."""
+        cap = 50_000 * self.cfg.affinity_block_tokens
+        serving = self.planner.serving(site, model)
+        return min(cap, serving.kv_tokens) if serving is not None else cap
+
+    def cached_tokens(self, model: str, chain: Chain, sites: Sequence[str] | None = None) -> dict[str, int]:
+        """Site -> prompt tokens it probably holds in its prefix cache for ``model`` (what was sent
+        there)."""
+        return self.prefixes.cached(model, chain, self.sites if sites is None else sites)
 
     # -- decisions ----------------------------------------------------------------------
 

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 Chain = Sequence[tuple[Hashable, int]]
 
 
-def text_chain(text: str, block_chars: int, block_tokens: int, max_blocks: int | None = None) -> list[
-    tuple[bytes, int]
-]:
+def text_chain(
+    text: str, block_chars: int, block_tokens: int, max_blocks: int | None = None
+) -> list[tuple[bytes, int]]:
     """The chain of ``text``'s complete blocks of ``block_chars`` characters (at most
     ``max_blocks``), each worth ``block_tokens`` tokens."""
     data = text.encode("utf-8", "surrogatepass")
@@ -111,30 +111,33 @@ class PrefixCache:
 
 
 class SentIndex:
-    """Per site, a :class:`PrefixCache` of what was sent there: the daemon's guess at what each
-    site's KV cache holds (``match`` capped by the chain the caller builds)."""
+    """Per (site, model), a :class:`PrefixCache` of what was sent there: the daemon's guess at what
+    each site's KV cache holds for each model it serves (a prompt sent to one model is in no other
+    model's cache). A cache holds at most ``capacity(site, model)`` tokens: what the GPUs serving
+    that model can hold, so that the guess forgets about as fast as the site does."""
 
-    __slots__ = ("capacity", "_sites")
+    __slots__ = ("capacity", "_caches")
 
-    def __init__(self, capacity_tokens_per_site: int) -> None:
-        self.capacity = capacity_tokens_per_site
-        self._sites: dict[str, PrefixCache] = {}
+    def __init__(self, capacity: Callable[[str, str], int]) -> None:
+        self.capacity = capacity
+        self._caches: dict[tuple[str, str], PrefixCache] = {}
 
-    def record(self, site: str, chain: Chain) -> None:
-        """``chain`` was sent to ``site``."""
-        cache = self._sites.get(site)
+    def record(self, site: str, model: str, chain: Chain) -> None:
+        """``chain`` was sent to ``site`` for ``model``."""
+        key = (site, model)
+        cache = self._caches.get(key)
         if cache is None:
-            cache = self._sites[site] = PrefixCache(self.capacity)
+            cache = self._caches[key] = PrefixCache(self.capacity(site, model))
         cache.insert(chain)
 
-    def cached(self, chain: Chain, sites: Iterable[str] | None = None) -> dict[str, int]:
-        """Site -> tokens of ``chain`` it probably holds; sites holding none left out."""
+    def cached(self, model: str, chain: Chain, sites: Iterable[str]) -> dict[str, int]:
+        """Site -> tokens of ``chain`` it probably holds for ``model``; sites holding none left out."""
         out: dict[str, int] = {}
         if not chain:
             return out
-        held = self._sites
-        for name in held if sites is None else sites:
-            cache = held.get(name)
+        caches = self._caches
+        for name in sites:
+            cache = caches.get((name, model))
             if cache is not None:
                 n = cache.match(chain)
                 if n:
@@ -144,6 +147,6 @@ class SentIndex:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the sites not in ``keep`` (after a reload removed them)."""
         keep = set(keep)
-        for site in list(self._sites):
-            if site not in keep:
-                del self._sites[site]
+        for key in list(self._caches):
+            if key[0] not in keep:
+                del self._caches[key]

@@ -51,7 +51,7 @@ the site's queue bound) or refuse them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from gridctl.placement.engine import DEFAULT_SHAPE, NO_LIVE, Planner, Request, SiteSignals, write_signals
@@ -62,7 +62,7 @@ from gridctl.sim.traffic import Workload, prompt_chain
 POLICIES = ("grid", "nearest", "central", "round-robin")
 EXTRA_POLICIES = ("grid-no-affinity",)
 # the daemon's prefix index (GridState.prompt_chain): the first 64 blocks of 256 characters of a
-# prompt (64 tokens each), 50,000 blocks per site
+# prompt (64 tokens each), at most 50,000 blocks per (site, model)
 AFFINITY_MAX_TOKENS = 64 * 64
 AFFINITY_INDEX_TOKENS = 50_000 * 64
 REFRESH_S = 5.0  # the daemon's probe interval: calibration factors read again, decayed
@@ -129,6 +129,17 @@ def build_signals(views: Mapping[str, SiteView], now: float) -> dict[str, SiteSi
     return {name: apply_view(SiteSignals(), view, now) for name, view in views.items()}
 
 
+def index_capacity(planner: Planner) -> Callable[[str, str], int]:
+    """The daemon's prefix-index bound per (site, model) (``GridState.index_capacity``): the KV
+    tokens of the GPUs serving the model, at most ``AFFINITY_INDEX_TOKENS``."""
+
+    def capacity(site: str, model: str) -> int:
+        serving = planner.serving(site, model)
+        return min(AFFINITY_INDEX_TOKENS, serving.kv_tokens) if serving is not None else AFFINITY_INDEX_TOKENS
+
+    return capacity
+
+
 class GridPolicy:
     """The daemon's decision (``Planner.order``) over the simulator's snapshot, calibrated online."""
 
@@ -155,7 +166,7 @@ class GridPolicy:
         self._w = w
         self._max_tokens = max_tokens
         self._outputs = OutputTokens()
-        self.sent = SentIndex(AFFINITY_INDEX_TOKENS)
+        self.sent = SentIndex(index_capacity(planner))
         self._pending: dict[int, tuple[Prediction, int, str]] = {}
         self._next_refresh = REFRESH_S
         self.predicted = [math.nan] * len(w)  # per request: the chosen site's prediction at send
@@ -187,7 +198,12 @@ class GridPolicy:
         shape = self.shape(i, model)
         live = self._signals[model]
         ss = w.session[i]
-        cached = self.sent.cached(self.chain(i, w.history[i] if ss >= 0 else 0)) if self._affinity else {}
+        mname = w.models[model]
+        cached = (
+            self.sent.cached(mname, self.chain(i, w.history[i] if ss >= 0 else 0), self._names)
+            if self._affinity
+            else {}
+        )
         ranking = self._order(req, shape, live, cached)
         best = ranking.best
         if best is None:
@@ -197,7 +213,7 @@ class GridPolicy:
             self._pending[i] = (pred, model, best)
             self.predicted[i] = pred.e2e_ms
         if self._affinity:
-            self.sent.record(best, self.chain(i, w.prompt[i]))  # what was sent: the prompt, not the answer
+            self.sent.record(best, mname, self.chain(i, w.prompt[i]))  # the prompt sent, not the answer
         return self._index[best]
 
     def complete(self, i: int, site: int, now: float, ttft_ms: float, e2e_ms: float) -> None:

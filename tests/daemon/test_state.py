@@ -122,12 +122,13 @@ def test_the_snapshot_reads_breaker_load_calibration_and_prefix(inv) -> None:  #
     assert state.order(req, SHORT, None, None, 60_000.0).best == first
     long = Shape(4000, 8)
     prompt = "".join(chr(97 + i % 26) * 256 for i in range(62)) + "tail"
-    state.prefixes.record(second, state.prompt_chain(prompt[: 40 * 256]))  # an answered prompt
-    assert state.cached_tokens(state.prompt_chain(prompt)) == {second: 40 * 64}  # its 40 blocks
-    state.prefixes.record(second, state.prompt_chain(prompt))
-    cached = state.cached_tokens(state.prompt_chain(prompt))
+    state.prefixes.record(second, M8, state.prompt_chain(prompt[: 40 * 256]))  # an answered prompt
+    assert state.cached_tokens(M8, state.prompt_chain(prompt)) == {second: 40 * 64}  # its 40 blocks
+    state.prefixes.record(second, M8, state.prompt_chain(prompt))
+    cached = state.cached_tokens(M8, state.prompt_chain(prompt))
     assert cached == {second: 62 * 64}  # 62 blocks of 256 characters, 4 characters a token
-    assert state.cached_tokens(state.prompt_chain("x" + prompt)) == {}  # another prefix: no block
+    assert state.cached_tokens(M8, state.prompt_chain("x" + prompt)) == {}  # another prefix: no block
+    assert state.cached_tokens("llama-3.1-70b-instruct", state.prompt_chain(prompt)) == {}  # another model
     p_cold = state.predict(req, long, second, 0, 0.0)
     p_hot = state.predict(req, long, second, cached[second], 0.0)
     assert p_cold is not None and p_hot is not None and p_hot.prefill_ms < p_cold.prefill_ms / 3

@@ -61,15 +61,20 @@ def test_text_chain_blocks_are_chained_and_partial_blocks_left_out() -> None:
     assert len(text_chain("é" * 32, 64, 16)) == 1
 
 
-def test_sent_index_is_per_site_and_forgets_removed_sites() -> None:
-    idx = SentIndex(1000)
-    idx.record("s1", [("p", 100)])
-    idx.record("s2", [("p", 100), ("x", 50)])
-    assert idx.cached([("p", 100), ("x", 50)]) == {"s1": 100, "s2": 150}
-    assert idx.cached([("p", 100)], sites=["s2", "s3"]) == {"s2": 100}
-    assert idx.cached([]) == {} and idx.cached([("q", 5)]) == {}
+def test_sent_index_is_per_site_and_model_bounded_by_its_capacity_and_forgets_removed_sites() -> None:
+    idx = SentIndex(lambda site, model: 120 if site == "small" else 1000)
+    sites = ["s1", "s2", "small"]
+    idx.record("s1", "m", [("p", 100)])
+    idx.record("s2", "m", [("p", 100), ("x", 50)])
+    assert idx.cached("m", [("p", 100), ("x", 50)], sites) == {"s1": 100, "s2": 150}
+    assert idx.cached("m", [("p", 100)], ["s2", "s3"]) == {"s2": 100}
+    assert idx.cached("other", [("p", 100)], sites) == {}  # sent for m: not in other's cache
+    assert idx.cached("m", [], sites) == {} and idx.cached("m", [("q", 5)], sites) == {}
+    idx.record("small", "m", [("p", 100)])
+    idx.record("small", "m", [("y", 50)])  # over its 120 tokens: p is forgotten, as the site would
+    assert idx.cached("m", [("p", 100)], ["small"]) == {}
     idx.forget(["s2"])
-    assert idx.cached([("p", 100)]) == {"s2": 100}
+    assert idx.cached("m", [("p", 100)], sites) == {"s2": 100}
 
 
 BLOCK_CHARS, BLOCK_TOKENS = 64, 16  # the lab's: 4 characters a token

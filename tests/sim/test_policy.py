@@ -206,8 +206,8 @@ def test_grid_never_picks_a_non_sovereign_unhealthy_full_or_infeasible_site_whil
     policy = GridPolicy(placement, w, [snapshot], max_tokens=48)
     for name, h in zip(names, holds, strict=True):
         if h:
-            policy.sent.record(name, policy.chain(0, prompt))
-    cached = policy.sent.cached(policy.chain(0, 0))
+            policy.sent.record(name, w.models[0], policy.chain(0, prompt))
+    cached = policy.sent.cached(w.models[0], policy.chain(0, 0), names)
     shape = policy.shape(0, 0)
     s = policy.choose(0, 0, 0)
     decision = planner.explain(placement.requests[0][0], shape, snapshot, cached)
