@@ -3,8 +3,10 @@
 One run starts a fake OpenAI site (bench/daemon/fake_site.py: 5 ms TTFT, 20 tokens 1 ms apart;
 non-streaming answers after the same 25 ms), a one-site inventory pointing at it, nginx
 (keepalive upstream, proxy_buffering off, HTTP/1.1; one worker, unprivileged, from a temp dir),
-gridctl's daemon (as shipped: on uvloop; and with GRIDCTL_DAEMON_LOOP=asyncio), and
-LiteLLM's proxy when it is installed. Then, interleaved per round:
+gridctl's daemon (as shipped: on uvloop; and with GRIDCTL_DAEMON_LOOP=asyncio), with
+`--baseline REV` the daemon of commit REV beside it (a `git worktree` of REV in a temp dir, run
+from there with PYTHONPATH at that tree, this interpreter and the same inventory and flags; see
+bench/daemon/baseline.py), and LiteLLM's proxy when it is installed. Then, interleaved per round:
 
 - non-streaming with wrk (concurrency 1 for latency, 128 for throughput);
 - streaming with bench/daemon/stream_client.py (concurrency 1 and 32, TTFT and streams/s);
@@ -15,9 +17,11 @@ LiteLLM's proxy when it is installed. Then, interleaved per round:
 
     python bench/daemon_bench.py                       # print the figures
     python bench/daemon_bench.py --write-readme        # and rewrite its section of bench/README.md
-    python bench/daemon_bench.py --duration 3 --rounds 1 --no-litellm
+    python bench/daemon_bench.py --baseline HEAD~1     # and the daemon of HEAD~1, side by side
+    python bench/daemon_bench.py --duration 1 --rounds 1 --no-micro --no-litellm --no-uvloop
+                                                       # a smoke run (about 30 s)
 
-Every process it starts is stopped on exit, Ctrl-C included.
+Every process it starts is stopped on exit, Ctrl-C included, and the baseline's worktree removed.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inventory_bench import machine, write_readme  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent / "daemon"))
+from baseline import Baseline, BaselineError, baseline_tree, build_start_hint, run_import_check  # noqa: E402
+from inventory_bench import REPO, machine, write_readme  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -53,6 +59,8 @@ BENCH_KEY = "sk-bench-master-key-0123456789abcdef"
 NON_STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": False}
 )
+# issue 12: the daemon's CPU per request and per stream at most this many times the baseline's
+CPU_VS_BASELINE_MAX = 1.10
 
 
 def free_port() -> int:
@@ -356,6 +364,50 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
 
+def _ratios(a: Target, b: Target, kind: str, key: str) -> list[float]:
+    """a / b per round (the targets run interleaved, so each round's pair shares its noise)."""
+    pairs = zip(a.results.get(kind, []), b.results.get(kind, []), strict=False)
+    return [x[key] / y[key] for x, y in pairs if x.get(key) is not None and y.get(key)]
+
+
+def baseline_lines(daemon: Target, base: Target, direct: Target) -> list[str]:
+    """The issue-12 targets, the daemon beside the baseline of the same run."""
+    name = f"`{base.name}`"
+    lines = ["", f"### Targets against the baseline (issue 12): `daemon` vs {name}, same run", ""]
+    for kind, what in (("ns128", "non-streaming request (c=128)"), ("s32", "20-token stream (c=32)")):
+        d, b = daemon.med(kind, "cpu_ms_per_req"), base.med(kind, "cpu_ms_per_req")
+        ratio = d / b if d is not None and b else None
+        per_round = _ratios(daemon, base, kind, "cpu_ms_per_req")
+        spread = f" (per round {min(per_round):.2f}-{max(per_round):.2f}×)" if len(per_round) > 1 else ""
+        lines.append(
+            f"- CPU per {what} within {(CPU_VS_BASELINE_MAX - 1) * 100:.0f}% of the baseline's: "
+            f"{fmt(d, '.3f', ' ms')} vs {fmt(b, '.3f', ' ms')} = {fmt(ratio, '.2f', '×')}{spread} "
+            f"{verdict(ratio <= CPU_VS_BASELINE_MAX if ratio is not None else None)}"
+        )
+    d128 = direct.med("ns128", "rps")
+    share = {
+        t.name: (r / d128 * 100 if (r := t.med("ns128", "rps")) and d128 else None) for t in (daemon, base)
+    }
+    ds, bs = share[daemon.name], share[base.name]
+    lines.append(
+        f"- concurrency-128 throughput ≥ 90% of direct: daemon {fmt(ds, '.0f', '%')} "
+        f"{verdict(ds >= 90 if ds is not None else None)}, vs baseline {fmt(bs, '.0f', '%')} "
+        f"({fmt(ds - bs if ds is not None and bs is not None else None, '+.0f', ' points')})"
+    )
+    d1 = direct.med("ns1", "p50_ms")
+    add = {
+        t.name: (p - d1 if (p := t.med("ns1", "p50_ms")) is not None and d1 is not None else None)
+        for t in (daemon, base)
+    }
+    da, ba = add[daemon.name], add[base.name]
+    lines.append(
+        f"- added latency at concurrency 1 ≤ 1 ms (non-streaming p50 vs direct): daemon {fmt(da, '+.2f', ' ms')} "
+        f"{verdict(da <= 1 if da is not None else None)}, vs baseline {fmt(ba, '+.2f', ' ms')} "
+        f"({fmt(da - ba if da is not None and ba is not None else None, '+.2f', ' ms')})"
+    )
+    return lines
+
+
 def report(
     targets: list[Target],
     micro: list[dict],
@@ -366,11 +418,13 @@ def report(
     load_after: str,
     command: str,
     litellm_note: str,
+    base: Baseline | None = None,
 ) -> str:
     by = {t.name: t for t in targets}
     direct, nginx = by["direct"], by["nginx"]
     lines = [
-        "## Daemon: request path under load (`gridctl daemon run` vs direct, nginx, LiteLLM)",
+        "## Daemon: request path under load (`gridctl daemon run` vs direct, nginx, LiteLLM"
+        + (", a baseline commit)" if base else ")"),
         "",
         f"- date: {env['date']}",
         f"- machine: {env['nproc']} CPUs ({env['cpu']}), {env['os']}, {env['python']}, {env['gridctl']}; "
@@ -396,8 +450,18 @@ def report(
         '`proxy_set_header Connection ""`, `proxy_buffering off`, `proxy_request_buffering off`, '
         "started as `nginx -p TMP -c TMP/nginx.conf` with `daemon off;`.",
         f"- LiteLLM: {litellm_note}",
-        "- all five share 2 cores with the backend and the load generator, so absolute figures are low; "
-        "compare within a row of the same run.",
+        *(
+            [
+                f"- baseline: `{base.name}` is the daemon of commit {base.short} ({base.subject!r}; "
+                f"`--baseline {base.rev}`), checked out by `git worktree add --detach` into a temp dir and run "
+                "from there (`PYTHONPATH=TREE python -m gridctl ... daemon run`, working directory TREE, the "
+                "same interpreter, inventory and flags as `daemon`), measured interleaved with the others."
+            ]
+            if base
+            else []
+        ),
+        "- all targets share the machine's cores with the backend and the load generator, so absolute "
+        "figures are low; compare within a row of the same run.",
         "",
         "### Non-streaming (wrk)",
         "",
@@ -432,8 +496,10 @@ def report(
             f"| {fmt(rps, '.0f')} | {fmt(rps / n32 * 100 if rps and n32 else None, '.0f', '%')} "
             f"| {fmt(t.med('s32', 'cpu_ms_per_req'), '.3f', ' ms') if t is not direct else '(backend)'} |"
         )
+    if base is not None and "daemon" in by and base.name in by:
+        lines += baseline_lines(by["daemon"], by[base.name], direct)
     lines += ["", "### Targets (issue 6, section 7)", ""]
-    for name in [t.name for t in targets if t.name.startswith("daemon")]:
+    for name in [t.name for t in targets if t.name.startswith(("daemon", "baseline"))]:
         t = by[name]
         p1, ns_rps = t.med("ns1", "p50_ms"), t.med("ns128", "rps")
         sa1 = t.med("s1", "ttft_p50_ms")
@@ -519,9 +585,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds, medians over them (default 1)")
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
-    ap.add_argument("--no-uvloop", action="store_true", help="leave the uvloop daemon variant out")
+    ap.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="leave out the daemon-asyncio-loop row (the daemon off uvloop)",
+    )
     ap.add_argument("--no-micro", action="store_true", help="skip the httpx/aiohttp client micro-benchmark")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the daemon of commit REV (HEAD, HEAD~1, a commit id) from a git worktree of it, "
+        "with this interpreter and the same inventory, and compare the daemon with it (issue 12)",
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, configs; the baseline's worktree goes)"
+    )
     ap.add_argument(
         "--write-readme", action="store_true", help="rewrite this benchmark's section of bench/README.md"
     )
@@ -542,9 +620,15 @@ def main(argv: list[str] | None = None) -> int:
     uvloop_ok = have_module("uvloop")
     tmp = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
     procs = Procs()
+    trees = contextlib.ExitStack()  # the baseline's worktree, removed after its daemon has stopped
     load_before = loadavg()
     litellm_note = "left out (--no-litellm)"
+    base: Baseline | None = None
     try:
+        if args.baseline:
+            base = trees.enter_context(baseline_tree(REPO, args.baseline))
+            run_import_check(PY, base, dict(os.environ))
+            print(f"{base.name}: worktree {base.tree} ({base.subject})", file=sys.stderr)
         env = machine()
         backend_port = free_port()
         backend = procs.start(
@@ -574,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         write_inventory(inv, backend_port)
         daemon_env = {**os.environ, "NO_COLOR": "1"}
 
-        def daemon_target(name: str, argv_for: object) -> Target:
+        def daemon_target(
+            name: str, argv_for: object, env: dict[str, str] = daemon_env, cwd: Path | None = None
+        ) -> Target:
             port = free_port()
             t = Target(name, port, [])
 
@@ -587,8 +673,16 @@ def main(argv: list[str] | None = None) -> int:
                     entry[1].wait(timeout=15)
                     procs.procs.remove(entry)
                 log = tmp / f"{name}.log"
-                proc = procs.start(name, argv_for(port), log, env=daemon_env)  # type: ignore[operator]
-                wait_http(f"http://127.0.0.1:{port}/healthz", proc, log)
+                proc = procs.start(name, argv_for(port), log, env=env, cwd=cwd)  # type: ignore[operator]
+                try:
+                    wait_http(f"http://127.0.0.1:{port}/healthz", proc, log)
+                except RuntimeError as exc:
+                    if base is None or name != base.name:
+                        raise
+                    raise BaselineError(
+                        f"{name}, run from {base.tree}, did not start: {exc}\n"
+                        f"hint: {build_start_hint(str(exc))}"
+                    ) from None
                 t.pids = [proc.pid]
 
             t.restart = restart
@@ -612,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
 
         targets.append(daemon_target("daemon", daemon_argv))
+        if base is not None:
+            # the same interpreter, inventory and flags; gridctl imported from the worktree (its
+            # working directory and the head of PYTHONPATH), which run_import_check has confirmed
+            targets.append(daemon_target(base.name, daemon_argv, env=base.env(daemon_env), cwd=base.tree))
         if uvloop_ok and not args.no_uvloop:
             # the daemon runs on uvloop when it is installed; this row keeps asyncio's loop
             targets.append(
@@ -704,11 +802,19 @@ def main(argv: list[str] | None = None) -> int:
         load_after = loadavg()
         raw = {t.name: t.results for t in targets}
         (tmp / "results.json").write_text(
-            json.dumps({"targets": raw, "micro": micro, "server_micro": server_micro}, indent=1)
+            json.dumps(
+                {
+                    "targets": raw,
+                    "micro": micro,
+                    "server_micro": server_micro,
+                    "baseline": {"rev": base.rev, "sha": base.sha, "name": base.name} if base else None,
+                },
+                indent=1,
+            )
         )
         cmd = "python bench/daemon_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
         text = report(
-            targets, micro, server_micro, env, args, load_before, load_after, cmd.strip(), litellm_note
+            targets, micro, server_micro, env, args, load_before, load_after, cmd.strip(), litellm_note, base
         )
         print(text)
         print(f"raw results: {tmp / 'results.json'}", file=sys.stderr)
@@ -718,8 +824,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BaselineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a target that did not start or a load client that failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
-        procs.stop_all()
+        try:
+            procs.stop_all()
+        finally:
+            trees.close()  # after the baseline's daemon has stopped, Ctrl-C in stop_all included
         if not args.keep:
             shutil.copy2(tmp / "results.json", "/tmp/daemon_bench_last.json") if (
                 tmp / "results.json"
