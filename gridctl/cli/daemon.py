@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
-import shutil
 import sys
 from typing import Annotated
 
@@ -206,29 +204,29 @@ def unit(
         str, typer.Option(help="best-effort or strict, as for `daemon run --slo-policy`.")
     ] = "best-effort",
 ) -> None:
-    """Print a systemd unit for the daemon (from templates/daemon/gridctl-daemon.service.j2)."""
+    """Print a systemd unit for the daemon (from templates/daemon/gridctl-daemon.service.j2),
+    sandboxed to what it needs: read the inventory, write its .state, bind --listen."""
     import jinja2
 
     from gridctl.daemon.config import parse_slo_policy
+    from gridctl.daemon.unit import UNIT_TEMPLATE, build_unit, gridctl_command, python_paths, render_unit
 
-    policy = parse_slo_policy(slo_policy)
     st = state(ctx)
-    path = st.templates_dir / "daemon" / "gridctl-daemon.service.j2"
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True)
+    spec = build_unit(
+        inventory=str(st.root.resolve()),
+        python=python_paths(),
+        gridctl=gridctl_command(),
+        listen=listen,
+        region=region,
+        workers=workers,
+        slo_policy=parse_slo_policy(slo_policy),
+        user=user,
+        token_file=token_file,
+    )
     try:
-        template = env.from_string(path.read_text(encoding="utf-8"))
-        text = template.render(
-            user=user,
-            inventory=str(st.root.resolve()),
-            token_file=token_file,
-            gridctl=shutil.which("gridctl") or f"{shlex.quote(sys.executable)} -m gridctl",
-            listen=listen,
-            region=region,
-            workers=workers,
-            slo_policy=policy,
-            drain_timeout=30,
-        )
+        text = render_unit(st.templates_dir, spec)
     except (OSError, jinja2.TemplateError) as exc:
         line = getattr(exc, "lineno", None)
+        path = st.templates_dir / UNIT_TEMPLATE
         raise GridctlError(f"{path}{':' + str(line) if line else ''}: {exc}") from None
     st.streams.stdout.write(text)

@@ -3,20 +3,34 @@
 ``health.json`` holds the last health verdict of every site and node with its
 time, so ``site ls`` can show it and the router can leave failed sites out.
 Runs that check part of the grid update only what they checked. Written
-atomically under the inventory lock; a missing or unreadable file is "never
+atomically under the lock of ``.state`` (``.state/.gridctl.lock``), not the
+inventory's: the daemon, sandboxed by its systemd unit, can write ``.state``
+and nothing else of the inventory. A missing or unreadable file is "never
 checked", not an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 STATE_DIR = ".state"
 HEALTH_FILE = "health.json"
+
+
+@contextlib.contextmanager
+def state_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock on the inventory's ``.state`` (made if missing), for its writers."""
+    from gridctl.inventory.store import inventory_lock
+
+    (root / STATE_DIR).mkdir(exist_ok=True)
+    with inventory_lock(root / STATE_DIR):
+        yield
 
 
 def health_path(root: Path) -> Path:
@@ -41,9 +55,9 @@ def load_health(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 def write_health(root: Path, sites: dict[str, dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> None:
     """Merge these entries into health.json."""
-    from gridctl.inventory.store import inventory_lock, write_atomic
+    from gridctl.inventory.store import write_atomic
 
-    with inventory_lock(root):
+    with state_lock(root):
         current = load_health(root)
         current["sites"].update(sites)
         current["nodes"].update(nodes)
@@ -82,9 +96,9 @@ def probe_rtts(root: Path) -> dict[str, dict[str, float]]:
 
 def write_probes(root: Path, region: str, results: dict[str, dict[str, Any]]) -> None:
     """Merge one region's probe results into probes.json."""
-    from gridctl.inventory.store import inventory_lock, write_atomic
+    from gridctl.inventory.store import write_atomic
 
-    with inventory_lock(root):
+    with state_lock(root):
         current = load_probes(root)
         current.setdefault(region, {}).update(results)
         write_atomic(probes_path(root), json.dumps(current, indent=2, sort_keys=True) + "\n")
@@ -135,9 +149,9 @@ def load_calibration(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def write_calibration(root: Path, entries: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Merge these (site -> model -> entry) into calibration.json (``--workers`` processes each
     write what they learned; the last word on a site's model wins)."""
-    from gridctl.inventory.store import inventory_lock, write_atomic
+    from gridctl.inventory.store import write_atomic
 
-    with inventory_lock(root):
+    with state_lock(root):
         current = load_calibration(root)
         for site, models in entries.items():
             current.setdefault(site, {}).update(models)

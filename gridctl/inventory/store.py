@@ -35,7 +35,10 @@ Changes = Mapping[str, str | None]
 def inventory_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Exclusive lock on the inventory; waits up to ``timeout`` seconds."""
     path = root / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:  # another user's lock file: flock needs a descriptor, not write access
+        fd = os.open(path, os.O_RDONLY)
     try:
         deadline = time.monotonic() + timeout
         while True:
