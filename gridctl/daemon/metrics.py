@@ -50,9 +50,11 @@ class Metrics:
         queued: int,
         model_in_flight: Mapping[tuple[str, str], int] | None = None,
         calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+        parse_errors: Mapping[str, int] | None = None,
     ) -> str:
         """``model_in_flight``: (site, model) -> requests; ``calibration``: (site, model) ->
-        (first, decode) factors now."""
+        (first, decode) factors now; ``parse_errors``: kind -> requests the HTTP server refused
+        before a handler saw them (``HttpServer.parse_errors``)."""
         out: list[str] = []
 
         def head(name: str, kind: str, text: str) -> None:
@@ -129,6 +131,14 @@ class Metrics:
         )
         for model, n in sorted(self.expected_miss.items()):
             out.append(f"gridctl_slo_expected_miss_total{_labels(model=model)} {n}")
+        head(
+            "gridctl_http_parse_errors_total",
+            "counter",
+            "Requests refused before routing, malformed (400, 501, 505) or over a limit (413, 414, 431),"
+            " by kind.",
+        )
+        for kind, n in sorted((parse_errors or {}).items()):
+            out.append(f"gridctl_http_parse_errors_total{_labels(kind=kind)} {n}")
         head("gridctl_queued", "gauge", "Requests waiting for a site with room.")
         out.append(f"gridctl_queued {queued}")
         return "\n".join(out) + "\n"

@@ -434,7 +434,7 @@ class Proxy:
     async def _relay(self, upstream: Response, attempt: Attempt) -> Answer | StreamingResponse:
         """The site's answer for the client: whole when its size is known and it is not a
         stream (one send), else relayed piece by piece as it arrives."""
-        headers = [(k, v) for k, v in upstream.headers if k not in DROP_TO_CLIENT]
+        headers = _client_headers(upstream.headers)
         if upstream.status >= 400:  # the site's own error: not an answer that missed the SLO
             attempt.miss = False
         headers.extend(attempt.headers())
@@ -502,6 +502,16 @@ class Proxy:
         metrics.latency[name].observe(now - start)
         if first is not None:
             metrics.ttft[name].observe(first - start)
+
+
+def _client_headers(site: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A site's headers that its client may see: no hop-by-hop one, none its Connection header
+    names, and no x-grid-* (those are the daemon's to say: x-grid-site, x-grid-slo...)."""
+    drop = DROP_TO_CLIENT
+    named = [v for k, v in site if k == "connection"]
+    if named:
+        drop = drop | {t.strip().lower() for v in named for t in v.split(",")}
+    return [(k, v) for k, v in site if k not in drop and not k.startswith("x-grid-")]
 
 
 async def _first_bytes(upstream: Response, limit: int) -> bytes:

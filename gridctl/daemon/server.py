@@ -423,7 +423,9 @@ class Daemon:
             for m, cal in s.calibration.items()
             if m in s.signals
         }
-        text = self.metrics.render(in_flight, up, self.proxy.queued, by_model, calibration)
+        text = self.metrics.render(
+            in_flight, up, self.proxy.queued, by_model, calibration, self.http.parse_errors
+        )
         return Response(
             200,
             text.encode(),

@@ -1,16 +1,22 @@
 """A small HTTP/1.1 client on asyncio for one job: the daemon's requests to its sites.
 
-One ``asyncio.Protocol`` per connection, kept alive and pooled per (scheme, host, port).
-What it does, and nothing more:
+One ``asyncio.Protocol`` per connection, kept alive and pooled per (scheme, host, port);
+answers parsed by llhttp (``httptools``, Node.js's parser), one parser per connection, every
+leniency off. What it does, and nothing more:
 
 - ``await pool.request(method, url, headers, body, ...)`` writes the request in one send
   and returns when the response head has arrived (1xx heads are skipped); the body is then
   read whole (``read()``) or piece by piece as it arrives (``chunks()``), de-chunked;
 - bodies by Content-Length, chunked, or up to the close; HEAD/204/304 have none;
+- a head llhttp refuses, or one it takes but RFC 9112 does not (a status outside 100-599,
+  101, Transfer-Encoding split over two lines or beside HTTP/1.0, a transfer coding other
+  than chunked), or over the limits of ``gridctl.net.syntax`` (64 KiB, 100 header lines, 8 KiB
+  for one), is a ``ProtocolError``; so is a malformed chunked body;
 - timeouts: to connect, until the response head, and between two pieces of the body;
 - a connection goes back to the pool only when its response was read to the end and both
   sides keep it alive; idle connections expire after ``idle_s``, and one the peer has closed
-  is never reused (it is dropped when the next request to that site looks for one);
+  is never reused (it is dropped when the next request to that site looks for one); a byte
+  nobody asked for (behind an answer, or on an idle connection) closes it;
 - a reused connection that the site closed while it sat idle (the request raced the close)
   is retried once on a new connection, when not a byte of the answer had arrived;
 - back-pressure: reading pauses while more than ``_HIGH_WATER`` bytes wait to be consumed;
@@ -30,20 +36,31 @@ from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from gridctl.net.syntax import CONTROL, TOKEN, ChunkedDecoder, ChunkError
+import httptools
 
-_MAX_HEAD = 64 << 10
+from gridctl.net.syntax import (
+    CONTROL,
+    CONTROL_BYTES,
+    MAX_HEAD,
+    MAX_HEADER_LINE,
+    MAX_HEADERS,
+    STRICT,
+    TOKEN,
+    parse_codings,
+)
+
 _HIGH_WATER = 256 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
-_CHUNK_ERRORS = {
-    "line": "malformed chunk size line from the site",
-    "size": "malformed chunk size from the site",
-    "crlf": "malformed chunk from the site",
-    "trailers": f"chunked body trailers from the site over {_MAX_HEAD} bytes",
-}
+# a chunked body whose framing (size lines, extensions, trailers) outgrows this plus four times its
+# data is a flood, not an answer (tiny chunks cost a callback each; llhttp keeps a trailer whole)
+_FRAMING_FREE = 64 << 10
 # a reused connection closed this soon after the request was written was closed by the site
 # while idle (the two crossed): the request is sent again. Later, the site had it: never again.
 _STALE_WINDOW_S = 0.5
+
+# where a connection stands: nothing asked (idle, in the pool), waiting for the head, reading the
+# body, the answer complete (read or not)
+_IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
 
 
 class UpstreamError(Exception):
@@ -74,31 +91,75 @@ class _ClosedBeforeAnswer(Disconnected):
         self.after = after
 
 
+class _Stop(Exception):
+    """Raised in a parser callback: bytes nobody asked for (an answer after the answer)."""
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "loop",
         "key",
         "transport",
-        "buf",
+        "parser",
         "waiter",
         "eof",
         "error",
         "paused",
         "idle_since",
-        "pooled",
+        # the exchange in progress
+        "state",
+        "head_request",
+        "answered",
+        "interim",
+        "failure",
+        "status",
+        "headers",
+        "mode",
+        "length",
+        "keep",
+        "pieces",
+        "body_len",
+        "taken",
+        "n_headers",
+        "head_size",
+        "pending",
+        "framing",
+        "crossed",
+        "stale",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
         self.loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser.set_dangerous_leniencies(**STRICT)
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False  # the peer closed (or the connection was lost)
         self.error: BaseException | None = None
         self.paused = False
         self.idle_since = 0.0
-        self.pooled = False  # idle in the pool: no byte may arrive
+        self.state = _IDLE
+        self.stale = False  # the parser still expects a body that a HEAD's answer does not have
+        self.pieces: list[bytes] = []  # the body as it arrives, de-chunked, until consumed
+        self.begin(False)
+        self.state = _IDLE
+
+    def begin(self, head_request: bool) -> None:
+        """A request is about to be written: its answer is the next thing the site may send."""
+        if self.stale:
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser.set_dangerous_leniencies(**STRICT)
+            self.stale = False
+        self.state, self.head_request = _HEAD, head_request
+        self.answered = False  # a byte of the answer has arrived
+        self.interim = False  # the head being read is a 1xx
+        self.failure: ProtocolError | None = None
+        self.status, self.mode, self.length, self.keep = 0, "close", 0, False
+        self.headers: list[tuple[str, str]] = []
+        self.body_len = self.taken = self.framing = 0
+        self.n_headers = self.head_size = self.pending = 0
+        self.crossed = False
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
@@ -106,11 +167,27 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
-        if self.pooled:  # unasked-for bytes would be read as the next request's answer
+        state = self.state
+        if state != _HEAD and state != _BODY:  # unasked-for bytes would be read as the next answer
             self.close()
+            self._wake()
             return
-        self.buf += data
-        if len(self.buf) > _HIGH_WATER and not self.paused and self.transport is not None:
+        self.answered = True
+        head0, body0 = self.head_size, self.body_len
+        self.crossed = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if self.failure is None and not isinstance(exc.__context__, _Stop):
+                raise exc.__context__ or exc from None  # a bug in a callback
+            self.close()  # _Stop: a second answer behind this one, which is complete
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.state == _HEAD or self.state == _BODY:
+                self._fail(exc)
+            self.close()  # else bytes after an answer that is complete
+        else:
+            self._check_read(len(data), state, head0, body0)
+        if self.body_len - self.taken > _HIGH_WATER and not self.paused and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
         self._wake()
@@ -132,7 +209,119 @@ class _Conn(asyncio.Protocol):
             if not w.done():
                 w.set_result(None)
 
+    # -- parsing: llhttp's callbacks, and what RFC 9112 asks beyond them ---------------------------
+
+    def _fail(self, why: str | Exception) -> ProtocolError:
+        """The answer is not HTTP the daemon can relay: the connection goes, the caller gets this."""
+        if isinstance(why, Exception):
+            where = (
+                "response head"
+                if self.state == _HEAD
+                else "chunked body"
+                if self.mode == "chunked"
+                else "body"
+            )
+            why = f"malformed {where} from the site: {why}"
+        self.failure = ProtocolError(why)
+        self.close()
+        return self.failure
+
+    def _check_read(self, n: int, state: int, head0: int, body0: int) -> None:
+        """After a read of ``n`` bytes: what llhttp holds back (a header not yet whole) and a
+        chunked body's framing, which no callback shows, counted against their limits (the
+        server's way, gridctl/net/server.py)."""
+        if self.state == _HEAD:
+            self.pending = 0 if self.crossed else self.pending + n - (self.head_size - head0)
+            if self.pending > MAX_HEADER_LINE or self.head_size + self.pending > MAX_HEAD:
+                self._fail(f"response head from the site over {MAX_HEAD} bytes")
+        elif state == _BODY and self.state == _BODY and self.mode == "chunked":
+            self.framing += n - (self.body_len - body0)
+            if self.framing > _FRAMING_FREE + 4 * self.body_len:
+                self._fail("chunked body from the site with far more framing than data")
+
+    def on_message_begin(self) -> None:
+        if self.state == _DONE:
+            raise _Stop
+
+    def on_status(self, reason: bytes) -> None:
+        if CONTROL_BYTES.search(
+            reason
+        ):  # RFC 9112 section 4: no control character but tab (llhttp takes them)
+            raise self._fail("a control character in the status line from the site")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self.head_size += size + 4  # ": " and CRLF
+        self.n_headers += 1
+        if size > MAX_HEADER_LINE or self.n_headers > MAX_HEADERS or self.head_size > MAX_HEAD:
+            raise self._fail(
+                f"response head from the site over its limits ({MAX_HEAD} bytes, {MAX_HEADERS} header"
+                f" lines, {MAX_HEADER_LINE} bytes for one)"
+            )
+        if self.state == _HEAD:  # else a trailer: checked, not kept
+            self.headers.append((name.decode("latin-1").lower(), value.rstrip(b" \t").decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        status = p.get_status_code()
+        self.pending = self.n_headers = self.head_size = 0  # trailers have their own count and size
+        if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows
+            self.interim = True
+            self.headers = []
+            return
+        if not 200 <= status <= 599:
+            raise self._fail(
+                f"status {status} from the site"
+                + (" (no protocol switch was asked)" if status == 101 else "")
+            )
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise self._fail(f"HTTP/{version} answer from the site")
+        te_lines, te, cl = 0, "", None
+        for k, v in self.headers:
+            if k == "transfer-encoding":
+                te_lines, te = te_lines + 1, v
+            elif k == "content-length":
+                cl = v
+        mode, length = "close", 0
+        if self.head_request or status in _NO_BODY_STATUS:
+            mode = "none"
+            self.stale = self.head_request  # llhttp would read a body that a HEAD's answer has not
+        elif te_lines:
+            if te_lines > 1:
+                raise self._fail("Transfer-Encoding from the site split over two header lines")
+            if version == "1.0":
+                raise self._fail("Transfer-Encoding in an HTTP/1.0 answer from the site")
+            if parse_codings(te) != ["chunked"]:
+                raise self._fail(f"unsupported Transfer-Encoding {te[:40]!r} from the site")
+            mode = "chunked"
+        elif cl is not None:  # digits only, and not twice: llhttp checked
+            mode, length = "length", int(cl)
+        self.status, self.mode, self.length = status, mode, length
+        self.keep = mode != "close" and p.should_keep_alive()
+        self.state = _DONE if mode == "none" else _BODY
+
+    def on_body(self, part: bytes) -> None:
+        if self.state != _BODY:
+            raise _Stop  # after a HEAD's answer: not its body, bytes nobody asked for
+        self.pieces.append(part)
+        self.body_len += len(part)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim, self.crossed = False, True
+        else:
+            self.state = _DONE
+
     # -- used by Response -------------------------------------------------------------------
+
+    def take(self) -> bytes:
+        """What has arrived of the body and was not consumed yet, in one piece."""
+        pieces = self.pieces
+        piece = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.taken = self.body_len
+        return piece
 
     async def more(self, timeout: float, what: str, limit: float | None = None) -> None:
         """Wait until more bytes arrive or the peer closes; raise on timeout (the message
@@ -175,35 +364,21 @@ class Response:
         "_conn",
         "_pool",
         "_mode",
-        "_left",
         "_keep",
         "_done",
         "_read_timeout",
-        "_chunks",
     )
 
-    def __init__(
-        self,
-        pool: Pool,
-        conn: _Conn,
-        status: int,
-        headers: list[tuple[str, str]],
-        mode: str,
-        length: int | None,
-        keep: bool,
-        read_timeout: float,
-    ) -> None:
-        self.status = status
-        self.headers = headers  # (lower-case name, value), in the site's order
-        self.content_length = length if mode == "length" else None
+    def __init__(self, pool: Pool, conn: _Conn, read_timeout: float) -> None:
+        self.status = conn.status
+        self.headers = conn.headers  # (lower-case name, value), in the site's order
+        self._mode = conn.mode  # "none" | "length" | "chunked" | "close"
+        self.content_length = conn.length if self._mode == "length" else None
         self._pool, self._conn = pool, conn
-        self._mode = mode  # "none" | "length" | "chunked" | "close"
-        self._left = length or 0
-        self._chunks = ChunkedDecoder()
-        self._keep = keep
-        self._done = mode == "none" or (mode == "length" and not length)
+        self._keep = conn.keep
+        self._done = False
         self._read_timeout = read_timeout
-        if self._done:
+        if conn.state == _DONE and not conn.pieces:
             self._finish()
 
     @property
@@ -224,18 +399,20 @@ class Response:
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, de-chunked, in the pieces it arrives in."""
         conn = self._conn
+        if conn is None:  # read to its end already, or released
+            return
         try:
-            while not self._done:
-                piece = self._take()
-                if piece:
-                    yield piece
+            while True:
+                if conn.pieces:
+                    yield conn.take()
                     continue
-                if self._done:
+                if conn.failure is not None:
+                    raise conn.failure
+                if conn.state == _DONE:
                     break
                 if conn.eof:
                     # the body ends at a clean close; a reset (conn.error) cuts it short
-                    if self._mode == "close" and not conn.buf and conn.error is None:
-                        self._done = True
+                    if self._mode == "close" and conn.error is None:
                         self._keep = False
                         break
                     raise Disconnected("the site closed the connection in the middle of the body")
@@ -245,36 +422,13 @@ class Response:
             raise
         self._finish()
 
-    def _take(self) -> bytes:
-        """Consume what the buffer holds of the body; sets ``_done`` at its end."""
-        buf = self._conn.buf
-        if not buf:
-            return b""
-        if self._mode == "length":
-            n = min(self._left, len(buf))
-            piece = bytes(buf[:n])
-            del buf[:n]
-            self._left -= n
-            self._done = self._left == 0
-            return piece
-        if self._mode == "close":
-            piece = bytes(buf)
-            buf.clear()
-            return piece
-        out = bytearray()
-        try:
-            self._chunks.feed(buf, out, 4096, _MAX_HEAD)
-        except ChunkError as exc:
-            raise ProtocolError(_CHUNK_ERRORS[exc.kind]) from None
-        self._done = self._chunks.done
-        return bytes(out)
-
     def _finish(self) -> None:
         self._done = True
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is None:
             return
-        if self._keep and not conn.buf and conn.alive():
+        if self._keep and conn.state == _DONE and not conn.pieces and conn.alive():
+            conn.state = _IDLE
             if conn.paused and conn.transport is not None:  # else it would not see the peer close it
                 conn.transport.resume_reading()
                 conn.paused = False
@@ -289,25 +443,6 @@ class Response:
         if not self._done:
             self._keep = False
         self._finish()
-
-
-def _is_digits(text: str) -> bool:
-    # isdigit() alone takes latin-1's superscripts ("\xb2"), which int() refuses
-    return text.isascii() and text.isdigit()
-
-
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _is_digits(parts[1]):
-        raise ProtocolError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or CONTROL.search(line):  # a bare LF or CR would pass on to the client
-            raise ProtocolError(f"malformed header line from the site: {line[:80]!r}")
-        headers.append((name.strip().lower(), value.strip(" \t")))
-    return int(parts[1]), parts[0], headers
 
 
 class Pool:
@@ -380,66 +515,27 @@ class Pool:
         read_timeout: float,
     ) -> Response:
         assert conn.transport is not None
-        conn.buf.clear()
+        conn.begin(method == "HEAD")
         try:
             conn.transport.write(wire)
             sent = time.monotonic()
-            scan = 0
-            interim = False  # a 1xx head came: the site has the request, which must not be sent again
-            while True:
-                end = conn.buf.find(b"\r\n\r\n", scan)
-                if end < 0:
-                    if len(conn.buf) > _MAX_HEAD:
-                        raise ProtocolError(f"response head over {_MAX_HEAD} bytes")
-                    if conn.eof and not conn.buf and not interim:
+            while conn.state == _HEAD:  # until the final head is in (1xx heads are skipped)
+                if conn.failure is not None:
+                    raise conn.failure
+                if conn.eof:
+                    if not conn.answered:
                         raise _ClosedBeforeAnswer(
                             "the site closed the connection before answering", time.monotonic() - sent
                         )
-                    if conn.eof:
-                        raise Disconnected(
-                            "the site closed the connection in the middle of its answer's head"
-                        )
-                    scan = max(0, len(conn.buf) - 3)
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise UpstreamTimeout(f"no response head within {head_timeout:g} s")
-                    await conn.more(left, "response head", head_timeout)
-                    continue
-                status, version, headers = _parse_head(bytes(conn.buf[:end]))
-                del conn.buf[: end + 4]
-                scan = 0
-                if 100 <= status < 200 and status != 101:
-                    interim = True
-                    continue  # 100 Continue, 103 Early Hints: the real answer follows
-                break
+                    raise Disconnected("the site closed the connection in the middle of its answer's head")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamTimeout(f"no response head within {head_timeout:g} s")
+                await conn.more(left, "response head", head_timeout)
         except BaseException:
             conn.close()
             raise
-        mode, length = "close", None
-        te = cl = None
-        connection = ""
-        for k, v in headers:
-            if k == "transfer-encoding":
-                te = v.lower()
-            elif k == "content-length":
-                cl = v
-            elif k == "connection":
-                connection = v.lower()
-        if method == "HEAD" or status in _NO_BODY_STATUS:
-            mode = "none"
-        elif te is not None:
-            if te != "chunked":
-                conn.close()
-                raise ProtocolError(f"unsupported Transfer-Encoding {te!r} from the site")
-            mode = "chunked"
-        elif cl is not None:
-            if not _is_digits(cl):
-                conn.close()
-                raise ProtocolError(f"bad Content-Length {cl[:20]!r} from the site")
-            mode, length = "length", int(cl)
-        keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-        keep = keep and mode != "close"
-        return Response(self, conn, status, headers, mode, length, keep, read_timeout)
+        return Response(self, conn, read_timeout)
 
     def _target(self, url: str) -> tuple[tuple[str, str, int], str, str]:
         hit = self._targets.get(url)
@@ -463,7 +559,6 @@ class Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            conn.pooled = False
             if conn.alive() and now - conn.idle_since < self.idle_s:
                 return conn
             conn.close()
@@ -475,11 +570,8 @@ class Pool:
             return
         idle = self._idle.setdefault(conn.key, deque())
         if len(idle) >= self.max_idle:
-            old = idle.popleft()
-            old.pooled = False
-            old.close()
+            idle.popleft().close()
         conn.idle_since = time.monotonic()
-        conn.pooled = True
         idle.append(conn)
 
     async def _connect(self, key: tuple[str, str, int], timeout: float) -> _Conn:

@@ -3,16 +3,20 @@
 Generic, with no knowledge of what it serves: a handler takes a :class:`Request`
 and returns a :class:`Response` (sent with Content-Length) or a
 :class:`StreamingResponse` (sent chunk by chunk with chunked transfer encoding,
-as Server-Sent Events need). What it does:
+as Server-Sent Events need). Requests are parsed by llhttp (``httptools``, Node.js's
+parser), one parser per connection, every leniency off. What it does:
 
 - keep-alive by default (HTTP/1.1), ``Connection: close`` and HTTP/1.0 honoured;
   pipelined requests answered in order; an idle connection closed after
   ``keepalive_s``;
 - request bodies by Content-Length or chunked; bodies over ``max_body`` get 413
-  and heads over ``max_head`` get 431, before the body is read; malformed
-  requests get 400; the connection is then closed after the client has read
-  the answer (the rest of its upload is discarded, not reset);
-- ``Expect: 100-continue`` answered;
+  before the body is read; heads over ``max_head``, with more than ``max_headers``
+  header lines or a header over ``max_header_line`` get 431, a target over
+  ``max_target`` 414; malformed requests get 400 (an unsupported version 505, a
+  transfer coding other than chunked 501); the connection is then closed after the
+  client has read the answer (the rest of its upload is discarded, not reset). Each
+  refusal is counted by kind in ``HttpServer.parse_errors``;
+- ``Expect: 100-continue`` answered, once every response before that request's is complete;
 - back-pressure: a stream waits while the transport's buffer is full; reading
   pauses while too many pipelined requests are queued;
 - a handler or stream raising :class:`DropConnection` closes the connection
@@ -31,14 +35,16 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from gridctl.net.syntax import CONTROL, TOKEN, ChunkedDecoder, ChunkError
+import httptools
+
+from gridctl.net.syntax import HOST, MAX_HEAD, MAX_HEADER_LINE, MAX_HEADERS, MAX_TARGET, STRICT, parse_codings
 
 log = logging.getLogger("gridctl.net.server")
 
@@ -46,6 +52,11 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
 _NO_BODY = frozenset({204, 304})
 _LINGER_S = 2.0  # how long an erroring connection discards input before closing
+_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+# a chunked body's framing (size lines, extensions, CRLFs, trailers) may exceed this plus half its
+# data only in a flood of tiny chunks: each chunk costs a callback, whatever its size
+_FRAMING_FREE = 16384
+_CHUNK_MIN = 5  # the framing of the smallest chunk: "1\r\n" and the CRLF after its byte
 
 
 class Request:
@@ -121,27 +132,59 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port, chosen by the kernel
     max_body: int = 4 << 20
-    max_head: int = 64 << 10
+    max_head: int = MAX_HEAD  # the request line and header lines (a chunked body's trailers apart)
     keepalive_s: float = 75.0
     backlog: int = 1024
     reuse_port: bool = False  # several processes on one port (the daemon's --workers)
     # called with each request's head (method, path, lower-case headers) before its body is
     # read: a Response refuses the request at once (e.g. a missing token), None lets it in
     gate: Callable[[str, str, dict[str, str]], Response | None] | None = None
+    max_headers: int = MAX_HEADERS  # header lines in one head (and, apart, in a chunked body's trailers)
+    max_header_line: int = MAX_HEADER_LINE  # one header's name and value
+    max_target: int = MAX_TARGET  # the request target (path and query)
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str, response: Response | None = None) -> None:
+    """A request refused before its handler: ``kind`` names the reason in ``parse_errors``
+    (None: not a parse error, e.g. the gate's refusal)."""
+
+    def __init__(
+        self, status: int, message: str, kind: str | None = None, response: Response | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.response = status, message, response
+        self.status, self.message, self.kind, self.response = status, message, kind, response
 
 
-_CHUNK_ERRORS = {
-    "line": (400, "malformed chunk size line"),
-    "size": (400, "malformed chunk size"),
-    "crlf": (400, "malformed chunk"),
-    "trailers": (431, "chunked body trailers too long"),
-}
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: nothing after this request is read."""
+
+
+def _parse_error(exc: Exception) -> _HttpError:
+    """llhttp's verdict on a malformed request, as the answer and the kind it is counted under."""
+    reason = str(exc) or type(exc).__name__
+    low = reason.lower()
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        return _HttpError(400, f"malformed request line: {reason}", "invalid_method")
+    if isinstance(exc, httptools.HttpParserInvalidURLError):
+        return _HttpError(400, f"malformed request target: {reason}", "invalid_target")
+    if reason == "Invalid HTTP version" or "pri/upgrade" in low:  # well formed, but not HTTP/1.x
+        return _HttpError(505, f"unsupported HTTP version: {reason}", "invalid_version")
+    if "version" in low:
+        return _HttpError(400, f"malformed HTTP version: {reason}", "invalid_version")
+    if "chunk" in low:
+        return _HttpError(400, f"malformed chunked body: {reason}", "invalid_chunk")
+    if "content-length" in low:
+        return _HttpError(400, f"bad Content-Length: {reason}", "invalid_content_length")
+    if "transfer-encoding" in low:
+        return _HttpError(400, f"bad Transfer-Encoding: {reason}", "invalid_transfer_encoding")
+    if "header" in low or "after start line" in low:
+        return _HttpError(
+            400,
+            "malformed header line in the request head (a control character, a folded line or a name"
+            f" that is not a token): {reason}",
+            "invalid_header",
+        )
+    return _HttpError(400, f"malformed request line: {reason}", "invalid_request_line")
 
 
 _date_cache: list[Any] = [0, ""]
@@ -179,13 +222,16 @@ def _head(
 
 
 class HttpServer:
-    """``await start()``, ``port``, ``await stop()``; or ``async with HttpServer(...)``."""
+    """``await start()``, ``port``, ``await stop()``; or ``async with HttpServer(...)``.
+    ``parse_errors``: requests refused before a handler saw them, by kind (``invalid_header``,
+    ``invalid_chunk``, ``head_too_large``, ``uri_too_long``, ``body_too_large``, ...)."""
 
     def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
         self.connections: set[_Connection] = set()
         self.stopping = False
+        self.parse_errors: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -247,13 +293,28 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
-        self.config = server.config
+        c = self.config = server.config
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.scan = 0  # where to resume looking for the end of the head
-        self.head: tuple[str, str, str, dict[str, str], int, bool, bool] | None = None
-        self.chunked: tuple[ChunkedDecoder, bytearray] | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(**STRICT)
+        self.max_body, self.max_head, self.max_headers = c.max_body, c.max_head, c.max_headers
+        self.max_line, self.max_target = c.max_header_line, c.max_target
+        # the request being read (reset when it is complete)
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.parts: list[bytes] = []  # its body as it arrives
+        self.head: tuple[str, str, str, bool] | None = None  # method, target, version, keep-alive
+        self.in_body = False  # its head is in
+        self.n_headers = 0
+        self.head_size = 0  # bytes of its head (and trailers) that the callbacks have seen whole
+        self.pending = 0  # bytes of its head received but not yet seen whole: the header being read
+        self.body_len = 0
+        self.chunked = False
+        self.chunks = 0
+        self.framing = 0  # bytes of its chunked body that were not data (reads wholly inside the body)
+        self.expect = False  # it asked for 100 Continue, not sent yet
+        self.crossed = False  # a request ended during this read
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.error: _HttpError | None = None
@@ -298,134 +359,180 @@ class _Connection(asyncio.Protocol):
         if self.discarding or self.no_more:
             return
         self.last_active = self.loop.time()
-        self.buf += data
+        in_body, head0, body0 = self.in_body, self.head_size, self.body_len
+        self.crossed = False
         try:
-            while not self.no_more:
-                req = self._next_request()
-                if req is None:
-                    break
-                self.queue.append(req)
-                if not req.keep_alive:
-                    self.no_more = True
-        except _HttpError as exc:
-            self.error, self.no_more = exc, True
-            self.buf.clear()
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.error is None and not self.no_more:  # else a callback refused it, or stopped
+                if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
+                    raise exc.__context__ from None  # a bug in a callback (the gate?): not the client's
+                err = _parse_error(exc)
+                if self.in_body and err.kind == "invalid_header":  # after a chunked body
+                    err = _HttpError(400, f"malformed trailer line: {exc}", "invalid_trailer")
+                self._refuse(err)
+        else:
+            self._check_read(len(data), in_body, head0, body0)
         if self.task is None and (self.queue or self.error):
             self.task = self.loop.create_task(self._serve())
+        elif self.expect:
+            self._continue()
         if len(self.queue) > _MAX_QUEUED and not self.reading_paused and self.transport:
             self.transport.pause_reading()
             self.reading_paused = True
 
-    # -- parsing -------------------------------------------------------------------------
+    # -- parsing: llhttp's callbacks, and the limits it has no notion of ----------------------
 
-    def _next_request(self) -> Request | None:
-        if self.head is None:
-            end = self.buf.find(b"\r\n\r\n", self.scan)
-            if end < 0:
-                if len(self.buf) > self.config.max_head:
-                    raise _HttpError(431, f"request head over {self.config.max_head} bytes")
-                self.scan = max(0, len(self.buf) - 3)
-                return None
-            if end > self.config.max_head:
-                raise _HttpError(431, f"request head over {self.config.max_head} bytes")
-            self.head = self._parse_head(bytes(self.buf[:end]))
-            del self.buf[: end + 4]
-            self.scan = 0
-            gate = self.config.gate
-            if gate is not None:
-                refused = gate(self.head[0], self.head[1].partition("?")[0], self.head[3])
-                if refused is not None:
-                    raise _HttpError(refused.status, "refused", refused)
-            if self.head[6] and self.transport is not None:  # Expect: 100-continue
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        method, target, version, headers, length, chunked, _ = self.head
-        if chunked:
-            body = self._chunked_body()
-            if body is None:
-                return None
+    def _refuse(self, err: _HttpError) -> _HttpError:
+        """Answer ``err`` once the requests before this one are answered; read nothing more."""
+        self.error, self.no_more, self.expect = err, True, False
+        if err.kind is not None:
+            self.server.parse_errors[err.kind] += 1
+        return err
+
+    def _fail(
+        self, status: int, message: str, kind: str | None, response: Response | None = None
+    ) -> _HttpError:
+        return self._refuse(_HttpError(status, message, kind, response))
+
+    def _check_read(self, n: int, in_body: bool, head0: int, body0: int) -> None:
+        """After a read of ``n`` bytes: the bytes llhttp holds back (a header not yet whole) and
+        a chunked body's framing, which no callback shows, counted against their limits. Where a
+        request ended inside the read, the next one's part of it is not known: it counts from
+        the next read on (so a head can pass its limit by one read at most, never grow unbounded)."""
+        if not self.in_body:
+            self.pending = 0 if self.crossed else self.pending + n - (self.head_size - head0)
+            if self.pending > self.max_line:
+                self._fail(431, f"a request header over {self.max_line} bytes", "header_too_large")
+            elif self.head_size + self.pending > self.max_head:
+                self._fail(431, f"request head over {self.max_head} bytes", "head_too_large")
+        elif in_body and self.chunked and not self.crossed:
+            self.framing += n - (self.body_len - body0)
+            if self.framing > _FRAMING_FREE + self.body_len // 2:
+                self._fail(413, "request body in too many small chunks", "chunks_too_small")
+
+    def on_url(self, part: bytes) -> None:
+        self.url += part
+        self.head_size += len(part)
+        if len(self.url) > self.max_target:
+            raise self._fail(414, f"request target over {self.max_target} bytes", "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self.head_size += size + 4  # ": " and CRLF
+        self.n_headers += 1
+        if size > self.max_line or self.n_headers > self.max_headers or self.head_size > self.max_head:
+            raise self._refuse(self._head_too_large(size))
+        if self.in_body:
+            return  # a trailer: checked, not kept
+        key = name.decode("latin-1").lower()
+        text = value.rstrip(b" \t").decode("latin-1")
+        headers = self.headers
+        if key in headers:  # llhttp refuses a second Content-Length itself
+            if key == "host":  # RFC 9112 section 3.2
+                raise self._fail(400, "more than one Host header", "invalid_host")
+            headers[key] += ", " + text
         else:
-            if len(self.buf) < length:
-                return None
-            body = bytes(self.buf[:length])
-            del self.buf[:length]
-        self.head = None
-        tokens = headers.get("connection", "").lower()
-        keep = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
-        return Request(method, target, version, headers, body, keep)
+            headers[key] = text
 
-    def _parse_head(self, raw: bytes) -> tuple[str, str, str, dict[str, str], int, bool, bool]:
-        text = raw.decode("latin-1").lstrip("\r\n")
-        bad = CONTROL.search(text.replace("\r\n", " "))
-        if bad is not None:
-            raise _HttpError(400, f"control character {bad.group()!r} in the request head")
-        lines = text.split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
-            raise _HttpError(400, f"malformed request line {lines[0][:80]!r}")
-        method, target, version = parts
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise _HttpError(505 if version.startswith("HTTP/") else 400, f"unsupported version {version!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not TOKEN.fullmatch(name):
-                raise _HttpError(400, f"malformed header line {line[:80]!r}")
-            name, value = name.lower(), value.strip(" \t")
-            if name in headers:
-                if name == "content-length" and headers[name] != value:
-                    raise _HttpError(400, "conflicting Content-Length headers")
-                if name != "content-length":
-                    headers[name] += ", " + value
-            else:
-                headers[name] = value
-        chunked, length = False, 0
+    def _head_too_large(self, size: int) -> _HttpError:
+        if size > self.max_line:
+            return _HttpError(431, f"a request header over {self.max_line} bytes", "header_too_large")
+        if self.n_headers > self.max_headers:
+            return _HttpError(431, f"more than {self.max_headers} request header lines", "too_many_headers")
+        return _HttpError(431, f"request head over {self.max_head} bytes", "head_too_large")
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.in_body, self.pending = True, 0
+        self.n_headers = self.head_size = 0  # a chunked body's trailers have their own count and size
+        version = _VERSIONS.get(p.get_http_version())
+        if version is None:
+            raise self._fail(505, f"unsupported HTTP version {p.get_http_version()}", "invalid_version")
+        method = p.get_method().decode("latin-1")
+        target = self.url.decode("latin-1")
+        if "#" in target:  # RFC 9112 section 3.2: a request target has no fragment (llhttp takes one)
+            raise self._fail(400, "a fragment (#) in the request target", "invalid_target")
+        headers = self.headers
+        host = headers.get("host")  # RFC 9112 section 3.2: one, well formed, in each HTTP/1.1 request
+        if host is None:
+            if version == "HTTP/1.1":
+                raise self._fail(400, "an HTTP/1.1 request without a Host header", "invalid_host")
+        elif not HOST.fullmatch(host):
+            raise self._fail(400, f"bad Host header {host[:80]!r}", "invalid_host")
+        keep = p.should_keep_alive()
+        length = 0
         te = headers.get("transfer-encoding")
-        if te is not None:
-            if te.lower() != "chunked":
-                raise _HttpError(501, f"unsupported Transfer-Encoding {te!r}")
-            if "content-length" in headers:
-                raise _HttpError(400, "both Transfer-Encoding and Content-Length")
-            chunked = True
-        elif "content-length" in headers:
-            text = headers["content-length"]
-            if not (text.isascii() and text.isdigit()):
-                raise _HttpError(400, f"bad Content-Length {text[:20]!r}")
-            length = int(text)
-            if length > self.config.max_body:
-                raise _HttpError(
-                    413, f"request body of {length} bytes is over the limit of {self.config.max_body}"
+        if te is not None:  # llhttp has refused it beside a Content-Length
+            codings = parse_codings(te)
+            if version == "HTTP/1.0" or codings[-1:] != ["chunked"] or "chunked" in codings[:-1]:
+                # RFC 9112 sections 6.1 and 6.3: no reliable framing (llhttp reads HTTP/1.0's as chunked)
+                what = "in an HTTP/1.0 request" if version == "HTTP/1.0" else "(chunked must come last, once)"
+                raise self._fail(400, f"Transfer-Encoding {te[:40]!r} {what}", "invalid_transfer_encoding")
+            if len(codings) > 1:
+                raise self._fail(
+                    501, f"unsupported Transfer-Encoding {te[:40]!r}", "unsupported_transfer_encoding"
                 )
-        expect = headers.get("expect", "").lower() == "100-continue" and version == "HTTP/1.1"
-        return method, target, version, headers, length, chunked, expect
+            self.chunked = True
+        elif "content-length" in headers:  # digits only: llhttp checked them
+            length = int(headers["content-length"])
+            if length > self.max_body:
+                raise self._fail(
+                    413,
+                    f"request body of {length} bytes is over the limit of {self.max_body}",
+                    "body_too_large",
+                )
+        if p.should_upgrade():  # llhttp would not read a body, whose bytes would read as requests
+            if length or self.chunked:
+                raise self._fail(400, "an upgrade request with a body", "upgrade_with_body")
+            keep = False  # answered as HTTP/1.1 (no upgrade), then the connection closes
+        gate = self.config.gate
+        if gate is not None:
+            refused = gate(method, target.partition("?")[0], headers)
+            if refused is not None:
+                raise self._fail(refused.status, "refused", None, refused)
+        if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
+            self.expect = True  # written when every response before this one is complete
+        self.head = (method, target, version, keep)
 
-    def _chunked_body(self) -> bytes | None:
-        """The whole chunked body once it has all arrived, else None (what has arrived is
-        consumed and remembered in ``self.chunked``)."""
-        if self.chunked is None:
-            self.chunked = (ChunkedDecoder(), bytearray())
-        decoder, body = self.chunked
-        limit = self.config.max_body
+    def on_body(self, part: bytes) -> None:
+        self.parts.append(part)
+        self.body_len += len(part)
+        if self.body_len > self.max_body:
+            raise self._fail(413, f"request body over the limit of {self.max_body} bytes", "body_too_large")
 
-        def check(size: int) -> None:
-            if len(body) + size > limit:
-                raise _HttpError(413, f"request body over the limit of {limit} bytes")
-            if decoder.framing > 16384 + len(body) // 2:  # framing, not data: tiny chunks are a flood
-                raise _HttpError(413, "request body in too many small chunks")
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+        if self.chunks * _CHUNK_MIN > _FRAMING_FREE + self.body_len // 2:
+            raise self._fail(413, "request body in too many small chunks", "chunks_too_small")
 
-        try:
-            decoder.feed(self.buf, body, 1024, self.config.max_head, check)
-        except ChunkError as exc:
-            raise _HttpError(*_CHUNK_ERRORS[exc.kind]) from None
-        if not decoder.done:
-            return None
-        self.chunked = None
-        return bytes(body)
+    def on_message_complete(self) -> None:
+        assert self.head is not None
+        method, target, version, keep = self.head
+        parts = self.parts
+        body = (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else b""
+        parts.clear()
+        self.queue.append(Request(method, target, version, self.headers, body, keep))
+        self.headers, self.url, self.head = {}, b"", None
+        self.in_body = self.chunked = self.expect = False
+        self.n_headers = self.head_size = self.body_len = self.chunks = self.framing = 0
+        self.crossed = True
+        if not keep:
+            self.no_more = True
+            raise _Stop  # nothing after it is read
 
     # -- answering ---------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
         return self.task is None and not self.queue
+
+    def _continue(self) -> None:
+        """The 100 Continue that the request being read asked for, once every response before
+        it is complete (never inside another response)."""
+        if self.expect and self.idle and self.transport is not None and not self.transport.is_closing():
+            self.expect = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _serve(self) -> None:
         try:
@@ -436,6 +543,8 @@ class _Connection(asyncio.Protocol):
         finally:
             self.task = None
             self.last_active = self.loop.time()
+            if self.expect and not self.lost:
+                self._continue()
 
     async def _answer(self) -> None:
         while self.queue and not self.lost:

@@ -599,6 +599,32 @@ def test_a_body_that_stalls_past_read_timeout_is_an_upstream_timeout(run: Run, s
         b"HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nx-a: 1\x00\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 0\nx-b: 2\r\n\r\n",
+        # what the hand-written parser took and RFC 9112 / 9110 do not
+        b"HTTP/1.1 200 OK\r\nx(a): 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx\x7fa: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 1 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n",  # a control character in the reason phrase
+        b"HTTP/1.1 200 O\x7fK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: "
+        + b"a" * 100_000
+        + b"\r\nContent-Length: 0\r\n\r\n",  # in one read, whole
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-%02d: %s\r\n" % (i, b"a" * 2000) for i in range(50)) + b"\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"x: 1\r\n" * 8000 + b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-L: " + b"v" * 9000 + b"\r\nContent-Length: 0\r\n\r\n",
     ],
     ids=[
         "http2",
@@ -616,6 +642,29 @@ def test_a_body_that_stalls_past_read_timeout_is_an_upstream_timeout(run: Run, s
         "header-lone-cr",
         "header-nul",
         "length-then-bare-lf",
+        "name-not-a-token",
+        "name-del",
+        "status-099",
+        "status-1",
+        "status-600",
+        "101-upgrade",
+        "101",
+        "obs-fold",
+        "length-twice-equal",
+        "length-twice-different",
+        "te-split-gzip-chunked",
+        "te-split-chunked-chunked",
+        "te-chunked-then-gzip",
+        "te-and-length",
+        "te-in-http10",
+        "http12",
+        "http20",
+        "reason-nul",
+        "reason-del",
+        "head-100k-one-read",
+        "head-50-headers-of-2k",
+        "head-8000-headers",
+        "header-9000",
     ],
 )
 def test_a_malformed_head_is_a_protocol_error_and_closes_the_connection(run: Run, answer: bytes) -> None:
@@ -640,8 +689,33 @@ def test_a_malformed_head_is_a_protocol_error_and_closes_the_connection(run: Run
         b"-3\r\n5\r\nhello\r\n0\r\n\r\n",  # int(..., 16) takes a sign: a negative size must not pass
         b"0x5\r\nhello\r\n0\r\n\r\n",  # ... and a 0x prefix
         b"\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",  # whitespace around the size: the hand-written parser stripped it
+        b"\t5\r\nhello\r\n0\r\n\r\n",
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",  # an extension holding a bare LF, CR, NUL or DEL
+        b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+        b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+        b"5;a\x7fb\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",  # a size line ended by a bare LF
+        b"5\r\nhello\r\n0\r\nX-T: a\x01b\r\n\r\n",  # trailers with a control byte, or no colon
+        b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",
     ],
-    ids=["not-hex", "no-crlf-after-data", "size-line-too-long", "negative", "0x-prefix", "empty"],
+    ids=[
+        "not-hex",
+        "no-crlf-after-data",
+        "size-line-too-long",
+        "negative",
+        "0x-prefix",
+        "empty",
+        "size-space-after",
+        "size-tab-before",
+        "ext-lf",
+        "ext-cr",
+        "ext-nul",
+        "ext-del",
+        "size-bare-lf",
+        "trailer-control",
+        "trailer-no-colon",
+    ],
 )
 def test_a_bad_chunk_is_a_protocol_error(run: Run, body: bytes) -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
@@ -655,6 +729,52 @@ def test_a_bad_chunk_is_a_protocol_error(run: Run, body: bytes) -> None:
                 await resp.read()
             await until(lambda: s.client_closed == 1, "the client to close the connection")
             assert pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+def test_a_trailer_that_never_ends_is_a_protocol_error(run: Run) -> None:
+    """llhttp keeps a header whole until its line ends: a site trickling one forever is cut off
+    (its bytes count as framing, which may not outgrow the data by more than 64 KiB)."""
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: ")
+        for _ in range(400):
+            await writer.drain()
+            await asyncio.sleep(0.001)
+            writer.write(b"t" * 1000)
+        await reader.read()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            resp = await pool.request("GET", s.url())
+            got = bytearray()
+            with pytest.raises(ProtocolError, match="framing"):
+                async for piece in resp.chunks():
+                    got += piece
+            assert got == b"hello" and pool.idle_count() == 0
+            pool.close()
+
+    run(main())
+
+
+def test_bytes_after_a_head_answer_drop_the_connection(run: Run) -> None:
+    """A HEAD's answer has no body, whatever its Content-Length says: bytes after it were not
+    asked for, and the next request goes on a new connection."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+    async def main() -> None:
+        async with Script(answering(answer, ok(b"next"))) as s:
+            pool = Pool()
+            resp = await pool.request("HEAD", s.url())
+            assert resp.status == 200 and not resp.has_body and await resp.read() == b""
+            await until(lambda: s.client_closed == 1, "the client to close the connection")
+            nxt = await pool.request("GET", s.url())
+            assert (nxt.status, await nxt.read()) == (200, b"next")
+            assert pool.connects == s.connections == 2
             pool.close()
 
     run(main())
