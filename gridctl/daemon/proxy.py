@@ -142,9 +142,11 @@ class OutputCounter:
 
 
 class Attempt:
-    """One try of a request at one site: what it was sent with, for its accounting."""
+    """One try of a request at one site: what it was sent with, for its accounting, and the
+    breaker's trial it owns (its number, when it is the half-open site's trial), given back
+    however the attempt ends (:meth:`Breaker.on_end`)."""
 
-    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape")
+    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape", "trial")
 
     def __init__(
         self,
@@ -160,6 +162,7 @@ class Attempt:
     ) -> None:
         self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
         self.prediction, self.chain, self.miss, self.shape = prediction, chain, miss, shape
+        self.trial: int | None = None
 
     def headers(self) -> list[tuple[str, str]]:
         out = [("x-grid-site", self.name)]
@@ -390,7 +393,7 @@ class Proxy:
             attempt = Attempt(st, sig, name, req.model, start, prediction, chain, n >= feasible, shape)
             sig.in_flight += 1
             st.requests += 1
-            st.breaker.on_attempt(start)
+            attempt.trial = st.breaker.on_attempt(start)
             handed_off = False  # a streamed answer ends (and is accounted) after this returns
             try:
                 try:
@@ -416,7 +419,8 @@ class Proxy:
                 self._account(attempt, None, 0, None, gone=True)
                 raise
             finally:
-                if not handed_off:
+                if not handed_off:  # ended here, however (answer, failure, client gone, error)
+                    st.breaker.on_end(attempt.trial)
                     sig.in_flight -= 1
                     self._release()
         self.metrics.requests[("none", "502")] += 1
@@ -534,7 +538,8 @@ async def _first_bytes(upstream: Response, limit: int) -> bytes:
 class _Relay:
     """A streamed answer's body, piece by piece as the site sends it. It owns the attempt
     from the moment the handler returns: whatever ends it (the last piece, the site breaking
-    off, the client hanging up, the server closing) accounts for it once and frees the slot.
+    off, the client hanging up, the server closing) accounts for it once, frees the slot and
+    gives back the breaker's trial it holds.
 
     A site that breaks off a stream is blamed (breaker, error rate) and the client gets an SSE
     error event; a body that is not a stream is cut off (the client sees it incomplete, never
@@ -584,19 +589,24 @@ class _Relay:
         return piece
 
     async def aclose(self) -> None:
-        """Called by the server when the response ends, however it ends."""
-        with contextlib.suppress(Exception):
-            await self.pieces.aclose()
-        self.upstream.release()
-        self._end(None, gone=not self.ended)
+        """Called by the server when the response ends, however it ends (even cancelled)."""
+        try:
+            with contextlib.suppress(Exception):
+                await self.pieces.aclose()
+        finally:
+            self.upstream.release()
+            self._end(None, gone=not self.ended)
 
     def _end(self, cut: BaseException | None, gone: bool) -> None:
         if self.accounted:
             return
         self.accounted = True
         a = self.attempt
-        self.proxy._account(
-            a, self.first, self.upstream.status, cut, gone, self.counter.tokens(), self.first_token
-        )
-        a.sig.in_flight -= 1
-        self.proxy._release()
+        try:
+            self.proxy._account(
+                a, self.first, self.upstream.status, cut, gone, self.counter.tokens(), self.first_token
+            )
+        finally:
+            a.st.breaker.on_end(a.trial)
+            a.sig.in_flight -= 1
+            self.proxy._release()

@@ -270,7 +270,7 @@ class GridState:
             st.probe_ok = probe_ok
         if breaker_opened_at is not None:
             st.breaker.opened_at = breaker_opened_at
-            st.breaker.trial_in_flight = False
+            st.breaker.trial = None
         if in_flight is not None:
             sig.in_flight = in_flight
         if running is not None:
