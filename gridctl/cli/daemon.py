@@ -67,6 +67,14 @@ def run(
             "relayed; over it the client gets 502). Streams are relayed as they come, with no limit.",
         ),
     ] = 64 << 20,
+    send_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds an answer may wait on a client that reads nothing before the connection is "
+            "aborted (its site's slot freed).",
+        ),
+    ] = 30.0,
     calibration_probe: Annotated[
         float,
         typer.Option(
@@ -99,6 +107,7 @@ def run(
         calibration_probe_s=_finite_seconds(calibration_probe, "--calibration-probe"),
         head_timeout_s=None if head_timeout is None else _finite_seconds(head_timeout, "--head-timeout"),
         max_answer_bytes=max_answer,
+        send_timeout_s=_finite_seconds(send_timeout, "--send-timeout"),
     )
     check_security(config)
     load_state(config)  # fail fast, before forking, on a bad inventory or region

@@ -1253,7 +1253,9 @@ def test_a_body_read_whole_over_its_limit_is_refused(run: Run, framing: str) -> 
 def test_wait_body_bounds_the_wait_for_a_body_s_first_byte(run: Run) -> None:
     async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
         await s.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         await writer.drain()
         if index == 0:
             await asyncio.sleep(30)  # the head, then nothing: hung
