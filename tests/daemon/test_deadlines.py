@@ -361,3 +361,34 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, good: T
         _, err = d.stop()
     clients = max(16, (target - 64) // 2)
     assert f"open files: up to {target} (raised from 256); up to {clients} client connections" in err
+
+
+def test_route_test_live_on_a_hung_site_says_which_how_long_and_what_to_do(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    bad = HostileSite("head-only")
+    try:
+        inv = write_inventory(
+            tmp_path / "inv",
+            {
+                "bad": {
+                    "gpu": "H100",
+                    "gpus": 8,
+                    "capacity": 64,
+                    "cost": 1.0,
+                    "rtt_ms": 1.0,
+                    "endpoint": bad.url,
+                }
+            },
+        )
+        r = run_cli("route", "test", "--from", "metro", "--model", M8, "--live", inventory=inv)
+        assert r.rc == 1, r
+        assert re.search(
+            r"live: bad FAILED: site bad sent nothing for 2 s \(4 x its predicted \d+ ms to the first token, "
+            r"at least 2 s\), after [\d.]+ s in all: it may be hung; check it with `gridctl health`, or take "
+            r"it out of placement with `gridctl site drain bad`",
+            r.out,
+        ), r.out
+        assert "ReadTimeout" not in r.out
+    finally:
+        bad.close()
