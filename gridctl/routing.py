@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from gridctl.errors import UsageError
 from gridctl.inventory.model import Inventory, Site
 from gridctl.placement.engine import DEFAULT_SHAPE, Live, Planner, health_live
-from gridctl.placement.predict import Shape, estimate_shape
+from gridctl.placement.predict import Prediction, Shape, estimate_shape
 
 
 def load_planner(inv: Inventory, use_probes: bool = True) -> Planner:
@@ -210,10 +210,22 @@ class LiveResult:
 
 
 def live_completion(
-    site: Site, model: str, region: str, environ: Mapping[str, str], timeout: float = 30.0
+    site: Site,
+    model: str,
+    region: str,
+    environ: Mapping[str, str],
+    prediction: Prediction | None = None,
+    timeout: float | None = None,
 ) -> LiveResult:
-    """A real small streaming chat completion: time to first token and total time."""
+    """A real small streaming chat completion: time to first token and total time. A site that
+    sends nothing for the daemon's deadline (:func:`hung_after_s` of ``prediction``, or
+    ``timeout``) is reported as probably hung, as the daemon would take it."""
     import httpx
+
+    from gridctl.placement.predict import explain_deadline, hung_after_s
+
+    due = timeout if timeout is not None else hung_after_s(prediction, streaming=True)
+    why = "given" if timeout is not None else explain_deadline(prediction, streaming=True)
 
     body = {
         "model": model,
@@ -231,7 +243,7 @@ def live_completion(
     parts: list[str] = []
     try:
         with (
-            httpx.Client(trust_env=False, timeout=timeout) as client,
+            httpx.Client(trust_env=False, timeout=httpx.Timeout(due, connect=min(due, 5.0))) as client,
             client.stream("POST", url, json=body, headers=headers) as resp,
         ):
             if resp.status_code != 200:
@@ -255,5 +267,13 @@ def live_completion(
         total = (time.perf_counter() - start) * 1000
         error = None if done else "stream ended without [DONE]"
         return LiveResult(site.name, done, 200, ttft, total, "".join(parts), error)
+    except httpx.TimeoutException as exc:
+        what = "could not be reached" if isinstance(exc, httpx.ConnectTimeout) else "sent nothing"
+        error = (
+            f"site {site.name} {what} for {due:.3g} s ({why}), after "
+            f"{(time.perf_counter() - start):.1f} s in all: it may be hung; check it with "
+            f"`gridctl health`, or take it out of placement with `gridctl site drain {site.name}`"
+        )
+        return LiveResult(site.name, False, None, ttft, None, "".join(parts), error)
     except httpx.HTTPError as exc:
         return LiveResult(site.name, False, None, ttft, None, "".join(parts), f"{type(exc).__name__}: {exc}")

@@ -50,6 +50,31 @@ def run(
             "x-grid-slo-policy header overrides it."
         ),
     ] = "best-effort",
+    head_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Seconds a site gets to send an answer's head (a stream: its first byte) before it is "
+            "taken for hung and the request fails over [default: 4 x the answer's predicted time "
+            "(a stream: to its first token), at least 2 s].",
+        ),
+    ] = None,
+    max_answer: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Largest answer from a site that is not streamed, in bytes (held whole before it is "
+            "relayed; over it the client gets 502). Streams are relayed as they come, with no limit.",
+        ),
+    ] = 64 << 20,
+    send_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds an answer may wait on a client that reads nothing before the connection is "
+            "aborted (its site's slot freed).",
+        ),
+    ] = 30.0,
     calibration_probe: Annotated[
         float,
         typer.Option(
@@ -80,6 +105,9 @@ def run(
         max_body_bytes=max_body,
         slo_policy=parse_slo_policy(slo_policy),
         calibration_probe_s=_finite_seconds(calibration_probe, "--calibration-probe"),
+        head_timeout_s=None if head_timeout is None else _finite_seconds(head_timeout, "--head-timeout"),
+        max_answer_bytes=max_answer,
+        send_timeout_s=_finite_seconds(send_timeout, "--send-timeout"),
     )
     check_security(config)
     load_state(config)  # fail fast, before forking, on a bad inventory or region

@@ -179,7 +179,7 @@ def test(
     excluded: list[dict[str, Any]] = result["excluded"]
     if live and decision.best is not None:
         result["live"] = live_completion(
-            planner.sites[decision.best.site], model, region, st.streams.environ
+            planner.sites[decision.best.site], model, region, st.streams.environ, decision.best.prediction
         ).to_dict()
     out = st.streams.stdout
     if output is Format.json:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gridctl.errors import UsageError
 from gridctl.placement.perf import CHARS_PER_TOKEN
+from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
 
 TOKEN_ENV = "GRIDCTL_DAEMON_TOKEN"
 SLO_POLICIES = ("best-effort", "strict")
@@ -24,7 +25,21 @@ class DaemonConfig:
     workers: int = 1
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout_s: float = 2.0  # to a site
-    header_timeout_s: float = 30.0  # until a site sends response headers
+    # a site's answer: its head (a stream: its first byte) is due within HUNG_FACTOR x the predicted
+    # time (TTFT, or end to end when not streamed), at least HUNG_FLOOR_S (placement/predict.py
+    # says why); head_timeout_s (--head-timeout) replaces that with one fixed figure
+    head_timeout_s: float | None = None
+    hung_factor: float = HUNG_FACTOR
+    hung_floor_s: float = HUNG_FLOOR_S
+    header_timeout_s: float = 30.0  # the head's deadline when there is no prediction; the longest
+    # silence between two pieces of a site's answer
+    max_answer_bytes: int = 64 << 20  # a site's answer that is not streamed is held whole: 502 over it
+    # the daemon's clients: a whole head within client_head_s of its first byte, no silence over
+    # client_body_s in a body (408 then), no write waiting on a client that does not read for over
+    # send_timeout_s (the connection is aborted and the site's slot freed)
+    client_head_s: float = 10.0
+    client_body_s: float = 30.0
+    send_timeout_s: float = 30.0
     queue_timeout_s: float = 2.0  # how long a request waits when every site is full
     queue_max: int = 1024  # requests waiting at once before shedding at once
     probe_interval_s: float = 5.0

@@ -20,6 +20,13 @@ fastest (``x-grid-slo: expected-miss``, counted in
 gets 429 with Retry-After, and fails over only to sites predicted to meet it.
 A request is never cut or failed over for being slow. Each answer's timing and
 output tokens (``usage``, else the stream's token events) calibrate its site.
+
+Deadlines (issue 13): a site that sends nothing is taken for hung after
+:func:`site_deadline_s` (a multiple of its predicted time, with a floor; a fixed
+``--head-timeout`` instead): counted as the site's failure, the request fails
+over. A stream's deadline runs to its first body byte, so a site that sends its
+head and then hangs is failed over too, before any byte reached the client. An
+answer that is not streamed is held whole up to ``max_answer_bytes``: over it, 502.
 """
 
 from __future__ import annotations
@@ -37,12 +44,20 @@ from typing import Any
 from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.state import GridState, SiteState
-from gridctl.net.client import Pool, Response, UpstreamError
+from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
 from gridctl.net.server import DropConnection, Request, StreamingResponse, json_response
 from gridctl.net.server import Response as Answer
 from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
 from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import OutputTokens, Prediction, Shape, estimate_shape, prompt_text
+from gridctl.placement.predict import (
+    OutputTokens,
+    Prediction,
+    Shape,
+    estimate_shape,
+    explain_deadline,
+    hung_after_s,
+    prompt_text,
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -278,7 +293,9 @@ class Proxy:
             order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
         else:
             order = list(ranking.sites)
-        return await self._forward(request, state, req, shape, cached, order, ranking.feasible, chain)
+        return await self._forward(
+            request, state, req, shape, cached, order, ranking.feasible, chain, body.get("stream") is True
+        )
 
     def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float, busy: bool) -> Answer:
         """Strict: 429 with Retry-After when the sites that could meet the SLO are busy; 400 when
@@ -377,6 +394,7 @@ class Proxy:
         order: list[str],
         feasible: int,
         chain: list[tuple[bytes, int]],
+        streaming: bool = False,
     ) -> Answer | StreamingResponse:
         cfg = self.config
         attempts: list[dict[str, str]] = []
@@ -395,6 +413,7 @@ class Proxy:
             st.requests += 1
             attempt.trial = st.breaker.on_attempt(start)
             handed_off = False  # a streamed answer ends (and is accounted) after this returns
+            due = site_deadline_s(cfg, prediction, streaming)
             try:
                 try:
                     upstream = await self.pool.request(
@@ -402,9 +421,15 @@ class Proxy:
                         url,
                         self._site_headers(request, st, req.region),
                         request.body,
-                        head_timeout=cfg.header_timeout_s,
+                        head_timeout=due,
+                        read_timeout=cfg.header_timeout_s,
                         connect_timeout=cfg.connect_timeout_s,
                     )
+                    if streaming and upstream.status < 500:  # a stream is due by its first byte
+                        await upstream.wait_body(max(0.0, start + due - time.monotonic()))
+                except UpstreamTimeout:
+                    self._failed(st, attempts, name, _hung_message(name, due, cfg, prediction, streaming))
+                    continue
                 except UpstreamError as exc:
                     self._failed(st, attempts, name, str(exc))
                     continue
@@ -451,7 +476,16 @@ class Proxy:
         streaming = "text/event-stream" in content_type
         if not streaming and upstream.content_length is not None:
             try:
-                body = await upstream.read()
+                body = await upstream.read(limit=self.config.max_answer_bytes)
+            except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
+                self.metrics.requests[(attempt.name, "too-large")] += 1
+                return error_json(
+                    502,
+                    f"site {attempt.name}'s answer is too large to relay ({exc}); ask for less (max_tokens,"
+                    ' fewer inputs), stream it ("stream": true), or raise the daemon\'s --max-answer',
+                    "upstream_error",
+                    code="answer_too_large",
+                )
             except UpstreamError as exc:
                 self._account(attempt, None, upstream.status, exc)
                 return error_json(502, f"site {attempt.name} broke off its answer: {exc}", "upstream_error")
@@ -506,6 +540,26 @@ class Proxy:
         metrics.latency[name].observe(now - start)
         if first is not None:
             metrics.ttft[name].observe(first - start)
+
+
+def site_deadline_s(cfg: DaemonConfig, prediction: Prediction | None, streaming: bool) -> float:
+    """Seconds a site gets to send its answer's first byte (a stream's first body byte) before
+    it is taken for hung: ``--head-timeout`` when given, else from the prediction."""
+    if cfg.head_timeout_s is not None:
+        return cfg.head_timeout_s
+    return hung_after_s(prediction, streaming, cfg.hung_factor, cfg.hung_floor_s, cfg.header_timeout_s)
+
+
+def _hung_message(
+    name: str, due: float, cfg: DaemonConfig, prediction: Prediction | None, streaming: bool
+) -> str:
+    why = (
+        "--head-timeout"
+        if cfg.head_timeout_s is not None
+        else explain_deadline(prediction, streaming, cfg.hung_factor, cfg.hung_floor_s)
+    )
+    what = "first byte of its stream" if streaming else "answer's head"
+    return f"site {name} sent no {what} within {due:.3g} s ({why}): taken for hung, failed over"
 
 
 def _client_headers(site: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -83,6 +83,28 @@ def save_calibration(state: GridState) -> None:
         write_calibration(state.inv.root, entries)
 
 
+def raise_file_limit() -> tuple[int, int]:
+    """RLIMIT_NOFILE's soft limit raised to its hard limit (systemd and most shells start a
+    process at 1,024 whatever the hard limit): (the soft limit before, after)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    target = hard if hard != infinite else 1 << 20
+    if soft != infinite and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps it below the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft, (1 << 20 if after == infinite else after)
+
+
+def client_connections(files: int) -> int:
+    """Client connections served at once under a limit of ``files`` open files: half, less a
+    reserve for the listening sockets, the inventory and logs; each client in flight holds a
+    connection to its site too (and the pool keeps some idle)."""
+    return max(16, (files - 64) // 2)
+
+
 def inventory_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
     paths = [root / "grid.yaml", *sorted((root / "sites").glob("*.y*ml"))]
     sig = []
@@ -115,6 +137,8 @@ class Daemon:
         self.state = load_state(self.config)
         self._signature = inventory_signature(self.config.inventory)
         cfg = self.config
+        before, files = raise_file_limit()
+        clients = client_connections(files)
         self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
         self.proxy = Proxy(lambda: self.state, self.metrics, self.pool, cfg, self.environ)
         self.routes = self._routes()
@@ -126,6 +150,10 @@ class Daemon:
                 max_body=cfg.max_body_bytes,
                 reuse_port=cfg.workers > 1,
                 gate=self._gate if cfg.token else None,
+                head_timeout_s=cfg.client_head_s,
+                body_timeout_s=cfg.client_body_s,
+                send_timeout_s=cfg.send_timeout_s,
+                max_connections=clients,
             ),
         )
         await self.http.start()
@@ -133,6 +161,10 @@ class Daemon:
         self.log(
             f"gridctl daemon listening on http://{cfg.host}:{self.bound_port} "
             f"(region {cfg.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
+        )
+        raised = f"raised from {before}" if files > before else "its soft limit was not raised"
+        self.log(
+            f"open files: up to {files} ({raised}); up to {clients} client connections, then 503 to new ones"
         )
         self._install_signals()
         tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._watch_loop())]

@@ -13,6 +13,9 @@ leniency off. What it does, and nothing more:
   than chunked), or over the limits of ``gridctl.net.syntax`` (64 KiB, 100 header lines, 8 KiB
   for one), is a ``ProtocolError``; so is a malformed chunked body;
 - timeouts: to connect, until the response head, and between two pieces of the body;
+  ``Response.wait_body(timeout)`` bounds the wait for a body's first byte (a stream's first
+  token), ``read(limit=...)`` the size of a body read whole (``AnswerTooLarge``);
+- at most ``MAX_INTERIM`` 1xx heads before the answer (a flood of them is a ``ProtocolError``);
 - a connection goes back to the pool only when its response was read to the end and both
   sides keep it alive; idle connections expire after ``idle_s``, and one the peer has closed
   is never reused (it is dropped when the next request to that site looks for one); a byte
@@ -50,6 +53,7 @@ from gridctl.net.syntax import (
 )
 
 _HIGH_WATER = 256 << 10
+MAX_INTERIM = 8  # 1xx heads (100 Continue, 103 Early Hints) one answer may be preceded by
 _NO_BODY_STATUS = frozenset({204, 304})
 # a chunked body whose framing (size lines, extensions, trailers) outgrows this plus four times its
 # data is a flood, not an answer (tiny chunks cost a callback each; llhttp keeps a trailer whole)
@@ -77,6 +81,10 @@ class UpstreamTimeout(UpstreamError):
 
 class ProtocolError(UpstreamError):
     pass
+
+
+class AnswerTooLarge(ProtocolError):
+    """A body read whole was over the caller's limit (nothing more of it is read)."""
 
 
 class Disconnected(UpstreamError):
@@ -111,6 +119,7 @@ class _Conn(asyncio.Protocol):
         "head_request",
         "answered",
         "interim",
+        "interims",
         "failure",
         "status",
         "headers",
@@ -154,6 +163,7 @@ class _Conn(asyncio.Protocol):
         self.state, self.head_request = _HEAD, head_request
         self.answered = False  # a byte of the answer has arrived
         self.interim = False  # the head being read is a 1xx
+        self.interims = 0  # 1xx heads read before the answer
         self.failure: ProtocolError | None = None
         self.status, self.mode, self.length, self.keep = 0, "close", 0, False
         self.headers: list[tuple[str, str]] = []
@@ -268,6 +278,9 @@ class _Conn(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows
             self.interim = True
             self.headers = []
+            self.interims += 1
+            if self.interims > MAX_INTERIM:
+                raise self._fail(f"more than {MAX_INTERIM} interim (1xx) heads from the site")
             return
         if not 200 <= status <= 599:
             raise self._fail(
@@ -392,9 +405,40 @@ class Response:
                 return v
         return default
 
-    async def read(self) -> bytes:
-        parts = [piece async for piece in self.chunks()]
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; over ``limit`` bytes, :class:`AnswerTooLarge` (the connection is
+        closed, the rest never read: a Content-Length over it is refused before any byte)."""
+        if limit is not None and self.content_length is not None and self.content_length > limit:
+            self.release()
+            raise AnswerTooLarge(f"answer of {self.content_length} bytes is over the limit of {limit}")
+        parts: list[bytes] = []
+        size = 0
+        pieces = self.chunks()
+        async for piece in pieces:
+            size += len(piece)
+            if limit is not None and size > limit:
+                await pieces.aclose()
+                self.release()
+                raise AnswerTooLarge(f"answer over the limit of {limit} bytes")
+            parts.append(piece)
         return b"".join(parts)
+
+    async def wait_body(self, timeout: float) -> None:
+        """Wait until the body's first byte (or its end, or an error) has arrived, consuming
+        nothing; :class:`UpstreamTimeout` after ``timeout`` seconds (the connection is closed)."""
+        conn = self._conn
+        if conn is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while not (conn.pieces or conn.failure or conn.eof or conn.state == _DONE):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamTimeout(f"no body byte within {timeout:g} s")
+                await conn.more(left, "body byte", timeout)
+        except BaseException:
+            self.release()
+            raise
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, de-chunked, in the pieces it arrives in."""

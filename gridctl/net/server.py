@@ -19,6 +19,13 @@ parser), one parser per connection, every leniency off. What it does:
 - ``Expect: 100-continue`` answered, once every response before that request's is complete;
 - back-pressure: a stream waits while the transport's buffer is full; reading
   pauses while too many pipelined requests are queued;
+- deadlines: a head must be whole within ``head_timeout_s`` of its first byte, a body may
+  not fall silent for ``body_timeout_s`` (either: 408, then closed); a client that reads
+  nothing while a response waits to be written for ``send_timeout_s`` is aborted (its
+  handler cancelled, so what it held is freed);
+- at most ``max_connections`` at once: one more is answered 503 and closed, and beyond
+  ``max_connections`` + its eighth it is closed at once (a file-descriptor flood must not
+  take the process to its limit, where nobody is served);
 - a handler or stream raising :class:`DropConnection` closes the connection
   mid-response (for simulated failures); a client that goes away cancels
   its handler (so a queued or hung request frees its resources);
@@ -121,6 +128,11 @@ def json_response(data: Any, status: int = 200, headers: Iterable[tuple[str, str
     return Response(status, json.dumps(data, separators=(",", ":")).encode(), "application/json", headers)
 
 
+def _busy(message: str) -> Response:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": 503}}
+    return json_response(body, 503, (("retry-after", "1"),))
+
+
 def error_response(status: int, message: str) -> Response:
     """The server's own errors (400, 413, 431, 500...), in the OpenAI error shape."""
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -142,6 +154,10 @@ class ServerConfig:
     max_headers: int = MAX_HEADERS  # header lines in one head (and, apart, in a chunked body's trailers)
     max_header_line: int = MAX_HEADER_LINE  # one header's name and value
     max_target: int = MAX_TARGET  # the request target (path and query)
+    head_timeout_s: float = 10.0  # a whole head, from its first byte (slowloris)
+    body_timeout_s: float = 30.0  # the longest silence inside a request body
+    send_timeout_s: float = 30.0  # the longest a response may wait on a client that does not read
+    max_connections: int | None = None  # None: no limit but the process's
 
 
 class _HttpError(Exception):
@@ -326,13 +342,26 @@ class _Connection(asyncio.Protocol):
         self.drain: asyncio.Future[None] | None = None
         self.last_active = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.head_at: float | None = None  # when the head being read began
+        self.paused_at = 0.0  # when writing last paused
 
     # -- asyncio callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
-        self.server.connections.add(self)
+        server = self.server
+        server.connections.add(self)
         self._arm_timer(self.config.keepalive_s)
+        limit = self.config.max_connections
+        if limit is not None and len(server.connections) > limit:
+            server.parse_errors["too_many_connections"] += 1
+            if len(server.connections) > limit + limit // 8 + 1:
+                self.abort()  # no room even for a refusal
+                return
+            message = f"the server is at its limit of {limit} connections; retry shortly"
+            self._refuse(_HttpError(503, message, None, _busy(message)))
+            self.task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -346,6 +375,8 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.paused_at = self.loop.time()
+        self._arm_before(self.paused_at + self.config.send_timeout_s)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -358,7 +389,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.no_more:
             return
-        self.last_active = self.loop.time()
+        now = self.last_active = self.loop.time()
+        if not self.in_body and self.head_at is None:  # a head begins: it has head_timeout_s
+            self.head_at = now
+            self._arm_before(now + self.config.head_timeout_s)
         in_body, head0, body0 = self.in_body, self.head_size, self.body_len
         self.crossed = False
         try:
@@ -444,7 +478,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         p = self.parser
-        self.in_body, self.pending = True, 0
+        self.in_body, self.pending, self.head_at = True, 0, None
+        self._arm_before(self.loop.time() + self.config.body_timeout_s)
         self.n_headers = self.head_size = 0  # a chunked body's trailers have their own count and size
         version = _VERSIONS.get(p.get_http_version())
         if version is None:
@@ -532,6 +567,7 @@ class _Connection(asyncio.Protocol):
         it is complete (never inside another response)."""
         if self.expect and self.idle and self.transport is not None and not self.transport.is_closing():
             self.expect = False
+            self.last_active = self.loop.time()  # the body's silence counts from here
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _serve(self) -> None:
@@ -659,15 +695,49 @@ class _Connection(asyncio.Protocol):
         self.abort()
 
     def _arm_timer(self, delay: float) -> None:
+        self.timer_at = self.loop.time() + delay
         self.timer = self.loop.call_later(delay, self._on_timer)
 
+    def _arm_before(self, when: float) -> None:
+        """Make sure the timer fires by ``when`` (a deadline that just began)."""
+        if self.timer is not None and self.timer_at > when and not self.lost:
+            self.timer.cancel()
+            self._arm_timer(max(0.0, when - self.loop.time()))
+
     def _on_timer(self) -> None:
+        """The connection's one timer: keep-alive, the head, body and send deadlines; it fires
+        at the earliest of them, or sooner, and is armed again for the next."""
         if self.lost:
             return
-        idle_for = self.loop.time() - self.last_active
-        if self.idle and idle_for >= self.config.keepalive_s:
+        c, now = self.config, self.loop.time()
+        if self.write_paused and now - self.paused_at >= c.send_timeout_s:
+            log.info("aborting a client that read nothing for %g s", c.send_timeout_s)
+            self.server.parse_errors["send_timeout"] += 1
+            self.abort()  # connection_lost cancels its handler: what it held is given back
+            return
+        reading = not (self.no_more or self.discarding)
+        if reading and self.head_at is not None and now - self.head_at >= c.head_timeout_s:
+            self._timed_out(f"the request head was not whole within {c.head_timeout_s:g} s", "head_timeout")
+        elif reading and self.in_body and not self.expect and now - self.last_active >= c.body_timeout_s:
+            self._timed_out(f"no byte of the request body for {c.body_timeout_s:g} s", "body_timeout")
+        idle = self.idle and self.head_at is None and not self.in_body
+        if idle and now - self.last_active >= c.keepalive_s:
             self.close()
-        else:
-            self._arm_timer(
-                max(0.05, self.config.keepalive_s - idle_for if self.idle else self.config.keepalive_s)
-            )
+            return
+        due = [self.last_active + c.keepalive_s if idle else now + c.keepalive_s]
+        if self.write_paused:
+            due.append(self.paused_at + c.send_timeout_s)
+        if reading and self.head_at is not None:
+            due.append(self.head_at + c.head_timeout_s)
+        if reading and self.in_body:
+            due.append(self.last_active + c.body_timeout_s)
+        self._arm_timer(max(0.05, min(due) - now))
+
+    def _timed_out(self, message: str, kind: str) -> None:
+        """408 for the request being read (after those before it are answered); nothing more is read."""
+        self._refuse(_HttpError(408, message, kind))
+        if self.reading_paused and self.transport is not None:
+            self.transport.resume_reading()
+            self.reading_paused = False
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())

@@ -333,3 +333,50 @@ def prompt_text(body: Mapping[str, Any]) -> str:
         if isinstance(value, list) and value and isinstance(value[0], str):
             return "\n".join(v for v in value if isinstance(v, str))
     return ""
+
+
+# -- deadlines: when a site that sent nothing is taken for hung ------------------------------------
+#
+# A site is given HUNG_FACTOR times what its answer is predicted to take before its first byte,
+# and never less than HUNG_FLOOR_S: a deadline detects a site that has stopped, never one that is
+# merely slow. The prediction is calibrated on what the site's answers took and includes its live
+# queue, so a healthy site is within 2x of it nearly always; 4x leaves room for a burst the probes
+# have not seen yet (they poll every few seconds). The floor covers what the model cannot see (a
+# pause in the site's server, a TCP retransmission, a cold connection) and keeps a request
+# predicted at 50 ms from being cut at 200 ms. A request predicted to miss its SLO gets 4x its own
+# (long) prediction: an expected miss is never a failure. Under a 500 ms SLO a hung site costs a
+# request 2 s (then it fails over), instead of the 30 s a fixed head timeout cost.
+HUNG_FACTOR = 4.0
+HUNG_FLOOR_S = 2.0
+
+
+def hung_after_s(
+    prediction: Prediction | None,
+    streaming: bool,
+    factor: float = HUNG_FACTOR,
+    floor_s: float = HUNG_FLOOR_S,
+    fallback_s: float = 30.0,
+) -> float:
+    """Seconds to wait for a site's first byte before taking it for hung: a streamed answer's
+    first byte is due with its first token (``factor`` x the predicted TTFT), the head of an
+    answer that is not streamed with the whole answer (``factor`` x the predicted end to end);
+    never under ``floor_s``. Without a prediction, ``fallback_s``."""
+    if prediction is None:
+        return fallback_s
+    predicted_ms = prediction.ttft_ms if streaming else prediction.e2e_ms
+    return max(floor_s, factor * predicted_ms / 1000.0)
+
+
+def explain_deadline(
+    prediction: Prediction | None,
+    streaming: bool,
+    factor: float = HUNG_FACTOR,
+    floor_s: float = HUNG_FLOOR_S,
+) -> str:
+    """Where :func:`hung_after_s`'s figure came from, for a message (``4 x its predicted 120 ms
+    to the first token, at least 2 s``)."""
+    if prediction is None:
+        return "no prediction for it"
+    what = "to the first token" if streaming else "for the whole answer"
+    predicted_ms = prediction.ttft_ms if streaming else prediction.e2e_ms
+    return f"{factor:g} x its predicted {predicted_ms:.0f} ms {what}, at least {floor_s:g} s"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ class DaemonProc:
         return self.proc.returncode, err
 
 
-def start_daemon(inventory: Path, *args: str, env: dict | None = None) -> DaemonProc:
+def start_daemon(inventory: Path, *args: str, env: dict | None = None, **popen: Any) -> DaemonProc:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -68,6 +69,7 @@ def start_daemon(inventory: Path, *args: str, env: dict | None = None) -> Daemon
         text=True,
         env=env or cli_env(),
         cwd=REPO,
+        **popen,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

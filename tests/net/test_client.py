@@ -1174,3 +1174,104 @@ def test_a_large_body_arrives_intact_and_the_connection_is_reused(run: Run) -> N
             pool.close()
 
     run(main())
+
+
+# -- issue 13: a hostile site is bounded in time and memory ------------------------------------------
+
+
+def test_a_flood_of_1xx_heads_is_a_protocol_error_after_a_few(run: Run) -> None:
+    from gridctl.net.client import MAX_INTERIM
+
+    sent: list[int] = []
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        for _ in range(10_000):  # an endless flood, stopped by the client closing
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            sent.append(1)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            with pytest.raises(ProtocolError, match=f"more than {MAX_INTERIM} interim"):
+                await pool.request("POST", s.url(), body=b"{}", head_timeout=4.0)
+            assert len(sent) < 1000  # the client stopped the flood, long before its end
+            pool.close()
+
+    run(main())
+
+
+def test_exactly_the_allowed_1xx_heads_still_reach_the_answer(run: Run) -> None:
+    from gridctl.net.client import MAX_INTERIM
+
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" * MAX_INTERIM
+    final = ok(b"final")
+
+    async def main() -> None:
+        async with Script(answering(interim + final)) as s:
+            pool = Pool()
+            resp = await pool.request("POST", s.url(), body=b"{}")
+            assert resp.status == 200 and await resp.read() == b"final"
+            pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_read_whole_over_its_limit_is_refused(run: Run, framing: str) -> None:
+    from gridctl.net.client import AnswerTooLarge
+
+    size = 1 << 20
+    streamed: list[int] = []
+
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        if framing == "content-length":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (100 * size))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"x" * 65536
+        for _ in range(100 * size // len(piece)):  # 100 MiB, unless the client closes first
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece) if framing == "chunked" else piece)
+            streamed.append(len(piece))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            resp = await pool.request("POST", s.url(), body=b"{}")
+            with pytest.raises(AnswerTooLarge, match=f"over the limit of {size}"):
+                await resp.read(limit=size)
+            pool.close()
+        assert sum(streamed) < 10 * size  # the site could not send much more than the limit
+
+    run(main())
+
+
+def test_wait_body_bounds_the_wait_for_a_body_s_first_byte(run: Run) -> None:
+    async def serve(s: Script, index: int, reader: Reader, writer: Writer) -> None:
+        await s.read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        if index == 0:
+            await asyncio.sleep(30)  # the head, then nothing: hung
+        writer.write(b"5\r\ndata:\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with Script(serve) as s:
+            pool = Pool()
+            hung = await pool.request("POST", s.url(), body=b"{}")
+            with pytest.raises(UpstreamTimeout, match="no body byte within 0.2 s"):
+                await hung.wait_body(0.2)
+            alive = await pool.request("POST", s.url(), body=b"{}")
+            await alive.wait_body(2.0)
+            assert await alive.read() == b"data:"
+            pool.close()
+
+    run(main())

@@ -881,3 +881,125 @@ def test_parse_errors_are_counted_by_kind_on_the_server() -> None:
         assert dict(s.server.parse_errors) == {"invalid_header": 2, "uri_too_long": 2}
     finally:
         s.stop()
+
+
+# -- issue 13: deadlines for clients that trickle, stall or never read; a connection limit -----------
+
+
+def wait_for(cond, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed() -> None:
+    s = ServerThread(ServerConfig(head_timeout_s=0.6, keepalive_s=30.0))
+    try:
+        head = b"GET /echo HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"y" * 200 + b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as sock:
+            sent = 0
+            for byte in head[:40]:  # 1 byte per 0.2 s: 8 s for the whole head, were it allowed
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                sent += 1
+                sock.settimeout(0.2)
+                try:
+                    if sock.recv(1, socket.MSG_PEEK):
+                        break  # the server has answered
+                except TimeoutError:
+                    continue
+            sock.settimeout(5)
+            status, headers, body = read_response(sock, bytearray())
+            assert status == 408 and headers["connection"] == "close"
+            assert b"not whole within 0.6 s" in body
+            assert sent < 10  # the answer came after about 0.6 s of the 8 s head
+            assert closed(sock)
+        assert s.server.parse_errors["head_timeout"] == 1
+    finally:
+        s.stop()
+
+
+def test_a_body_that_falls_silent_gets_408_and_the_handler_never_sees_it() -> None:
+    s = ServerThread(ServerConfig(body_timeout_s=0.5, keepalive_s=30.0))
+    try:
+        with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            status, _, body = read_response(sock, bytearray())
+            assert status == 408 and b"no byte of the request body for 0.5 s" in body
+            assert closed(sock)
+        assert s.handler.seen == [] and s.server.parse_errors["body_timeout"] == 1
+    finally:
+        s.stop()
+
+
+def test_a_slow_but_steady_client_is_not_cut() -> None:
+    """The deadlines are for silence and for heads, never for a request that keeps coming."""
+    s = ServerThread(ServerConfig(head_timeout_s=2.0, body_timeout_s=0.5, keepalive_s=30.0))
+    try:
+        import time
+
+        with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n")
+            for _ in range(8):  # 2.4 s of body, one byte per 0.3 s
+                time.sleep(0.3)
+                sock.sendall(b"z")
+            status, _, body = read_response(sock, bytearray())
+            assert status == 200 and json.loads(body)["body"] == "z" * 8
+    finally:
+        s.stop()
+
+
+def test_a_client_that_never_reads_is_aborted_and_its_handler_s_stream_closed() -> None:
+    s = ServerThread(ServerConfig(send_timeout_s=0.5, keepalive_s=30.0))
+    produced: list[int] = []
+    closed_streams: list[bool] = []
+
+    async def endless(req: Request) -> Response | StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(100_000):  # 6.4 GB, if anyone read it
+                    produced.append(1)
+                    yield b"x" * 65536
+            finally:
+                closed_streams.append(True)
+
+        return StreamingResponse(chunks())
+
+    s.server.handler = endless
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.server.port))
+        try:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")  # ... and never read
+            wait_for(lambda: closed_streams == [True], "the server to give up on the client")
+            assert len(produced) < 1000  # back-pressure held it, then the send deadline ended it
+            assert s.server.parse_errors["send_timeout"] == 1
+            wait_for(lambda: not s.server.connections, "the connection to be gone")
+        finally:
+            sock.close()
+    finally:
+        s.stop()
+
+
+def test_connections_over_the_limit_get_503_and_the_others_are_served() -> None:
+    s = ServerThread(ServerConfig(max_connections=2, keepalive_s=30.0))
+    try:
+        socks = [socket.create_connection(("127.0.0.1", s.server.port), timeout=5) for _ in range(2)]
+        wait_for(lambda: len(s.server.connections) == 2, "two connections")
+        with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as extra:
+            status, headers, body = read_response(extra, bytearray())
+            assert status == 503 and headers["retry-after"] == "1" and b"limit of 2 connections" in body
+            assert closed(extra)
+        for sock in socks:
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock, bytearray())[0] == 200
+            sock.close()
+        assert s.server.parse_errors["too_many_connections"] == 1
+    finally:
+        s.stop()

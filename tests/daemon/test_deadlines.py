@@ -1,0 +1,394 @@
+"""Issue 13 item 1 against the real daemon: a hung site fails over within its deadline, a slow one
+predicted slow is not cut, a client that never reads gives its site slot back, a huge answer is
+502 with the daemon's memory bounded, a 1xx flood is refused, the file limit is raised."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.daemon.conftest import M8, DaemonProc, chat, start_daemon, write_inventory
+from tests.daemon.upstream import TimedUpstream
+
+MODES = ("silent", "head-only", "1xx-flood", "huge", "firehose")
+
+
+class HostileSite:
+    """A raw HTTP site on a free loopback port, in a thread: its health route answers 200; each
+    POST gets ``mode``: ``silent`` (read, never answered), ``head-only`` (an SSE head, then
+    nothing), ``1xx-flood`` (103 heads, up to 100,000), ``huge`` (Content-Length 1.5 GB and zeros
+    as fast as it may send them), ``firehose`` (an SSE stream of 64 KiB events, up to 20,000).
+    ``sent`` counts the bytes it wrote after heads; ``open`` the POSTs not finished."""
+
+    def __init__(self, mode: str) -> None:
+        assert mode in MODES
+        self.mode = mode
+        self.sent = 0
+        self.posts = 0
+        self.open = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if not head.startswith(b"POST"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    await writer.drain()
+                    continue
+                self.posts += 1
+                self.open += 1
+                try:
+                    await self._answer(writer)
+                finally:
+                    self.open -= 1
+                return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        mode = self.mode
+        if mode == "head-only":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+        if mode in ("silent", "head-only"):
+            await writer.drain()
+            await asyncio.sleep(60)
+        elif mode == "1xx-flood":
+            for _ in range(100_000):
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                await writer.drain()
+        elif mode == "huge":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1500000000\r\n\r\n"
+            )
+            piece = bytes(1 << 20)
+            for _ in range(1430):
+                writer.write(piece)
+                self.sent += len(piece)
+                await writer.drain()
+        elif mode == "firehose":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            event = b"data: " + b"x" * 65536 + b"\n\n"
+            for _ in range(20_000):
+                writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+                self.sent += len(event)
+                await writer.drain()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def two_sites(root: Path, bad_url: str, good_url: str) -> Path:
+    """``bad`` (cheaper: tried first) and ``good``, both near the metro region (500 ms SLO)."""
+    sites = {
+        "bad": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 1.0, "rtt_ms": 1.0, "endpoint": bad_url},
+        "good": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 4.0, "rtt_ms": 1.0, "endpoint": good_url},
+    }
+    return write_inventory(root, sites, slo_ms=500)
+
+
+def status(d: DaemonProc) -> dict[str, dict]:
+    return {s["site"]: s for s in httpx.get(d.url + "/grid/status", timeout=5).json()["sites"]}
+
+
+@pytest.fixture
+def good() -> Iterator[TimedUpstream]:
+    up = TimedUpstream(first_ms=5, interval_ms=1)
+    yield up
+    up.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream", "args"),
+    [
+        ("silent", False, ()),  # the deadline from the prediction: its 2 s floor here
+        ("silent", True, ()),
+        ("head-only", True, ()),  # the head, then no first token: failed over before any byte went out
+        ("silent", False, ("--head-timeout", "0.3")),
+        ("1xx-flood", False, ()),
+    ],
+    ids=["hung-plain", "hung-stream", "head-then-hung-stream", "head-timeout-flag", "1xx-flood"],
+)
+def test_a_hung_or_flooding_site_fails_over_within_its_deadline(
+    tmp_path: Path, good: TimedUpstream, mode: str, stream: bool, args: tuple[str, ...]
+) -> None:
+    bad = HostileSite(mode)
+    try:
+        d = start_daemon(two_sites(tmp_path / "inv", bad.url, good.url), "--region", "metro", *args)
+        try:
+            started = time.monotonic()
+            # 10 s: were the old fixed 30 s head timeout still there, this would time out
+            r = d.post(chat(stream=stream), timeout=10)
+            took = time.monotonic() - started
+            assert r.status_code == 200 and r.headers["x-grid-site"] == "good", r.text
+            if stream:
+                assert r.text.rstrip().endswith("data: [DONE]")
+            assert bad.posts == 1 and good.requests == 1
+            st = status(d)
+            assert st["bad"]["failures"] == 1 and st["good"]["failures"] == 0
+            assert st["bad"]["in_flight"] == 0 and st["good"]["in_flight"] == 0
+            metrics = httpx.get(d.url + "/metrics").text
+            assert re.search(r"^gridctl_failovers_total 1$", metrics, re.M), metrics
+            limit = 0.3 if args else 2.0
+            assert took < limit + 5.0  # bounded by the deadline (plus start-up slack), not by 30 s
+        finally:
+            d.stop()
+    finally:
+        bad.close()
+
+
+def test_the_failed_over_attempt_says_which_site_how_long_and_why(tmp_path: Path) -> None:
+    bad = HostileSite("silent")
+    try:
+        # the only site is hung: the client gets the 502 with each attempt's error
+        inv = write_inventory(
+            tmp_path / "inv",
+            {
+                "bad": {
+                    "gpu": "H100",
+                    "gpus": 8,
+                    "capacity": 64,
+                    "cost": 1.0,
+                    "rtt_ms": 1.0,
+                    "endpoint": bad.url,
+                }
+            },
+        )
+        d = start_daemon(inv, "--region", "metro")
+        try:
+            r = d.post(chat(), timeout=10)
+            assert r.status_code == 502, r.text
+            (attempt,) = r.json()["error"]["attempts"]
+            assert attempt["site"] == "bad"
+            assert re.fullmatch(
+                r"site bad sent no answer's head within 2 s \(4 x its predicted \d+ ms for the whole "
+                r"answer, at least 2 s\): taken for hung, failed over",
+                attempt["error"],
+            ), attempt
+        finally:
+            d.stop()
+    finally:
+        bad.close()
+
+
+def test_a_slow_site_predicted_slow_is_not_cut(tmp_path: Path) -> None:
+    """An answer that takes 3x its (SLO-missing) prediction, well past the 2 s floor, is served."""
+    slow = TimedUpstream(first_ms=0, interval_ms=0)
+    try:
+        inv = write_inventory(
+            tmp_path / "inv",
+            {
+                "slow": {
+                    "gpu": "L4",
+                    "gpus": 1,
+                    "capacity": 4,
+                    "cost": 1.0,
+                    "rtt_ms": 1.0,
+                    "endpoint": slow.url,
+                }
+            },
+        )
+        d = start_daemon(inv, "--region", "metro")
+        try:
+            max_tokens = 256
+            q = {"model": M8, "prompt_tokens": "8", "max_tokens": str(max_tokens)}
+            ranked = httpx.get(d.url + "/grid/route", params=q).json()["ranked"]
+            predicted_ms = ranked[0]["predicted_ms"]
+            assert predicted_ms > 700  # the site is predicted to miss the 500 ms SLO
+            slow.interval_ms = 3 * predicted_ms / max_tokens  # 3x the prediction: slow, alive
+            r = d.post(chat(max_tokens=max_tokens), timeout=60)
+            assert r.status_code == 200 and r.headers["x-grid-slo"] == "expected-miss", r.text
+            assert r.json()["usage"]["completion_tokens"] == max_tokens
+            assert status(d)["slow"]["failures"] == 0 and slow.requests == 1
+        finally:
+            d.stop()
+    finally:
+        slow.close()
+
+
+def test_a_client_that_never_reads_is_aborted_and_the_site_slot_freed(
+    tmp_path: Path, good: TimedUpstream
+) -> None:
+    fire = HostileSite("firehose")
+    try:
+        d = start_daemon(
+            two_sites(tmp_path / "inv", fire.url, good.url), "--region", "metro", "--send-timeout", "0.5"
+        )
+        try:
+            body = json.dumps(chat(stream=True)).encode()
+            host, port = d.url.removeprefix("http://").split(":")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            try:
+                sock.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )  # ... and never read
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    if fire.posts and status(d)["bad"]["in_flight"] == 0 and fire.open == 0:
+                        break
+                    time.sleep(0.1)
+                st = status(d)
+                assert fire.posts == 1 and st["bad"]["in_flight"] == 0 and fire.open == 0
+                assert all(m["in_flight"] == 0 for m in st["bad"]["models"].values())
+                assert st["bad"]["failures"] == 0  # the client went away: not the site's fault
+                assert fire.sent < 20_000 * 65536 // 10  # the site stopped long before its end
+            finally:
+                sock.close()
+            r = d.post(chat(), timeout=10)  # the daemon serves others meanwhile and after
+            assert r.status_code == 200
+        finally:
+            d.stop()
+    finally:
+        fire.close()
+
+
+def _peak_rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_a_huge_answer_is_502_and_the_daemon_s_memory_stays_bounded(tmp_path: Path) -> None:
+    huge = HostileSite("huge")
+    try:
+        inv = write_inventory(
+            tmp_path / "inv",
+            {
+                "huge": {
+                    "gpu": "H100",
+                    "gpus": 8,
+                    "capacity": 64,
+                    "cost": 1.0,
+                    "rtt_ms": 1.0,
+                    "endpoint": huge.url,
+                }
+            },
+        )
+        d = start_daemon(inv, "--region", "metro")
+        try:
+            r = d.post(chat(), timeout=30)
+            assert r.status_code == 502, r.text
+            error = r.json()["error"]
+            assert (
+                error["code"] == "answer_too_large"
+                and "1500000000 bytes is over the limit" in error["message"]
+            )
+            assert "--max-answer" in error["message"]
+            time.sleep(0.2)
+            peak_mib = _peak_rss_kib(d.proc.pid) / 1024
+            assert peak_mib < 300, peak_mib  # a 1,430 MiB answer; the daemon's whole peak is far below
+            assert huge.sent < 200 << 20
+            assert status(d)["huge"]["in_flight"] == 0
+            assert 'status="too-large"' in httpx.get(d.url + "/metrics").text
+        finally:
+            d.stop()
+    finally:
+        huge.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, good: TimedUpstream) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 512:
+        pytest.skip(f"a hard file limit of {hard}: nothing to raise to")
+    target = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+
+    def low() -> None:  # as systemd starts a service: a soft limit far below the hard one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, target))
+
+    inv = write_inventory(
+        tmp_path / "inv",
+        {
+            "good": {
+                "gpu": "H100",
+                "gpus": 8,
+                "capacity": 64,
+                "cost": 1.0,
+                "rtt_ms": 1.0,
+                "endpoint": good.url,
+            }
+        },
+    )
+    d = start_daemon(inv, "--region", "metro", preexec_fn=low)
+    try:
+        limits = Path(f"/proc/{d.proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == [str(target), str(target)], line
+        assert d.post(chat(), timeout=10).status_code == 200
+    finally:
+        _, err = d.stop()
+    clients = max(16, (target - 64) // 2)
+    assert f"open files: up to {target} (raised from 256); up to {clients} client connections" in err
+
+
+def test_route_test_live_on_a_hung_site_says_which_how_long_and_what_to_do(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    bad = HostileSite("head-only")
+    try:
+        inv = write_inventory(
+            tmp_path / "inv",
+            {
+                "bad": {
+                    "gpu": "H100",
+                    "gpus": 8,
+                    "capacity": 64,
+                    "cost": 1.0,
+                    "rtt_ms": 1.0,
+                    "endpoint": bad.url,
+                }
+            },
+        )
+        r = run_cli("route", "test", "--from", "metro", "--model", M8, "--live", inventory=inv)
+        assert r.rc == 1, r
+        assert re.search(
+            r"live: bad FAILED: site bad sent nothing for 2 s \(4 x its predicted \d+ ms to the first token, "
+            r"at least 2 s\), after [\d.]+ s in all: it may be hung; check it with `gridctl health`, or take "
+            r"it out of placement with `gridctl site drain bad`",
+            r.out,
+        ), r.out
+        assert "ReadTimeout" not in r.out
+    finally:
+        bad.close()
