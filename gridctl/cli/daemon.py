@@ -83,10 +83,18 @@ def run(
             "4-token completion to keep its calibration current; 0: never.",
         ),
     ] = 60.0,
+    access_log: Annotated[
+        str,
+        typer.Option(
+            help="One JSON line per inference request (its id, site, model, status, timings, tokens; never "
+            "its text): off, stderr, or a FILE appended to (created 0600).",
+        ),
+    ] = "stderr",
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /grid/status,
     /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
     change reloads without dropping requests. Off loopback it needs GRIDCTL_DAEMON_TOKEN."""
+    from gridctl.daemon.accesslog import open_access_log
     from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, parse_slo_policy, token_from
     from gridctl.daemon.server import load_state, run_daemon
 
@@ -108,8 +116,12 @@ def run(
         head_timeout_s=None if head_timeout is None else _finite_seconds(head_timeout, "--head-timeout"),
         max_answer_bytes=max_answer,
         send_timeout_s=_finite_seconds(send_timeout, "--send-timeout"),
+        access_log=access_log,
     )
     check_security(config)
+    log = open_access_log(access_log)  # fail fast, before forking, on a file that cannot be written
+    if log is not None:
+        log.close()
     load_state(config)  # fail fast, before forking, on a bad inventory or region
     if workers == 1:
         run_daemon(config, st.streams.environ)
@@ -127,12 +139,19 @@ def _finite_seconds(value: float, flag: str) -> float:
 
 def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """Fork workers sharing the port; forward SIGTERM/SIGHUP; exit when they all have."""
+    import dataclasses
+    import shutil
     import signal
+    import tempfile
+    from pathlib import Path
 
     from gridctl.daemon.server import run_daemon
 
     if config.port == 0:
         raise GridctlError("--workers needs a fixed port", hint="e.g. --listen 127.0.0.1:8080")
+    # each worker writes its counters here so that any worker's /metrics shows them all
+    shared = Path(tempfile.mkdtemp(prefix="gridctl-metrics-"))
+    config = dataclasses.replace(config, metrics_dir=shared)
     children = []
     for _ in range(config.workers):
         pid = os.fork()
@@ -154,9 +173,12 @@ def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-un
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status))
+    try:
+        for child in children:
+            _, status = os.waitpid(child, 0)
+            worst = max(worst, os.waitstatus_to_exitcode(status))
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     if worst:
         raise typer.Exit(worst)
 

@@ -54,6 +54,10 @@ class DaemonConfig:
     # a site's model with no answer to learn from for this long gets a tiny generation from the
     # probe loop (4 tokens), so a site placement stopped choosing is measured again; 0: never
     calibration_probe_s: float = 60.0
+    access_log: str = "stderr"  # "off", "stderr" or a file (appended to, created 0600)
+    # --workers: the directory where each worker writes its counters for the others' /metrics
+    metrics_dir: Path | None = None
+    metrics_publish_s: float = 1.0  # how often a worker writes them there (and on each scrape)
 
     @property
     def affinity_block_tokens(self) -> int:

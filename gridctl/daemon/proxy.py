@@ -39,7 +39,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
 from gridctl.daemon.metrics import Metrics
@@ -58,6 +58,9 @@ from gridctl.placement.predict import (
     hung_after_s,
     prompt_text,
 )
+
+if TYPE_CHECKING:
+    from gridctl.daemon.accesslog import Trace
 
 HOP_BY_HOP = frozenset(
     {
@@ -86,6 +89,7 @@ def error_json(
 
 
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _ROLE = re.compile(rb'"role"\s*:')
 _TEXT_CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
 _EMPTY_DELTA = re.compile(rb'"delta"\s*:\s*\{\s*\}')
@@ -100,6 +104,12 @@ def completion_tokens(body: bytes) -> int | None:
     return int(found[-1]) if found else None
 
 
+def prompt_tokens(body: bytes) -> int | None:
+    """``usage.prompt_tokens`` of an answer's body, when the site reported it."""
+    found = _PROMPT_TOKENS.findall(body)
+    return int(found[-1]) if found else None
+
+
 class OutputCounter:
     """A streamed answer's output tokens, counted as its pieces pass (no JSON parse).
 
@@ -108,12 +118,13 @@ class OutputCounter:
     not ``[DONE]``, not the opening role-only event, not an empty final event, not the
     usage-only event. Another body: its ``usage`` when present. Pure: fed bytes."""
 
-    __slots__ = ("sse", "events", "usage", "_carry")
+    __slots__ = ("sse", "events", "usage", "prompt", "_carry")
 
     def __init__(self, sse: bool) -> None:
         self.sse = sse
         self.events = 0
         self.usage: int | None = None
+        self.prompt: int | None = None  # usage.prompt_tokens, when the site sent it
         self._carry = b""
 
     def feed(self, piece: bytes) -> bool:
@@ -123,6 +134,7 @@ class OutputCounter:
             tokens = completion_tokens(data)
             if tokens is not None:
                 self.usage = tokens
+                self.prompt = prompt_tokens(data)
             self._carry = data[-64:]
             return False
         lines = data.split(b"\n")
@@ -139,6 +151,7 @@ class OutputCounter:
                 tokens = completion_tokens(payload)
                 if tokens is not None:
                     self.usage = tokens
+                    self.prompt = prompt_tokens(payload)
             if _NO_CHOICES.search(payload):
                 continue  # the usage-only event
             if _ROLE.search(payload) and not _TEXT_CONTENT.search(payload):
@@ -161,7 +174,9 @@ class Attempt:
     breaker's trial it owns (its number, when it is the half-open site's trial), given back
     however the attempt ends (:meth:`Breaker.on_end`)."""
 
-    __slots__ = ("st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape", "trial")
+    __slots__ = (
+        "st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape", "trial", "trace",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -178,6 +193,7 @@ class Attempt:
         self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
         self.prediction, self.chain, self.miss, self.shape = prediction, chain, miss, shape
         self.trial: int | None = None
+        self.trace: Trace | None = None  # the request's, for the access log
 
     def headers(self) -> list[tuple[str, str]]:
         out = [("x-grid-site", self.name)]
@@ -213,7 +229,7 @@ class Proxy:
 
     # -- the inference path -----------------------------------------------------------
 
-    async def handle(self, request: Request) -> Answer | StreamingResponse:
+    async def handle(self, request: Request, trace: Trace | None = None) -> Answer | StreamingResponse:
         cfg = self.config
         raw = request.body  # the server answered 413 already when it was over the limit
         try:
@@ -223,6 +239,8 @@ class Proxy:
                 raise KeyError("model")
         except (ValueError, KeyError, TypeError):
             return error_json(400, "the body must be JSON with a 'model'", "invalid_request_error")
+        if trace is not None:
+            trace.model = model
         headers = request.headers
         region = headers.get("x-grid-region") or cfg.region
         if not region:
@@ -293,8 +311,11 @@ class Proxy:
             order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
         else:
             order = list(ranking.sites)
+        if trace is not None:
+            trace.slo_ms = slo or state.planner.default_slo_ms
+        streaming = body.get("stream") is True
         return await self._forward(
-            request, state, req, shape, cached, order, ranking.feasible, chain, body.get("stream") is True
+            request, state, req, shape, cached, order, ranking.feasible, chain, streaming, trace
         )
 
     def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float, busy: bool) -> Answer:
@@ -395,6 +416,7 @@ class Proxy:
         feasible: int,
         chain: list[tuple[bytes, int]],
         streaming: bool = False,
+        trace: Trace | None = None,
     ) -> Answer | StreamingResponse:
         cfg = self.config
         attempts: list[dict[str, str]] = []
@@ -403,12 +425,15 @@ class Proxy:
             sig = st.signals.get(req.model) if st is not None else None
             if st is None or sig is None:  # removed by a reload while we waited
                 continue
-            if n:
-                self.metrics.failovers += 1
+            if attempts:  # counted by the site that failed
+                self.metrics.failovers[attempts[-1]["site"]] += 1
             url = st.site.endpoint.rstrip("/") + request.path
             start = time.monotonic()
             prediction = state.predict(req, shape, name, cached.get(name, 0), start)
             attempt = Attempt(st, sig, name, req.model, start, prediction, chain, n >= feasible, shape)
+            attempt.trace = trace
+            if trace is not None:
+                trace.tried.append(name)
             sig.in_flight += 1
             st.requests += 1
             attempt.trial = st.breaker.on_attempt(start)
@@ -448,7 +473,6 @@ class Proxy:
                     st.breaker.on_end(attempt.trial)
                     sig.in_flight -= 1
                     self._release()
-        self.metrics.requests[("none", "502")] += 1
         return error_json(
             502, "every site tried failed before answering", "upstream_error", attempts=attempts
         )
@@ -457,7 +481,7 @@ class Proxy:
         st.failures += 1
         st.error_rate.add(1.0)
         st.breaker.on_failure(time.monotonic())
-        self.metrics.requests[(name, "error")] += 1
+        self.metrics.site_failures[name] += 1
         attempts.append({"site": name, "error": error})
 
     async def _relay(self, upstream: Response, attempt: Attempt) -> Answer | StreamingResponse:
@@ -478,7 +502,7 @@ class Proxy:
             try:
                 body = await upstream.read(limit=self.config.max_answer_bytes)
             except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
-                self.metrics.requests[(attempt.name, "too-large")] += 1
+                self.metrics.too_large[attempt.name] += 1
                 return error_json(
                     502,
                     f"site {attempt.name}'s answer is too large to relay ({exc}); ask for less (max_tokens,"
@@ -489,7 +513,8 @@ class Proxy:
             except UpstreamError as exc:
                 self._account(attempt, None, upstream.status, exc)
                 return error_json(502, f"site {attempt.name} broke off its answer: {exc}", "upstream_error")
-            self._account(attempt, time.monotonic(), upstream.status, None, tokens=completion_tokens(body))
+            tokens, prompt = completion_tokens(body), prompt_tokens(body)
+            self._account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
             return Answer(upstream.status, body, content_type, headers)
         relay = _Relay(self, upstream, attempt, streaming)
         return StreamingResponse(relay, upstream.status, content_type, headers)
@@ -503,6 +528,7 @@ class Proxy:
         gone: bool = False,
         tokens: int | None = None,
         first_token: float | None = None,
+        prompt: int | None = None,
     ) -> None:
         """One attempt ended: breaker, moving averages, prefix index, metrics, and what its
         timing teaches the site's calibration (answers that completed with a 2xx only)."""
@@ -510,7 +536,7 @@ class Proxy:
         metrics = self.metrics
         now = time.monotonic()
         if cut is not None:
-            metrics.stream_cuts += 1
+            metrics.stream_cuts[(name, attempt.model)] += 1
             st.breaker.on_failure(now)
             st.failures += 1
             st.error_rate.add(1.0)
@@ -535,11 +561,9 @@ class Proxy:
                 if attempt.prediction is not None and tokens is not None and 200 <= status < 300:
                     ttft_ms = (first_token - start) * 1000.0 if first_token is not None else None
                     st.learn(attempt.model, attempt.prediction, now, ttft_ms, (now - start) * 1000.0, tokens)
-        label = "cut" if cut is not None else "client-gone" if gone else str(status)
-        metrics.requests[(name, label)] += 1
-        metrics.latency[name].observe(now - start)
-        if first is not None:
-            metrics.ttft[name].observe(first - start)
+        if attempt.trace is not None:  # the request's counters and log line, when it ends
+            outcome = "cut" if cut is not None else "client-gone" if gone else "ok"
+            attempt.trace.answered(name, first_token, prompt, tokens, outcome, attempt.miss)
 
 
 def site_deadline_s(cfg: DaemonConfig, prediction: Prediction | None, streaming: bool) -> float:
@@ -657,10 +681,13 @@ class _Relay:
         self.accounted = True
         a = self.attempt
         try:
+            c = self.counter
             self.proxy._account(
-                a, self.first, self.upstream.status, cut, gone, self.counter.tokens(), self.first_token
+                a, self.first, self.upstream.status, cut, gone, c.tokens(), self.first_token, c.prompt
             )
         finally:
+            if a.trace is not None:
+                a.trace.end(self.upstream.status)
             a.st.breaker.on_end(a.trial)
             a.sig.in_flight -= 1
             self.proxy._release()

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gridctl.daemon.accesslog import AccessLog, Trace, new_request_id, open_access_log, parse_request_id
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.metrics import Metrics
+from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens, error_json
 from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
 from gridctl.errors import GridctlError
@@ -129,11 +130,13 @@ class Daemon:
         self.started = False
         self.started_at = time.monotonic()
         self.bound_port: int | None = None
+        self.access_log: AccessLog | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         self.should_exit = asyncio.Event()
+        self.access_log = open_access_log(self.config.access_log)
         self.state = load_state(self.config)
         self._signature = inventory_signature(self.config.inventory)
         cfg = self.config
@@ -167,7 +170,11 @@ class Daemon:
             f"open files: up to {files} ({raised}); up to {clients} client connections, then 503 to new ones"
         )
         self._install_signals()
-        tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._watch_loop())]
+        tasks = [
+            asyncio.create_task(self._probe_loop()),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._flush_loop()),
+        ]
         self.started = True
         if ready is not None:
             ready.set()
@@ -189,6 +196,9 @@ class Daemon:
         )
         self.pool.close()
         self._save_calibration()
+        self._publish_metrics()  # this worker's last counts, for the workers still serving
+        if self.access_log is not None:
+            self.access_log.close()
 
     def _save_calibration(self) -> None:
         """Keep what calibration learned for the next start (a failure is logged, not fatal)."""
@@ -234,6 +244,77 @@ class Daemon:
             elif sig != self._signature:
                 self._signature = sig
                 await self.reload("inventory changed")
+
+    async def _flush_loop(self) -> None:
+        """Write the access log's gathered lines, and this worker's counters for the others."""
+        published = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            if self.access_log is not None:
+                self.access_log.flush()
+            now = time.monotonic()
+            if self.config.metrics_dir is not None and now - published >= self.config.metrics_publish_s:
+                published = now
+                self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        if self.config.metrics_dir is None:
+            return
+        try:
+            write_snapshot(self.config.metrics_dir, os.getpid(), self._snapshot())
+        except OSError as exc:
+            self.log(f"could not write this worker's metrics to {self.config.metrics_dir}: {exc}")
+
+    def _snapshot(self) -> dict[str, Any]:
+        state = self.state
+        gauges = {
+            "in_flight": {n: s.in_flight for n, s in state.sites.items()},
+            "model_in_flight": [
+                [n, m, sig.in_flight] for n, s in state.sites.items() for m, sig in s.signals.items()
+            ],
+            "queued": self.proxy.queued,
+        }
+        return self.metrics.snapshot(self.http.parse_errors, gauges)
+
+    # -- each inference request: its id, its counters, its access log line ----------------
+
+    async def _inference(self, request: Request) -> Response | StreamingResponse:
+        headers = request.headers
+        rid = parse_request_id(headers.get("x-request-id")) or new_request_id()
+        headers["x-request-id"] = rid  # what the site gets
+        region = headers.get("x-grid-region") or self.config.region
+        trace = Trace(rid, region[:200] if region else None, self._request_done)
+        try:
+            resp = await self.proxy.handle(request, trace)
+        except asyncio.CancelledError:  # the client left before the answer's head
+            trace.end(499)
+            raise
+        except Exception:
+            trace.end(500)  # the server answers 500 and logs the traceback
+            raise
+        resp.headers = (*(h for h in resp.headers if h[0] != "x-request-id"), ("x-request-id", rid))
+        if not isinstance(resp, StreamingResponse):  # a stream ends when its relay does
+            trace.end(resp.status)
+        return resp
+
+    def _request_done(self, trace: Trace) -> None:
+        model = trace.model
+        label = model if model in self.state.models else "other" if model is not None else "none"
+        # a request whose client left counts as 499 (nginx's "client closed request"), one a site
+        # cut after its head as 502: neither succeeded, whatever status its head said
+        outcome = trace.outcome
+        status = 499 if outcome == "client-gone" else 502 if outcome == "cut" else trace.status
+        self.metrics.record_request(
+            trace.site,
+            label,
+            status,
+            trace.total_s,
+            trace.ttft_s,
+            trace.prompt_tokens,
+            trace.completion_tokens,
+        )
+        if self.access_log is not None:
+            self.access_log.write(trace)
 
     async def _probe_loop(self) -> None:
         saved = time.monotonic()
@@ -345,9 +426,7 @@ class Daemon:
     # -- the HTTP surface ----------------------------------------------------------------
 
     def _routes(self) -> dict[str, dict[str, Handler]]:
-        routes: dict[str, dict[str, Handler]] = {
-            path: {"POST": self.proxy.handle} for path in INFERENCE_PATHS
-        }
+        routes: dict[str, dict[str, Handler]] = {path: {"POST": self._inference} for path in INFERENCE_PATHS}
         routes["/v1/models"] = {"GET": self._models}
         routes["/grid/status"] = {"GET": self._status}
         routes["/grid/route"] = {"GET": self._route}
@@ -447,17 +526,21 @@ class Daemon:
             n: int(s.status(state.recorded.get(n), now) not in ("failed", "unreachable"))
             for n, s in state.sites.items()
         }
-        in_flight = {n: s.in_flight for n, s in state.sites.items()}
-        by_model = {(n, m): sig.in_flight for n, s in state.sites.items() for m, sig in s.signals.items()}
+        snapshot = self._snapshot()
+        metrics, others = self.metrics, []
+        if self.config.metrics_dir is not None:  # --workers: this one's counts plus the others'
+            self._publish_metrics()  # first, so that a later scrape at another worker sees as much
+            others = load_snapshots(self.config.metrics_dir, os.getpid())
+        metrics = self.metrics.merged([snap for _, snap in others], self.http.parse_errors)
+        live = [snap["gauges"] for pid, snap in others if "gauges" in snap and alive(pid)]
+        in_flight, by_model, queued = sum_gauges(snapshot["gauges"], live)
         calibration = {
             (n, m): cal.factors(now)
             for n, s in state.sites.items()
             for m, cal in s.calibration.items()
             if m in s.signals
         }
-        text = self.metrics.render(
-            in_flight, up, self.proxy.queued, by_model, calibration, self.http.parse_errors
-        )
+        text = metrics.render(in_flight, up, queued, by_model, calibration)
         return Response(
             200,
             text.encode(),

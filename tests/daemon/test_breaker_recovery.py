@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.daemon.conftest import DaemonProc, chat, start_daemon, write_inventory
+from tests.daemon.conftest import M8, DaemonProc, chat, start_daemon, write_inventory
 from tests.daemon.upstream import TimedUpstream
 
 SOLO = "solo-h100"
@@ -115,4 +115,6 @@ def test_a_trial_ended_by_its_client_leaves_the_site_half_open_and_the_next_requ
         r = d.post(chat(f"after {i}", stream=bool(i % 2)), timeout=10)
         assert r.status_code == 200, r.text
     metrics = httpx.get(d.url + "/metrics").text
-    assert re.search(rf'gridctl_requests_total{{site="{SOLO}",status="client-gone"}} 2\b', metrics), metrics
+    # the two clients that left (before the head, then mid-stream) count as 499, "client closed request"
+    gone = rf'gridctl_requests_total{{model="{M8}",site="{SOLO}",status="4xx"}} 2\b'
+    assert re.search(gone, metrics), metrics

@@ -95,7 +95,8 @@ def test_failover_before_the_first_byte(lab, daemon) -> None:
     lab.set_mode(FIRST, "503")
     r = daemon.post(chat())
     assert r.status_code == 200 and r.headers["x-grid-site"] == SECOND
-    assert re.search(r"^gridctl_failovers_total [1-9]", httpx.get(daemon.url + "/metrics").text, re.M)
+    text = httpx.get(daemon.url + "/metrics").text
+    assert re.search(rf'^gridctl_failovers_total{{site="{FIRST}"}} [1-9]', text, re.M), text
     lab.set_mode(SECOND, "hang")
     deadline = time.monotonic() + 15
     status: dict = {}
@@ -372,16 +373,16 @@ def test_models_status_metrics_and_cli(daemon) -> None:
     text = httpx.get(daemon.url + "/metrics").text
     for name in (
         "gridctl_requests_total",
-        "gridctl_request_duration_seconds_bucket",
+        "gridctl_e2e_request_latency_seconds_bucket",
         "gridctl_in_flight",
         "gridctl_site_up",
         "gridctl_failovers_total",
-        "gridctl_time_to_first_byte_seconds_count",
+        "gridctl_time_to_first_token_seconds",
         "gridctl_model_in_flight",
         "gridctl_slo_expected_miss_total",
     ):
         assert name in text
-    assert f'gridctl_requests_total{{site="{FIRST}",status="200"}} 1' in text
+    assert f'gridctl_requests_total{{model="{M8}",site="{FIRST}",status="2xx"}} 1' in text
     assert f'gridctl_calibration_factor{{model="{M8}",part="decode",site="{FIRST}"}}' in text
     r = run_cli("daemon", "status", "--url", daemon.url, inventory=daemon.inventory)
     assert r.rc in (0, 3) and r.out.splitlines()[1].split()[:2] == ["SITE", "STATUS"]
@@ -439,7 +440,10 @@ def test_clients_hanging_up_do_not_count_against_the_site(lab, daemon) -> None:
     assert site["models"][M8]["calibration"]["samples"] == 0  # an abandoned answer teaches nothing
     r = daemon.post(chat())
     assert r.status_code == 200 and r.headers["x-grid-site"] == FIRST
-    assert 'status="client-gone"' in httpx.get(daemon.url + "/metrics").text
+    assert (
+        f'gridctl_requests_total{{model="{M8}",site="{FIRST}",status="4xx"}}'
+        in httpx.get(daemon.url + "/metrics").text
+    )  # the clients that hung up: 499, "client closed request"
 
 
 def test_a_site_cutting_a_plain_answer_cuts_the_client_too(lab) -> None:
@@ -455,7 +459,8 @@ def test_a_site_cutting_a_plain_answer_cuts_the_client_too(lab) -> None:
             status = httpx.get(d.url + "/grid/status").json()["sites"]
             jc = next(s for s in status if s["site"] == FIRST)
             assert jc["failures"] == 1 and jc["in_flight"] == 0
-            assert "gridctl_stream_cuts_total 1" in httpx.get(d.url + "/metrics").text
+            text = httpx.get(d.url + "/metrics").text
+            assert f'gridctl_stream_cuts_total{{model="{M8}",site="{FIRST}"}} 1' in text, text
         finally:
             d.stop()
     finally:

@@ -168,7 +168,7 @@ def test_a_hung_or_flooding_site_fails_over_within_its_deadline(
             assert st["bad"]["failures"] == 1 and st["good"]["failures"] == 0
             assert st["bad"]["in_flight"] == 0 and st["good"]["in_flight"] == 0
             metrics = httpx.get(d.url + "/metrics").text
-            assert re.search(r"^gridctl_failovers_total 1$", metrics, re.M), metrics
+            assert re.search(r'^gridctl_failovers_total\{site="bad"\} 1$', metrics, re.M), metrics
             limit = 0.3 if args else 2.0
             assert took < limit + 5.0  # bounded by the deadline (plus start-up slack), not by 30 s
         finally:
@@ -322,7 +322,7 @@ def test_a_huge_answer_is_502_and_the_daemon_s_memory_stays_bounded(tmp_path: Pa
             assert peak_mib < 300, peak_mib  # a 1,430 MiB answer; the daemon's whole peak is far below
             assert huge.sent < 200 << 20
             assert status(d)["huge"]["in_flight"] == 0
-            assert 'status="too-large"' in httpx.get(d.url + "/metrics").text
+            assert 'gridctl_answers_too_large_total{site="huge"} 1' in httpx.get(d.url + "/metrics").text
         finally:
             d.stop()
     finally:

@@ -1,0 +1,181 @@
+"""Each inference request's trace: its request id, and one JSON line in the access log.
+
+The request id is the client's ``x-request-id`` when it is printable ASCII (no space) of at
+most ``MAX_REQUEST_ID`` characters, else a new one (uuid4, hex); the site gets it, and so does
+the client, on every answer from an inference route (errors included).
+
+The access log line holds the request's metadata only, never a prompt or a completion:
+time (UTC), request id, client region, model, site, status, outcome, TTFT and total in ms,
+prompt and completion tokens (as the site's usage reported them), the sites tried in order,
+the SLO and whether the answer was predicted to meet it and did. Lines are gathered in memory
+and written whole (one ``write`` of complete lines, at most a pipe's atomic size to stderr,
+so workers sharing it never interleave within a line) every half second, when the buffer
+fills, and at shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import IO, Any
+
+from gridctl.errors import GridctlError
+
+MAX_REQUEST_ID = 128
+ACCESS_LOG_OFF, ACCESS_LOG_STDERR = "off", "stderr"
+_PIPE_BUF = 4096  # POSIX: a write of at most this to a pipe is never interleaved with another
+_FILE_CHUNK = 64 * 1024
+MAX_MODEL_CHARS = 200  # a model name the client sent, as the log keeps it
+
+
+def parse_request_id(value: str | None) -> str | None:
+    """The client's request id when it is usable (printable ASCII, no space, bounded), else None."""
+    ok = value and len(value) <= MAX_REQUEST_ID and value.isascii() and value.isprintable()
+    return value if ok and value is not None and " " not in value else None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Trace:
+    """One inference request from its head to its end: what the access log and the per-request
+    metrics say. The proxy fills in the answer (:meth:`answered`); whoever sees the request
+    end calls :meth:`end` (the daemon for a whole answer, the relay for a stream), once."""
+
+    __slots__ = (
+        "id", "region", "start", "wall", "model", "site", "status", "outcome", "first_token",
+        "prompt_tokens", "completion_tokens", "tried", "slo_ms", "expected_miss", "finished", "sink",
+    )  # fmt: skip
+
+    def __init__(self, rid: str, region: str | None, sink: Callable[[Trace], None]) -> None:
+        self.id, self.region, self.sink = rid, region, sink
+        self.start = time.monotonic()
+        self.wall = time.time()
+        self.model: str | None = None
+        self.site: str | None = None
+        self.status = 0
+        self.outcome = "ok"
+        self.first_token: float | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.tried: list[str] = []
+        self.slo_ms: float | None = None
+        self.expected_miss: bool | None = None
+        self.finished: float | None = None
+
+    def answered(
+        self,
+        site: str,
+        first_token: float | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        outcome: str,
+        expected_miss: bool,
+    ) -> None:
+        self.site, self.first_token, self.outcome = site, first_token, outcome
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
+        self.expected_miss = expected_miss
+
+    def end(self, status: int) -> None:
+        if self.finished is not None:
+            return
+        self.finished = time.monotonic()
+        self.status = status
+        if status == 499:
+            self.outcome = "client-gone"
+        self.sink(self)
+
+    @property
+    def total_s(self) -> float:
+        return (self.finished if self.finished is not None else time.monotonic()) - self.start
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+
+def build_line(t: Trace) -> dict[str, Any]:
+    """The access log's record of a request: metadata only, never its text."""
+    ms = int(t.wall * 1000) % 1000
+    total_ms = round(t.total_s * 1000.0, 1)
+    ttft = t.ttft_s
+    line: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t.wall)) + f".{ms:03d}Z",
+        "request_id": t.id,
+        "region": t.region,
+        "model": t.model[:MAX_MODEL_CHARS] if t.model is not None else None,
+        "site": t.site,
+        "status": t.status,
+        "outcome": t.outcome,
+        "ttft_ms": None if ttft is None else round(ttft * 1000.0, 1),
+        "total_ms": total_ms,
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.completion_tokens,
+        "sites_tried": t.tried,
+        "slo_ms": t.slo_ms,
+        # what placement predicted when it sent the request (x-grid-slo), and what happened
+        "slo": None if t.site is None else "expected-miss" if t.expected_miss else "predicted-met",
+        "slo_met": None if t.site is None or t.slo_ms is None else total_ms <= t.slo_ms,
+    }
+    return line
+
+
+class AccessLog:
+    """Complete JSON lines to a file descriptor, gathered and written a chunk at a time."""
+
+    def __init__(self, fd: int, chunk: int, close: bool) -> None:
+        self.fd, self.chunk, self._close = fd, chunk, close
+        self.lines: list[str] = []
+        self.size = 0
+
+    def write(self, t: Trace) -> None:
+        text = json.dumps(build_line(t), separators=(",", ":")) + "\n"
+        if self.size + len(text) > self.chunk:
+            self.flush()
+        self.lines.append(text)
+        self.size += len(text)
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        data = "".join(self.lines).encode()
+        self.lines.clear()
+        self.size = 0
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as exc:  # a full disk or a closed stderr must not take the daemon down
+            _say(f"gridctl daemon: access log write failed: {exc}")
+
+    def close(self) -> None:
+        self.flush()
+        if self._close:
+            os.close(self.fd)
+
+
+def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | None:
+    """``off``: None; ``stderr``; else a file, opened to append, created 0600."""
+    if where == ACCESS_LOG_OFF:
+        return None
+    if where == ACCESS_LOG_STDERR:
+        stream = stderr or sys.stderr
+        stream.flush()
+        return AccessLog(stream.fileno(), _PIPE_BUF, close=False)
+    try:
+        fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise GridctlError(
+            f"cannot open the access log {where}: {exc.strerror or exc}",
+            hint="give a writable file, --access-log stderr, or --access-log off",
+        ) from None
+    return AccessLog(fd, _FILE_CHUNK, close=True)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
