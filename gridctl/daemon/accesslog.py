@@ -30,6 +30,18 @@ ACCESS_LOG_OFF, ACCESS_LOG_STDERR = "off", "stderr"
 _PIPE_BUF = 4096  # POSIX: a write of at most this to a pipe is never interleaved with another
 _FILE_CHUNK = 64 * 1024
 MAX_MODEL_CHARS = 200  # a model name the client sent, as the log keeps it
+_ENCODE = json.JSONEncoder(
+    separators=(",", ":")
+).encode  # one encoder: json.dumps(separators=) makes one a call
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text (strftime once a second)
+
+
+def _utc(wall: float) -> str:
+    """``2026-01-02T03:04:05.678Z``."""
+    second = int(wall)
+    if _second[0] != second:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
 
 
 def parse_request_id(value: str | None) -> str | None:
@@ -101,11 +113,10 @@ class Trace:
 
 def build_line(t: Trace) -> dict[str, Any]:
     """The access log's record of a request: metadata only, never its text."""
-    ms = int(t.wall * 1000) % 1000
     total_ms = round(t.total_s * 1000.0, 1)
     ttft = t.ttft_s
     line: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t.wall)) + f".{ms:03d}Z",
+        "time": _utc(t.wall),
         "request_id": t.id,
         "region": t.region,
         "model": t.model[:MAX_MODEL_CHARS] if t.model is not None else None,
@@ -134,7 +145,7 @@ class AccessLog:
         self.size = 0
 
     def write(self, t: Trace) -> None:
-        text = json.dumps(build_line(t), separators=(",", ":")) + "\n"
+        text = _ENCODE(build_line(t)) + "\n"
         if self.size + len(text) > self.chunk:
             self.flush()
         self.lines.append(text)
