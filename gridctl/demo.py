@@ -45,7 +45,12 @@ class DaemonThread:
         from gridctl.daemon.server import Daemon
 
         config = DaemonConfig(
-            inventory=inventory, host="127.0.0.1", port=0, region=region, probe_interval_s=1.0
+            inventory=inventory,
+            host="127.0.0.1",
+            port=0,
+            region=region,
+            probe_interval_s=1.0,
+            access_log="off",  # the demo prints its own table of the requests
         )
         self.daemon = Daemon(config, environ, log=lambda _text: None)
         self._loop = asyncio.new_event_loop()

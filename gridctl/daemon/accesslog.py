@@ -15,6 +15,7 @@ fills, and at shutdown.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -137,9 +138,10 @@ def build_line(t: Trace) -> dict[str, Any]:
 
 
 class AccessLog:
-    """Complete JSON lines to a file descriptor, gathered and written a chunk at a time."""
+    """Complete JSON lines to a file descriptor (or, for a stderr without one, a text stream),
+    gathered and written a chunk at a time."""
 
-    def __init__(self, fd: int, chunk: int, close: bool) -> None:
+    def __init__(self, fd: int | IO[str], chunk: int, close: bool) -> None:
         self.fd, self.chunk, self._close = fd, chunk, close
         self.lines: list[str] = []
         self.size = 0
@@ -154,10 +156,15 @@ class AccessLog:
     def flush(self) -> None:
         if not self.lines:
             return
-        data = "".join(self.lines).encode()
+        text = "".join(self.lines)
         self.lines.clear()
         self.size = 0
         try:
+            if not isinstance(self.fd, int):
+                self.fd.write(text)
+                self.fd.flush()
+                return
+            data = text.encode()
             while data:
                 data = data[os.write(self.fd, data) :]
         except OSError as exc:  # a full disk or a closed stderr must not take the daemon down
@@ -165,7 +172,7 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._close:
+        if self._close and isinstance(self.fd, int):
             os.close(self.fd)
 
 
@@ -176,7 +183,10 @@ def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | No
     if where == ACCESS_LOG_STDERR:
         stream = stderr or sys.stderr
         stream.flush()
-        return AccessLog(stream.fileno(), _PIPE_BUF, close=False)
+        try:
+            return AccessLog(stream.fileno(), _PIPE_BUF, close=False)
+        except (OSError, ValueError, io.UnsupportedOperation):  # a captured stderr: no descriptor
+            return AccessLog(stream, _PIPE_BUF, close=False)
     try:
         fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:

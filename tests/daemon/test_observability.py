@@ -169,3 +169,50 @@ def test_access_log_file_that_cannot_be_opened(lab, tmp_path: Path) -> None:
     bad = tmp_path / "no-such-dir" / "access.log"
     r = run_cli("daemon", "run", "--region", "us-east", "--access-log", str(bad), inventory=lab.overlay)
     assert r.rc == 1 and "cannot open the access log" in r.err and "--access-log off" in r.err
+
+
+def test_request_id_rules() -> None:
+    from gridctl.daemon.accesslog import parse_request_id
+
+    for good in ("a", "client-abc.123", "x" * 128, "{uuid}:/=+"):
+        assert parse_request_id(good) == good
+    for bad in (None, "", "x" * 129, "a b", "a\tb", "a\nb", "é", "a\x7fb"):
+        assert parse_request_id(bad) is None, bad
+
+
+def test_snapshots_sum_and_lines_stay_whole(tmp_path: Path) -> None:
+    """Two workers' counters through the shared directory; a log chunk is complete lines."""
+    import os
+
+    from gridctl.daemon.accesslog import AccessLog, Trace
+    from gridctl.daemon.metrics import Metrics, load_snapshots, write_snapshot
+
+    a, b = Metrics(), Metrics()
+    a.record_request("s1", M8, 200, 0.2, 0.05, 10, 4)
+    b.record_request("s1", M8, 200, 400.0, None, 3, 2)  # past the last bucket: +Inf
+    b.failovers["s2"] += 1
+    write_snapshot(tmp_path, 2, b.snapshot({"invalid_header": 1}, {"in_flight": {"s1": 1}, "queued": 0}))
+    others = [snap for _, snap in load_snapshots(tmp_path, 1)]
+    text = a.merged(others, {}).render({}, {}, 0)
+    assert f'gridctl_requests_total{{model="{M8}",site="s1",status="2xx"}} 2' in text
+    assert f'gridctl_prompt_tokens_total{{model="{M8}",site="s1"}} 13' in text
+    assert 'gridctl_failovers_total{site="s2"} 1' in text
+    assert 'gridctl_http_parse_errors_total{kind="invalid_header"} 1' in text
+    assert f'gridctl_e2e_request_latency_seconds_bucket{{model="{M8}",site="s1",le="300"}} 1' in text
+    assert f'gridctl_e2e_request_latency_seconds_bucket{{model="{M8}",site="s1",le="+Inf"}} 2' in text
+
+    read, write = os.pipe()
+    log = AccessLog(write, 4096, close=True)
+    for i in range(40):
+        t = Trace(f"id-{i}", "us-east", lambda _t: None)
+        t.model = "m" * 150
+        t.end(200)
+        log.write(t)
+    log.close()
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    assert [json.loads(line)["request_id"] for line in data.decode().splitlines()] == [
+        f"id-{i}" for i in range(40)
+    ]
