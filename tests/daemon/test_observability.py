@@ -191,12 +191,14 @@ def test_snapshots_sum_and_lines_stay_whole(tmp_path: Path) -> None:
     a.record_request("s1", M8, 200, 0.2, 0.05, 10, 4)
     b.record_request("s1", M8, 200, 400.0, None, 3, 2)  # past the last bucket: +Inf
     b.failovers["s2"] += 1
+    b.generation_tokens[("s3", M8)] += 12_345_678  # no exponent: a counter's value in full
     write_snapshot(tmp_path, 2, b.snapshot({"invalid_header": 1}, {"in_flight": {"s1": 1}, "queued": 0}))
     others = [snap for _, snap in load_snapshots(tmp_path, 1)]
     text = a.merged(others, {}).render({}, {}, 0)
     assert f'gridctl_requests_total{{model="{M8}",site="s1",status="2xx"}} 2' in text
     assert f'gridctl_prompt_tokens_total{{model="{M8}",site="s1"}} 13' in text
     assert 'gridctl_failovers_total{site="s2"} 1' in text
+    assert f'gridctl_generation_tokens_total{{model="{M8}",site="s3"}} 12345678\n' in text
     assert 'gridctl_http_parse_errors_total{kind="invalid_header"} 1' in text
     assert f'gridctl_e2e_request_latency_seconds_bucket{{model="{M8}",site="s1",le="300"}} 1' in text
     assert f'gridctl_e2e_request_latency_seconds_bucket{{model="{M8}",site="s1",le="+Inf"}} 2' in text
