@@ -12,7 +12,9 @@ is optional (``pip install prometheus_client``); its rows are left out without i
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import timeit
@@ -67,7 +69,9 @@ def ours() -> dict[str, Callable[[], object]]:
 
 
 def prometheus() -> dict[str, Callable[[], object]]:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-prom-")
+    shared = tempfile.mkdtemp(prefix="bench-prom-")  # set before the import: the library reads it then
+    atexit.register(shutil.rmtree, shared, True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
     try:
         from prometheus_client import CollectorRegistry, Counter, Histogram
     except ImportError:
