@@ -43,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
 from gridctl.daemon.metrics import Metrics
+from gridctl.daemon.openai_api import build_error, error_json, model_not_found, parse_body
 from gridctl.daemon.state import GridState, SiteState
 from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
-from gridctl.net.server import DropConnection, Request, StreamingResponse, json_response
+from gridctl.net.server import DropConnection, Request, StreamingResponse
 from gridctl.net.server import Response as Answer
 from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
 from gridctl.placement.engine import Request as Placement
@@ -80,12 +81,6 @@ HOP_BY_HOP = frozenset(
 DROP_TO_SITE = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
 DROP_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-type", "server", "date"}
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-
-
-def error_json(
-    status: int, message: str, kind: str, headers: tuple[tuple[str, str], ...] = (), **extra: Any
-) -> Answer:
-    return json_response({"error": {"message": message, "type": kind, **extra}}, status, headers)
 
 
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
@@ -232,13 +227,10 @@ class Proxy:
     async def handle(self, request: Request, trace: Trace | None = None) -> Answer | StreamingResponse:
         cfg = self.config
         raw = request.body  # the server answered 413 already when it was over the limit
-        try:
-            body = json.loads(raw)
-            model = body["model"]
-            if not isinstance(model, str) or not model:
-                raise KeyError("model")
-        except (ValueError, KeyError, TypeError):
-            return error_json(400, "the body must be JSON with a 'model'", "invalid_request_error")
+        parsed = parse_body(raw)
+        if isinstance(parsed, Answer):
+            return parsed
+        body, model = parsed
         if trace is not None:
             trace.model = model
         headers = request.headers
@@ -267,6 +259,8 @@ class Proxy:
         state = self.book()  # one snapshot for the whole request, even across a reload
         if region not in state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
+        if model not in state.models:  # 404, not retried; a known model with no site now is 503
+            return model_not_found(model, state.models)
         text = prompt_text(body)
         chain = state.prompt_chain(text)
         embedding = request.path == "/v1/embeddings"
@@ -285,7 +279,12 @@ class Proxy:
                 decision = state.explain(req, shape, cached, time.monotonic())
                 reasons = {e.site: list(e.reasons) for e in decision.excluded}
                 return error_json(
-                    503, f"no eligible site for {model} from {region}", "no_eligible_site", reasons=reasons
+                    503,
+                    f"no eligible site for {model} from {region}",
+                    "no_eligible_site",
+                    headers=(("retry-after", str(max(1, math.ceil(cfg.probe_interval_s)))),),
+                    code="no_eligible_site",
+                    reasons=reasons,
                 )
             ranking = await self._wait_for_room(decide, deadline)
             if not ranking.sites:
@@ -651,13 +650,7 @@ class _Relay:
             self._end(exc, gone=False)
             if not self.streaming:
                 raise DropConnection from exc
-            event = {
-                "error": {
-                    "message": f"site {self.name} cut the stream: {exc}",
-                    "type": "upstream_cut",
-                    "site": self.name,
-                }
-            }
+            event = build_error(f"site {self.name} cut the stream: {exc}", "upstream_cut", site=self.name)
             return f"data: {json.dumps(event)}\n\n".encode()
         now = time.monotonic()
         if self.first is None:

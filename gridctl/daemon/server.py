@@ -30,7 +30,15 @@ from urllib.parse import parse_qsl
 from gridctl.daemon.accesslog import AccessLog, Trace, new_request_id, open_access_log, parse_request_id
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
-from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens, error_json
+from gridctl.daemon.openai_api import (
+    MODELS_PATH,
+    build_created,
+    build_model,
+    error_json,
+    model_id,
+    models_response,
+)
+from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
 from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool, UpstreamError
@@ -427,7 +435,7 @@ class Daemon:
 
     def _routes(self) -> dict[str, dict[str, Handler]]:
         routes: dict[str, dict[str, Handler]] = {path: {"POST": self._inference} for path in INFERENCE_PATHS}
-        routes["/v1/models"] = {"GET": self._models}
+        routes[MODELS_PATH] = {"GET": self._models}
         routes["/grid/status"] = {"GET": self._status}
         routes["/grid/route"] = {"GET": self._route}
         routes["/metrics"] = {"GET": self._metrics}
@@ -443,6 +451,8 @@ class Daemon:
 
     async def _dispatch(self, request: Request) -> Response | StreamingResponse:
         methods = self.routes.get(request.path)
+        if methods is None and model_id(request.path) is not None:
+            methods = {"GET": self._models}  # GET /v1/models/{id}
         if methods is None:
             return error_json(404, f"no such route: {request.path}", "not_found_error")
         handler = methods.get(request.method)
@@ -457,16 +467,18 @@ class Daemon:
         return await handler(request)
 
     async def _models(self, request: Request) -> Response:
-        data = [
-            {
-                "id": model,
-                "object": "model",
-                "owned_by": "gridctl",
-                "sites": sorted(n for n, s in self.state.sites.items() if s.site.serves(model)),
-            }
-            for model in self.state.models
-        ]
-        return json_response({"object": "list", "data": data})
+        """``GET /v1/models`` and ``GET /v1/models/{id}`` (gridctl/daemon/openai_api.py)."""
+        state, created = self.state, build_created(self._signature)
+        models = {
+            model: build_model(
+                model,
+                created,
+                state.inv.grid.name,
+                (n for n, s in state.sites.items() if s.site.serves(model)),
+            )
+            for model in state.models
+        }
+        return models_response(models, model_id(request.path))
 
     async def _status(self, request: Request) -> Response:
         now = time.monotonic()

@@ -128,6 +128,14 @@ def json_response(data: Any, status: int = 200, headers: Iterable[tuple[str, str
     return Response(status, json.dumps(data, separators=(",", ":")).encode(), "application/json", headers)
 
 
+RETRYABLE_4XX = frozenset({408, 409, 429})  # the 4xx answers the openai SDKs retry
+
+
+def no_retry(status: int) -> tuple[tuple[str, str], ...]:
+    """``x-should-retry: false`` (obeyed by the openai SDKs) on a 4xx that retrying cannot change."""
+    return (("x-should-retry", "false"),) if 400 <= status < 500 and status not in RETRYABLE_4XX else ()
+
+
 def _busy(message: str) -> Response:
     body = {"error": {"message": message, "type": "server_error", "param": None, "code": 503}}
     return json_response(body, 503, (("retry-after", "1"),))
@@ -136,7 +144,8 @@ def _busy(message: str) -> Response:
 def error_response(status: int, message: str) -> Response:
     """The server's own errors (400, 413, 431, 500...), in the OpenAI error shape."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return json_response({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return json_response(body, status, no_retry(status))
 
 
 @dataclass(frozen=True)

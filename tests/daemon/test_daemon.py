@@ -72,8 +72,9 @@ def test_tight_slo_excludes_far_sites_and_no_site_is_503_with_reasons(daemon) ->
     assert err["type"] == "no_eligible_site" and "over the 0.1 ms SLO" in " ".join(
         err["reasons"]["jc-edge-01"]
     )
-    r = daemon.post(chat(model="no-such-model"))
-    assert r.status_code == 503 and "does not serve no-such-model" in r.text
+    assert r.headers["retry-after"] == "1" and err["code"] == "no_eligible_site"
+    r = daemon.post(chat(model="no-such-model"))  # not a model of the grid: 404, not 503
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
 def test_bad_requests(daemon) -> None:
