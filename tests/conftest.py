@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ class Result:
 
     def __repr__(self) -> str:
         return f"Result(rc={self.rc}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+def sigint_default() -> None:
+    """A child's ``preexec_fn`` for Ctrl-C tests: SIGINT back to its default, so the child gets a
+    KeyboardInterrupt even when the suite itself runs with SIGINT ignored (as a background job
+    of a non-interactive shell, which a CI runner may be)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

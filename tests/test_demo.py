@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO, cli_env, run_cli
+from tests.conftest import REPO, cli_env, run_cli, sigint_default
 
 EU = {"ber-edge-01", "fra-pop-01", "muc-co-02", "lyo-co-05", "par-edge-02", "par-pop-01"}
 
@@ -43,6 +43,7 @@ def test_demo_end_to_end(tmp_path) -> None:
 def test_demo_ctrl_c_stops_everything(sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridctl", "demo", "--speed", "0.2", "--per-region", "4"],
+        preexec_fn=sigint_default,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -167,10 +167,11 @@ def test_ctrl_c_stops_the_run_with_130(fleet_inv: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO, cli_env
+    from tests.conftest import REPO, cli_env, sigint_default
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridctl", "-i", str(fleet_inv), "exec", "all", "--", "sleep 60"],
+        preexec_fn=sigint_default,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
