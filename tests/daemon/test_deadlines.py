@@ -9,7 +9,6 @@ import json
 import re
 import resource
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,12 @@ import httpx
 import pytest
 
 from tests.daemon.conftest import M8, DaemonProc, chat, start_daemon, write_inventory
-from tests.daemon.upstream import TimedUpstream
+from tests.daemon.upstream import RawThreadedSite, TimedUpstream
 
 MODES = ("silent", "head-only", "1xx-flood", "huge", "firehose")
 
 
-class HostileSite:
+class HostileSite(RawThreadedSite):
     """A raw HTTP site on a free loopback port, in a thread: its health route answers 200; each
     POST gets ``mode``: ``silent`` (read, never answered), ``head-only`` (an SSE head, then
     nothing), ``1xx-flood`` (103 heads, up to 100,000), ``huge`` (Content-Length 1.5 GB and zeros
@@ -36,20 +35,7 @@ class HostileSite:
         self.sent = 0
         self.posts = 0
         self.open = 0
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -104,18 +90,6 @@ class HostileSite:
                 writer.write(b"%x\r\n%b\r\n" % (len(event), event))
                 self.sent += len(event)
                 await writer.drain()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def two_sites(root: Path, bad_url: str, good_url: str) -> Path:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.daemon.conftest import FIRST, chat, set_endpoint, start_daemon
+from tests.daemon.upstream import RawThreadedSite
 
 ANSWER = json.dumps(
     {
@@ -50,28 +50,13 @@ def _answer(path: bytes) -> bytes:
     return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
-class RawSite:
+class RawSite(RawThreadedSite):
     """A site that writes its answers byte for byte (keep-alive), on its own loop in a thread;
     it records the path of each request."""
 
     def __init__(self) -> None:
         self.paths: list[bytes] = []
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            async def start() -> None:
-                self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-                self.port = self.server.sockets[0].getsockname()[1]
-
-            self.loop.run_until_complete(start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -91,11 +76,6 @@ class RawSite:
             pass
         finally:
             writer.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture

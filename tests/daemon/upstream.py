@@ -60,6 +60,43 @@ class _ThreadedSite:
         self._thread.join(10)
 
 
+class RawThreadedSite:
+    """A raw asyncio stream server (bytes written as the test says, malformed ones included) on
+    its own event loop in a thread, on a free loopback port; subclasses answer in ``_serve``.
+    ``close()`` stops it and cancels the connections still being served."""
+
+    def _start(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
 class Upstream(_ThreadedSite):
     def __init__(self, gap_s: float = 0.02, tls: ssl.SSLContext | None = None) -> None:
         self.gap_s = gap_s
