@@ -1,7 +1,7 @@
 """Each inference request's trace: its request id, and one JSON line in the access log.
 
 The request id is the client's ``x-request-id`` when it is printable ASCII (no space) of at
-most ``MAX_REQUEST_ID`` characters, else a new one (uuid4, hex); the site gets it, and so does
+most ``MAX_REQUEST_ID`` characters, else a new one (128 random bits, hex); the site gets it, and so does
 the client, on every answer from an inference route (errors included).
 
 The access log line holds the request's metadata only, never a prompt or a completion:
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import random
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -34,15 +35,32 @@ MAX_MODEL_CHARS = 200  # a model name the client sent, as the log keeps it
 _ENCODE = json.JSONEncoder(
     separators=(",", ":")
 ).encode  # one encoder: json.dumps(separators=) makes one a call
+_STR = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text (strftime once a second)
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))  # a lookup: cheaper than formatting an int
+_ESCAPED: dict[str, str] = {}  # names seen (sites, regions, models), JSON-escaped once: a lookup per line
+_ESCAPED_MAX = 4096
 
 
 def _utc(wall: float) -> str:
     """``2026-01-02T03:04:05.678Z``."""
-    second = int(wall)
+    ms = int(wall * 1000)
+    second = ms // 1000
     if _second[0] != second:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
+    return _second[1] + _MILLIS[ms - second * 1000]
+
+
+def _name(value: str | None) -> str:
+    """A name as JSON (``null`` for None), from a bounded cache of the names seen."""
+    if value is None:
+        return "null"
+    text = _ESCAPED.get(value)
+    if text is None:
+        text = _STR(value)
+        if len(_ESCAPED) < _ESCAPED_MAX:  # a client sending new names each time fills it once
+            _ESCAPED[value] = text
+    return text
 
 
 def parse_request_id(value: str | None) -> str | None:
@@ -52,7 +70,9 @@ def parse_request_id(value: str | None) -> str | None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits, like uuid4's, without a system call each: an id names
+    a request in logs, it guards nothing (``random`` is reseeded in each forked worker)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class Trace:
@@ -137,6 +157,55 @@ def build_line(t: Trace) -> dict[str, Any]:
     return line
 
 
+def _json(value: float | None) -> str:
+    """A number of a line (or None), exactly as ``json.dumps`` writes it."""
+    if value is None:
+        return "null"
+    if value.__class__ is float and not math.isfinite(value):
+        return _ENCODE(value)  # NaN, Infinity
+    return repr(value)
+
+
+_LINE = (
+    '{"time":"%s","request_id":%s,"region":%s,"model":%s,"site":%s,"status":%d,"outcome":%s,'
+    '"ttft_ms":%s,"total_ms":%.1f,"prompt_tokens":%s,"completion_tokens":%s,"sites_tried":[%s],'
+    '"slo_ms":%s,"slo":%s,"slo_met":%s}'
+)
+
+
+def format_line(t: Trace) -> str:
+    """``build_line(t)`` as compact JSON, written out by hand: the same text as
+    ``json.dumps(build_line(t), separators=(",", ":"))`` (a test holds them equal) at a third
+    of its cost, since the daemon writes one per request. Times are finite (monotonic clock
+    differences, far below 1e16 ms) and ``%.1f`` rounds them as ``round(x, 1)`` does."""
+    s = _STR
+    start, first, site, slo_ms, model, region = t.start, t.first_token, t.site, t.slo_ms, t.model, t.region
+    total = ((t.finished if t.finished is not None else time.monotonic()) - start) * 1000.0
+    prompt, completion = t.prompt_tokens, t.completion_tokens
+    if site is None:
+        slo = met = "null"
+    else:
+        slo = '"expected-miss"' if t.expected_miss else '"predicted-met"'
+        met = "null" if slo_ms is None else "true" if round(total, 1) <= slo_ms else "false"
+    return _LINE % (
+        _utc(t.wall),
+        s(t.id),
+        _name(region),
+        "null" if model is None else _name(model[:MAX_MODEL_CHARS]),
+        _name(site),
+        t.status,
+        s(t.outcome),
+        "null" if first is None else "%.1f" % ((first - start) * 1000.0),
+        total,
+        "null" if prompt is None else prompt,
+        "null" if completion is None else completion,
+        ",".join([_name(name) for name in t.tried]),
+        "null" if slo_ms is None else _json(slo_ms),
+        slo,
+        met,
+    )
+
+
 class AccessLog:
     """Complete JSON lines to a file descriptor (or, for a stderr without one, a text stream),
     gathered and written a chunk at a time."""
@@ -147,7 +216,7 @@ class AccessLog:
         self.size = 0
 
     def write(self, t: Trace) -> None:
-        text = _ENCODE(build_line(t)) + "\n"
+        text = format_line(t) + "\n"
         if self.size + len(text) > self.chunk:
             self.flush()
         self.lines.append(text)
