@@ -38,6 +38,7 @@ tiny generation now and then, which finds one faster than its row too).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -250,17 +251,26 @@ class OutputTokens:
 
     def __init__(self, window: int = OUTPUT_WINDOW) -> None:
         self._seen: dict[str, deque[int]] = {}
+        self._sorted: dict[str, list[int]] = {}  # the same window in order: the quantile is one lookup
         self._window = window
 
     def record(self, model: str, tokens: int) -> None:
-        if tokens > 0:
-            self._seen.setdefault(model, deque(maxlen=self._window)).append(tokens)
+        if tokens <= 0:
+            return
+        seen = self._seen.get(model)
+        if seen is None:
+            seen = self._seen[model] = deque()
+            self._sorted[model] = []
+        ordered = self._sorted[model]
+        if len(seen) >= self._window:
+            del ordered[bisect.bisect_left(ordered, seen.popleft())]
+        seen.append(tokens)
+        bisect.insort(ordered, tokens)
 
     def estimate(self, model: str) -> tuple[int, str]:
-        seen = self._seen.get(model)
-        if not seen:
+        ordered = self._sorted.get(model)
+        if not ordered:
             return DEFAULT_OUTPUT_TOKENS, "default"
-        ordered = sorted(seen)
         return ordered[min(len(ordered) - 1, int(OUTPUT_QUANTILE * len(ordered)))], "observed"
 
 

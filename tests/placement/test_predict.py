@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridctl.inventory.model import GpuRow, Gpus, Grid, Inventory, Location, ModelServing, Node, Site
 from gridctl.placement.perf import (
@@ -264,3 +266,23 @@ def test_a_tensor_parallel_that_leaves_gpus_idle_is_a_warning() -> None:
     )
     even = site([("H100", 4)], [ModelServing("llama-8b", 16, 2)])
     assert gpu_warnings(Inventory(Path("."), Grid("g"), (even,))) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("ab"), st.integers(min_value=-3, max_value=50)), max_size=80),
+    st.integers(min_value=1, max_value=12),
+)
+def test_output_tokens_matches_the_quantile_of_its_window(records, window) -> None:
+    """The sorted copy of the window stays the window: the estimate is the quantile of the
+    last ``window`` positive answers of each model, computed from scratch."""
+    seen = OutputTokens(window=window)
+    for model, n in records:
+        seen.record(model, n)
+    for model in "ab":
+        last = [n for m, n in records if m == model and n > 0][-window:]
+        if not last:
+            assert seen.estimate(model) == (DEFAULT_OUTPUT_TOKENS, "default")
+            continue
+        ordered = sorted(last)
+        assert seen.estimate(model) == (ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "observed")
