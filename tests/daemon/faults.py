@@ -28,9 +28,10 @@ import socket
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -137,7 +138,7 @@ def count_duplicates(*sites: SiteProc) -> int:
     return sum(n - 1 for n in done.values() if n > 1)
 
 
-def _kill_when_in_flight(bad: SiteProc, streaming: bool) -> Callable[[], Awaitable[None]]:
+def _kill_when_in_flight(bad: SiteProc, streaming: bool) -> Callable[[], Coroutine[Any, Any, None]]:
     """Kill ``bad`` once requests are in flight at it (a stream: one past its first token)."""
 
     async def watch() -> None:
@@ -152,6 +153,18 @@ def _kill_when_in_flight(bad: SiteProc, streaming: bool) -> Callable[[], Awaitab
     return watch
 
 
+def start_daemon_retrying(inventory: Path, *args: str, **popen: Any) -> DaemonProc:
+    """:func:`start_daemon`, again (up to 3 tries) when its free port was taken before it bound it:
+    these runs open thousands of connections, whose ephemeral ports can land on it."""
+    for attempt in range(3):
+        try:
+            return start_daemon(inventory, *args, **popen)
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_cell(root: Path, fault: str, streaming: bool, n: int = 24, concurrency: int = 6) -> Cell:
     """One cell of the matrix: ``fault`` at ``bad``, ``good`` healthy, ``n`` requests."""
     root.mkdir(parents=True, exist_ok=True)
@@ -163,10 +176,12 @@ def run_cell(root: Path, fault: str, streaming: bool, n: int = 24, concurrency: 
     log = root / "access.log"
     d: DaemonProc | None = None
     try:
-        d = start_daemon(two_sites(root / "inv", bad.url, good.url), *DAEMON_ARGS, "--access-log", str(log))
+        d = start_daemon_retrying(
+            two_sites(root / "inv", bad.url, good.url), *DAEMON_ARGS, "--access-log", str(log)
+        )
 
         async def drive() -> list[Outcome]:
-            watch = None
+            watch: asyncio.Task[None] | None = None
             if fault == "killed":
                 watch = asyncio.create_task(_kill_when_in_flight(bad, streaming)())
             outcomes = await send_requests(d.url, n, concurrency, streaming)
@@ -454,7 +469,9 @@ def run_attack(
     result = Attack(attack)
     try:
         inv = attack_sites(root / "inv", hostile.url, good.url)
-        d = start_daemon(inv, *DAEMON_ARGS, "--access-log", "off", *_attack_daemon_args(attack), **popen)
+        d = start_daemon_retrying(
+            inv, *DAEMON_ARGS, "--access-log", "off", *_attack_daemon_args(attack), **popen
+        )
         pid = d.proc.pid
 
         async def drive() -> None:
