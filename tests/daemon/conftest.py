@@ -180,3 +180,16 @@ def route_sites(d: DaemonProc, **params: str) -> list[str]:
     """The daemon's /grid/route order for a chat() request (3 prompt tokens, 8 output)."""
     q = {"model": M8, "prompt_tokens": "3", "max_tokens": "8", **params}
     return [x["site"] for x in httpx.get(d.url + "/grid/route", params=q).json()["ranked"]]
+
+
+def two_sites(root: Path, bad_url: str, good_url: str) -> Path:
+    """``bad`` (cheaper: tried first) and ``good``, both near the metro region (500 ms SLO)."""
+    sites = {
+        "bad": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 1.0, "rtt_ms": 1.0, "endpoint": bad_url},
+        "good": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 4.0, "rtt_ms": 1.0, "endpoint": good_url},
+    }
+    return write_inventory(root, sites, slo_ms=500)
+
+
+def status(d: DaemonProc) -> dict[str, dict]:
+    return {s["site"]: s for s in httpx.get(d.url + "/grid/status", timeout=5).json()["sites"]}

@@ -4,7 +4,6 @@ predicted slow is not cut, a client that never reads gives its site slot back, a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import resource
@@ -16,93 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon.conftest import M8, DaemonProc, chat, start_daemon, write_inventory
-from tests.daemon.upstream import RawThreadedSite, TimedUpstream
-
-MODES = ("silent", "head-only", "1xx-flood", "huge", "firehose")
-
-
-class HostileSite(RawThreadedSite):
-    """A raw HTTP site on a free loopback port, in a thread: its health route answers 200; each
-    POST gets ``mode``: ``silent`` (read, never answered), ``head-only`` (an SSE head, then
-    nothing), ``1xx-flood`` (103 heads, up to 100,000), ``huge`` (Content-Length 1.5 GB and zeros
-    as fast as it may send them), ``firehose`` (an SSE stream of 64 KiB events, up to 20,000).
-    ``sent`` counts the bytes it wrote after heads; ``open`` the POSTs not finished."""
-
-    def __init__(self, mode: str) -> None:
-        assert mode in MODES
-        self.mode = mode
-        self.sent = 0
-        self.posts = 0
-        self.open = 0
-        self._start()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
-                if not head.startswith(b"POST"):
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    await writer.drain()
-                    continue
-                self.posts += 1
-                self.open += 1
-                try:
-                    await self._answer(writer)
-                finally:
-                    self.open -= 1
-                return
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _answer(self, writer: asyncio.StreamWriter) -> None:
-        mode = self.mode
-        if mode == "head-only":
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-        if mode in ("silent", "head-only"):
-            await writer.drain()
-            await asyncio.sleep(60)
-        elif mode == "1xx-flood":
-            for _ in range(100_000):
-                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-                await writer.drain()
-        elif mode == "huge":
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1500000000\r\n\r\n"
-            )
-            piece = bytes(1 << 20)
-            for _ in range(1430):
-                writer.write(piece)
-                self.sent += len(piece)
-                await writer.drain()
-        elif mode == "firehose":
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            event = b"data: " + b"x" * 65536 + b"\n\n"
-            for _ in range(20_000):
-                writer.write(b"%x\r\n%b\r\n" % (len(event), event))
-                self.sent += len(event)
-                await writer.drain()
-
-
-def two_sites(root: Path, bad_url: str, good_url: str) -> Path:
-    """``bad`` (cheaper: tried first) and ``good``, both near the metro region (500 ms SLO)."""
-    sites = {
-        "bad": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 1.0, "rtt_ms": 1.0, "endpoint": bad_url},
-        "good": {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 4.0, "rtt_ms": 1.0, "endpoint": good_url},
-    }
-    return write_inventory(root, sites, slo_ms=500)
-
-
-def status(d: DaemonProc) -> dict[str, dict]:
-    return {s["site"]: s for s in httpx.get(d.url + "/grid/status", timeout=5).json()["sites"]}
+from tests.daemon.conftest import M8, chat, start_daemon, status, two_sites, write_inventory
+from tests.daemon.upstream import HostileSite, TimedUpstream
 
 
 @pytest.fixture

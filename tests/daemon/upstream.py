@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import threading
 
@@ -199,3 +200,88 @@ class TimedUpstream(_ThreadedSite):
     def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
+
+
+MODES = ("silent", "head-only", "1xx-flood", "huge", "firehose", "trailers")
+
+
+class HostileSite(RawThreadedSite):
+    """A raw HTTP site on a free loopback port, in a thread: its health route answers 200; each
+    POST gets ``mode``: ``silent`` (read, never answered), ``head-only`` (an SSE head, then
+    nothing), ``1xx-flood`` (103 heads, up to 100,000), ``huge`` (Content-Length 1.5 GB and zeros
+    as fast as it may send them), ``firehose`` (an SSE stream of 64 KiB events, up to 20,000),
+    ``trailers`` (a chunked JSON answer whose last chunk is followed by trailer lines without
+    end, up to 1,000,000).
+    ``sent`` counts the bytes it wrote after heads; ``open`` the POSTs not finished."""
+
+    def __init__(self, mode: str) -> None:
+        assert mode in MODES
+        self.mode = mode
+        self.sent = 0
+        self.posts = 0
+        self.open = 0
+        self._start()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if not head.startswith(b"POST"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    await writer.drain()
+                    continue
+                self.posts += 1
+                self.open += 1
+                try:
+                    await self._answer(writer)
+                finally:
+                    self.open -= 1
+                return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        mode = self.mode
+        if mode == "head-only":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+        if mode in ("silent", "head-only"):
+            await writer.drain()
+            await asyncio.sleep(60)
+        elif mode == "1xx-flood":
+            for _ in range(100_000):
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                await writer.drain()
+        elif mode == "huge":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1500000000\r\n\r\n"
+            )
+            piece = bytes(1 << 20)
+            for _ in range(1430):
+                writer.write(piece)
+                self.sent += len(piece)
+                await writer.drain()
+        elif mode == "firehose":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            event = b"data: " + b"x" * 65536 + b"\n\n"
+            for _ in range(20_000):
+                writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+                self.sent += len(event)
+                await writer.drain()
+        elif mode == "trailers":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\n{}\r\n0\r\n"
+            )
+            for i in range(1_000_000):
+                line = b"X-Trailer-%d: %b\r\n" % (i, b"t" * 64)
+                writer.write(line)
+                self.sent += len(line)
+                await writer.drain()
