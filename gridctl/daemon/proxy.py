@@ -164,6 +164,10 @@ class OutputCounter:
         return self.events if self.sse and self.events else None
 
 
+class _BrokeOff(Exception):
+    """A site's whole (non-streamed) answer ended before its end: a failure of that site."""
+
+
 class Attempt:
     """One try of a request at one site: what it was sent with, for its accounting, and the
     breaker's trial it owns (its number, when it is the half-open site's trial), given back
@@ -461,7 +465,11 @@ class Proxy:
                     detail = (await _first_bytes(upstream, 200)).decode("utf-8", "replace")
                     self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
                     continue
-                answer = await self._relay(upstream, attempt)
+                try:
+                    answer = await self._relay(upstream, attempt)
+                except _BrokeOff as exc:  # nothing reached the client yet: the next site may answer
+                    self._failed(st, attempts, name, str(exc))
+                    continue
                 handed_off = isinstance(answer, StreamingResponse)
                 return answer
             except asyncio.CancelledError:  # the client hung up while we waited for the site
@@ -484,8 +492,11 @@ class Proxy:
         attempts.append({"site": name, "error": error})
 
     async def _relay(self, upstream: Response, attempt: Attempt) -> Answer | StreamingResponse:
-        """The site's answer for the client: whole when its size is known and it is not a
-        stream (one send), else relayed piece by piece as it arrives."""
+        """The site's answer for the client: read whole (up to ``max_answer_bytes``, whatever
+        its framing: Content-Length, chunked or to the close) and sent at once unless it is a
+        stream (Server-Sent Events), which is relayed piece by piece as it arrives. A whole
+        answer that breaks off raises :class:`_BrokeOff`: no byte of it has reached the
+        client, so the request fails over."""
         headers = _client_headers(upstream.headers)
         if upstream.status >= 400:  # the site's own error: not an answer that missed the SLO
             attempt.miss = False
@@ -497,7 +508,7 @@ class Proxy:
             self._account(attempt, time.monotonic(), upstream.status, None)
             return Answer(upstream.status, b"", content_type, headers)
         streaming = "text/event-stream" in content_type
-        if not streaming and upstream.content_length is not None:
+        if not streaming:
             try:
                 body = await upstream.read(limit=self.config.max_answer_bytes)
             except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
@@ -510,8 +521,7 @@ class Proxy:
                     code="answer_too_large",
                 )
             except UpstreamError as exc:
-                self._account(attempt, None, upstream.status, exc)
-                return error_json(502, f"site {attempt.name} broke off its answer: {exc}", "upstream_error")
+                raise _BrokeOff(f"broke off its answer: {exc}") from None
             tokens, prompt = completion_tokens(body), prompt_tokens(body)
             self._account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
             return Answer(upstream.status, body, content_type, headers)

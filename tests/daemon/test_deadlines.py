@@ -217,6 +217,51 @@ def test_a_huge_answer_is_502_and_the_daemon_s_memory_stays_bounded(tmp_path: Pa
         huge.close()
 
 
+def test_a_huge_chunked_answer_is_capped_as_one_with_a_length(tmp_path: Path) -> None:
+    """--max-answer holds whatever the framing: a chunked (or close-delimited) JSON answer is
+    read up to the cap, then refused, never relayed piece by piece without a limit."""
+    huge = HostileSite("huge-chunked")
+    try:
+        site = {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 1.0, "rtt_ms": 1.0, "endpoint": huge.url}
+        d = start_daemon(write_inventory(tmp_path / "inv", {"huge": site}), "--region", "metro")
+        try:
+            r = d.post(chat(), timeout=30)
+            assert r.status_code == 502, r.text
+            error = r.json()["error"]
+            assert error["code"] == "answer_too_large"
+            assert f"over the limit of {64 << 20} bytes" in error["message"]
+            time.sleep(0.2)
+            assert _peak_rss_kib(d.proc.pid) / 1024 < 300
+            assert huge.sent < 200 << 20
+            assert status(d)["huge"]["in_flight"] == 0
+        finally:
+            d.stop()
+    finally:
+        huge.close()
+
+
+def test_an_answer_that_breaks_off_before_the_client_saw_it_fails_over(
+    tmp_path: Path, good: TimedUpstream
+) -> None:
+    """A whole (non-streamed) answer is relayed only once it is whole: when the site closes
+    halfway, nothing has reached the client, and the next site answers."""
+    broken = HostileSite("broken")
+    try:
+        d = start_daemon(two_sites(tmp_path / "inv", broken.url, good.url), "--region", "metro")
+        try:
+            r = d.post(chat(), timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-grid-site"] == "good"
+            assert r.json()["choices"], r.text
+            assert broken.posts == 1
+            assert status(d)["bad"]["in_flight"] == 0
+            assert 'gridctl_failovers_total{site="bad"} 1' in httpx.get(d.url + "/metrics").text
+        finally:
+            d.stop()
+    finally:
+        broken.close()
+
+
 def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, good: TimedUpstream) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 512:
@@ -280,3 +325,31 @@ def test_route_test_live_on_a_hung_site_says_which_how_long_and_what_to_do(tmp_p
         assert "ReadTimeout" not in r.out
     finally:
         bad.close()
+
+
+def test_client_deadlines_are_flags(tmp_path: Path, good: TimedUpstream) -> None:
+    """--client-head-timeout bounds a trickled head (408) and a connection that sends nothing
+    (closed); --client-body-timeout a silent body."""
+    site = {"gpu": "H100", "gpus": 8, "capacity": 64, "cost": 1.0, "rtt_ms": 1.0, "endpoint": good.url}
+    inv = write_inventory(tmp_path / "inv", {"good": site})
+    d = start_daemon(inv, "--region", "metro", "--client-head-timeout", "0.5", "--client-body-timeout", "0.5")
+    try:
+        host, port = d.url.removeprefix("http://").split(":")
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as idle,
+            socket.create_connection((host, int(port)), timeout=10) as slow,
+            socket.create_connection((host, int(port)), timeout=10) as silent,
+        ):
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
+            silent.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+            start = time.monotonic()
+            assert idle.recv(100) == b""
+            assert slow.recv(200).startswith(b"HTTP/1.1 408")
+            assert silent.recv(200).startswith(b"HTTP/1.1 408")
+            assert time.monotonic() - start < 5  # the defaults would be 10 s and 30 s
+        assert d.post(chat()).status_code == 200
+        text = httpx.get(d.url + "/metrics").text
+        for kind in ("idle_timeout", "head_timeout", "body_timeout"):
+            assert f'kind="{kind}"}} 1' in text, (kind, text)
+    finally:
+        d.stop()

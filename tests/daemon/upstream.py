@@ -202,14 +202,16 @@ class TimedUpstream(_ThreadedSite):
         app.router.add_get("/health", self._health)
 
 
-MODES = ("silent", "head-only", "1xx-flood", "huge", "firehose", "trailers")
+MODES = ("silent", "head-only", "1xx-flood", "huge", "huge-chunked", "firehose", "trailers", "broken")
 
 
 class HostileSite(RawThreadedSite):
     """A raw HTTP site on a free loopback port, in a thread: its health route answers 200; each
     POST gets ``mode``: ``silent`` (read, never answered), ``head-only`` (an SSE head, then
     nothing), ``1xx-flood`` (103 heads, up to 100,000), ``huge`` (Content-Length 1.5 GB and zeros
-    as fast as it may send them), ``firehose`` (an SSE stream of 64 KiB events, up to 20,000),
+    as fast as it may send them), ``huge-chunked`` (the same as a chunked JSON answer, no
+    Content-Length), ``broken`` (a JSON answer whose Content-Length says 1,000 bytes: 10 come,
+    then the connection closes), ``firehose`` (an SSE stream of 64 KiB events, up to 20,000),
     ``trailers`` (a chunked JSON answer whose last chunk is followed by trailer lines without
     end, up to 1,000,000).
     ``sent`` counts the bytes it wrote after heads; ``open`` the POSTs not finished."""
@@ -266,6 +268,21 @@ class HostileSite(RawThreadedSite):
                 writer.write(piece)
                 self.sent += len(piece)
                 await writer.drain()
+        elif mode == "huge-chunked":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            piece = bytes(1 << 20)
+            for _ in range(1430):
+                writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                self.sent += len(piece)
+                await writer.drain()
+        elif mode == "broken":
+            writer.write(
+                b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id":"x",'
+            )
+            self.sent += 10
+            await writer.drain()
         elif mode == "firehose":
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
