@@ -75,6 +75,21 @@ def run(
             "aborted (its site's slot freed).",
         ),
     ] = 30.0,
+    client_head_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds a client has to send a whole request head, from its first byte (and a new "
+            "connection to send its first byte): 408 after, or closed (slowloris).",
+        ),
+    ] = 10.0,
+    client_body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="The longest silence allowed inside a request body: 408 after.",
+        ),
+    ] = 30.0,
     calibration_probe: Annotated[
         float,
         typer.Option(
@@ -116,6 +131,8 @@ def run(
         head_timeout_s=None if head_timeout is None else _finite_seconds(head_timeout, "--head-timeout"),
         max_answer_bytes=max_answer,
         send_timeout_s=_finite_seconds(send_timeout, "--send-timeout"),
+        client_head_s=_finite_seconds(client_head_timeout, "--client-head-timeout"),
+        client_body_s=_finite_seconds(client_body_timeout, "--client-body-timeout"),
         access_log=access_log,
     )
     check_security(config)

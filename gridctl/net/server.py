@@ -8,7 +8,7 @@ parser), one parser per connection, every leniency off. What it does:
 
 - keep-alive by default (HTTP/1.1), ``Connection: close`` and HTTP/1.0 honoured;
   pipelined requests answered in order; an idle connection closed after
-  ``keepalive_s``;
+  ``keepalive_s`` (one that has sent nothing since it was accepted after ``head_timeout_s``);
 - request bodies by Content-Length or chunked; bodies over ``max_body`` get 413
   before the body is read; heads over ``max_head``, with more than ``max_headers``
   header lines or a header over ``max_header_line`` get 431, a target over
@@ -137,14 +137,17 @@ def no_retry(status: int) -> tuple[tuple[str, str], ...]:
 
 
 def _busy(message: str) -> Response:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": 503}}
+    body = {
+        "error": {"message": message, "type": "server_error", "param": None, "code": "too_many_connections"}
+    }
     return json_response(body, 503, (("retry-after", "1"),))
 
 
-def error_response(status: int, message: str) -> Response:
-    """The server's own errors (400, 413, 431, 500...), in the OpenAI error shape."""
+def error_response(status: int, message: str, code: str | None = None) -> Response:
+    """The server's own errors (400, 413, 431, 500...), in the OpenAI error shape: ``code`` a
+    string naming the reason (the kind ``parse_errors`` counts it under) or null, as OpenAI's."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return json_response(body, status, no_retry(status))
 
 
@@ -353,6 +356,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.head_at: float | None = None  # when the head being read began
+        self.fresh = True  # no byte yet: its first head is due within head_timeout_s of the accept
         self.paused_at = 0.0  # when writing last paused
 
     # -- asyncio callbacks -----------------------------------------------------------
@@ -361,7 +365,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         server = self.server
         server.connections.add(self)
-        self._arm_timer(self.config.keepalive_s)
+        self._arm_timer(min(self.config.keepalive_s, self.config.head_timeout_s))
         limit = self.config.max_connections
         if limit is not None and len(server.connections) > limit:
             server.parse_errors["too_many_connections"] += 1
@@ -399,6 +403,7 @@ class _Connection(asyncio.Protocol):
         if self.discarding or self.no_more:
             return
         now = self.last_active = self.loop.time()
+        self.fresh = False
         if not self.in_body and self.head_at is None:  # a head begins: it has head_timeout_s
             self.head_at = now
             self._arm_before(now + self.config.head_timeout_s)
@@ -604,7 +609,7 @@ class _Connection(asyncio.Protocol):
                 return
             except Exception:
                 log.exception("handler failed for %s %s", req.method, req.path)
-                resp = error_response(500, "internal error in the server; see its log")
+                resp = error_response(500, "internal error in the server; see its log", "internal_error")
             if self.lost:
                 if isinstance(resp, StreamingResponse):
                     await _aclose(resp.chunks)  # it may hold resources until it is closed
@@ -674,7 +679,7 @@ class _Connection(asyncio.Protocol):
     def _write_error(self, exc: _HttpError) -> None:
         """Answer a request we could not read, then discard input until the client closes."""
         assert self.transport is not None
-        resp = exc.response or error_response(exc.status, exc.message)
+        resp = exc.response or error_response(exc.status, exc.message, exc.kind)
         self.transport.write(_head(resp.status, resp.content_type, resp.headers, len(resp.body), False))
         self.transport.write(resp.body)
         self.discarding = True
@@ -730,10 +735,15 @@ class _Connection(asyncio.Protocol):
         elif reading and self.in_body and not self.expect and now - self.last_active >= c.body_timeout_s:
             self._timed_out(f"no byte of the request body for {c.body_timeout_s:g} s", "body_timeout")
         idle = self.idle and self.head_at is None and not self.in_body
-        if idle and now - self.last_active >= c.keepalive_s:
+        # a connection that never sent a byte gets head_timeout_s, as a head does (nginx's
+        # client_header_timeout): idle accepts must not hold descriptors for a keep-alive's time
+        keep = min(c.keepalive_s, c.head_timeout_s) if self.fresh else c.keepalive_s
+        if idle and now - self.last_active >= keep:
+            if self.fresh:
+                self.server.parse_errors["idle_timeout"] += 1
             self.close()
             return
-        due = [self.last_active + c.keepalive_s if idle else now + c.keepalive_s]
+        due = [self.last_active + keep if idle else now + keep]
         if self.write_paused:
             due.append(self.paused_at + c.send_timeout_s)
         if reading and self.head_at is not None:

@@ -917,9 +917,34 @@ def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed() -> None:
             status, headers, body = read_response(sock, bytearray())
             assert status == 408 and headers["connection"] == "close"
             assert b"not whole within 0.6 s" in body
+            error = json.loads(body)["error"]
+            assert error["code"] == "head_timeout" and error["type"] == "invalid_request_error"
             assert sent < 10  # the answer came after about 0.6 s of the 8 s head
             assert closed(sock)
         assert s.server.parse_errors["head_timeout"] == 1
+    finally:
+        s.stop()
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed_after_the_head_timeout() -> None:
+    """An accepted connection holds a descriptor: one that sends nothing gets head_timeout_s,
+    not the keep-alive's 30 s; one that has been served keeps its keep-alive time."""
+    import time
+
+    s = ServerThread(ServerConfig(head_timeout_s=0.5, keepalive_s=30.0))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as idle,
+            socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as served,
+        ):
+            served.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(served, bytearray())[0] == 200
+            start = time.monotonic()
+            assert idle.recv(1) == b""  # closed, with no answer: nothing was asked
+            assert time.monotonic() - start < 4
+            served.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")  # still open after that
+            assert read_response(served, bytearray())[0] == 200
+        assert s.server.parse_errors["idle_timeout"] == 1
     finally:
         s.stop()
 
