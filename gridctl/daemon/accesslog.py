@@ -10,17 +10,21 @@ prompt and completion tokens (as the site's usage reported them), the sites trie
 the SLO and whether the answer was predicted to meet it and did. Lines are gathered in memory
 and written whole (one ``write`` of complete lines, at most a pipe's atomic size to stderr,
 so workers sharing it never interleave within a line) every half second, when the buffer
-fills, and at shutdown.
+fills, and at shutdown, by a thread: a stalled reader delays the log, never the requests
+(past 64 chunks waiting, lines are dropped and counted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import queue
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -208,12 +212,20 @@ def format_line(t: Trace) -> str:
 
 class AccessLog:
     """Complete JSON lines to a file descriptor (or, for a stderr without one, a text stream),
-    gathered and written a chunk at a time."""
+    gathered and written a chunk at a time. A descriptor is written by a thread of its own, so
+    a reader that stalls (a full pipe to a stuck log shipper, a hung NFS file) never blocks the
+    event loop: at most ``QUEUED`` chunks wait for it, and lines beyond them are dropped and
+    counted in ``dropped`` (gridctl_access_log_dropped_lines_total)."""
+
+    QUEUED = 64  # chunks waiting for a slow reader: 256 KiB of stderr, 4 MiB of a file
 
     def __init__(self, fd: int | IO[str], chunk: int, close: bool) -> None:
         self.fd, self.chunk, self._close = fd, chunk, close
         self.lines: list[str] = []
         self.size = 0
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(self.QUEUED)
+        self._writer: threading.Thread | None = None
 
     def write(self, t: Trace) -> None:
         text = format_line(t) + "\n"
@@ -225,23 +237,49 @@ class AccessLog:
     def flush(self) -> None:
         if not self.lines:
             return
-        text = "".join(self.lines)
+        text, n = "".join(self.lines), len(self.lines)
         self.lines.clear()
         self.size = 0
-        try:
-            if not isinstance(self.fd, int):
+        if not isinstance(self.fd, int):  # a captured stream (tests): written here
+            try:
                 self.fd.write(text)
                 self.fd.flush()
-                return
-            data = text.encode()
-            while data:
-                data = data[os.write(self.fd, data) :]
-        except OSError as exc:  # a full disk or a closed stderr must not take the daemon down
-            _say(f"gridctl daemon: access log write failed: {exc}")
+            except OSError as exc:
+                _say(f"gridctl daemon: access log write failed: {exc}")
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._drain, name="gridctl-access-log", daemon=True)
+            self._writer.start()
+        try:
+            self._queue.put_nowait((text, n))
+        except queue.Full:
+            self.dropped += n
 
-    def close(self) -> None:
+    def _drain(self) -> None:
+        assert isinstance(self.fd, int)
+        failed = False
+        while (item := self._queue.get()) is not None:
+            data = item[0].encode()
+            try:
+                while data:
+                    data = data[os.write(self.fd, data) :]
+                failed = False
+            except OSError as exc:  # a full disk or a closed stderr must not take the daemon down
+                self.dropped += item[1]
+                if not failed:  # said once per spell of failures, not once per chunk
+                    _say(f"gridctl daemon: access log write failed: {exc}")
+                failed = True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is gathered and queued (waiting at most ``timeout`` s for the reader)."""
         self.flush()
-        if self._close and isinstance(self.fd, int):
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put((None), timeout=timeout)
+            writer.join(timeout)
+            self._writer = None
+        if self._close and isinstance(self.fd, int) and (writer is None or not writer.is_alive()):
             os.close(self.fd)
 
 

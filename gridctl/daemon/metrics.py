@@ -55,8 +55,8 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "gridctl_site_failures_total": (
         ("site",),
-        "Tries that failed before the answer's head (connect, 5xx, broken head): each led to a"
-        " failover or a 502.",
+        "Tries that failed before a byte of the answer reached the client (connect, 5xx, broken"
+        " head, a whole answer broken off): each led to a failover or a 502.",
     ),
     "gridctl_failovers_total": (
         ("site",),
@@ -80,6 +80,10 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "gridctl_calibration_probes_total": (
         ("site", "model"),
         "Tiny generations sent to measure a site's model that had no recent answer to learn from.",
+    ),
+    "gridctl_access_log_dropped_lines_total": (
+        (),
+        "Access log lines dropped because its reader (a pipe, a file) had not taken the earlier ones.",
     ),
     "gridctl_http_parse_errors_total": (
         ("kind",),
@@ -150,6 +154,7 @@ class Metrics:
         self.shed = c["gridctl_shed_total"]  # (reason,)
         self.expected_miss = c["gridctl_slo_expected_miss_total"]  # (model,)
         self.calibration_probes = c["gridctl_calibration_probes_total"]  # (site, model)
+        self.log_dropped = c["gridctl_access_log_dropped_lines_total"]  # ()
         self.e2e = h["gridctl_e2e_request_latency_seconds"]  # (site, model)
         self.ttft = h["gridctl_time_to_first_token_seconds"]  # (site, model)
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from gridctl.daemon.accesslog import AccessLog, Trace, new_request_id, open_access_log, parse_request_id
@@ -287,6 +287,8 @@ class Daemon:
             ],
             "queued": self.proxy.queued,
         }
+        if self.access_log is not None:
+            self.metrics.log_dropped[()] = self.access_log.dropped
         return self.metrics.snapshot(self.http.parse_errors, gauges)
 
     # -- each inference request: its id, its counters, its access log line ----------------
@@ -451,7 +453,9 @@ class Daemon:
         """The token, checked on the request's head: a stranger's body is never read."""
         token = self.config.token
         if token and path != "/healthz" and not _token_ok(headers.get("authorization", ""), token):
-            return error_json(401, "missing or wrong bearer token", "authentication_error")
+            return _with_request_id(
+                error_json(401, "missing or wrong bearer token", "authentication_error"), headers
+            )
         return None
 
     async def _dispatch(self, request: Request) -> Response | StreamingResponse:
@@ -459,17 +463,22 @@ class Daemon:
         if methods is None and model_id(request.path) is not None:
             methods = {"GET": self._models}  # GET /v1/models/{id}
         if methods is None:
-            return error_json(404, f"no such route: {request.path}", "not_found_error")
-        handler = methods.get(request.method)
-        if handler is None:
+            resp: Response | StreamingResponse = error_json(
+                404, f"no such route: {request.path}", "not_found_error"
+            )
+        elif (handler := methods.get(request.method)) is None:
             allowed = ", ".join(methods)
-            return error_json(
+            resp = error_json(
                 405,
                 f"{request.path} takes {allowed}, not {request.method}",
                 "invalid_request_error",
                 headers=(("allow", allowed),),
             )
-        return await handler(request)
+        elif handler == self._inference:
+            return await handler(request)  # its id goes to the site too, and into the access log
+        else:
+            resp = await handler(request)
+        return _with_request_id(resp, request.headers)
 
     async def _models(self, request: Request) -> Response:
         """``GET /v1/models`` and ``GET /v1/models/{id}`` (gridctl/daemon/openai_api.py)."""
@@ -573,6 +582,16 @@ def _log_line(text: str) -> None:
     # one write per line: --workers processes share stderr, and print() writes the newline apart
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+R = TypeVar("R", bound=Response | StreamingResponse)
+
+
+def _with_request_id(resp: R, headers: Mapping[str, str]) -> R:
+    """Every answer names its request: the client's x-request-id when usable, else a new one."""
+    rid = parse_request_id(headers.get("x-request-id")) or new_request_id()
+    resp.headers = (*resp.headers, ("x-request-id", rid))
+    return resp
 
 
 def _token_ok(header: str, token: str) -> bool:

@@ -68,3 +68,68 @@ def test_forked_workers_generate_different_request_ids() -> None:
     os.close(read)
     assert len(child) == 32
     assert child != new_request_id()
+
+
+def _trace(i: int) -> Trace:
+    t = Trace(f"req-{i}", "metro", lambda _: None)
+    t.model, t.site, t.status, t.tried, t.finished = "m", "s", 200, ["s"], t.start + 0.01
+    return t
+
+
+def test_a_reader_that_stalls_never_blocks_the_writer_lines_are_dropped_and_counted() -> None:
+    """stderr piped to a log shipper that stopped reading: the pipe fills (64 KiB), and a
+    write() to it would block the event loop, and every request with it."""
+    import os
+    import time
+
+    from gridctl.daemon.accesslog import _PIPE_BUF, AccessLog
+
+    read, write = os.pipe()
+    log = AccessLog(write, _PIPE_BUF, close=True)
+    try:
+        start = time.monotonic()
+        for i in range(20_000):  # about 4 MB of lines: far over the pipe and the queue
+            log.write(_trace(i))
+        log.flush()
+        assert time.monotonic() - start < 10  # it returned: a blocking write never would
+        assert log.dropped > 0
+        # the reader comes back: what was queued is written whole, line by line
+        os.set_blocking(read, False)
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(read, 1 << 16)
+            except BlockingIOError:
+                if log._queue.empty() and got:
+                    time.sleep(0.2)
+                    try:
+                        chunk = os.read(read, 1 << 16)
+                    except BlockingIOError:
+                        break
+                else:
+                    time.sleep(0.01)
+                    continue
+            got += chunk
+        lines = got.decode().splitlines()
+        assert lines and all(json.loads(line)["status"] == 200 for line in lines)
+        assert len(lines) + log.dropped == 20_000
+    finally:
+        log.close()
+        os.close(read)
+
+
+def test_close_writes_what_is_left_to_a_reader_that_reads() -> None:
+    import os
+
+    from gridctl.daemon.accesslog import _PIPE_BUF, AccessLog
+
+    read, write = os.pipe()
+    log = AccessLog(write, _PIPE_BUF, close=True)
+    for i in range(30):
+        log.write(_trace(i))
+    log.close()
+    with os.fdopen(read, "rb") as fh:
+        lines = fh.read().decode().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"req-{i}" for i in range(30)]
+    assert log.dropped == 0

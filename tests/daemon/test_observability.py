@@ -106,6 +106,12 @@ def test_request_id_forwarded_and_returned(lab) -> None:
             assert r.status_code == 400 and r.headers["x-request-id"] == "mine-1"
             ids = {d.post(chat(stream=True)).headers["x-request-id"] for _ in range(3)}
             assert len(ids) == 3
+            # the daemon's own answers name their request too: an unknown route, a wrong method
+            for method, path, code in (("GET", "/nope", 404), ("GET", "/v1/chat/completions", 405)):
+                r = httpx.request(method, d.url + path, headers={"x-request-id": f"own-{code}"}, timeout=10)
+                assert r.status_code == code and r.headers["x-request-id"] == f"own-{code}"
+            r = httpx.get(d.url + "/grid/status", timeout=10)
+            assert r.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
         finally:
             d.stop()
     finally:
