@@ -437,6 +437,8 @@ async def _well_behaved(url: str, phase: Callable[[], Phase | None], fresh: bool
 
 
 def _attack_daemon_args(attack: str) -> tuple[str, ...]:
+    if attack == "slowloris":
+        return ("--client-head-timeout", "1")
     if attack == "non-reader":
         return ("--send-timeout", "1")
     if attack == "huge-body":
