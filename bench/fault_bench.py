@@ -84,6 +84,7 @@ def report(cells: list[Cell], attacks: list[Attack], args: argparse.Namespace, c
     lost = sum(c.lost for c in cells)
     dup = sum(c.duplicated for c in cells)
     broken = sum(c.broken + c.errors for c in cells)
+    cut = sum(c.cut for c in cells)
     lines = [
         "## Daemon under faults and attacks: counted (issue 13, tests and figures)",
         "",
@@ -114,7 +115,7 @@ def report(cells: list[Cell], attacks: list[Attack], args: argparse.Namespace, c
         *matrix_table(cells),
         "",
         f"Over all cells: {sum(c.sent for c in cells)} requests, {lost} lost, {dup} duplicated, {broken} errors;"
-        f" {sum(c.cut for c in cells)} streams cut after their first byte, each ended with an SSE error event.",
+        f" {cut} stream{'' if cut == 1 else 's'} cut after the first byte, each ended with an SSE error event.",
         "",
         "### Hostile clients and sites",
         "",

@@ -34,7 +34,14 @@ def best_us(fn: Callable[[], object]) -> str:
 
 
 def ours() -> dict[str, Callable[[], object]]:
-    from gridctl.daemon.accesslog import Trace, build_line, new_request_id, parse_request_id
+    from gridctl.daemon.accesslog import (
+        _ENCODE,
+        Trace,
+        build_line,
+        format_line,
+        new_request_id,
+        parse_request_id,
+    )
     from gridctl.daemon.metrics import Metrics
 
     m = Metrics()
@@ -46,9 +53,10 @@ def ours() -> dict[str, Callable[[], object]]:
     trace.answered(SITE, trace.start + 0.02, 12, 8, "ok", False)
     trace.finished, trace.model, trace.slo_ms, trace.tried = trace.start + 0.1, MODEL, 500.0, [SITE]
 
-    from gridctl.daemon.accesslog import _ENCODE
+    def line() -> None:  # what the daemon writes
+        format_line(trace)
 
-    def line() -> None:
+    def line_json() -> None:  # the same text by json (what the daemon did before)
         _ENCODE(build_line(trace))
 
     def rid() -> None:
@@ -57,8 +65,9 @@ def ours() -> dict[str, Callable[[], object]]:
     return {
         "gridctl metrics update (5 values)": update,
         "request id: the client's, validated": lambda: parse_request_id("client-abc.123"),
-        "request id: generated (uuid4 hex)": new_request_id,
-        "access log line (build + JSON encode)": line,
+        "request id: generated (128 random bits, hex)": new_request_id,
+        "access log line (format_line, as the daemon writes it)": line,
+        "access log line (build_line + json encode: the same text)": line_json,
         "all of it: request id, trace, metrics, log line": lambda: (
             rid(),
             Trace("0" * 32, "us-east", lambda t: None),
