@@ -154,12 +154,45 @@ def report(streams: Streams, exc: GridctlError) -> None:
         err.write(streams.paint("hint:", "blue", err) + f" {exc.hint}\n")
 
 
+_GLOBAL_VALUED = ("-i", "--inventory", "--templates")  # the root's options that take a value
+_GLOBAL_FLAGS = ("--debug",)
+
+
+def hoist_globals(argv: list[str]) -> list[str]:
+    """The root's options moved ahead of the command, wherever they stand before ``--``, so
+    ``gridctl site ls -i DIR --debug`` reads as ``gridctl -i DIR --debug site ls`` (as kubectl
+    takes ``-n`` anywhere). No command has an option of these names; after ``--`` is the
+    remote command's (``exec``), left alone. ``-iDIR`` is taken before the command only
+    (after it, ``-inf`` may be a number)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in _GLOBAL_VALUED:
+            if i + 1 == len(argv):
+                raise click.UsageError(f"Option '{arg}' requires an argument.")
+            front += argv[i : i + 2]
+            i += 2
+            continue
+        if arg in _GLOBAL_FLAGS or arg.startswith(("--inventory=", "--templates=")):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def run(argv: list[str], streams: Streams | None = None) -> int:
     """Run gridctl with ``argv`` (without the program name); return the exit code."""
     streams = streams or Streams()
     debug = "--debug" in argv or bool(streams.environ.get("GRIDCTL_DEBUG"))
     command = typer.main.get_command(app)
     try:
+        argv = hoist_globals(argv)
         rv = command.main(args=argv, prog_name="gridctl", standalone_mode=False, obj=State(streams=streams))
         if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
             streams.stderr.write("\ninterrupted\n")

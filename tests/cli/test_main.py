@@ -152,6 +152,31 @@ def test_errors_have_no_traceback_unless_debug(inv: Path) -> None:
     assert r.rc == 5 and "Traceback" in r.err and "error: inventory" in r.err
 
 
+def test_global_options_are_taken_after_the_command_too(inv: Path) -> None:
+    """-i, --inventory=, --templates and --debug anywhere before `--`, as kubectl's -n."""
+    first = run_cli("-i", str(EXAMPLE), "site", "ls", "-o", "json")
+    for argv in (
+        ("site", "ls", "-i", str(EXAMPLE), "-o", "json"),
+        ("site", "-i", str(EXAMPLE), "ls", "-o", "json"),
+        ("site", "ls", "-o", "json", f"--inventory={EXAMPLE}"),
+    ):
+        r = run_cli(*argv)
+        assert r.rc == 0 and json.loads(r.out) == json.loads(first.out), (argv, r)
+    (inv / "grid.yaml").write_text("name: [unclosed\n")
+    r = run_cli("site", "ls", "-i", str(inv), "--debug")
+    assert r.rc == 5 and "Traceback" in r.err
+    r = run_cli("site", "ls", "-i")  # no value: click's own usage error
+    assert r.rc == 2 and "requires an argument" in r.err
+
+
+def test_hoisting_stops_at_the_remote_command() -> None:
+    from gridctl.cli.main import hoist_globals
+
+    argv = ["exec", "all", "-i", "inv", "--", "grep", "-i", "x", "--debug"]
+    assert hoist_globals(argv) == ["-i", "inv", "exec", "all", "--", "grep", "-i", "x", "--debug"]
+    assert hoist_globals(["route", "test", "--slo-ms", "-inf"]) == ["route", "test", "--slo-ms", "-inf"]
+
+
 def test_init_writes_a_valid_commented_starter(tmp_path: Path) -> None:
     target = tmp_path / "grid"
     r = run_cli("init", str(target))
