@@ -1,4 +1,4 @@
-"""Requests through real nginx and HAProxy, configured by `route render`, to stand-in sites."""
+"""Requests through real nginx, HAProxy and Envoy, configured by `route render`, to stand-in sites."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ def chat(model: str, stream: bool = False) -> dict:
 
 def headers(region: str, model: str, **extra: str) -> dict[str, str]:
     return {"x-grid-region": region, "x-grid-model": model, **extra}
+
+
+def assert_openai_error(resp: httpx.Response, kind: str, code: str) -> None:
+    """The data plane's own error, as OpenAI's error object (what the openai SDKs read)."""
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+    assert (error["type"], error["param"], error["code"]) == (kind, None, code), error
 
 
 def client(proxy: Proxy) -> httpx.Client:
@@ -75,7 +83,7 @@ def test_unknown_route_is_404_with_a_json_error(proxy: Proxy, lab_grid: LabGrid)
         bad_path = c.post("/r/lab-east/nope/v1/chat/completions", json=chat(LLAMA))
     for resp in (unknown, bare, bad_path):
         assert resp.status_code == 404
-        assert resp.json()["error"]["type"] == "grid_no_route"
+        assert_openai_error(resp, "invalid_request_error", "no_route")
     assert not any(site.completions() for site in lab_grid.sites.values())
 
 
@@ -131,5 +139,5 @@ def test_a_route_without_an_eligible_site_is_503(proxy: Proxy, lab_grid: LabGrid
         allowed = c.post("/v1/chat/completions", json=chat(EU_ONLY), headers=headers("lab-eu", EU_ONLY))
     for resp in (by_headers, by_path):
         assert resp.status_code == 503
-        assert resp.json()["error"]["type"] == "grid_no_site"
+        assert_openai_error(resp, "no_eligible_site", "no_eligible_site")
     assert allowed.status_code == 200 and allowed.json()["site"] == "fra-1"
