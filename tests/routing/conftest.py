@@ -219,14 +219,8 @@ def start_envoy(table: dict[str, Any], workdir: Path, **kw: Any) -> Proxy:
     except RuntimeError:
         proxy.stop()
         raise
-    # Envoy 1.40 listens, and its admin interface shows every host healthy, ~1 s before its
-    # worker balances by that health (with outlier detection on): until then it sends a route's
-    # traffic to one host, or to the backups. No admin figure marks the moment, so wait it out.
-    time.sleep(ENVOY_SETTLE_S)
     return proxy
 
-
-ENVOY_SETTLE_S = 1.5
 
 STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "envoy": start_envoy}
 DATA_PLANES = tuple(STARTERS)
