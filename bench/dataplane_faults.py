@@ -22,6 +22,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def versions(planes: list[str]) -> str:
             found.append(f"HAProxy {text[2]}")
         else:
             text = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
-            found.append(f"Envoy {text.split('/')[1]}")
+            match = re.search(r"version: \w+/(\d+\.\d+\.\d+)/", text)  # <path>  version: <sha>/1.40.0/...
+            found.append(f"Envoy {match.group(1) if match else '?'}")
     return ", ".join(found)
 
 
