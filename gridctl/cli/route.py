@@ -326,6 +326,38 @@ def render(
             help="Output tokens of the request shape the weights are computed for.",
         ),
     ] = DEFAULT_SHAPE.output_tokens,
+    read_timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--read-timeout",
+            min=1,
+            max=86400,
+            metavar="SECONDS",
+            help="Every data plane: how long to wait for a site's first byte before trying the next "
+            "site, and the longest silence within an answer [default: 4 x the SLO, at least 2 s; "
+            "raise it for long answers that are not streamed].",
+        ),
+    ] = None,
+    admin_port: Annotated[
+        int, typer.Option("--admin-port", min=1, max=65535, help="Envoy: its admin interface's port.")
+    ] = 9901,
+    resolver: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resolver",
+            metavar="ADDRESS",
+            help="nginx: a nameserver to resolve site names with at run time (repeat for more) "
+            "[default: the nameservers of /etc/resolv.conf].",
+        ),
+    ] = None,
+    nginx_version: Annotated[
+        str,
+        typer.Option(
+            "--nginx-version",
+            help="nginx: the version the config is for; from 1.27.3 site names are resolved in "
+            "upstreams, keeping connections to them alive.",
+        ),
+    ] = "1.22.1",
 ) -> None:
     """Render routing tables for every client region and model: the table itself
     (json, yaml) or complete data-plane configs (nginx, haproxy, envoy).
@@ -337,13 +369,22 @@ def render(
     stderr (the exit code stays 0)."""
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
-    from gridctl.placement.render import RenderOptions, render_routing
+    from gridctl.placement.render import RenderOptions, parse_nameservers, parse_nginx_version, render_routing
     from gridctl.placement.table import build_routing_table
     from gridctl.routing import load_planner
 
     st = state(ctx)
     inv = st.load()
     host, port = parse_listen(listen)
+    if resolver:
+        resolvers = tuple(resolver)
+    elif fmt == "nginx":
+        try:
+            resolvers = parse_nameservers(Path("/etc/resolv.conf").read_text(errors="replace"))
+        except OSError:
+            resolvers = ()
+    else:
+        resolvers = RenderOptions.resolvers
     options = RenderOptions(
         listen_host=host,
         listen_port=port,
@@ -351,6 +392,10 @@ def render(
         log_dir=log_dir,
         ca_file=ca_file,
         tls_verify=not insecure,
+        read_timeout_s=read_timeout,
+        admin_port=admin_port,
+        resolvers=resolvers,
+        nginx_version=parse_nginx_version(nginx_version),
     )
     from gridctl.placement.predict import Shape
 

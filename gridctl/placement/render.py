@@ -13,9 +13,18 @@ Every data plane routes the same way: a request names its route with the
 headers ``x-grid-region`` and ``x-grid-model`` (matched ignoring case), or with
 the path ``/r/<region>/<model>/<api path>`` (the prefix is stripped, and wins
 over the headers). Primaries share the traffic by weight; backups take it
-when every primary is down; a connection error, a 502/503/504 or a timeout
-before the first byte of the answer moves the request to the next site. An
-unknown route gets 404 with a JSON body; a route with no eligible site, 503.
+when every primary is down; a connection error, a closed connection, a
+502/503/504 or a first-byte timeout before the answer starts moves the request
+to the next site, and marks the site down until its health checks pass again.
+The first-byte timeout (also the longest silence within an answer) is derived
+from the SLO as the daemon's deadlines are (:func:`first_byte_timeout_s`)
+unless ``RenderOptions.read_timeout_s`` sets it. A site whose name does not
+resolve is left out until it does; the config still loads. The data plane's
+own errors (unknown route 404, route without a site 503, no site up, every
+site failed, timeout) have JSON bodies in OpenAI's error shape
+(:func:`build_error_body`); a site's own error answer passes through as it is.
+Each file names the version of its data plane it was checked against
+(:data:`CHECKED_VERSIONS`).
 
 Output is deterministic: routes by (region, model), sites by name where the
 order carries no meaning, primaries and backups in the table's rank order,
@@ -39,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from gridctl.errors import GridctlError, UsageError
+from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
 OUTPUT_FILES: Mapping[str, str] = {
@@ -68,6 +78,17 @@ _SAFE = {
     "path": re.compile(r"^(/[A-Za-z0-9._~%:@!+,=-]*)*$"),
 }
 _SAFE_OPTION = re.compile(r"^[A-Za-z0-9_./:@+-]+$")  # paths and addresses: nothing to quote
+_RESOLVER = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
+_IP_LITERAL = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
+
+# The versions of each data plane the rendered files are checked against, by the tests that
+# load them and send traffic through them (tests/routing). Each file says so in its header.
+CHECKED_VERSIONS: Mapping[str, str] = {"nginx": "1.22.1", "haproxy": "2.6.12", "envoy": "1.40.0"}
+# nginx re-resolves a name in an upstream (`server NAME resolve`, keeping its connections
+# alive) from this version on (open source); before it, a name is resolved at run time only
+# when proxy_pass holds a variable, and such a hop keeps no connection alive.
+NGINX_RESOLVE_SINCE = (1, 27, 3)
+FALLBACK_READ_TIMEOUT_S = 30  # a table without an SLO: the daemon's head timeout without a prediction
 
 
 class RenderError(GridctlError):
@@ -96,9 +117,16 @@ class RenderOptions:
     tls_verify: bool = True
     health_path: str = "/health"
     connect_timeout_s: int = 2  # sites are chosen within a latency SLO: a slow connect is a failure
-    read_timeout_s: int = 300  # longest silence in an answer (a long generation, non-streamed)
+    # the first-byte timeout, also the longest silence within an answer; None: from the SLO
+    read_timeout_s: int | None = None
+    client_timeout_s: int = 300  # HAProxy: the longest silence from a client (it waits for answers)
     admin_port: int = 9901  # Envoy's admin interface, on listen_host
     worker_processes: str = "auto"  # nginx
+    # nginx: the nameservers it resolves site names with at run time (it reads no
+    # /etc/resolv.conf; `route render` passes its nameservers unless --resolver)
+    resolvers: tuple[str, ...] = ("127.0.0.53",)
+    resolver_valid_s: int = 10  # nginx: how long a name's addresses are kept
+    nginx_version: tuple[int, ...] = (1, 22, 1)  # the nginx the config is for (--nginx-version)
 
 
 DEFAULT_OPTIONS = RenderOptions()
@@ -117,6 +145,7 @@ class Server:
     port: int
     path: str  # "" or "/prefix", no trailing slash
     address: str  # host:port, [v6]:port
+    named: bool  # the host is a DNS name (resolved at run time), not an IP address
     authority: str  # the Host header: host, or host:port when the port is not the scheme's
     weight: int | None  # None for backups
     backup: bool
@@ -152,7 +181,9 @@ def render_routing(
         return {name: dump_yaml(_plain(table))}
     check_options(options)
     routes = build_view(table, options)
-    _check_for(fmt, routes)
+    _check_for(fmt, routes, options)
+    read_timeout = options.read_timeout_s or first_byte_timeout_s(table.get("slo_ms"))
+    timeout_body = f"no site answered within {read_timeout} s (the first-byte timeout)"
     context = {
         "grid": str(table.get("grid", "")),
         "slo_ms": table.get("slo_ms"),
@@ -164,12 +195,27 @@ def render_routing(
         "model_header": MODEL_HEADER,
         "path_prefix": PATH_PREFIX,
         "zone_kb": _nginx_zone_kb(routes),
-        "no_route_body": _json_body(
+        "read_timeout_s": read_timeout,
+        "read_timeout_note": _read_timeout_note(options.read_timeout_s, table.get("slo_ms"), read_timeout),
+        "checked": CHECKED_VERSIONS[fmt],
+        "nginx_resolve": options.nginx_version >= NGINX_RESOLVE_SINCE,
+        "nginx_version": ".".join(str(n) for n in options.nginx_version),
+        "needs_resolver": any(s.named for s in _sites(routes)),
+        "first_named_site": next((s.site for s in _sites(routes) if s.named), None),
+        "no_route_body": build_error_body(
             "no route: send headers x-grid-region and x-grid-model naming a region and model "
             "of the grid, or use the path /r/<region>/<model>/...",
-            "grid_no_route",
+            "invalid_request_error",
+            "no_route",
         ),
-        "no_site_body": _json_body("no eligible site for this region and model", "grid_no_site"),
+        "no_site_body": build_error_body(
+            "no eligible site for this region and model", "no_eligible_site", "no_eligible_site"
+        ),
+        "failed_body": build_error_body(
+            "every site tried failed before answering", "upstream_error", "upstream_failed"
+        ),
+        "down_body": build_error_body("no site of this route is up", "upstream_error", "no_site_up"),
+        "timeout_body": build_error_body(timeout_body, "upstream_error", "upstream_timeout"),
     }
     return {name: _render_template(templates_dir, TEMPLATES[fmt], context)}
 
@@ -205,8 +251,49 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _json_body(message: str, kind: str) -> str:
-    return json.dumps({"error": {"message": message, "type": kind}}, separators=(",", ":"))
+def build_error_body(message: str, kind: str, code: str) -> str:
+    """A data plane's own error as OpenAI's error object, on one line (the daemon's shape:
+    ``message``, ``type``, ``param``, ``code``), so an OpenAI client reads it as an error."""
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return json.dumps({"error": error}, separators=(",", ":"))
+
+
+def first_byte_timeout_s(slo_ms: Any) -> int:
+    """Seconds a data plane waits for a site's first byte (and, once it answers, for each next
+    byte) before taking it for hung and trying the next site: the daemon's rule for a site that
+    sent nothing (:data:`HUNG_FACTOR` x the SLO, at least :data:`HUNG_FLOOR_S`), in whole
+    seconds. A data plane has no per-request prediction, so the SLO stands for it: an answer
+    longer than the SLO by that factor (a long non-streamed generation) needs ``--read-timeout``."""
+    if not _number(slo_ms) or slo_ms <= 0:
+        return FALLBACK_READ_TIMEOUT_S
+    return max(math.ceil(HUNG_FLOOR_S), math.ceil(HUNG_FACTOR * slo_ms / 1000.0))
+
+
+def _read_timeout_note(given: int | None, slo_ms: Any, value: int) -> str:
+    if given is not None:
+        return f"{value} s (route render --read-timeout)"
+    if not _number(slo_ms) or slo_ms <= 0:
+        return f"{value} s (the table has no SLO)"
+    return f"{value} s ({HUNG_FACTOR:g} x the {slo_ms:g} ms SLO, at least {HUNG_FLOOR_S:g} s; --read-timeout)"
+
+
+def parse_nameservers(text: str) -> tuple[str, ...]:
+    """The nameservers of a resolv.conf, as nginx's ``resolver`` takes them (IPv6 in brackets)."""
+    found: list[str] = []
+    for line in text.splitlines():
+        parts = line.split("#")[0].split(";")[0].split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            address = parts[1].split("%")[0]  # a zone index is not for nginx
+            found.append(f"[{address}]" if ":" in address else address)
+    return tuple(dict.fromkeys(found))
+
+
+def parse_nginx_version(text: str) -> tuple[int, ...]:
+    """``1.27.3`` (or ``nginx/1.27.3``) -> (1, 27, 3)."""
+    value = text.strip().removeprefix("nginx/")
+    if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){1,2}", value):
+        raise UsageError(f"--nginx-version {text!r} is not a version", hint="e.g. --nginx-version 1.27.3")
+    return tuple(int(n) for n in value.split("."))
 
 
 def check_options(options: RenderOptions) -> None:
@@ -223,6 +310,21 @@ def check_options(options: RenderOptions) -> None:
     for field in ("listen_port", "admin_port"):
         if not 0 < getattr(options, field) < 65536:
             raise UsageError(f"{field} {getattr(options, field)} is not a TCP port (1-65535)")
+    if options.admin_port == options.listen_port:
+        raise UsageError(
+            f"Envoy's admin port {options.admin_port} is the port it listens on for requests",
+            hint="choose another --admin-port (or --listen)",
+        )
+    for field in ("read_timeout_s", "client_timeout_s", "connect_timeout_s", "resolver_valid_s"):
+        value = getattr(options, field)
+        if value is not None and not 1 <= value <= 86400:
+            raise UsageError(f"{field} {value} is outside 1-86400 seconds")
+    for address in options.resolvers:
+        if not _RESOLVER.fullmatch(address):
+            raise UsageError(
+                f"resolver {address!r} is not an IP address[:port]",
+                hint="e.g. --resolver 10.0.0.53 or --resolver [2001:db8::53]:53",
+            )
 
 
 def build_view(table: Mapping[str, Any], options: RenderOptions = DEFAULT_OPTIONS) -> list[Route]:
@@ -312,6 +414,7 @@ def _server(raw: Mapping[str, Any], backup: bool, options: RenderOptions, where:
         port=port,
         path=path,
         address=address,
+        named=not _IP_LITERAL.fullmatch(host),
         authority=authority,
         weight=weight,
         backup=backup,
@@ -347,8 +450,16 @@ def _nginx_zone_kb(routes: Sequence[Route]) -> int:
     return 64 + 4 * (len(routes) + sum(len(r.servers) for r in routes) // 2)
 
 
-def _check_for(fmt: str, routes: Sequence[Route]) -> None:
+def _check_for(fmt: str, routes: Sequence[Route], options: RenderOptions) -> None:
     """What a data plane cannot express, refused with what to change."""
+    if fmt == "nginx" and not options.resolvers:
+        named = sorted({s.site for r in routes for s in r.servers if s.named})
+        if named:
+            raise RenderError(
+                f"nginx resolves the names of sites {', '.join(named[:5])} at run time and needs a "
+                "nameserver: there is none in /etc/resolv.conf",
+                hint="pass --resolver ADDRESS (a DNS server nginx can reach)",
+            )
     for route in routes:
         where = f"route {route.key}"
         if fmt in ("haproxy", "envoy") and route.path is None:

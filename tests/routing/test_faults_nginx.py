@@ -1,0 +1,19 @@
+"""The fault matrix through real nginx (tests/routing/faults.py): with a healthy site left, no
+request is lost (but for :data:`~tests.routing.faults.KNOWN_LOSS`) and none is answered twice,
+streamed or not. Each case is a fresh lab grid and nginx, rendered with ``--read-timeout 1``
+(a hung site costs a request one second); 10 requests per case. One file per data plane keeps
+each file well under a minute."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.routing.conftest import require
+from tests.routing.faults import FAULTS, check_case
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_nginx_loses_and_duplicates_nothing_while_a_healthy_site_exists(fault: str, stream: bool) -> None:
+    require("nginx")
+    check_case("nginx", fault, stream)
