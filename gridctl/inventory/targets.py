@@ -1,14 +1,16 @@
 """Target patterns, shared by every command that takes targets.
 
-Grammar (Ansible-like):  PATTERN := TERM ("," TERM)*     TERM := ["!"] SELECTOR
+Grammar (Ansible-like):  PATTERN := TERM ("," TERM)*     TERM := ["!" | "&"] SELECTOR
 SELECTOR is one of
   GLOB               site name (``phl-*``); for node commands also a node name
   SITE/NODE          nodes, both parts may be globs (``phl-*/gpu-0[12]``)
   region:GLOB  kind:GLOB  jurisdiction:GLOB  label:KEY=GLOB
   all, *             everything
-Positive terms are united; ``!`` terms are removed from the union (a pattern of
-only exclusions starts from everything). A term without glob characters that
-matches nothing is an error with a suggestion: it is almost always a typo.
+Plain terms are united; each ``&`` term then keeps only what it also matches
+(``region:eu-*,&kind:edge``: the edge sites of the eu regions); ``!`` terms are
+removed last (a pattern of only ``&`` and ``!`` terms starts from everything). A
+term without glob characters that matches nothing is an error with a suggestion:
+it is almost always a typo; so is a glob that cannot match (``phl-[``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Term:
     selector: str  # "name", "node", or one of SELECTORS
     value: str
     node: str = ""  # the NODE part of SITE/NODE
+    intersect: bool = False  # an "&" term
 
     @property
     def literal(self) -> bool:
@@ -41,8 +44,13 @@ def parse_pattern(pattern: str) -> list[Term]:
     terms: list[Term] = []
     for raw in pattern.split(","):
         text = raw.strip()
-        negate = text.startswith("!")
-        body = text[1:].strip() if negate else text
+        negate, intersect = text.startswith("!"), text.startswith("&")
+        body = text[1:].strip() if negate or intersect else text
+        if body.startswith(("!", "&")):
+            raise UsageError(
+                f"term '{text}' in target pattern {pattern!r} has two prefixes",
+                hint="one of '!' (remove) or '&' (keep only), e.g. 'region:eu-*,&kind:edge,!ber-*'",
+            )
         if not body:
             raise UsageError(
                 f"empty term in target pattern {pattern!r}",
@@ -63,17 +71,39 @@ def parse_pattern(pattern: str) -> list[Term]:
                     f"'{body}' needs a value",
                     hint="e.g. region:eu-de, kind:edge, jurisdiction:DE, label:tier=metro",
                 )
-            terms.append(Term(text, negate, sel, value))
+            _check_glob(value.partition("=")[2] if sel == "label" else value, body, pattern)
+            terms.append(Term(text, negate, sel, value, intersect=intersect))
         elif "/" in body:
             site, _, node = body.partition("/")
             if not site or not node or "/" in node:
                 raise UsageError(
                     f"'{body}' is not SITE/NODE", hint="e.g. phl-co-12/phl-co-12-gpu-01 or 'phl-*/*'"
                 )
-            terms.append(Term(text, negate, "node", site, node))
+            _check_glob(site, body, pattern)
+            _check_glob(node, body, pattern)
+            terms.append(Term(text, negate, "node", site, node, intersect=intersect))
         else:
-            terms.append(Term(text, negate, "name", "*" if body == "all" else body))
+            _check_glob(body, body, pattern)
+            terms.append(Term(text, negate, "name", "*" if body == "all" else body, intersect=intersect))
     return terms
+
+
+def _check_glob(glob: str, body: str, pattern: str) -> None:
+    """A '[' that never closes matches only a literal '[' under fnmatch: never what was meant."""
+    i = 0
+    while (i := glob.find("[", i)) >= 0:
+        j = i + 1
+        if j < len(glob) and glob[j] == "!":
+            j += 1
+        if j < len(glob) and glob[j] == "]":
+            j += 1  # a leading ']' is a member of the set
+        close = glob.find("]", j)
+        if close < 0:
+            raise UsageError(
+                f"'{body}' in target pattern {pattern!r}: '[' is never closed",
+                hint="a set is '[...]', e.g. 'phl-co-1[12]'; quote the pattern in the shell",
+            )
+        i = close + 1
 
 
 def _site_matches(term: Term, site: Site) -> bool:
@@ -128,9 +158,11 @@ def select_nodes(inv: Inventory, pattern: str | None, model: str | None = None) 
 
 
 def _apply(terms: list[Term], items, matches):  # type: ignore[no-untyped-def]
-    positive = [t for t in terms if not t.negate]
+    positive = [t for t in terms if not t.negate and not t.intersect]
+    both = [t for t in terms if t.intersect]
     negative = [t for t in terms if t.negate]
     chosen = [i for i in items if any(matches(t, i) for t in positive)] if positive else list(items)
+    chosen = [i for i in chosen if all(matches(t, i) for t in both)]
     return [i for i in chosen if not any(matches(t, i) for t in negative)]
 
 

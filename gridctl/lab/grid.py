@@ -123,10 +123,19 @@ class LabGrid:
             raise NoSuchSite(f"no lab site matches '{pattern}'; {hint}")
         return sorted(names)
 
-    def set_mode(self, pattern: str, mode: str, delay_ms: float | None = None) -> list[dict[str, str]]:
-        """Switch the failure mode of every site matching ``pattern``; NoSuchSite when none does,
+    def set_mode(
+        self, pattern: str | list[str], mode: str, delay_ms: float | None = None
+    ) -> list[dict[str, str]]:
+        """Switch the failure mode of every site matching ``pattern`` (a name or a glob; or a
+        list of names, as the CLI resolves a target pattern); NoSuchSite when none does,
         ValueError for an unknown mode (and then no site changes)."""
-        names = self.match(pattern)
+        if isinstance(pattern, list):
+            unknown = [n for n in pattern if n not in self.sites]
+            if unknown or not pattern:
+                raise NoSuchSite(f"no lab site named {', '.join(map(repr, unknown)) or '(none given)'}")
+            names = sorted(set(pattern))
+        else:
+            names = self.match(pattern)
         return [{"site": n, "mode": mode, "previous": self.sites[n].set_mode(mode, delay_ms)} for n in names]
 
     def states(self) -> list[dict[str, Any]]:
@@ -139,8 +148,11 @@ class LabGrid:
             try:
                 body = req.json()
                 delay = body.get("delay_ms")
+                names = body["sites"] if isinstance(body.get("sites"), list) else str(body["site"])
                 changed = self.set_mode(
-                    str(body["site"]), str(body["mode"]), None if delay is None else float(delay)
+                    [str(n) for n in names] if isinstance(names, list) else names,
+                    str(body["mode"]),
+                    None if delay is None else float(delay),
                 )
             except NoSuchSite as exc:
                 return json_response(error_body(str(exc), code="not_found"), 404)

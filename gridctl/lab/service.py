@@ -433,9 +433,19 @@ def fetch_lab_status(root: Path) -> dict[str, Any]:
 
 
 def run_lab_fail(root: Path, pattern: str, mode: str, delay_ms: float | None = None) -> list[dict[str, str]]:
-    """Switch the failure mode of the lab sites matching ``pattern`` (a name or a glob)."""
+    """Switch the failure mode of the lab sites matching ``pattern``: a target pattern, read as
+    every command reads one (gridctl/inventory/targets.py: names, globs, ``region:``, ``&``,
+    ``!``), against the lab's overlay inventory."""
+    from gridctl.inventory.load import load_inventory
+    from gridctl.inventory.targets import select_sites
+
     _, info = _running_info(root)
+    names = [s.name for s in select_sites(load_inventory(Path(info["overlay"])), pattern)]
+    if not names:
+        raise NotFoundError(
+            f"no lab site matches '{pattern}'", hint="see `gridctl lab status` for the lab's sites"
+        )
     changed: list[dict[str, str]] = _control(
-        info, "POST", "/lab/fail", {"site": pattern, "mode": mode, "delay_ms": delay_ms}
+        info, "POST", "/lab/fail", {"sites": names, "mode": mode, "delay_ms": delay_ms}
     )["changed"]
     return changed

@@ -39,6 +39,11 @@ def example():
         ),
         ("kind:edge", "parakeet-*", ["ber-edge-01", "jc-edge-01", "par-edge-02", "phl-edge-04"]),
         ("zzz-*", None, []),
+        ("region:eu-*,&kind:edge", None, ["ber-edge-01", "par-edge-02"]),
+        ("&kind:edge,!phl-*", None, ["ber-edge-01", "jc-edge-01", "par-edge-02"]),
+        ("phl-*,fra-*,&region:us-phl,&kind:edge", None, ["phl-edge-04"]),
+        ("phl-co-1[12]", None, ["phl-co-12"]),
+        ("phl-co-1[!2]", None, []),
     ],
 )
 def test_select_sites(example, pattern, model, expected) -> None:
@@ -75,6 +80,10 @@ def test_no_pattern_selects_everything(example) -> None:
         ("phl-*,,fra-*", UsageError, "empty term"),
         ("label:tier", UsageError, "needs a value"),
         ("a/b/c", UsageError, "SITE/NODE"),
+        ("phl-[", UsageError, "never closed"),
+        ("phl-*/gpu-[0", UsageError, "never closed"),
+        ("label:tier=[x", UsageError, "never closed"),
+        ("!&kind:edge", UsageError, "two prefixes"),
     ],
 )
 def test_bad_patterns_say_what_and_suggest(example, pattern, error, fragment) -> None:

@@ -72,11 +72,19 @@ def test_up_status_fail_down(cli, inv: Path) -> None:  # type: ignore[no-untyped
             assert {s["name"]: s for s in status(cli)["sites"]}["fra-pop-01"]["mode"] == "503"
             r = cli("lab", "fail", "par-*", "slow", "--delay-ms", "5")
             assert r.rc == 0 and len(r.out.splitlines()) == 2
+            # the same target patterns as every command: a list, selectors, & and !
+            r = cli("lab", "fail", "fra-pop-01,par-pop-01", "ok")
+            assert r.rc == 0 and sorted(r.out.split()[0::5]) == ["lab/fra-pop-01", "lab/par-pop-01"], r
+            r = cli("lab", "fail", "region:eu-*,&kind:edge,!ber-*", "ok")
+            assert (r.rc, r.out) == (0, "lab/par-edge-02 mode ok (was slow)\n"), r
+            assert cli("lab", "fail", "zzz-*", "ok").rc == 1  # a glob that matches nothing
+            r = cli("lab", "fail", "fra-[", "ok")
+            assert r.rc == 2 and "never closed" in r.err
             assert cli("lab", "fail", "fra-pop-01", "ok").rc == 0
             assert c.post(fra["url"] + "/v1/chat/completions", json=body).status_code == 200
 
         r = cli("lab", "fail", "fra-pop-99", "503")
-        assert r.rc == 1 and "no lab site matches 'fra-pop-99'" in r.err and "fra-pop-01" in r.err
+        assert r.rc == 1 and "no site named 'fra-pop-99'" in r.err and "fra-pop-01" in r.err
         assert cli("lab", "fail", "fra-pop-01", "explode").rc == 2
 
         again = cli("lab", "up")
