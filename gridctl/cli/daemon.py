@@ -146,6 +146,22 @@ def run(
     _run_workers(config, dict(st.streams.environ))
 
 
+def _check_url(url: str) -> None:
+    """``--url``: http(s), a host, a port in range; else a usage error before any connection."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError as exc:
+        raise UsageError(f"--url {url}: {exc}", hint="e.g. --url http://127.0.0.1:8080") from None
+    bad_host = not parts.hostname or any(c.isspace() for c in url) or port == 0
+    if parts.scheme not in ("http", "https") or bad_host:
+        raise UsageError(
+            f"--url {url}: not an http(s) URL with a host", hint="e.g. --url http://127.0.0.1:8080"
+        )
+
+
 def _finite_seconds(value: float, flag: str) -> float:
     import math
 
@@ -225,12 +241,15 @@ def status(
     from gridctl.daemon.config import token_from
 
     st = state(ctx)
+    _check_url(url)
     headers = {}
     token = token_from(st.streams.environ)  # stripped, as `daemon run` reads it
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
         resp = httpx.get(url.rstrip("/") + "/grid/status", headers=headers, timeout=5.0, trust_env=False)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        raise UsageError(f"--url {url}: {exc}", hint="e.g. --url http://127.0.0.1:8080") from None
     except httpx.HTTPError as exc:
         raise UnreachableError(
             f"no daemon answers at {url}: {exc}", hint="start one with `gridctl daemon run`"

@@ -7,6 +7,7 @@ lines go to stderr; a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -42,8 +43,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _FiniteFloat(click.types.FloatParamType):
+    """A float option that refuses NaN and infinities (click takes ``nan``, ``inf``: a NaN
+    passes every ``min=``, and would reach the JSON output or turn a check off)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, self, param, ctx)
+
+
+class _FiniteFloatRange(click.FloatRange):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, self, param, ctx)
+
+
+def _finite(
+    number: Any, value: Any, kind: click.ParamType, param: click.Parameter | None, ctx: click.Context | None
+) -> Any:
+    if isinstance(number, float) and not math.isfinite(number):
+        kind.fail(f"{value!r} is not a finite number.", param, ctx)
+    return number
+
+
+def finite_floats(command: click.Command) -> click.Command:
+    """Every float option and argument of ``command`` and its subcommands made finite-only."""
+    for p in command.params:
+        t = p.type
+        if type(t) is click.FloatRange:
+            p.type = _FiniteFloatRange(t.min, t.max, t.min_open, t.max_open, t.clamp)
+        elif type(t) is click.types.FloatParamType:
+            p.type = _FiniteFloat()
+    for sub in getattr(command, "commands", {}).values():
+        finite_floats(sub)
+    return command
+
+
 def load_command(name: str) -> click.Command:
-    """The click command for ``name`` in COMMANDS, as ``app.add_typer`` / ``app.command`` make it."""
+    """The click command for ``name`` in COMMANDS, as ``app.add_typer`` / ``app.command`` make it,
+    its float inputs finite-only."""
     import importlib
 
     module, attribute = COMMANDS[name]
@@ -55,7 +91,7 @@ def load_command(name: str) -> click.Command:
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name
-    return command
+    return finite_floats(command)
 
 
 # click >= 8.4 raises NoSuchCommand, with close names ("Did you mean 'exec'?"); older
@@ -207,12 +243,12 @@ def run(argv: list[str], streams: Streams | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         streams.stderr.write("\ninterrupted\n")
         return ExitCode.INTERRUPTED
-    except _CLICK_ERRORS as exc:  # click's usage errors and friends
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show(file=streams.stderr)
-        else:
-            streams.stderr.write(f"error: {exc}\n")
+    except _CLICK_ERRORS as exc:  # click's usage errors and friends, said as gridctl says errors
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if format_message is not None else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx is not None else "gridctl"
+        report(streams, GridctlError(message, hint=f"see `{path} --help`"))
         return int(getattr(exc, "exit_code", ExitCode.USAGE))
     except BrokenPipeError:
         # stdout closed early (`| head`): stop quietly, as Python's docs advise

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, NotFoundError, UnreachableError, UsageError
+from gridctl.errors import ExitCode, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 from gridctl.placement.engine import DEFAULT_SHAPE
 from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
@@ -23,14 +23,12 @@ FromOpt = Annotated[str, typer.Option("--from", help="Client region the request 
 
 
 def _region_check(planner: Any, region: str) -> None:
-    if region not in planner.regions:
-        import difflib
+    if region not in planner.regions:  # a typo in --from: a usage error, as any bad argument
+        from gridctl.suggest import did_you_mean
 
-        near = difflib.get_close_matches(region, list(planner.regions), n=1)
-        raise NotFoundError(
-            f"no client region named '{region}'",
-            hint=(f"did you mean '{near[0]}'? " if near else "")
-            + f"regions: {', '.join(sorted(planner.regions))}",
+        raise UsageError(
+            f"--from {region}: no client region named '{region}'",
+            hint=did_you_mean(region, sorted(planner.regions), "regions"),
         )
 
 
@@ -164,11 +162,19 @@ def test(
     inv = st.load()
     planner = load_planner(inv)
     _region_check(planner, region)
+    models = sorted({m.name for s in inv.sites for m in s.models})
+    if model not in models:  # a typo, not a placement problem: no SLO or capacity would help
+        from gridctl.suggest import did_you_mean
+
+        raise UsageError(
+            f"--model {model}: no site in the inventory serves it", hint=did_you_mean(model, models, "models")
+        )
     if jurisdiction is not None:
         jurisdiction = jurisdiction.upper()
         if not (is_code(jurisdiction) or jurisdiction in GROUPS):
             raise UsageError(
-                f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)"
+                f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)",
+                hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
             )
     if slo_ms is not None and not math.isfinite(slo_ms):
         raise UsageError(f"--slo-ms {slo_ms}: must be a finite number of milliseconds")
@@ -417,6 +423,18 @@ def render(
         return
     from gridctl.inventory.store import write_atomic
 
-    for name, text in files.items():
-        write_atomic(out_dir / name, text)
-        st.streams.out(str(out_dir / name))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(
+            f"--out {out_dir}: not a directory",
+            hint=f"--out names a directory to write {', '.join(files)} into (it is created when missing)",
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_atomic(out_dir / name, text)
+            st.streams.out(str(out_dir / name))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write into --out {out_dir}: {exc.strerror or exc}",
+            hint="give a directory you can write to",
+        ) from None

@@ -203,8 +203,12 @@ def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
     """Start the lab for the inventory at ``root``, or find it already running."""
     inv = load_inventory(root)
     if opts.region is not None and inv.region(opts.region) is None:
-        known = ", ".join(r.name for r in inv.grid.regions) or "none"
-        raise UsageError(f"--from {opts.region}: no such client region in grid.yaml (regions: {known})")
+        from gridctl.suggest import did_you_mean
+
+        raise UsageError(
+            f"--from {opts.region}: no such client region in grid.yaml",
+            hint=did_you_mean(opts.region, [r.name for r in inv.grid.regions], "regions"),
+        )
     if opts.speed <= 0:
         raise UsageError(
             f"--speed {opts.speed:g}: must be above 0", hint="e.g. --speed 10 runs ten times faster"

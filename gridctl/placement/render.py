@@ -49,6 +49,7 @@ from typing import Any
 
 from gridctl.errors import GridctlError, UsageError
 from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
+from gridctl.suggest import did_you_mean
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
 OUTPUT_FILES: Mapping[str, str] = {
@@ -171,7 +172,7 @@ def render_routing(
 ) -> dict[str, str]:
     """File name -> text for ``fmt`` (one of :data:`FORMATS`): one file per format."""
     if fmt not in FORMATS:
-        raise UsageError(f"unknown routing format '{fmt}'", hint=f"choose one of: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown routing format '{fmt}'", hint=did_you_mean(fmt, FORMATS))
     name = OUTPUT_FILES[fmt]
     if fmt == "json":
         return {name: json.dumps(table, indent=2, sort_keys=False) + "\n"}

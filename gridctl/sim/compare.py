@@ -40,6 +40,7 @@ from gridctl.sim.sites import (
     speeds,
 )
 from gridctl.sim.traffic import Workload, generate_workload, region_rates
+from gridctl.suggest import closest, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,14 @@ class Plan:
 
 def parse_policies(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [p for p in names if p not in POLICIES + EXTRA_POLICIES]
+    known = POLICIES + EXTRA_POLICIES
+    bad = [p for p in names if p not in known]
     if bad or not names:
+        near = closest(bad[0], known) if bad else []
         raise UsageError(
             f"--policy {text!r}: unknown policy {', '.join(bad) or '(none)'}",
-            hint=f"give a comma-separated list of: {', '.join(POLICIES + EXTRA_POLICIES)}",
+            hint=(f"did you mean '{near[0]}'? " if near else "")
+            + f"give a comma-separated list of: {', '.join(known)}",
         )
     return names
 
@@ -103,9 +107,7 @@ def resolve_profile(inv: Inventory, name: str) -> Profile:
         return load_scenario(path, inv.root, regions, sites)
     if name in PROFILES:
         return PROFILES[name]
-    import difflib
-
-    near = difflib.get_close_matches(name, list(PROFILES), n=1)
+    near = closest(name, PROFILES)
     raise UsageError(
         f"--profile {name}: no built-in profile and no {inv.root}/scenarios/{name}.yaml",
         hint=(f"did you mean '{near[0]}'? " if near else "") + f"built-in: {', '.join(PROFILES)}",
@@ -135,11 +137,9 @@ def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: Si
     sub = deploy_only(inv, deployed) if pattern else inv
     central = opts.central or (profile.central if profile else None)
     if central is not None and inv.site(central) is None:
-        import difflib
-
-        near = difflib.get_close_matches(central, [s.name for s in inv.sites], n=1)
         raise UsageError(
-            f"--central {central}: no such site", hint=f"did you mean '{near[0]}'?" if near else "name a site"
+            f"--central {central}: no such site",
+            hint=did_you_mean(central, [s.name for s in inv.sites], "sites"),
         )
     if central is None and "central" in opts.policies:
         central = biggest_site(sub, model)

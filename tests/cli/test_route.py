@@ -202,7 +202,7 @@ def test_no_eligible_site_exits_4_with_every_reason(cli) -> None:
 
 def test_unknown_region_and_jurisdiction(cli) -> None:
     r = cli("route", "test", "--from", "us-eats", "--model", M8)
-    assert r.rc == 1 and "did you mean 'us-east'" in r.err
+    assert r.rc == 2 and "did you mean 'us-east'" in r.err
     r = cli("route", "test", "--from", "us-east", "--model", M8, "--jurisdiction", "XX")
     assert r.rc == 2 and "not an ISO 3166-1" in r.err
 
@@ -290,8 +290,8 @@ def test_body_and_slo_inputs_that_are_not_requests_are_usage_errors(cli, tmp_pat
         (["--body", str(fifo)], "not a regular file"),
         (["--body", "/dev/zero"], "not a regular file"),
         (["--body", str(deep)], "nested too deeply"),
-        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "nan"], "must be a finite number"),
-        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "inf"], "must be a finite number"),
+        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "nan"], "is not a finite number"),
+        (["--model", "llama-3.1-8b-instruct", "--slo-ms", "inf"], "is not a finite number"),
     ):
         r = cli("route", "test", "--from", "us-phl", *args)
         assert r.rc == 2 and said in r.err and "Traceback" not in r.err, (args, r)
