@@ -166,7 +166,7 @@ def _finite_seconds(value: float, flag: str) -> float:
     import math
 
     if not math.isfinite(value):
-        raise UsageError(f"{flag} {value}: must be a finite number of seconds (0: never)")
+        raise UsageError(f"{flag} {value}: must be a finite number of seconds")
     return value
 
 

@@ -42,7 +42,7 @@ _ENCODE = json.JSONEncoder(
 _STR = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text (strftime once a second)
 _MILLIS = tuple(f".{n:03d}Z" for n in range(1000))  # a lookup: cheaper than formatting an int
-_ESCAPED: dict[str, str] = {}  # names seen (sites, regions, models), JSON-escaped once: a lookup per line
+_ESCAPED: dict[str, str] = {}  # site names (the inventory's), JSON-escaped once: a lookup per line
 _ESCAPED_MAX = 4096
 
 
@@ -56,7 +56,7 @@ def _utc(wall: float) -> str:
 
 
 def _name(value: str | None) -> str:
-    """A name as JSON (``null`` for None), from a bounded cache of the names seen."""
+    """A site's name as JSON (``null`` for None), from a bounded cache of the names seen."""
     if value is None:
         return "null"
     text = _ESCAPED.get(value)
@@ -191,41 +191,140 @@ def format_line(t: Trace) -> str:
     else:
         slo = '"expected-miss"' if t.expected_miss else '"predicted-met"'
         met = "null" if slo_ms is None else "true" if round(total, 1) <= slo_ms else "false"
-    return _LINE % (
-        _utc(t.wall),
-        s(t.id),
-        _name(region),
-        "null" if model is None else _name(model[:MAX_MODEL_CHARS]),
-        _name(site),
-        t.status,
-        s(t.outcome),
-        "null" if first is None else "%.1f" % ((first - start) * 1000.0),
-        total,
-        "null" if prompt is None else prompt,
-        "null" if completion is None else completion,
-        ",".join([_name(name) for name in t.tried]),
-        "null" if slo_ms is None else _json(slo_ms),
-        slo,
-        met,
+    return (
+        _LINE
+        % (
+            _utc(t.wall),
+            s(t.id),
+            "null" if region is None else s(region),  # the client's words: escaped each time, never cached
+            "null" if model is None else s(model[:MAX_MODEL_CHARS]),
+            _name(site),
+            t.status,
+            s(t.outcome),
+            "null" if first is None else "%.1f" % ((first - start) * 1000.0),
+            total,
+            "null" if prompt is None else prompt,
+            "null" if completion is None else completion,
+            ",".join([_name(name) for name in t.tried]),
+            "null" if slo_ms is None else _json(slo_ms),
+            slo,
+            met,
+        )
     )
 
 
-class AccessLog:
-    """Complete JSON lines to a file descriptor (or, for a stderr without one, a text stream),
-    gathered and written a chunk at a time. A descriptor is written by a thread of its own, so
-    a reader that stalls (a full pipe to a stuck log shipper, a hung NFS file) never blocks the
-    event loop: at most ``QUEUED`` chunks wait for it, and lines beyond them are dropped and
-    counted in ``dropped`` (gridctl_access_log_dropped_lines_total)."""
+class FdWriter:
+    """Text to a file descriptor from a thread of its own, so a reader that stalls (a full
+    pipe to a stuck log shipper, a hung NFS file) or is gone never blocks or breaks the
+    caller: ``put`` queues and returns; past ``QUEUED`` chunks waiting, or when a write fails,
+    the lines are dropped and counted in ``dropped``. Never raises. The thread starts on the
+    first ``put`` (so one made before ``fork`` serves the child only once it writes)."""
 
     QUEUED = 64  # chunks waiting for a slow reader: 256 KiB of stderr, 4 MiB of a file
 
-    def __init__(self, fd: int | IO[str], chunk: int, close: bool) -> None:
-        self.fd, self.chunk, self._close = fd, chunk, close
-        self.lines: list[str] = []
-        self.size = 0
+    def __init__(self, fd: int, close: bool = False) -> None:
+        self.fd, self._close = fd, close
         self.dropped = 0
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(self.QUEUED)
         self._writer: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self.writing = 0  # lines of the chunk the thread is writing now
+
+    def put(self, text: str, lines: int) -> None:
+        """Queue ``text`` (``lines`` complete lines) to be written whole, in order."""
+        with self._lock:
+            if self._writer is None or self._pid != os.getpid():  # none yet, or a fork's copy
+                self._queue = queue.Queue(self.QUEUED)
+                self._pid = os.getpid()
+                self._writer = threading.Thread(target=self._drain, name="gridctl-log-writer", daemon=True)
+                self._writer.start()
+            elif not self._writer.is_alive():
+                self.dropped += lines
+                return
+        try:
+            self._queue.put_nowait((text, lines))
+        except queue.Full:
+            self.dropped += lines
+
+    def _drain(self) -> None:
+        q = self._queue
+        while (item := q.get()) is not None:
+            data = item[0].encode("utf-8", "replace")
+            self.writing = item[1]
+            try:
+                while data:
+                    data = data[os.write(self.fd, data) :]
+            except OSError:  # a full disk, a reader gone: counted, and never said on that descriptor
+                self.dropped += item[1]
+            self.writing = 0
+
+    def close(self, timeout: float = 2.0) -> int:
+        """Write what is queued, waiting at most ``timeout`` s for the reader; what is still
+        waiting then is dropped and counted. Returns ``dropped``."""
+        writer = self._writer
+        if writer is not None and self._pid == os.getpid():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout)
+            writer.join(timeout)
+            if writer.is_alive():  # the reader never came back: what waits is lost, and counted
+                self.dropped += self.writing
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        self.dropped += item[1]
+            self._writer = None
+        if self._close and (writer is None or not writer.is_alive()):
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        return self.dropped
+
+
+_stderr: list[FdWriter | None] = [None]
+
+
+def stderr_writer() -> FdWriter | None:
+    """This process's writer of stderr (None when stderr has no descriptor, as under capture):
+    the access log on stderr and the daemon's own messages share it, in order."""
+    w = _stderr[0]
+    if w is None:
+        try:
+            sys.stderr.flush()
+            w = _stderr[0] = FdWriter(sys.stderr.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return None
+    return w
+
+
+def say(text: str) -> None:
+    """One line of the daemon's to stderr, never blocking: through :func:`stderr_writer` (or,
+    for a captured stderr, written at once, errors ignored)."""
+    w = stderr_writer()
+    if w is not None:
+        w.put(text + "\n", 1)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+class AccessLog:
+    """Complete JSON lines to a :class:`FdWriter` (or, for a stderr without a descriptor, a
+    text stream), gathered and handed over a chunk at a time. ``dropped``: lines that never
+    reached the reader (gridctl_access_log_dropped_lines_total)."""
+
+    def __init__(self, sink: FdWriter | IO[str], chunk: int, own: bool) -> None:
+        self.sink, self.chunk, self._own = sink, chunk, own
+        self.lines: list[str] = []
+        self.size = 0
+        self._lost = 0  # lines a text stream refused
+
+    @property
+    def dropped(self) -> int:
+        return self._lost + (self.sink.dropped if isinstance(self.sink, FdWriter) else 0)
 
     def write(self, t: Trace) -> None:
         text = format_line(t) + "\n"
@@ -240,60 +339,36 @@ class AccessLog:
         text, n = "".join(self.lines), len(self.lines)
         self.lines.clear()
         self.size = 0
-        if not isinstance(self.fd, int):  # a captured stream (tests): written here
-            try:
-                self.fd.write(text)
-                self.fd.flush()
-            except OSError as exc:
-                _say(f"gridctl daemon: access log write failed: {exc}")
+        if isinstance(self.sink, FdWriter):
+            self.sink.put(text, n)
             return
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._drain, name="gridctl-access-log", daemon=True)
-            self._writer.start()
-        try:
-            self._queue.put_nowait((text, n))
-        except queue.Full:
-            self.dropped += n
-
-    def _drain(self) -> None:
-        assert isinstance(self.fd, int)
-        failed = False
-        while (item := self._queue.get()) is not None:
-            data = item[0].encode()
-            try:
-                while data:
-                    data = data[os.write(self.fd, data) :]
-                failed = False
-            except OSError as exc:  # a full disk or a closed stderr must not take the daemon down
-                self.dropped += item[1]
-                if not failed:  # said once per spell of failures, not once per chunk
-                    _say(f"gridctl daemon: access log write failed: {exc}")
-                failed = True
+        try:  # a captured stream (tests): written here
+            self.sink.write(text)
+            self.sink.flush()
+        except (OSError, ValueError):
+            self._lost += n
 
     def close(self, timeout: float = 2.0) -> None:
-        """Write what is gathered and queued (waiting at most ``timeout`` s for the reader)."""
+        """Hand over what is gathered; a log of its own (a file) is written out and closed,
+        saying on stderr how many lines it dropped, if any."""
         self.flush()
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(queue.Full):
-                self._queue.put((None), timeout=timeout)
-            writer.join(timeout)
-            self._writer = None
-        if self._close and isinstance(self.fd, int) and (writer is None or not writer.is_alive()):
-            os.close(self.fd)
+        if self._own and isinstance(self.sink, FdWriter):
+            dropped = self.sink.close(timeout)
+            if dropped:
+                say(f"gridctl daemon: {dropped} access log lines could not be written")
 
 
 def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | None:
-    """``off``: None; ``stderr``; else a file, opened to append, created 0600."""
+    """``off``: None; ``stderr`` (the process's stderr writer, shared with its messages); else
+    a file, opened to append, created 0600."""
     if where == ACCESS_LOG_OFF:
         return None
     if where == ACCESS_LOG_STDERR:
-        stream = stderr or sys.stderr
-        stream.flush()
-        try:
-            return AccessLog(stream.fileno(), _PIPE_BUF, close=False)
-        except (OSError, ValueError, io.UnsupportedOperation):  # a captured stderr: no descriptor
-            return AccessLog(stream, _PIPE_BUF, close=False)
+        if stderr is None:
+            writer = stderr_writer()
+            if writer is not None:
+                return AccessLog(writer, _PIPE_BUF, own=False)
+        return AccessLog(stderr or sys.stderr, _PIPE_BUF, own=False)
     try:
         fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -301,9 +376,4 @@ def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | No
             f"cannot open the access log {where}: {exc.strerror or exc}",
             hint="give a writable file, --access-log stderr, or --access-log off",
         ) from None
-    return AccessLog(fd, _FILE_CHUNK, close=True)
-
-
-def _say(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    return AccessLog(FdWriter(fd, close=True), _FILE_CHUNK, own=True)

@@ -87,8 +87,9 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "gridctl_http_parse_errors_total": (
         ("kind",),
-        "Requests refused before routing, malformed (400, 501, 505) or over a limit (413, 414, 431),"
-        " by kind.",
+        "Requests and connections the HTTP server refused or ended before routing, by kind: malformed"
+        " (400, 501, 505), over a limit (413, 414, 431), too slow (head_timeout, body_timeout,"
+        " send_timeout, idle_timeout: a connection that sent nothing), too_many_connections.",
     ),
 }
 HISTOGRAMS: dict[str, tuple[tuple[str, ...], str]] = {

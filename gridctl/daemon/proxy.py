@@ -46,7 +46,7 @@ from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.openai_api import build_error, error_json, model_not_found, parse_body
 from gridctl.daemon.state import GridState, SiteState
 from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
-from gridctl.net.server import DropConnection, Request, StreamingResponse
+from gridctl.net.server import Request, StreamingResponse
 from gridctl.net.server import Response as Answer
 from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
 from gridctl.placement.engine import Request as Placement
@@ -83,8 +83,9 @@ DROP_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-type", "server", "date
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+# at most 9 digits: a site's "prompt_tokens": <5,000 digits> must not reach int()'s digit limit
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d{1,9})(?!\d)')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,9})(?!\d)')
 _ROLE = re.compile(rb'"role"\s*:')
 _TEXT_CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
 _EMPTY_DELTA = re.compile(rb'"delta"\s*:\s*\{\s*\}')
@@ -162,6 +163,14 @@ class OutputCounter:
         if self.usage is not None:
             return self.usage
         return self.events if self.sse and self.events else None
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return True
 
 
 class _BrokeOff(Exception):
@@ -453,7 +462,9 @@ class Proxy:
                         read_timeout=cfg.header_timeout_s,
                         connect_timeout=cfg.connect_timeout_s,
                     )
-                    if streaming and upstream.status < 500:  # a stream is due by its first byte
+                    sse = "text/event-stream" in (upstream.header("content-type", "") or "")
+                    if (streaming or sse) and upstream.status < 500 and upstream.has_body:
+                        # a stream is due by its first byte: until then, the next site may answer
                         await upstream.wait_body(max(0.0, start + due - time.monotonic()))
                 except UpstreamTimeout:
                     self._failed(st, attempts, name, _hung_message(name, due, cfg, prediction, streaming))
@@ -466,7 +477,7 @@ class Proxy:
                     self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
                     continue
                 try:
-                    answer = await self._relay(upstream, attempt)
+                    answer = await self._relay(upstream, attempt, streaming, start + due)
                 except _BrokeOff as exc:  # nothing reached the client yet: the next site may answer
                     self._failed(st, attempts, name, str(exc))
                     continue
@@ -491,12 +502,16 @@ class Proxy:
         self.metrics.site_failures[name] += 1
         attempts.append({"site": name, "error": error})
 
-    async def _relay(self, upstream: Response, attempt: Attempt) -> Answer | StreamingResponse:
-        """The site's answer for the client: read whole (up to ``max_answer_bytes``, whatever
-        its framing: Content-Length, chunked or to the close) and sent at once unless it is a
-        stream (Server-Sent Events), which is relayed piece by piece as it arrives. A whole
-        answer that breaks off raises :class:`_BrokeOff`: no byte of it has reached the
-        client, so the request fails over."""
+    async def _relay(
+        self, upstream: Response, attempt: Attempt, streaming: bool, deadline: float
+    ) -> Answer | StreamingResponse:
+        """The site's answer for the client: a stream (the request asked for one, or the site
+        sends Server-Sent Events) relayed piece by piece as it arrives; any other answer read
+        whole, up to ``max_answer_bytes`` whatever its framing (Content-Length, chunked or to
+        the close) and by ``deadline`` (the hung-site deadline of its head: a body that stalls
+        after its head is as hung), then sent at once. A whole answer that breaks off, stalls
+        or, ending at a close, does not parse as the JSON it says it is raises
+        :class:`_BrokeOff`: no byte of it has reached the client, so the request fails over."""
         headers = _client_headers(upstream.headers)
         if upstream.status >= 400:  # the site's own error: not an answer that missed the SLO
             attempt.miss = False
@@ -507,26 +522,31 @@ class Proxy:
         if not upstream.has_body:  # 204, 304: nothing to relay, and no framing may be sent
             self._account(attempt, time.monotonic(), upstream.status, None)
             return Answer(upstream.status, b"", content_type, headers)
-        streaming = "text/event-stream" in content_type
-        if not streaming:
-            try:
+        if streaming or "text/event-stream" in content_type:
+            return StreamingResponse(_Relay(self, upstream, attempt), upstream.status, content_type, headers)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 body = await upstream.read(limit=self.config.max_answer_bytes)
-            except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
-                self.metrics.too_large[attempt.name] += 1
-                return error_json(
-                    502,
-                    f"site {attempt.name}'s answer is too large to relay ({exc}); ask for less (max_tokens,"
-                    ' fewer inputs), stream it ("stream": true), or raise the daemon\'s --max-answer',
-                    "upstream_error",
-                    code="answer_too_large",
-                )
-            except UpstreamError as exc:
-                raise _BrokeOff(f"broke off its answer: {exc}") from None
-            tokens, prompt = completion_tokens(body), prompt_tokens(body)
-            self._account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
-            return Answer(upstream.status, body, content_type, headers)
-        relay = _Relay(self, upstream, attempt, streaming)
-        return StreamingResponse(relay, upstream.status, content_type, headers)
+        except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
+            self.metrics.too_large[attempt.name] += 1
+            return error_json(
+                502,
+                f"site {attempt.name}'s answer is too large to relay ({exc}); ask for less (max_tokens,"
+                ' fewer inputs), stream it ("stream": true), or raise the daemon\'s --max-answer',
+                "upstream_error",
+                code="answer_too_large",
+            )
+        except UpstreamError as exc:
+            raise _BrokeOff(f"broke off its answer: {exc}") from None
+        except TimeoutError:
+            upstream.release()
+            due = max(0.0, deadline - attempt.start)
+            raise _BrokeOff(f"sent the head of its answer but not the whole of it within {due:g} s") from None
+        if upstream.ends_at_close and "json" in content_type and not _parses(body):
+            raise _BrokeOff("closed its answer before the end of its JSON (a clean close, no length)")
+        tokens, prompt = completion_tokens(body), prompt_tokens(body)
+        self._account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
+        return Answer(upstream.status, body, content_type, headers)
 
     def _account(
         self,
@@ -629,14 +649,15 @@ class _Relay:
     gives back the breaker's trial it holds.
 
     A site that breaks off a stream is blamed (breaker, error rate) and the client gets an SSE
-    error event; a body that is not a stream is cut off (the client sees it incomplete, never
-    a short body that looks whole); a client that hangs up is not the site's fault."""
+    error event, on a line of its own even when the cut came inside an event; a client that
+    hangs up is not the site's fault."""
 
-    def __init__(self, proxy: Proxy, upstream: Response, attempt: Attempt, streaming: bool) -> None:
+    def __init__(self, proxy: Proxy, upstream: Response, attempt: Attempt) -> None:
         self.proxy, self.upstream, self.attempt = proxy, upstream, attempt
-        self.name, self.streaming = attempt.name, streaming
+        self.name = attempt.name
         self.pieces = upstream.chunks()
-        self.counter = OutputCounter(streaming)
+        self.counter = OutputCounter(True)
+        self.tail = b"\n\n"  # the end of what was relayed: an event is complete after a blank line
         self.first: float | None = None  # the first byte
         self.first_token: float | None = None  # the first token event (a stream's TTFT)
         self.ended = False  # the body is over (complete or cut)
@@ -658,10 +679,11 @@ class _Relay:
         except UpstreamError as exc:
             self.ended = True
             self._end(exc, gone=False)
-            if not self.streaming:
-                raise DropConnection from exc
             event = build_error(f"site {self.name} cut the stream: {exc}", "upstream_cut", site=self.name)
-            return f"data: {json.dumps(event)}\n\n".encode()
+            end = b"" if self.tail.endswith(b"\n\n") else b"\n\n"  # close the event it cut
+            return end + f"data: {json.dumps(event)}\n\n".encode()
+        if piece:
+            self.tail = (self.tail + piece)[-2:]
         now = time.monotonic()
         if self.first is None:
             self.first = now

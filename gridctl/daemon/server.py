@@ -17,18 +17,26 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from gridctl.daemon.accesslog import AccessLog, Trace, new_request_id, open_access_log, parse_request_id
+from gridctl.daemon.accesslog import (
+    AccessLog,
+    Trace,
+    new_request_id,
+    open_access_log,
+    parse_request_id,
+    say,
+    stderr_writer,
+)
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
 from gridctl.daemon.openai_api import (
@@ -132,6 +140,7 @@ class Daemon:
         self.config = config
         self.environ = dict(environ if environ is not None else os.environ)
         self.log = log or _log_line
+        self._log_handler = _SayHandler()
         self.metrics = Metrics()
         self.state: GridState
         self.should_exit: asyncio.Event | None = None  # created in serve(), inside the loop
@@ -145,6 +154,7 @@ class Daemon:
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         self.should_exit = asyncio.Event()
+        logging.getLogger("gridctl").addHandler(self._log_handler)
         self.access_log = open_access_log(self.config.access_log)
         self.state = load_state(self.config)
         self._signature = inventory_signature(self.config.inventory)
@@ -166,6 +176,7 @@ class Daemon:
                 body_timeout_s=cfg.client_body_s,
                 send_timeout_s=cfg.send_timeout_s,
                 max_connections=clients,
+                error_headers=_request_id_header,
             ),
         )
         await self.http.start()
@@ -212,6 +223,10 @@ class Daemon:
         self._publish_metrics()  # this worker's last counts, for the workers still serving
         if self.access_log is not None:
             self.access_log.close()
+        writer = stderr_writer()
+        if writer is not None:  # the last lines out (bounded: a stalled reader keeps none of them)
+            writer.close()
+        logging.getLogger("gridctl").removeHandler(self._log_handler)
 
     def _save_calibration(self) -> None:
         """Keep what calibration learned for the next start (a failure is logged, not fatal)."""
@@ -579,18 +594,31 @@ class Daemon:
 
 
 def _log_line(text: str) -> None:
-    # one write per line: --workers processes share stderr, and print() writes the newline apart
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    # one write per line (--workers processes share stderr), from a thread: a stalled reader of
+    # stderr must not stop the event loop, nor a gone one the shutdown (accesslog.FdWriter)
+    say(text)
+
+
+class _SayHandler(logging.Handler):
+    """The ``gridctl`` loggers' records (a handler's traceback...) through :func:`say`, not
+    logging's blocking write to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            say(self.format(record))
 
 
 R = TypeVar("R", bound=Response | StreamingResponse)
 
 
+def _request_id_header(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The client's x-request-id when usable, else a new one, as a header to answer with."""
+    return (("x-request-id", parse_request_id(headers.get("x-request-id")) or new_request_id()),)
+
+
 def _with_request_id(resp: R, headers: Mapping[str, str]) -> R:
-    """Every answer names its request: the client's x-request-id when usable, else a new one."""
-    rid = parse_request_id(headers.get("x-request-id")) or new_request_id()
-    resp.headers = (*resp.headers, ("x-request-id", rid))
+    """Every answer names its request (the server's own refusals too: ServerConfig.error_headers)."""
+    resp.headers = (*resp.headers, *_request_id_header(headers))
     return resp
 
 

@@ -399,6 +399,12 @@ class Response:
         """False for answers that cannot have one: HEAD, 204, 304."""
         return self._mode != "none"
 
+    @property
+    def ends_at_close(self) -> bool:
+        """The body has neither a length nor chunks: it ends when the site closes, so a body
+        cut short by a clean close cannot be told from a whole one by its framing."""
+        return self._mode == "close"
+
     def header(self, name: str, default: str | None = None) -> str | None:
         for k, v in self.headers:
             if k == name:
@@ -424,14 +430,20 @@ class Response:
         return b"".join(parts)
 
     async def wait_body(self, timeout: float) -> None:
-        """Wait until the body's first byte (or its end, or an error) has arrived, consuming
-        nothing; :class:`UpstreamTimeout` after ``timeout`` seconds (the connection is closed)."""
+        """Wait until the body's first byte (or its end) has arrived, consuming nothing;
+        :class:`UpstreamTimeout` after ``timeout`` seconds, :class:`Disconnected` (or the
+        protocol error) when the connection ends or breaks before the first byte (either way
+        the connection is closed: nothing of the body can have been relayed yet)."""
         conn = self._conn
         if conn is None:
             return
         deadline = time.monotonic() + timeout
         try:
-            while not (conn.pieces or conn.failure or conn.eof or conn.state == _DONE):
+            while not (conn.pieces or conn.state == _DONE):
+                if conn.failure is not None:
+                    raise conn.failure
+                if conn.eof:
+                    raise Disconnected("the site closed the connection before the first byte of the body")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise UpstreamTimeout(f"no body byte within {timeout:g} s")

@@ -170,6 +170,9 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # the longest silence inside a request body
     send_timeout_s: float = 30.0  # the longest a response may wait on a client that does not read
     max_connections: int | None = None  # None: no limit but the process's
+    # headers added to the server's own refusals (400, 408, 413, 431, 503...), given what was
+    # read of the refused request's headers: e.g. the daemon's x-request-id
+    error_headers: Callable[[dict[str, str]], Iterable[tuple[str, str]]] | None = None
 
 
 class _HttpError(Exception):
@@ -680,7 +683,12 @@ class _Connection(asyncio.Protocol):
         """Answer a request we could not read, then discard input until the client closes."""
         assert self.transport is not None
         resp = exc.response or error_response(exc.status, exc.message, exc.kind)
-        self.transport.write(_head(resp.status, resp.content_type, resp.headers, len(resp.body), False))
+        headers = resp.headers
+        extra = self.config.error_headers
+        if extra is not None:
+            have = {name for name, _ in headers}
+            headers = (*headers, *(h for h in extra(self.headers) if h[0] not in have))
+        self.transport.write(_head(resp.status, resp.content_type, headers, len(resp.body), False))
         self.transport.write(resp.body)
         self.discarding = True
         if self.reading_paused:

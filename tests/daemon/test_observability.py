@@ -190,7 +190,7 @@ def test_snapshots_sum_and_lines_stay_whole(tmp_path: Path) -> None:
     """Two workers' counters through the shared directory; a log chunk is complete lines."""
     import os
 
-    from gridctl.daemon.accesslog import AccessLog, Trace
+    from gridctl.daemon.accesslog import AccessLog, FdWriter, Trace
     from gridctl.daemon.metrics import Metrics, load_snapshots, write_snapshot
 
     a, b = Metrics(), Metrics()
@@ -210,7 +210,7 @@ def test_snapshots_sum_and_lines_stay_whole(tmp_path: Path) -> None:
     assert f'gridctl_e2e_request_latency_seconds_bucket{{model="{M8}",site="s1",le="+Inf"}} 2' in text
 
     read, write = os.pipe()
-    log = AccessLog(write, 4096, close=True)
+    log = AccessLog(FdWriter(write, close=True), 4096, own=True)
     for i in range(40):
         t = Trace(f"id-{i}", "us-east", lambda _t: None)
         t.model = "m" * 150
