@@ -452,6 +452,7 @@ class Proxy:
                         head_timeout=due,
                         read_timeout=cfg.header_timeout_s,
                         connect_timeout=cfg.connect_timeout_s,
+                        tls=st.tls,
                     )
                     if streaming and upstream.status < 500:  # a stream is due by its first byte
                         await upstream.wait_body(max(0.0, start + due - time.monotonic()))
