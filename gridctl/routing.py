@@ -9,6 +9,7 @@ by the pure ``gridctl.placement``.
 from __future__ import annotations
 
 import json
+import ssl
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 from gridctl.errors import UsageError
 from gridctl.inventory.model import Inventory, Site
+from gridctl.net.tls import TlsFileError, load_client_context
 from gridctl.placement.engine import DEFAULT_SHAPE, Live, Planner, health_live
 from gridctl.placement.predict import Prediction, Shape, estimate_shape
 
@@ -144,6 +146,12 @@ class ProbeResult:
         }
 
 
+def site_verify(site: Site) -> ssl.SSLContext | bool:
+    """What httpx verifies a site's certificate with: its tls_ca/tls_cert/tls_key context, else
+    the default (certifi's bundle). The files were checked when the inventory loaded."""
+    return load_client_context(site.tls.ca, site.tls.cert, site.tls.key) or True
+
+
 def measure_rtt(
     sites: Sequence[Site],
     region: str,
@@ -167,7 +175,7 @@ def measure_rtt(
             return ProbeResult(site.name, None, (), problem)
         headers = _headers(site, environ, region)
         try:
-            with httpx.Client(trust_env=False, timeout=timeout) as client:
+            with httpx.Client(trust_env=False, timeout=timeout, verify=site_verify(site)) as client:
                 client.get(url, headers=headers)
                 times = []
                 for _ in range(samples):
@@ -177,6 +185,8 @@ def measure_rtt(
             return ProbeResult(site.name, statistics.median(times), tuple(times), None)
         except httpx.HTTPError as exc:
             return ProbeResult(site.name, None, (), f"{type(exc).__name__}: {exc}")
+        except TlsFileError as exc:
+            return ProbeResult(site.name, None, (), str(exc))
         finally:
             if on_done:
                 on_done()
@@ -243,7 +253,9 @@ def live_completion(
     parts: list[str] = []
     try:
         with (
-            httpx.Client(trust_env=False, timeout=httpx.Timeout(due, connect=min(due, 5.0))) as client,
+            httpx.Client(
+                trust_env=False, timeout=httpx.Timeout(due, connect=min(due, 5.0)), verify=site_verify(site)
+            ) as client,
             client.stream("POST", url, json=body, headers=headers) as resp,
         ):
             if resp.status_code != 200:
@@ -277,3 +289,5 @@ def live_completion(
         return LiveResult(site.name, False, None, ttft, None, "".join(parts), error)
     except httpx.HTTPError as exc:
         return LiveResult(site.name, False, None, ttft, None, "".join(parts), f"{type(exc).__name__}: {exc}")
+    except TlsFileError as exc:
+        return LiveResult(site.name, False, None, None, None, "", str(exc))

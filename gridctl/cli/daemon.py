@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -105,13 +106,45 @@ def run(
             "its text): off, stderr, or a FILE appended to (created 0600).",
         ),
     ] = "stderr",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve https with this PEM certificate chain (reread on SIGHUP).", dir_okay=False),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="The PEM private key of --tls-cert (reread on SIGHUP).", dir_okay=False),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mutual TLS: every client must show a certificate signed by a CA in this PEM file "
+            "(reread on SIGHUP).",
+            dir_okay=False,
+        ),
+    ] = None,
+    tokens: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of client token hashes, one sha256:<hex> a line (# comments); reread on SIGHUP, "
+            "so a token is rotated without a restart. Make a line with `gridctl daemon token-hash`.",
+            dir_okay=False,
+        ),
+    ] = None,
+    insecure_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-plaintext",
+            help="Off loopback, serve plain HTTP: only behind a balancer that terminates TLS.",
+        ),
+    ] = False,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /grid/status,
     /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
-    change reloads without dropping requests. Off loopback it needs GRIDCTL_DAEMON_TOKEN."""
+    change reloads without dropping requests (SIGHUP rereads --tokens and the TLS files too). Off
+    loopback it needs a token (GRIDCTL_DAEMON_TOKEN or --tokens) and TLS (or --insecure-plaintext)."""
     from gridctl.daemon.accesslog import open_access_log
     from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, parse_slo_policy, token_from
-    from gridctl.daemon.server import load_state, run_daemon
+    from gridctl.daemon.server import load_client_tokens, load_listener_tls, load_state, run_daemon
 
     st = state(ctx)
     host, port = parse_listen(listen)
@@ -134,8 +167,15 @@ def run(
         client_head_s=_finite_seconds(client_head_timeout, "--client-head-timeout"),
         client_body_s=_finite_seconds(client_body_timeout, "--client-body-timeout"),
         access_log=access_log,
+        tokens_file=tokens,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        insecure_plaintext=insecure_plaintext,
     )
     check_security(config)
+    load_listener_tls(config)  # fail fast, before forking, on a certificate that cannot be used
+    load_client_tokens(config)
     log = open_access_log(access_log)  # fail fast, before forking, on a file that cannot be written
     if log is not None:
         log.close()
@@ -216,6 +256,22 @@ def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-un
         raise typer.Exit(worst)
 
 
+@app.command("token-hash")
+def token_hash(ctx: typer.Context) -> None:
+    """Read a client token on stdin (never as an argument: it would show in `ps`) and print
+    its line for a --tokens file: sha256:<hex>. Surrounding whitespace is not part of it."""
+    from gridctl.daemon.tokens import hash_token
+
+    st = state(ctx)
+    token = st.streams.stdin.read().strip()
+    if not token or any(c.isspace() for c in token):
+        raise UsageError(
+            "expected one token on stdin, without spaces",
+            hint='printf %s "$TOKEN" | gridctl daemon token-hash >> tokens',
+        )
+    st.streams.stdout.write(hash_token(token) + "\n")
+
+
 STATUS_COLUMNS = [
     Column("SITE", lambda r: r["site"]),
     Column("STATUS", lambda r: r["status"], lambda v: {"ok": "green", "failed": "red"}.get(v)),
@@ -234,6 +290,12 @@ def status(
     ctx: typer.Context,
     url: Annotated[str, typer.Option(help="The daemon's base URL.")] = "http://127.0.0.1:8080",
     output: OutputOpt = Format.table,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="Verify an https daemon against this PEM CA file [default: the system's].", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Ask a running daemon for its live view of every site. Exit 4 when none answers."""
     import httpx
@@ -247,7 +309,13 @@ def status(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        resp = httpx.get(url.rstrip("/") + "/grid/status", headers=headers, timeout=5.0, trust_env=False)
+        resp = httpx.get(
+            url.rstrip("/") + "/grid/status",
+            headers=headers,
+            timeout=5.0,
+            trust_env=False,
+            verify=str(tls_ca) if tls_ca is not None else True,
+        )
     except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
         raise UsageError(f"--url {url}: {exc}", hint="e.g. --url http://127.0.0.1:8080") from None
     except httpx.HTTPError as exc:

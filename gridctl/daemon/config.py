@@ -21,7 +21,13 @@ class DaemonConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     region: str | None = None  # the client region requests come from by default
-    token: str | None = None  # required when listening off loopback
+    token: str | None = None  # GRIDCTL_DAEMON_TOKEN; it or tokens_file required off loopback
+    tokens_file: Path | None = None  # --tokens: sha256 hashes of client tokens, reread on SIGHUP
+    # --tls-cert/--tls-key (and --tls-client-ca: mutual TLS), reread on SIGHUP
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure_plaintext: bool = False  # off loopback without TLS: behind a TLS-terminating balancer
     workers: int = 1
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout_s: float = 2.0  # to a site
@@ -68,6 +74,15 @@ class DaemonConfig:
     def loopback(self) -> bool:
         return is_loopback(self.host)
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def gated(self) -> bool:
+        """Whether requests need a bearer token (the env's, or one of --tokens)."""
+        return self.token is not None or self.tokens_file is not None
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -105,11 +120,31 @@ def parse_slo_policy(text: str, where: str = "--slo-policy") -> str:
 
 
 def check_security(config: DaemonConfig) -> None:
-    """Off loopback, a token is required: refuse to start without one."""
-    if not config.loopback and not config.token:
+    """The TLS flags go together; off loopback, a token is required, and TLS unless
+    --insecure-plaintext says a balancer in front terminates it: refuse to start otherwise."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if config.tls_key is None else ("--tls-key", "--tls-cert")
+        )
+        raise UsageError(f"{given} needs {missing}", hint="give both: the certificate chain and its key")
+    if config.tls_client_ca is not None and not config.tls:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key", hint="mutual TLS is TLS first")
+    if config.tls and config.insecure_plaintext:
+        raise UsageError("--insecure-plaintext and --tls-cert contradict each other", hint="pick one")
+    if config.loopback:
+        return
+    if not config.gated:
         raise UsageError(
             f"refusing to listen on {config.host} without a token",
-            hint=f"set {TOKEN_ENV} (clients send it as 'Authorization: Bearer ...'), or listen on 127.0.0.1",
+            hint=f"set {TOKEN_ENV} or give --tokens FILE (clients send it as 'Authorization: Bearer ...'), "
+            "or listen on 127.0.0.1",
+        )
+    if not config.tls and not config.insecure_plaintext:
+        raise UsageError(
+            f"refusing to listen on {config.host} in plain HTTP: tokens and prompts would cross the "
+            "network in clear text",
+            hint="give --tls-cert FILE --tls-key FILE; or, behind a balancer that terminates TLS, "
+            "--insecure-plaintext",
         )
 
 

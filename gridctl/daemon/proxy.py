@@ -461,6 +461,7 @@ class Proxy:
                         head_timeout=due,
                         read_timeout=cfg.header_timeout_s,
                         connect_timeout=cfg.connect_timeout_s,
+                        tls=st.tls,
                     )
                     sse = "text/event-stream" in (upstream.header("content-type", "") or "")
                     if (streaming or sse) and upstream.status < 500 and upstream.has_body:

@@ -9,6 +9,10 @@ What calibration learns (per site and model) is kept across a reload (the new
 ``.state/calibration.json``: written every ``calibration_save_s`` and on
 shutdown, read at start-up. Each probe round also decays every site's factors
 toward its table row, so a site predicted too slow to get traffic comes back.
+
+SIGHUP also rereads the front door's files: ``--tokens`` (a token is rotated without a restart)
+and ``--tls-cert``/``--tls-key``/``--tls-client-ca`` (new connections get the new ones). A file
+that fails to load keeps what was loaded before, and the log says why.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import os
 import random
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -49,9 +54,11 @@ from gridctl.daemon.openai_api import (
 )
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
 from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
-from gridctl.errors import GridctlError
+from gridctl.daemon.tokens import Tokens, load_tokens
+from gridctl.errors import GridctlError, UsageError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
 from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
 from gridctl.placement.engine import Request as Placement
 from gridctl.placement.predict import MAX_TOKENS, Shape, predict
@@ -86,6 +93,25 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
     if previous is None:
         calibration = parse_calibration(load_calibration(inv.root), time.monotonic(), time.time())
     return GridState(inv, config, probe_rtts(inv.root), health_by_site(inv.root), previous, calibration)
+
+
+def load_listener_tls(config: DaemonConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context from --tls-cert/--tls-key/--tls-client-ca; None without them."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ca = str(config.tls_client_ca) if config.tls_client_ca is not None else None
+    try:
+        return load_server_context(str(config.tls_cert), str(config.tls_key), ca)
+    except TlsFileError as exc:
+        raise UsageError(
+            str(exc), hint="give PEM files: the certificate chain, its key, the client CA"
+        ) from None
+
+
+def load_client_tokens(config: DaemonConfig) -> Tokens:
+    """The tokens that let a client in: GRIDCTL_DAEMON_TOKEN's and --tokens' hashes."""
+    digests = load_tokens(config.tokens_file) if config.tokens_file is not None else ()
+    return Tokens(digests, config.token)
 
 
 def save_calibration(state: GridState) -> None:
@@ -149,6 +175,8 @@ class Daemon:
         self.started_at = time.monotonic()
         self.bound_port: int | None = None
         self.access_log: AccessLog | None = None
+        self.tokens = Tokens()
+        self.tls: RotatingContext | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -159,6 +187,9 @@ class Daemon:
         self.state = load_state(self.config)
         self._signature = inventory_signature(self.config.inventory)
         cfg = self.config
+        self.tokens = load_client_tokens(cfg)
+        listener = load_listener_tls(cfg)
+        self.tls = RotatingContext(listener) if listener is not None else None
         before, files = raise_file_limit()
         clients = client_connections(files)
         self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
@@ -171,12 +202,13 @@ class Daemon:
                 cfg.port,
                 max_body=cfg.max_body_bytes,
                 reuse_port=cfg.workers > 1,
-                gate=self._gate if cfg.token else None,
+                gate=self._gate if cfg.gated else None,
                 head_timeout_s=cfg.client_head_s,
                 body_timeout_s=cfg.client_body_s,
                 send_timeout_s=cfg.send_timeout_s,
                 max_connections=clients,
                 error_headers=_request_id_header,
+                tls=self.tls,
             ),
         )
         await self.http.start()
@@ -186,7 +218,7 @@ class Daemon:
         gc.collect()
         gc.freeze()
         self.log(
-            f"gridctl daemon listening on http://{cfg.host}:{self.bound_port} "
+            f"gridctl daemon listening on {self.http.url} "
             f"(region {cfg.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
         )
         raised = f"raised from {before}" if files > before else "its soft limit was not raised"
@@ -261,6 +293,25 @@ class Daemon:
         self.state = new  # in-flight requests keep the snapshot they started with
         self.log(f"reloaded inventory ({why}): {len(new.sites)} sites")
 
+    def reload_front(self) -> None:
+        """Reread --tokens and the listener's TLS files; one that fails keeps the running one."""
+        cfg = self.config
+        if cfg.tokens_file is not None:
+            try:
+                self.tokens = load_client_tokens(cfg)
+                self.log(f"reloaded {len(self.tokens.digests)} token hashes from {cfg.tokens_file}")
+            except GridctlError as exc:
+                self.log(f"reload of --tokens failed, keeping the running tokens: {exc.message}")
+        if self.tls is not None:
+            try:
+                listener = load_listener_tls(cfg)
+            except GridctlError as exc:
+                self.log(f"reload of the TLS files failed, keeping the running certificate: {exc.message}")
+            else:
+                assert listener is not None
+                self.tls.current = listener  # for new connections; open ones keep theirs
+                self.log(f"reloaded the TLS certificate from {cfg.tls_cert}")
+
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reload_poll_s if not self.reload_requested else 0.05)
@@ -268,6 +319,7 @@ class Daemon:
             if self.reload_requested:
                 self.reload_requested = False
                 self._signature = sig
+                self.reload_front()
                 await self.reload("SIGHUP")
             elif sig != self._signature:
                 self._signature = sig
@@ -377,7 +429,12 @@ class Daemon:
         try:
             async with asyncio.timeout(timeout):
                 r = await self.pool.request(
-                    "GET", base + site.health_path, headers, head_timeout=timeout, connect_timeout=timeout
+                    "GET",
+                    base + site.health_path,
+                    headers,
+                    head_timeout=timeout,
+                    connect_timeout=timeout,
+                    tls=st.tls,
                 )
                 await r.read()
             ok = 200 <= r.status < 300
@@ -394,7 +451,12 @@ class Daemon:
             try:
                 async with asyncio.timeout(timeout):
                     r = await self.pool.request(
-                        "GET", base + "/metrics", headers, head_timeout=timeout, connect_timeout=timeout
+                        "GET",
+                        base + "/metrics",
+                        headers,
+                        head_timeout=timeout,
+                        connect_timeout=timeout,
+                        tls=st.tls,
                     )
                     data = await r.read()
                 if r.status == 404:
@@ -443,6 +505,7 @@ class Daemon:
                         body,
                         head_timeout=timeout,
                         connect_timeout=self.config.probe_timeout_s,
+                        tls=st.tls,
                     )
                     data = await r.read()
             except (TimeoutError, UpstreamError):
@@ -466,8 +529,7 @@ class Daemon:
 
     def _gate(self, method: str, path: str, headers: dict[str, str]) -> Response | None:
         """The token, checked on the request's head: a stranger's body is never read."""
-        token = self.config.token
-        if token and path != "/healthz" and not _token_ok(headers.get("authorization", ""), token):
+        if path != "/healthz" and not self.tokens.allows(headers.get("authorization", "")):
             return _with_request_id(
                 error_json(401, "missing or wrong bearer token", "authentication_error"), headers
             )
@@ -620,12 +682,6 @@ def _with_request_id(resp: R, headers: Mapping[str, str]) -> R:
     """Every answer names its request (the server's own refusals too: ServerConfig.error_headers)."""
     resp.headers = (*resp.headers, *_request_id_header(headers))
     return resp
-
-
-def _token_ok(header: str, token: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
 
 
 def _loop_factory(environ: Mapping[str, str]) -> Any:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
+from gridctl.errors import GridctlError
 from gridctl.inventory.model import Inventory, Site
+from gridctl.net.tls import TlsFileError, load_client_context
 from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 from gridctl.placement.prefix import Chain, SentIndex, text_chain
@@ -113,6 +116,7 @@ class SiteState:
     waiting: float | None = None  # the site's own queue, all models (vLLM num_requests_waiting)
     kv_usage: float | None = None  # 0..1 (vLLM gpu_cache_usage_perc)
     metrics_supported: bool = True
+    tls: ssl.SSLContext | None = None  # toward the site: its tls_ca/tls_cert/tls_key (None: the system's)
 
     def __post_init__(self) -> None:
         self.fit_models()
@@ -198,6 +202,23 @@ class SiteState:
         }
 
 
+def _site_contexts(inv: Inventory) -> dict[str, ssl.SSLContext]:
+    """Each site's TLS context from its files (shared by sites that name the same ones)."""
+    out: dict[str, ssl.SSLContext] = {}
+    for site in inv.sites:
+        if not site.tls:
+            continue
+        try:
+            context = load_client_context(site.tls.ca, site.tls.cert, site.tls.key)
+        except TlsFileError as exc:
+            raise GridctlError(
+                f"site {site.name}: {exc}", hint=f"fix tls_* in {site.file or 'its file'}"
+            ) from None
+        if context is not None:
+            out[site.name] = context
+    return out
+
+
 class GridState:
     def __init__(
         self,
@@ -216,6 +237,7 @@ class GridState:
         self.planner = Planner(inv, probes)
         self.recorded = dict(recorded_health or {})
         old = previous.sites if previous else {}
+        contexts = _site_contexts(inv)  # before anything changes: a bad file fails the reload
         self.sites: dict[str, SiteState] = {}
         for site in inv.sites:
             kept = old.get(site.name)
@@ -232,6 +254,7 @@ class GridState:
                             cal.at or 0.0
                         )
                 self.sites[site.name] = st
+            self.sites[site.name].tls = contexts.get(site.name)
         # per (site, model), what this daemon sent there, kept across a reload
         self.prefixes: SentIndex = previous.prefixes if previous else SentIndex(self.index_capacity)
         self.prefixes.capacity = self.index_capacity

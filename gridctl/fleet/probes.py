@@ -20,6 +20,7 @@ from gridctl.fleet.ssh import Session
 from gridctl.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
 from gridctl.health.thresholds import DEFAULT, Thresholds
 from gridctl.inventory.model import Site
+from gridctl.net.tls import TlsFileError, load_client_context
 
 
 def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAULT) -> NodeProbe:
@@ -48,13 +49,16 @@ class EndpointClient:
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
-    def connection(self, url: str, timeout: float) -> http.client.HTTPConnection:
+    def connection(
+        self, url: str, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> http.client.HTTPConnection:
         """An unopened connection to ``url``'s host (http.client opens it, and reopens it
-        when the server closed it after a response)."""
+        when the server closed it after a response); ``tls``: the site's own context (its
+        ``tls_ca``, client certificate), else certifi's bundle."""
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port
         if parts.scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context())
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=tls or self._context())
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
     def _context(self) -> ssl.SSLContext:
@@ -94,7 +98,11 @@ def probe_endpoint(
         return EndpointProbe(error=f"{base}{site.health_path}: {problem}")
     headers = site.auth_headers(environ)
     prefix = urlsplit(base).path
-    conn = client.connection(base, timeout)
+    try:
+        tls = load_client_context(site.tls.ca, site.tls.cert, site.tls.key)
+    except TlsFileError as exc:
+        return EndpointProbe(error=f"{base}{site.health_path}: {exc}")
+    conn = client.connection(base, timeout, tls)
     try:
         try:
             start = time.perf_counter()

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gridctl.errors import InventoryError, NotFoundError, Problem
-from gridctl.inventory.model import Grid, Inventory, Site, SshDefaults
-from gridctl.inventory.schema import DNS_LABEL, Issue, build_grid, build_site
+from gridctl.inventory.model import Grid, Inventory, Site, SshDefaults, TlsFiles
+from gridctl.inventory.schema import DNS_LABEL, TLS_KEYS, Issue, build_grid, build_site
 from gridctl.inventory.yamldoc import Document, DocumentError, parse_document, path_str
 
 GRID_FILE = "grid.yaml"
@@ -91,6 +91,11 @@ def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None
     with _gc_paused():
         problems: list[Problem] = []
         grid, graw, gtext = _load_grid(root, overrides, problems)
+        if grid is not None and grid.tls:
+            grid_file = _SiteFile(GRID_FILE, gtext, graw, None)
+            grid = replace(
+                grid, tls=_check_tls(root, grid.tls, TlsFiles(), grid_file, ("defaults",), problems)
+            )
         ssh = grid.ssh if grid else _raw_ssh_defaults(graw)
         files = set(list_site_files(root))
         files |= {f for f, t in overrides.items() if t is not None and f.startswith(f"{SITES_DIR}/")}
@@ -103,6 +108,10 @@ def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None
             raise InventoryError(problems, str(root))
         assert grid is not None
         sites = sorted((sf.site for sf in loaded if sf.site is not None), key=lambda s: s.name)
+        if grid.tls or any(s.tls for s in sites):
+            sites = [_site_tls(root, s, grid.tls, loaded, problems) for s in sites]
+            if problems:
+                raise InventoryError(problems, str(root))
         return Inventory(root=root, grid=grid, sites=tuple(sites))
 
 
@@ -129,6 +138,55 @@ def _load_site(
             _at(rel, doc, ("name",), f"must match the file name '{stem}' (rename the file or the site)")
         )
     return _SiteFile(rel, text, doc.value, replace(site, file=rel) if site else None)
+
+
+def _site_tls(
+    root: Path, site: Site, grid: TlsFiles, loaded: list[_SiteFile], problems: list[Problem]
+) -> Site:
+    if not site.tls and not grid:
+        return site
+    sf = next(sf for sf in loaded if sf.rel == site.file)
+    return replace(site, tls=_check_tls(root, site.tls, grid, sf, (), problems))
+
+
+def _check_tls(
+    root: Path,
+    own: TlsFiles,
+    default: TlsFiles,
+    where: _SiteFile,
+    path: tuple[str | int, ...],
+    problems: list[Problem],
+) -> TlsFiles:
+    """``own``'s paths resolved against the inventory directory, each file read (a problem at
+    its key's line otherwise), laid over ``default`` (already checked); then the files together
+    must make a TLS context (a key that fits its certificate, PEM that parses)."""
+    from gridctl.net.tls import TlsFileError, load_client_context
+
+    resolved: dict[str, str | None] = {}
+    before = len(problems)
+    for name, value in zip(TLS_KEYS, (own.ca, own.cert, own.key), strict=True):
+        if value is None:
+            resolved[name] = None
+            continue
+        full = Path(value).expanduser()
+        full = full if full.is_absolute() else root / full
+        resolved[name] = str(full.absolute())
+        try:
+            with open(full, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            shown = value if value == resolved[name] else f"{value} ({resolved[name]})"
+            problems.append(where.at((*path, name), f"cannot read {shown}: {exc.strerror or exc}"))
+    files = TlsFiles(resolved["tls_ca"], resolved["tls_cert"], resolved["tls_key"]).over(default)
+    if len(problems) == before:
+        try:
+            load_client_context(files.ca, files.cert, files.key)
+        except TlsFileError as exc:
+            first = next((n for n, v in resolved.items() if v is not None), None)
+            if first is None:  # only the grid's files, and they were checked there
+                return files
+            problems.append(where.at((*path, first), str(exc)))
+    return files
 
 
 def _raw_ssh_defaults(graw: Any) -> SshDefaults:

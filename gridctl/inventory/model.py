@@ -72,6 +72,25 @@ class GpuRow:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Files for TLS toward a site (``tls_ca``, ``tls_cert``, ``tls_key``): paths, never keys.
+    Absolute once loaded (relative ones are resolved against the inventory directory)."""
+
+    ca: str | None = None  # trust only the CAs in this PEM file (a private PKI)
+    cert: str | None = None  # a client certificate chain, for sites that ask for one
+    key: str | None = None  # its private key (None: in the cert file)
+
+    def __bool__(self) -> bool:
+        return self.ca is not None or self.cert is not None or self.key is not None
+
+    def over(self, default: TlsFiles) -> TlsFiles:
+        """These files over ``default`` (the grid's): the CA, and the certificate with its key (a
+        pair: a site's own certificate never takes the grid's key)."""
+        cert, key = (self.cert, self.key) if self.cert is not None else (default.cert, default.key)
+        return TlsFiles(self.ca or default.ca, cert, key)
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     kind: str
@@ -88,6 +107,7 @@ class Site:
     nodes: tuple[Node, ...] = ()
     file: str = ""  # relative to the inventory root
     provision: Provision | None = None
+    tls: TlsFiles = TlsFiles()  # loaded: the site's own files over the grid's defaults
 
     def api_key(self, environ: Mapping[str, str]) -> str | None:
         """The key in the variable ``api_key_env`` names, surrounding whitespace stripped
@@ -158,6 +178,7 @@ class Grid:
     regions: tuple[Region, ...] = ()
     gpus: tuple[GpuRow, ...] = ()  # grid.yaml's own GPU rows, before the built-in table
     weights_given: bool = False  # defaults.weights written (placement no longer reads it: a warning)
+    tls: TlsFiles = TlsFiles()  # defaults.tls_ca/tls_cert/tls_key: every site's unless its own
 
 
 @dataclass(frozen=True)

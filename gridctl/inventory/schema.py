@@ -27,6 +27,7 @@ from gridctl.inventory.model import (
     Region,
     Site,
     SshDefaults,
+    TlsFiles,
     Weights,
 )
 from gridctl.inventory.yamldoc import Path
@@ -57,7 +58,8 @@ MAX_SLO_MS = 600_000.0
 
 GRID_KEYS = {"name": True, "defaults": False, "regions": False, "gpus": False}
 GPU_ROW_KEYS = {"name": True, "ttft_ms": True, "prefill_tok_s": True, "decode_tok_s": True, "kv_tokens": True}
-DEFAULTS_KEYS = {"ssh": False, "slo_ms": False, "weights": False}
+TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
+DEFAULTS_KEYS = {"ssh": False, "slo_ms": False, "weights": False, **dict.fromkeys(TLS_KEYS, False)}
 SSH_KEYS = {"user": False, "port": False, "key": False, "jump": False}
 WEIGHT_KEYS = {"latency": False, "cost": False, "headroom": False}
 REGION_KEYS = {
@@ -83,6 +85,7 @@ SITE_KEYS = {
     "models": False,
     "nodes": False,
     "provision": False,
+    **dict.fromkeys(TLS_KEYS, False),
 }
 MODEL_KEYS = {"name": True, "capacity": True, "tensor_parallel": False, "gpu": False}
 NODE_KEYS = {
@@ -258,6 +261,11 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
             slo_ms = slo if slo is not None else slo_ms
         if "weights" in d:
             weights = _weights(ck, d["weights"], ("defaults", "weights")) or weights
+    tls = (
+        _tls_files(ck, top["defaults"], ("defaults",))
+        if isinstance(top.get("defaults"), dict)
+        else TlsFiles()
+    )
     regions: list[Region] = []
     if "regions" in top and (items := ck.want_list(top["regions"], ("regions",))) is not None:
         seen: dict[str, int] = {}
@@ -285,6 +293,7 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
         regions=tuple(regions),
         gpus=tuple(gpus),
         weights_given=given,
+        tls=tls,
     )
     return grid, ck.issues
 
@@ -371,6 +380,28 @@ def _weights(ck: _Checker, value: Any, path: Path) -> Weights | None:
     return Weights(**got)  # type: ignore[arg-type]
 
 
+def _tls_files(ck: _Checker, m: dict[str, Any], path: Path) -> TlsFiles:
+    """``tls_ca``, ``tls_cert``, ``tls_key`` of a site or of grid.yaml's defaults: file paths as
+    written (``load`` resolves them and reads the files). A key alone has no certificate to go with."""
+    got: dict[str, str | None] = {}
+    for name in TLS_KEYS:
+        value = m.get(name)
+        if value is None:
+            got[name] = None
+        elif not isinstance(value, str) or not value or any(c in value for c in "\n\r\0"):
+            what = "a PEM file: the CA certificates" if name == "tls_ca" else "a PEM file"
+            ck.fail((*path, name), f"must be the path to {what} (got {show(value)}), never its content")
+            got[name] = None
+        elif "-----BEGIN" in value:
+            ck.fail((*path, name), "must be a file path, not PEM text: keep keys out of the inventory")
+            got[name] = None
+        else:
+            got[name] = value
+    if got["tls_key"] is not None and got["tls_cert"] is None and "tls_cert" not in m:
+        ck.fail((*path, "tls_key"), "needs tls_cert beside it: the client certificate this key is for")
+    return TlsFiles(got["tls_ca"], got["tls_cert"], got["tls_key"])
+
+
 def _key_path(ck: _Checker, value: Any, path: Path) -> str | None:
     if not isinstance(value, str) or not value or any(c in value for c in "\n\r\0"):
         ck.fail(path, f"must be a path to a private key file (got {show(value)})")
@@ -454,6 +485,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     models = _models(ck, m["models"]) if m.get("models") is not None else []
     nodes = _nodes(ck, m["nodes"], name or "", ssh) if m.get("nodes") is not None else []
     provision = _provision(ck, m["provision"], ("provision",)) if m.get("provision") is not None else None
+    tls = _tls_files(ck, m, ())
     _check_serving(ck, models, nodes)
     if ck.issues or None in (name, kind, region, code, loc, endpoint):
         return None, ck.issues
@@ -472,6 +504,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
         models=tuple(models),
         nodes=tuple(nodes),
         provision=provision,
+        tls=tls,  # the site's own, as written: load resolves them and adds the grid's
     )
     return site, ck.issues
 

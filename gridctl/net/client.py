@@ -23,7 +23,9 @@ leniency off. What it does, and nothing more:
 - a reused connection that the site closed while it sat idle (the request raced the close)
   is retried once on a new connection, when not a byte of the answer had arrived;
 - back-pressure: reading pauses while more than ``_HIGH_WATER`` bytes wait to be consumed;
-- https with the system's trust store.
+- https with the system's trust store, or the ``tls`` context a request names (a site's private
+  CA and client certificate): connections are pooled per context too, so one opened with a
+  site's client certificate never carries another site's request.
 
 Errors are :class:`UpstreamError` subclasses (``ConnectError``, ``UpstreamTimeout``,
 ``ProtocolError``, ``Disconnected``), so a caller tells a dead site from a slow one.
@@ -65,6 +67,8 @@ _STALE_WINDOW_S = 0.5
 # where a connection stands: nothing asked (idle, in the pool), waiting for the head, reading the
 # body, the answer complete (read or not)
 _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
+
+_Key = tuple[str, str, int, ssl.SSLContext | None]  # scheme, host, port, the TLS context (None: default)
 
 
 class UpstreamError(Exception):
@@ -137,7 +141,7 @@ class _Conn(asyncio.Protocol):
         "stale",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: _Key) -> None:
         self.loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -508,7 +512,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle_s = idle_s
         self.max_idle = max_idle  # per (scheme, host, port)
-        self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
+        self._idle: dict[_Key, deque[_Conn]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._targets: dict[str, tuple[tuple[str, str, int], str, str]] = {}
         self.connects = 0  # new connections opened (for tests and the benchmark)
@@ -524,9 +528,12 @@ class Pool:
         head_timeout: float = 30.0,
         read_timeout: float | None = None,
         connect_timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Response:
-        """Send one request; return when the response head is in. Raises UpstreamError."""
-        key, target, host = self._target(url)
+        """Send one request; return when the response head is in. Raises UpstreamError.
+        ``tls``: the context for an https URL (None: the system's trust store)."""
+        (scheme, hostname, port), target, host = self._target(url)
+        key = (scheme, hostname, port, tls if scheme == "https" else None)
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
         for name, value in headers:
             if not TOKEN.fullmatch(name) or CONTROL.search(value):
@@ -608,7 +615,7 @@ class Pool:
             self._targets[url] = hit
         return hit
 
-    def _get(self, key: tuple[str, str, int]) -> _Conn | None:
+    def _get(self, key: _Key) -> _Conn | None:
         idle = self._idle.get(key)
         if not idle:
             return None
@@ -630,14 +637,16 @@ class Pool:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    async def _connect(self, key: tuple[str, str, int], timeout: float) -> _Conn:
+    async def _connect(self, key: _Key, timeout: float) -> _Conn:
         loop = asyncio.get_running_loop()
-        scheme, host, port = key
+        scheme, host, port, tls = key
         kwargs: dict[str, Any] = {}
         if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            kwargs = {"ssl": self._ssl, "server_hostname": host}
+            if tls is None:
+                if self._ssl is None:
+                    self._ssl = ssl.create_default_context()
+                tls = self._ssl
+            kwargs = {"ssl": tls, "server_hostname": host}
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(lambda: _Conn(loop, key), host, port, **kwargs)
@@ -646,7 +655,7 @@ class Pool:
         except ssl.SSLCertVerificationError as exc:
             raise ConnectError(
                 f"TLS with {host}:{port}: its certificate is not trusted ({exc.verify_message}); "
-                "for a private CA, point SSL_CERT_FILE at its certificate"
+                "for a private CA, set tls_ca (the site's, or grid.yaml's defaults) to its certificate"
             ) from None
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS with {host}:{port} failed: {exc.reason or exc}") from None

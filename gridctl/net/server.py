@@ -29,6 +29,8 @@ parser), one parser per connection, every leniency off. What it does:
 - a handler or stream raising :class:`DropConnection` closes the connection
   mid-response (for simulated failures); a client that goes away cancels
   its handler (so a queued or hung request frees its resources);
+- TLS when ``ServerConfig.tls`` is given (the handshake bounded by ``head_timeout_s``; a
+  :class:`gridctl.net.tls.RotatingContext` lets its certificates change while it serves);
 - ``stop()`` stops accepting, lets in-flight responses finish within a grace
   period, then aborts what is left.
 """
@@ -40,6 +42,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import Counter, deque
@@ -59,6 +62,7 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
 _NO_BODY = frozenset({204, 304})
 _LINGER_S = 2.0  # how long an erroring connection discards input before closing
+_TLS_SHUTDOWN_S = 1.0
 _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 # a chunked body's framing (size lines, extensions, CRLFs, trailers) may exceed this plus half its
 # data only in a flood of tiny chunks: each chunk costs a callback, whatever its size
@@ -173,6 +177,7 @@ class ServerConfig:
     # headers added to the server's own refusals (400, 408, 413, 431, 503...), given what was
     # read of the refused request's headers: e.g. the daemon's x-request-id
     error_headers: Callable[[dict[str, str]], Iterable[tuple[str, str]]] | None = None
+    tls: ssl.SSLContext | None = None  # None: plain HTTP
 
 
 class _HttpError(Exception):
@@ -276,12 +281,19 @@ class HttpServer:
             backlog=c.backlog,
             reuse_address=True,
             reuse_port=c.reuse_port or None,
+            ssl=c.tls,
+            # a handshake that does not finish is a slowloris too; a closing connection waits this
+            # long for the client's close_notify (a kept-alive client that reads nothing never sends
+            # it, and would hold a drain for the transport's default of 30 s)
+            ssl_handshake_timeout=c.head_timeout_s if c.tls is not None else None,
+            ssl_shutdown_timeout=_TLS_SHUTDOWN_S if c.tls is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "https" if self.config.tls is not None else "http"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     async def stop(self, grace: float = 2.0) -> int:
         """Stop accepting; finish in-flight responses within ``grace`` seconds; abort the rest.

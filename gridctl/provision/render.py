@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from gridctl.inventory.model import Gpus, Node
+from gridctl.inventory.model import Gpus, Node, TlsFiles
 from gridctl.provision.context import remote_path
 from gridctl.provision.profile import Profile
 
@@ -81,6 +81,7 @@ class VerifyTarget:
     models: tuple[str, ...]
     timeout: float
     api_key_env: str | None
+    tls: TlsFiles = TlsFiles()  # the site's tls_ca/tls_cert/tls_key: the node's server is the site's
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,9 @@ class Renderer:
         )
         self._inline: dict[str, Any] = {}
 
-    def render_node(self, node: Node, ctx: dict[str, Any], api_key_env: str | None) -> NodeRender:
+    def render_node(
+        self, node: Node, ctx: dict[str, Any], api_key_env: str | None, tls: TlsFiles | None = None
+    ) -> NodeRender:
         """Everything for one node; raises RenderFailed with the first located problem."""
         p = self.profile
         prefix = str(ctx["prefix"])
@@ -163,7 +166,7 @@ class Renderer:
             stop=self._commands("stop", p.stop, ctx),
             diagnose=self._commands("diagnose", p.diagnose, ctx),
             requires=self._requires(node, ctx, prefix),
-            verify=self._verify(ctx, api_key_env),
+            verify=self._verify(ctx, api_key_env, tls or TlsFiles()),
         )
 
     # ------------------------------------------------------------ pieces
@@ -189,7 +192,7 @@ class Renderer:
             probe_dir=prefix,
         )
 
-    def _verify(self, ctx: dict[str, Any], api_key_env: str | None) -> VerifyTarget:
+    def _verify(self, ctx: dict[str, Any], api_key_env: str | None, tls: TlsFiles) -> VerifyTarget:
         v = self.profile.verify
         timeout_text = self._inline_text(v.timeout, ctx, "verify.timeout")
         try:
@@ -205,6 +208,7 @@ class Renderer:
             models=tuple(m.strip() for m in models.split(",") if m.strip()),
             timeout=timeout,
             api_key_env=api_key_env,
+            tls=tls,
         )
 
     def _commands(self, key: str, texts: tuple[str, ...], ctx: dict[str, Any]) -> tuple[str, ...]:

@@ -52,7 +52,7 @@ def build_jobs(inv: Inventory, nodes: Sequence[Node], templates_dir: Path, shown
             continue
         ctx = build_context(inv.grid.name, site, node, settings, renderer.profile.defaults)
         try:
-            jobs.append(Job(node, renderer.render_node(node, ctx, site.api_key_env)))
+            jobs.append(Job(node, renderer.render_node(node, ctx, site.api_key_env, site.tls)))
         except RenderFailed as exc:
             problems.setdefault(str(exc.problem), []).append(node.address)
     if problems:

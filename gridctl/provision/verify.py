@@ -28,7 +28,7 @@ class Verified:
 
 
 def _as_site(target: VerifyTarget) -> Site:
-    """probe_endpoint reads a site's endpoint, health route and API key variable."""
+    """probe_endpoint reads a site's endpoint, health route, API key variable and TLS files."""
     return Site(
         name="provision-verify",
         kind="edge",
@@ -38,6 +38,7 @@ def _as_site(target: VerifyTarget) -> Site:
         endpoint=target.url,
         health_path=target.health_path,
         api_key_env=target.api_key_env,
+        tls=target.tls,
     )
 
 

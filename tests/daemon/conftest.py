@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -47,7 +48,16 @@ class DaemonProc:
         return self.proc.returncode, err
 
 
-def start_daemon(inventory: Path, *args: str, env: dict | None = None, **popen: Any) -> DaemonProc:
+def start_daemon(
+    inventory: Path,
+    *args: str,
+    env: dict | None = None,
+    host: str = "127.0.0.1",
+    tls: ssl.SSLContext | None = None,
+    **popen: Any,
+) -> DaemonProc:
+    """The daemon on ``host`` (polled on loopback); ``tls``: it serves https, and this context
+    (trusting its CA, with a client certificate for mutual TLS) is what polls it."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -59,7 +69,7 @@ def start_daemon(inventory: Path, *args: str, env: dict | None = None, **popen: 
             "daemon",
             "run",
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{host}:{port}",
             "--probe-interval",
             "0.5",
             *args,
@@ -71,13 +81,13 @@ def start_daemon(inventory: Path, *args: str, env: dict | None = None, **popen: 
         cwd=REPO,
         **popen,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"daemon exited {proc.returncode}: {proc.stderr.read()}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/healthz", timeout=1).status_code in (200, 401):
+            if httpx.get(url + "/healthz", timeout=1, verify=tls or True).status_code in (200, 401):
                 return DaemonProc(proc, url, inventory)
         time.sleep(0.05)
     proc.kill()

@@ -499,7 +499,7 @@ def test_https_sites_are_verified_against_the_system_trust_store(tmp_path: Path,
             jc = probed_status(untrusted, FIRST)  # the request may have come before the first probe
             assert jc["probe_ok"] is False and jc["status"] == "failed"
             assert "certificate is not trusted" in jc["probe_error"], jc
-            assert "SSL_CERT_FILE" in jc["probe_error"]
+            assert "tls_ca" in jc["probe_error"]
         finally:
             untrusted.stop()
         assert len(up.seen) == 1  # the untrusted daemon never sent it a request

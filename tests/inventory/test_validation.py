@@ -223,7 +223,7 @@ def test_top_level_must_be_a_mapping(cli, inv, rel, text, got):
         "name, defaults, regions, gpus"
         if rel == GRID
         else "name, kind, region, jurisdiction, location, endpoint, health_path, api_key_env, "
-        "cost_per_gpu_hour, drain, labels, models, nodes, provision"
+        "cost_per_gpu_hour, drain, labels, models, nodes, provision, tls_ca, tls_cert, tls_key"
     )
     invalid(cli, f"{rel}:1: must be a mapping of {keys} (got {got})")
 
@@ -278,7 +278,7 @@ def test_non_string_unknown_key_points_at_its_line(cli, inv):
         cli,
         f"{PHL}:{line}: 1: unknown key; expected one of: name, kind, region, jurisdiction, "
         "location, endpoint, health_path, api_key_env, cost_per_gpu_hour, drain, labels, models, nodes, "
-        "provision",
+        "provision, tls_ca, tls_cert, tls_key",
     )
     assert len(problems) == 1
 
@@ -1078,7 +1078,7 @@ def test_build_grid_valid():
         (
             {"defaults": ["ssh"]},
             "defaults",
-            "must be a mapping of ssh, slo_ms, weights (got a list)",
+            "must be a mapping of ssh, slo_ms, weights, tls_ca, tls_cert, tls_key (got a list)",
         ),
         ({"regions": {"eu": {}}}, "regions", "must be a list (got a mapping)"),
         (
