@@ -168,11 +168,17 @@ def test_site_set_drain_undrain(cli, inv: Path) -> None:
     ("args", "fragment"),
     [
         (["juristiction=DE"], "did you mean 'jurisdiction'"),
-        (["drain=maybe"], "invalid value for drain"),
-        (["cost_per_gpu_hour=cheap"], "invalid value for cost_per_gpu_hour"),
+        (["drain=maybe"], "drain: must be true or false (got 'maybe')"),
+        (["cost_per_gpu_hour=cheap"], "cost_per_gpu_hour: must be a cost (got 'cheap')"),
         (["kind-"], "cannot be removed"),
         (["novalue"], "is not KEY=VALUE"),
-        (["models.x=lots"], "capacity must be an integer"),
+        (["models.x=lots"], "models.x: must be a positive integer (got 'lots')"),
+        (["nodes.phl-co-12-gpu-01.gpus.count=lots"], "gpus.count: must be a positive integer (got 'lots')"),
+        (["models.llama-3.1-8b-instruct.capacity=1.5"], "capacity: must be a positive integer (got 1.5)"),
+        (["location.lat=nan"], "location.lat: must be a latitude"),
+        (["location=1"], "'location' is a mapping"),
+        (["name=x"], "names cannot be changed"),
+        (["nodes.phl-co-12-gpu-01.gpu.count=3"], "did you mean 'nodes.phl-co-12-gpu-01.gpus'"),
     ],
 )
 def test_site_set_usage_errors(cli, args, fragment) -> None:
