@@ -54,7 +54,7 @@ class Outcome:
         }
 
 
-def _finish(outcome: list[Outcome], result: ChangeResult) -> Outcome:
+def finish_outcome(outcome: list[Outcome], result: ChangeResult) -> Outcome:
     """The outcome the plan recorded, with the files the change wrote (or would write)."""
     return replace(outcome[0], files=result.files, dry_run=result.dry_run)
 
@@ -157,7 +157,7 @@ def add_site(root: Path, spec: SiteSpec, dry_run: bool = False) -> Outcome:
         result.append(Outcome("site", spec.name, "created"))
         return {site_file(spec.name): header + _dump_new(site_document(spec))}
 
-    return _finish(result, apply_change(root, plan, dry_run))
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
 def _dump_new(doc: dict[str, Any]) -> str:
@@ -215,7 +215,7 @@ def remove_site(root: Path, name: str, dry_run: bool = False) -> Outcome:
         result.append(Outcome("site", name, "deleted", removed=tuple(removed)))
         return changes
 
-    return _finish(result, apply_change(root, plan, dry_run, with_state=True))
+    return finish_outcome(result, apply_change(root, plan, dry_run, with_state=True))
 
 
 def _known_hosts_text(root: Path) -> str:
@@ -243,40 +243,49 @@ def set_drain(root: Path, name: str, drain: bool, dry_run: bool = False) -> Outc
         result.append(Outcome("site", name, action))
         return {site.file: edit_text(read_text(root, site.file), lambda d: d.__setitem__("drain", drain))}
 
-    return _finish(result, apply_change(root, plan, dry_run))
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
-def _set_fields(
-    root: Path, site: Site, items: list[str], ssh: SshDefaults, prefix: str = ""
-) -> tuple[str, str, Any]:
-    """The site file's text before and after ``items`` (KEY=VALUE / KEY-), and the
-    document as plain data after; values typed by the schema (see :mod:`fields`)."""
+def edit_fields(
+    old: str, items: list[str], shape: Any, validate: Callable[[Any], list[Any]], prefix: str = ""
+) -> tuple[str, Any]:
+    """``old`` with ``items`` (KEY=VALUE / KEY-) applied, comments kept, and the document as
+    plain data after; values typed by the schema (see :mod:`gridctl.inventory.fields`)."""
     from ruamel.yaml.comments import CommentedMap
 
     from gridctl.inventory import fields
-    from gridctl.inventory.schema import build_site
     from gridctl.inventory.yamldoc import parse_document
 
     if not items:
         raise UsageError("nothing to set", hint="give KEY=VALUE (or KEY- to remove), e.g. drain=true")
-    old = read_text(root, site.file)
     plain = parse_document(old).value
     chosen: list[tuple[fields.Assignment, Any]] = []
     for item in items:
-        a = fields.parse_assignment(item, fields.SITE, plain, prefix)
+        a = fields.parse_assignment(item, shape, plain, prefix)
         if a.text is None:
             plain = copy.deepcopy(plain)
             fields.apply(plain, a, None)
             value = None
         else:
-            value, plain = fields.choose_value(plain, a, lambda d: build_site(d, ssh)[1])
+            value, plain = fields.choose_value(plain, a, validate)
         chosen.append((a, value))
 
     def change(doc: Any) -> None:
         for a, value in chosen:
             fields.apply(doc, a, value, CommentedMap, fields.yaml_scalar)
 
-    return old, edit_text(old, change), plain
+    return edit_text(old, change), plain
+
+
+def _set_fields(
+    root: Path, site: Site, items: list[str], ssh: SshDefaults, prefix: str = ""
+) -> tuple[str, str, Any]:
+    from gridctl.inventory import fields
+    from gridctl.inventory.schema import build_site
+
+    old = read_text(root, site.file)
+    new, plain = edit_fields(old, items, fields.SITE, lambda d: build_site(d, ssh)[1], prefix)
+    return old, new, plain
 
 
 def set_site(root: Path, name: str, items: list[str], dry_run: bool = False) -> Outcome:
@@ -286,13 +295,13 @@ def set_site(root: Path, name: str, items: list[str], dry_run: bool = False) -> 
     def plan(inv: Inventory) -> Changes:
         site = require_site(inv, name)
         old, new, _ = _set_fields(root, site, items, inv.grid.ssh)
-        if _same_data(old, new):
+        if same_data(old, new):
             result.append(Outcome("site", name, "unchanged"))
             return {}
         result.append(Outcome("site", name, "configured", tuple(items)))
         return {site.file: new}
 
-    return _finish(result, apply_change(root, plan, dry_run))
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
 def require_node(site: Site, name: str) -> Node:
@@ -323,7 +332,7 @@ def set_node(root: Path, site_name: str, node_name: str, items: list[str], dry_r
         site = require_site(inv, site_name)
         node = require_node(site, node_name)
         old, new, plain = _set_fields(root, site, items, inv.grid.ssh, prefix=f"nodes.{node_name}.")
-        if _same_data(old, new):
+        if same_data(old, new):
             result.append(Outcome("node", address, "unchanged"))
             return {}
         changes: dict[str, str | None] = {site.file: new}
@@ -343,10 +352,10 @@ def set_node(root: Path, site_name: str, node_name: str, items: list[str], dry_r
         result.append(Outcome("node", address, "configured", tuple(items), tuple(removed), tuple(notes)))
         return changes
 
-    return _finish(result, apply_change(root, plan, dry_run))
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
-def _same_data(old: str, new: str) -> bool:
+def same_data(old: str, new: str) -> bool:
     from gridctl.inventory.yamldoc import parse_document
 
     return bool(parse_document(old).value == parse_document(new).value)
@@ -417,7 +426,7 @@ def add_node(root: Path, site_name: str, spec: NodeSpec, dry_run: bool = False) 
         result.append(Outcome("node", address, "created"))
         return {site.file: edit_text(read_text(root, site.file), apply)}
 
-    return _finish(result, apply_change(root, plan, dry_run))
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
 def remove_node(root: Path, site_name: str, node_name: str, dry_run: bool = False) -> Outcome:
@@ -445,7 +454,7 @@ def remove_node(root: Path, site_name: str, node_name: str, dry_run: bool = Fals
         result.append(Outcome("node", address, "deleted", removed=tuple(removed + state_removed)))
         return changes
 
-    return _finish(result, apply_change(root, plan, dry_run, with_state=True))
+    return finish_outcome(result, apply_change(root, plan, dry_run, with_state=True))
 
 
 # ---- round-trip editing --------------------------------------------------------
