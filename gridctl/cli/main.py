@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gridctl.cli.demo", "demo"),
     "site": ("gridctl.cli.site", "app"),
     "node": ("gridctl.cli.node", "app"),
+    "region": ("gridctl.cli.region", "app"),
     "inventory": ("gridctl.cli.inventory", "app"),
     "lab": ("gridctl.cli.lab", "app"),
     "route": ("gridctl.cli.route", "app"),

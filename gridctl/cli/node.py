@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli.common import OutputOpt, YesOpt, confirm, state
-from gridctl.cli.site import ModelOpt, TargetArg, report_outcome
+from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
 from gridctl.errors import UsageError
 from gridctl.output import Column, Format, render_list
 
@@ -76,6 +76,8 @@ def add(
         str | None, typer.Option(help="Private key file [default: grid default, else the SSH agent].")
     ] = None,
     gpus: Annotated[str | None, typer.Option(help="GPUs as MODEL:COUNT, e.g. H100:8.")] = None,
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
 ) -> None:
     """Add a node to a site. Re-running with the same values changes nothing."""
     from gridctl.inventory.edit import NodeSpec, add_node
@@ -83,7 +85,33 @@ def add(
     st = state(ctx)
     model, count = _parse_gpus(gpus) if gpus else (None, None)
     spec = NodeSpec(name=name, host=host, port=port, user=user, key=key, gpu_model=model, gpu_count=count)
-    report_outcome(st, add_node(st.root, site, spec))
+    report_outcome(st, add_node(st.root, site, spec, dry_run), output)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    site: Annotated[str, typer.Argument(help="Site of the node.")],
+    name: Annotated[str, typer.Argument(help="Node name.")],
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            help="KEY=VALUE to set, KEY- to remove: host, port, user, key, jump, gpus.model, "
+            "gpus.count, provision.profile, ... (any node key of the schema).",
+            metavar="KEY=VALUE...",
+        ),
+    ],
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Change fields of a node, keeping the file's comments and order.
+
+    A new host or port drops the node's pinned host key (and says so): pin the new
+    one with `gridctl node trust SITE/NODE` before the next contact."""
+    from gridctl.inventory.edit import set_node
+
+    st = state(ctx)
+    report_outcome(st, set_node(st.root, site, name, assignments, dry_run), output)
 
 
 @app.command("rm")
@@ -92,13 +120,20 @@ def rm(
     site: Annotated[str, typer.Argument(help="Site of the node.")],
     name: Annotated[str, typer.Argument(help="Node name.")],
     yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
 ) -> None:
-    """Remove a node from its site (asks first; --yes when not on a terminal)."""
+    """Remove a node from its site, with its pinned host key and its .state (asks first;
+    --yes when not on a terminal)."""
     from gridctl.inventory.edit import remove_node
 
     st = state(ctx)
+    preview = remove_node(st.root, site, name, dry_run=True)
+    if dry_run:
+        report_outcome(st, preview, output)
+        return
     confirm(st, f"Remove node {site}/{name}?", yes)
-    report_outcome(st, remove_node(st.root, site, name))
+    report_outcome(st, remove_node(st.root, site, name), output)
 
 
 TRUST_COLUMNS = [

@@ -19,6 +19,9 @@ TargetArg = Annotated[
     typer.Argument(help="Target pattern: glob, 'a,b', '!x', region:R, kind:K, jurisdiction:CC, label:k=v."),
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Only sites serving this model (glob).")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show the change (a diff of each file) and write nothing.")
+]
 
 
 def _models(r: Mapping[str, Any]) -> str:
@@ -178,6 +181,8 @@ def add(
     api_key_env: Annotated[
         str | None, typer.Option(help="Environment variable holding the site's API key.")
     ] = None,
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
 ) -> None:
     """Add a site. Re-running with the same values changes nothing; different values are refused."""
     from gridctl.inventory.edit import SiteSpec, add_site
@@ -196,14 +201,36 @@ def add(
         cost_per_gpu_hour=cost_per_gpu_hour,
         api_key_env=api_key_env,
     )
-    report_outcome(st, add_site(st.root, spec))
+    report_outcome(st, add_site(st.root, spec, dry_run), output)
 
 
-def report_outcome(st: State, outcome: Outcome) -> None:
+def report_outcome(st: State, outcome: Outcome, output: Format = Format.table) -> None:
+    """How every write reports: ``site/NAME configured (...)`` and what went with it; under
+    ``--dry-run`` the diff of each file first. ``-o json|yaml``: :meth:`Outcome.to_dict`."""
+    from gridctl.output import dump_json, dump_yaml
+
+    for note in outcome.notes:
+        st.streams.warn(note)
+    if output is Format.json:
+        st.streams.stdout.write(dump_json(outcome.to_dict()))
+        return
+    if output is Format.yaml:
+        st.streams.stdout.write(dump_yaml(outcome.to_dict()))
+        return
+    if output is Format.name:
+        st.streams.out(f"{outcome.kind}/{outcome.name}")
+        return
+    if outcome.dry_run:
+        for f in outcome.files:
+            st.streams.stdout.write(f.diff)
     text = f"{outcome.kind}/{outcome.name} {outcome.action}"
     if outcome.details:
         text += f" ({'; '.join(outcome.details)})"
+    if outcome.dry_run:
+        text += " (dry run: nothing written)"
     st.streams.out(text)
+    for item in outcome.removed:
+        st.streams.out(f"  {'would remove' if outcome.dry_run else 'removed'} {item}")
 
 
 @app.command("set")
@@ -213,44 +240,72 @@ def set_(
     assignments: Annotated[
         list[str],
         typer.Argument(
-            help="KEY=VALUE to set, KEY- to remove (labels.K, models.M, api_key_env).", metavar="KEY=VALUE..."
+            help="KEY=VALUE to set, KEY- to remove. Any field by dotted path: drain=true, "
+            "labels.K=V, models.M.capacity=64, nodes.N.gpus.count=8, provision.profile=vllm.",
+            metavar="KEY=VALUE...",
         ),
     ],
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
 ) -> None:
-    """Change fields of a site, keeping the file's comments and order."""
+    """Change fields of a site, keeping the file's comments and order.
+
+    Values are typed by the schema: jurisdiction=NO stays the text NO (written quoted),
+    a number field refuses text. No YAML quoting needed."""
     from gridctl.inventory.edit import set_site
 
     st = state(ctx)
-    report_outcome(st, set_site(st.root, name, assignments))
+    report_outcome(st, set_site(st.root, name, assignments, dry_run), output)
 
 
 @app.command("rm")
 def rm(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")], yes: YesOpt = False
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
 ) -> None:
-    """Remove a site and its file (asks first; --yes when not on a terminal)."""
+    """Remove a site: its file, its latency_ms entries in grid.yaml, its nodes' pinned host
+    keys and its .state (asks first; --yes when not on a terminal)."""
     from gridctl.inventory.edit import remove_site, require_site
 
     st = state(ctx)
+    preview = remove_site(st.root, name, dry_run=True)
+    if dry_run:
+        report_outcome(st, preview, output)
+        return
     site = require_site(st.load(), name)
     nodes = f"{len(site.nodes)} node{'s' if len(site.nodes) != 1 else ''}"
-    confirm(st, f"Remove site {name} ({nodes}, {site.file})?", yes)
-    report_outcome(st, remove_site(st.root, name))
+    refs = len(preview.removed)
+    also = f"; and {refs} reference{'s' if refs != 1 else ''} to it" if refs else ""
+    confirm(st, f"Remove site {name} ({nodes}, {site.file}{also})?", yes)
+    report_outcome(st, remove_site(st.root, name), output)
 
 
 @app.command("drain")
-def drain(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")]) -> None:
+def drain(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Take a site out of routing (drain: true)."""
     from gridctl.inventory.edit import set_drain
 
     st = state(ctx)
-    report_outcome(st, set_drain(st.root, name, True))
+    report_outcome(st, set_drain(st.root, name, True, dry_run), output)
 
 
 @app.command("undrain")
-def undrain(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Site name.")]) -> None:
+def undrain(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    dry_run: DryRunOpt = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Put a drained site back into routing (drain: false)."""
     from gridctl.inventory.edit import set_drain
 
     st = state(ctx)
-    report_outcome(st, set_drain(st.root, name, False))
+    report_outcome(st, set_drain(st.root, name, False, dry_run), output)

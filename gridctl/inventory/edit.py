@@ -2,38 +2,61 @@
 
 New files are written fresh in schema order. Existing files are edited with
 ruamel.yaml's round-trip mode so the operator's comments, key order and
-quoting survive. Every change goes through ``store.run_change``: locked,
+quoting survive. Every change goes through ``store.apply_change``: locked,
 validated as a whole before writing, atomic.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gridctl.errors import ConflictError, NotFoundError, UsageError
-from gridctl.inventory.load import read_text, site_file
-from gridctl.inventory.model import Inventory, Node, Site
+from gridctl.inventory.load import GRID_FILE, KNOWN_HOSTS, read_text, site_file
+from gridctl.inventory.model import Inventory, Node, Site, SshDefaults
 from gridctl.inventory.schema import DNS_LABEL
-from gridctl.inventory.store import Changes, run_change
+from gridctl.inventory.store import ChangeResult, Changes, FileChange, apply_change
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a change did, for the CLI to report: ``site/phl-co-12 created``."""
 
-    kind: str  # "site" | "node"
+    kind: str  # "site" | "node" | "region"
     name: str
     action: str  # created | unchanged | configured | deleted | drained | undrained
     details: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # what referred to it and went with it: "grid.yaml: regions.x.latency_ms.y"
+    notes: tuple[str, ...] = ()  # what the operator must do next (a dropped host key)
+    files: tuple[FileChange, ...] = ()
+    dry_run: bool = False
 
     @property
     def changed(self) -> bool:
         return self.action != "unchanged"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``-o json`` shape of every write (README: inventory edits)."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "details": list(self.details),
+            "removed": list(self.removed),
+            "notes": list(self.notes),
+            "dry_run": self.dry_run,
+            "files": [f.to_dict() for f in self.files],
+        }
+
+
+def finish_outcome(outcome: list[Outcome], result: ChangeResult) -> Outcome:
+    """The outcome the plan recorded, with the files the change wrote (or would write)."""
+    return replace(outcome[0], files=result.files, dry_run=result.dry_run)
 
 
 @dataclass(frozen=True)
@@ -114,7 +137,7 @@ def _site_differences(site: Site, spec: SiteSpec) -> list[str]:
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in want.items() if old != new]
 
 
-def add_site(root: Path, spec: SiteSpec) -> Outcome:
+def add_site(root: Path, spec: SiteSpec, dry_run: bool = False) -> Outcome:
     check_name("site", spec.name)
     result: list[Outcome] = []
 
@@ -134,8 +157,7 @@ def add_site(root: Path, spec: SiteSpec) -> Outcome:
         result.append(Outcome("site", spec.name, "created"))
         return {site_file(spec.name): header + _dump_new(site_document(spec))}
 
-    run_change(root, plan)
-    return result[0]
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
 def _dump_new(doc: dict[str, Any]) -> str:
@@ -163,16 +185,53 @@ def require_site(inv: Inventory, name: str) -> Site:
     return site
 
 
-def remove_site(root: Path, name: str) -> Outcome:
+def remove_site(root: Path, name: str, dry_run: bool = False) -> Outcome:
+    """Delete the site's file, and with it what names the site elsewhere: its
+    ``latency_ms`` entries in grid.yaml, its nodes' pinned host keys, its ``.state``."""
+    from gridctl.inventory.references import drop_host_keys, drop_latency_entries, drop_state
+
+    result: list[Outcome] = []
+
     def plan(inv: Inventory) -> Changes:
         site = require_site(inv, name)
-        return {site.file: None}
+        changes: dict[str, str | None] = {site.file: None}
+        removed: list[str] = []
+        dropped: list[str] = []
+        grid_text = read_text(root, GRID_FILE)
+        new_grid = edit_text(grid_text, lambda d: dropped.extend(drop_latency_entries(d, frozenset({name}))))
+        if dropped:
+            changes[GRID_FILE] = new_grid
+            removed += dropped
+        entries = {_host_entry(n) for n in site.nodes}
+        keys_text, keys_removed = drop_host_keys(_known_hosts_text(root), entries)
+        if keys_text is not None:
+            changes[KNOWN_HOSTS] = keys_text
+            removed += keys_removed
+        state, state_removed = drop_state(
+            root, sites=frozenset({name}), nodes=frozenset(n.address for n in site.nodes)
+        )
+        changes.update(state)
+        removed += state_removed
+        result.append(Outcome("site", name, "deleted", removed=tuple(removed)))
+        return changes
 
-    run_change(root, plan)
-    return Outcome("site", name, "deleted")
+    return finish_outcome(result, apply_change(root, plan, dry_run, with_state=True))
 
 
-def set_drain(root: Path, name: str, drain: bool) -> Outcome:
+def _known_hosts_text(root: Path) -> str:
+    try:
+        return read_text(root, KNOWN_HOSTS)
+    except FileNotFoundError:
+        return ""
+
+
+def _host_entry(node: Node) -> str:
+    from gridctl.fleet.hostkeys import host_entry
+
+    return host_entry(node.host, node.port)
+
+
+def set_drain(root: Path, name: str, drain: bool, dry_run: bool = False) -> Outcome:
     action = "drained" if drain else "undrained"
     result: list[Outcome] = []
 
@@ -184,141 +243,119 @@ def set_drain(root: Path, name: str, drain: bool) -> Outcome:
         result.append(Outcome("site", name, action))
         return {site.file: edit_text(read_text(root, site.file), lambda d: d.__setitem__("drain", drain))}
 
-    run_change(root, plan)
-    return result[0]
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
-# key -> converter; labels.<k> and models.<name> are handled apart
-SETTABLE: dict[str, Callable[[str], Any]] = {
-    "kind": str,
-    "region": str,
-    "jurisdiction": str,
-    "endpoint": str,
-    "api_key_env": str,
-    "cost_per_gpu_hour": float,
-    "drain": lambda v: _parse_bool(v),
-    "location.lat": float,
-    "location.lon": float,
-}
-_REMOVABLE = {"api_key_env"}
+def edit_fields(
+    old: str, items: list[str], shape: Any, validate: Callable[[Any], list[Any]], prefix: str = ""
+) -> tuple[str, Any]:
+    """``old`` with ``items`` (KEY=VALUE / KEY-) applied, comments kept, and the document as
+    plain data after; values typed by the schema (see :mod:`gridctl.inventory.fields`)."""
+    from ruamel.yaml.comments import CommentedMap
 
+    from gridctl.inventory import fields
+    from gridctl.inventory.yamldoc import parse_document
 
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("true", "yes", "on", "1"):
-        return True
-    if low in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-@dataclass(frozen=True)
-class Assignment:
-    key: str  # e.g. "drain", "labels.tier", "models.llama-3.1-8b-instruct"
-    value: Any  # None: remove
-    raw: str
-
-
-def parse_assignments(items: list[str]) -> list[Assignment]:
-    """``KEY=VALUE`` sets, ``KEY-`` removes (labels, models, api_key_env)."""
-    out: list[Assignment] = []
+    if not items:
+        raise UsageError("nothing to set", hint="give KEY=VALUE (or KEY- to remove), e.g. drain=true")
+    plain = parse_document(old).value
+    chosen: list[tuple[fields.Assignment, Any]] = []
     for item in items:
-        value: Any
-        if "=" not in item and item.endswith("-"):
-            key, value = item[:-1], None
-        elif "=" in item:
-            key, _, text = item.partition("=")
-            value = text
+        a = fields.parse_assignment(item, shape, plain, prefix)
+        if a.text is None:
+            plain = copy.deepcopy(plain)
+            fields.apply(plain, a, None)
+            value = None
         else:
-            raise UsageError(
-                f"'{item}' is not KEY=VALUE",
-                hint="e.g. drain=true cost_per_gpu_hour=2.4 labels.tier=metro labels.old-",
-            )
-        if key.startswith("labels.") and len(key) > 7:
-            out.append(Assignment(key, value, item))
-            continue
-        if key.startswith("models.") and len(key) > 7:
-            if value is not None:
-                try:
-                    value = int(value)
-                except ValueError:
-                    raise UsageError(f"{item}: the capacity must be an integer") from None
-            out.append(Assignment(key, value, item))
-            continue
-        if key not in SETTABLE:
-            import difflib
+            value, plain = fields.choose_value(plain, a, validate)
+        chosen.append((a, value))
 
-            near = difflib.get_close_matches(key, [*SETTABLE, "labels.KEY", "models.NAME"], n=1)
-            raise UsageError(
-                f"cannot set '{key}'",
-                hint=(f"did you mean '{near[0]}'? " if near else "")
-                + f"settable: {', '.join(SETTABLE)}, labels.KEY, models.NAME (capacity)",
-            )
-        if value is None:
-            if key not in _REMOVABLE:
-                raise UsageError(f"'{key}' cannot be removed, only set", hint=f"e.g. {key}=VALUE")
-        else:
-            try:
-                value = SETTABLE[key](value)
-            except ValueError:
-                raise UsageError(f"{item}: invalid value for {key}") from None
-        out.append(Assignment(key, value, item))
-    return out
+    def change(doc: Any) -> None:
+        for a, value in chosen:
+            fields.apply(doc, a, value, CommentedMap, fields.yaml_scalar)
+
+    return edit_text(old, change), plain
 
 
-def set_site(root: Path, name: str, items: list[str]) -> Outcome:
-    assignments = parse_assignments(items)
+def _set_fields(
+    root: Path, site: Site, items: list[str], ssh: SshDefaults, prefix: str = ""
+) -> tuple[str, str, Any]:
+    from gridctl.inventory import fields
+    from gridctl.inventory.schema import build_site
+
+    old = read_text(root, site.file)
+    new, plain = edit_fields(old, items, fields.SITE, lambda d: build_site(d, ssh)[1], prefix)
+    return old, new, plain
+
+
+def set_site(root: Path, name: str, items: list[str], dry_run: bool = False) -> Outcome:
+    """``site set NAME KEY=VALUE...``: any field of the schema, by dotted path."""
     result: list[Outcome] = []
-
-    def apply(doc: Any) -> None:
-        from ruamel.yaml.comments import CommentedMap
-
-        for a in assignments:
-            head, _, rest = a.key.partition(".")
-            if head in ("labels", "location"):
-                target = doc.get(head)
-                if target is None:
-                    if a.value is None:
-                        continue
-                    target = doc[head] = CommentedMap()
-                if a.value is None:
-                    target.pop(rest, None)
-                else:
-                    target[rest] = a.value
-            elif head == "models":
-                models = doc.get("models")
-                if models is None:
-                    models = doc["models"] = []
-                entry = next((m for m in models if isinstance(m, dict) and m.get("name") == rest), None)
-                if a.value is None:
-                    if entry is not None:
-                        models.remove(entry)
-                elif entry is not None:
-                    entry["capacity"] = a.value
-                else:
-                    new = CommentedMap()
-                    new["name"], new["capacity"] = rest, a.value
-                    models.append(new)
-            elif a.value is None:
-                doc.pop(a.key, None)
-            else:
-                doc[a.key] = a.value
 
     def plan(inv: Inventory) -> Changes:
         site = require_site(inv, name)
-        old = read_text(root, site.file)
-        new = edit_text(old, apply)
-        if _same_data(old, new):
+        old, new, _ = _set_fields(root, site, items, inv.grid.ssh)
+        if same_data(old, new):
             result.append(Outcome("site", name, "unchanged"))
             return {}
-        result.append(Outcome("site", name, "configured", tuple(a.raw for a in assignments)))
+        result.append(Outcome("site", name, "configured", tuple(items)))
         return {site.file: new}
 
-    run_change(root, plan)
-    return result[0]
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
-def _same_data(old: str, new: str) -> bool:
+def require_node(site: Site, name: str) -> Node:
+    node = next((n for n in site.nodes if n.name == name), None)
+    if node is None:
+        import difflib
+
+        near = difflib.get_close_matches(name, [n.name for n in site.nodes], n=1)
+        raise NotFoundError(
+            f"no node '{name}' in site {site.name}",
+            hint=f"did you mean '{near[0]}'?" if near else f"list them with `gridctl node ls {site.name}`",
+        )
+    return node
+
+
+def set_node(root: Path, site_name: str, node_name: str, items: list[str], dry_run: bool = False) -> Outcome:
+    """``node set SITE NODE KEY=VALUE...``: the node's keys (host, port, gpus.count, ...).
+
+    A new address (host or effective port) drops the old one's pinned host key in the
+    same change: the next contact checks nothing until ``node trust`` pins the new key."""
+    from gridctl.inventory.references import drop_host_keys
+    from gridctl.inventory.schema import build_site
+
+    address = f"{site_name}/{node_name}"
+    result: list[Outcome] = []
+
+    def plan(inv: Inventory) -> Changes:
+        site = require_site(inv, site_name)
+        node = require_node(site, node_name)
+        old, new, plain = _set_fields(root, site, items, inv.grid.ssh, prefix=f"nodes.{node_name}.")
+        if same_data(old, new):
+            result.append(Outcome("node", address, "unchanged"))
+            return {}
+        changes: dict[str, str | None] = {site.file: new}
+        removed: list[str] = []
+        notes: list[str] = []
+        after, _ = build_site(plain, inv.grid.ssh)
+        moved = next((n for n in after.nodes if n.name == node_name), None) if after else None
+        if moved is not None and (moved.host.lower(), moved.port) != (node.host.lower(), node.port):
+            keys_text, removed = drop_host_keys(_known_hosts_text(root), {_host_entry(node)})
+            if keys_text is not None:
+                changes[KNOWN_HOSTS] = keys_text
+            pinned = "its pinned host key was dropped" if removed else "no host key was pinned for it"
+            notes.append(
+                f"{address} moved from {node.host}:{node.port} to {moved.host}:{moved.port}: {pinned}; "
+                f"pin the new one with `gridctl node trust {address}` before the next contact"
+            )
+        result.append(Outcome("node", address, "configured", tuple(items), tuple(removed), tuple(notes)))
+        return changes
+
+    return finish_outcome(result, apply_change(root, plan, dry_run))
+
+
+def same_data(old: str, new: str) -> bool:
     from gridctl.inventory.yamldoc import parse_document
 
     return bool(parse_document(old).value == parse_document(new).value)
@@ -341,7 +378,7 @@ def _node_differences(node: Node, spec: NodeSpec) -> list[str]:
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in want.items() if old != new]
 
 
-def add_node(root: Path, site_name: str, spec: NodeSpec) -> Outcome:
+def add_node(root: Path, site_name: str, spec: NodeSpec, dry_run: bool = False) -> Outcome:
     check_name("node", spec.name)
     address = f"{site_name}/{spec.name}"
     result: list[Outcome] = []
@@ -389,12 +426,15 @@ def add_node(root: Path, site_name: str, spec: NodeSpec) -> Outcome:
         result.append(Outcome("node", address, "created"))
         return {site.file: edit_text(read_text(root, site.file), apply)}
 
-    run_change(root, plan)
-    return result[0]
+    return finish_outcome(result, apply_change(root, plan, dry_run))
 
 
-def remove_node(root: Path, site_name: str, node_name: str) -> Outcome:
+def remove_node(root: Path, site_name: str, node_name: str, dry_run: bool = False) -> Outcome:
+    """Remove the node from its site's file, with its pinned host key and its ``.state``."""
+    from gridctl.inventory.references import drop_host_keys, drop_state
+
     address = f"{site_name}/{node_name}"
+    result: list[Outcome] = []
 
     def apply(doc: Any) -> None:
         nodes = doc["nodes"]
@@ -404,20 +444,17 @@ def remove_node(root: Path, site_name: str, node_name: str) -> Outcome:
 
     def plan(inv: Inventory) -> Changes:
         site = require_site(inv, site_name)
-        if all(n.name != node_name for n in site.nodes):
-            import difflib
+        node = require_node(site, node_name)
+        changes: dict[str, str | None] = {site.file: edit_text(read_text(root, site.file), apply)}
+        keys_text, removed = drop_host_keys(_known_hosts_text(root), {_host_entry(node)})
+        if keys_text is not None:
+            changes[KNOWN_HOSTS] = keys_text
+        state, state_removed = drop_state(root, nodes=frozenset({address}))
+        changes.update(state)
+        result.append(Outcome("node", address, "deleted", removed=tuple(removed + state_removed)))
+        return changes
 
-            near = difflib.get_close_matches(node_name, [n.name for n in site.nodes], n=1)
-            raise NotFoundError(
-                f"no node '{node_name}' in site {site_name}",
-                hint=f"did you mean '{near[0]}'?"
-                if near
-                else f"list them with `gridctl node ls {site_name}`",
-            )
-        return {site.file: edit_text(read_text(root, site.file), apply)}
-
-    run_change(root, plan)
-    return Outcome("node", address, "deleted")
+    return finish_outcome(result, apply_change(root, plan, dry_run, with_state=True))
 
 
 # ---- round-trip editing --------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from gridctl.errors import InventoryError, LockError
@@ -93,26 +94,108 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class FileChange:
+    """One file a change writes, for ``--dry-run`` and ``-o json``: what happens to it and
+    the unified diff from the old text to the new."""
+
+    file: str  # relative to the inventory root
+    action: str  # created | modified | deleted
+    diff: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "action": self.action, "diff": self.diff}
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    inventory: Inventory  # as it now is (or, in a dry run, would be)
+    changes: Changes
+    files: tuple[FileChange, ...]
+    dry_run: bool = False
+
+
 def run_change(root: Path, plan: Callable[[Inventory], Changes]) -> tuple[Inventory, Changes]:
     """Lock, plan the change on the current inventory, validate the result, write it.
 
     ``plan`` returns the files to write (or delete); it raises to refuse.
     Returns the inventory as it now is and the changes that were written.
     """
-    with inventory_lock(root):
+    result = apply_change(root, plan)
+    return result.inventory, result.changes
+
+
+def apply_change(
+    root: Path, plan: Callable[[Inventory], Changes], dry_run: bool = False, with_state: bool = False
+) -> ChangeResult:
+    """:func:`run_change`, and what it did to each file; with ``dry_run`` everything but the writes.
+
+    Paths under ``.state/`` may be in the changes (what gridctl learned about a site that is
+    removed): with ``with_state`` the plan runs holding the ``.state`` lock as well (taken
+    after the inventory's, the only order anything takes both), so it reads and rewrites
+    those files without racing the daemon. Order of the writes: files written, then files
+    deleted, then ``.state``: a crash between two leaves an inventory that still validates
+    (a ``latency_ms`` entry is dropped before the site it names).
+    """
+    with inventory_lock(root), _state_lock(root, with_state and not dry_run):
         current = load_inventory(root)
         changes = plan(current)
         if not changes:
-            return current, changes
+            return ChangeResult(current, changes, (), dry_run)
+        assert with_state or not any(_is_state(rel) for rel in changes), "a .state change needs its lock"
         try:
             after = load_inventory(root, overrides=changes)
         except InventoryError as exc:
             raise InventoryError(
                 exc.problems, str(root), hint="nothing was written; fix the values and retry", refused=True
             ) from None
-        for rel, text in changes.items():
+        files = tuple(_file_change(root, rel, text) for rel, text in changes.items())
+        if dry_run:
+            return ChangeResult(after, changes, files, True)
+        ordered = sorted(changes.items(), key=lambda kv: (_is_state(kv[0]), kv[1] is None))
+        for rel, text in ordered:
             if text is None:
-                remove_file(root / rel)
+                with contextlib.suppress(FileNotFoundError):
+                    remove_file(root / rel)
             else:
                 write_atomic(root / rel, text)
-        return after, changes
+        return ChangeResult(after, changes, files, False)
+
+
+STATE_PREFIX = ".state/"
+
+
+def _is_state(rel: str) -> bool:
+    return rel.startswith(STATE_PREFIX)
+
+
+@contextlib.contextmanager
+def _state_lock(root: Path, take: bool) -> Iterator[None]:
+    if not take:
+        yield
+        return
+    from gridctl.inventory.state import state_lock
+
+    with state_lock(root):
+        yield
+
+
+def _file_change(root: Path, rel: str, text: str | None) -> FileChange:
+    import difflib
+
+    try:
+        old: str | None = (root / rel).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = None
+    if text is None:
+        n = len((old or "").splitlines())
+        return FileChange(rel, "deleted", f"--- a/{rel}\n+++ /dev/null\n(file deleted: {n} lines)\n")
+    diff = "".join(
+        difflib.unified_diff(
+            (old or "").splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"a/{rel}" if old is not None else "/dev/null",
+            tofile=f"b/{rel}",
+        )
+    )
+    return FileChange(rel, "created" if old is None else "modified", diff)

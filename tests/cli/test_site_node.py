@@ -168,11 +168,17 @@ def test_site_set_drain_undrain(cli, inv: Path) -> None:
     ("args", "fragment"),
     [
         (["juristiction=DE"], "did you mean 'jurisdiction'"),
-        (["drain=maybe"], "invalid value for drain"),
-        (["cost_per_gpu_hour=cheap"], "invalid value for cost_per_gpu_hour"),
+        (["drain=maybe"], "drain: must be true or false (got 'maybe')"),
+        (["cost_per_gpu_hour=cheap"], "cost_per_gpu_hour: must be a cost (got 'cheap')"),
         (["kind-"], "cannot be removed"),
         (["novalue"], "is not KEY=VALUE"),
-        (["models.x=lots"], "capacity must be an integer"),
+        (["models.x=lots"], "models.x: must be a positive integer (got 'lots')"),
+        (["nodes.phl-co-12-gpu-01.gpus.count=lots"], "gpus.count: must be a positive integer (got 'lots')"),
+        (["models.llama-3.1-8b-instruct.capacity=1.5"], "capacity: must be a positive integer (got 1.5)"),
+        (["location.lat=nan"], "location.lat: must be a latitude"),
+        (["location=1"], "'location' is a mapping"),
+        (["name=x"], "names cannot be changed"),
+        (["nodes.phl-co-12-gpu-01.gpu.count=3"], "did you mean 'nodes.phl-co-12-gpu-01.gpus'"),
     ],
 )
 def test_site_set_usage_errors(cli, args, fragment) -> None:
@@ -260,3 +266,169 @@ def test_inventory_from_environment(inv: Path) -> None:
 
     r = run_cli("site", "ls", "-o", "name", "kind:cloud", env=cli_env(GRIDCTL_INVENTORY=str(inv)))
     assert r.rc == 0 and r.out == "cloud-use1\n"
+
+
+def _state(inv: Path) -> Path:
+    state = inv / ".state"
+    state.mkdir(exist_ok=True)
+    health = {
+        "sites": {"nyc-pop-01": {"status": "ok"}, "chi-pop-01": {"status": "ok"}},
+        "nodes": {"nyc-pop-01/nyc-pop-01-gpu-01": {"status": "ok"}, "chi-pop-01/chi-pop-01-gpu-01": {}},
+    }
+    (state / "health.json").write_text(json.dumps(health))
+    (state / "probes.json").write_text(json.dumps({"us-east": {"nyc-pop-01": {"rtt_ms": 2.0}}}))
+    (state / "calibration.json").write_text(json.dumps({"sites": {"nyc-pop-01": {}, "chi-pop-01": {}}}))
+    return state
+
+
+def test_site_rm_takes_what_refers_to_it_in_one_change(cli, inv: Path) -> None:
+    """issue 15: `site rm nyc-pop-01` was refused because grid.yaml measured latency to it."""
+    state = _state(inv)
+    node = yaml.safe_load((inv / "sites" / "nyc-pop-01.yaml").read_text())["nodes"][0]
+    pin = f"{node['host']} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    (inv / "known_hosts").write_text((inv / "known_hosts").read_text() + pin)
+    before = {p: p.read_text() for p in [inv / "grid.yaml", inv / "known_hosts", *state.iterdir()]}
+    r = cli("site", "rm", "nyc-pop-01", "--dry-run")
+    assert r.rc == 0, r
+    assert "-      nyc-pop-01: 1.8" in r.out and "(file deleted: " in r.out
+    assert "site/nyc-pop-01 deleted (dry run: nothing written)" in r.out
+    assert "  would remove grid.yaml: regions.us-east.latency_ms.nyc-pop-01" in r.out
+    assert {p: p.read_text() for p in before} == before and (inv / "sites" / "nyc-pop-01.yaml").exists()
+    r = cli("site", "rm", "nyc-pop-01", "--yes", "-o", "json")
+    assert r.rc == 0, r
+    out = json.loads(r.out)
+    assert out["action"] == "deleted" and out["dry_run"] is False
+    assert out["removed"] == [
+        "grid.yaml: regions.us-east.latency_ms.nyc-pop-01",
+        f"known_hosts: {node['host']} ssh-ed25519",
+        ".state/health.json: sites.nyc-pop-01",
+        ".state/health.json: nodes.nyc-pop-01/nyc-pop-01-gpu-01",
+        ".state/probes.json: us-east.nyc-pop-01",
+        ".state/calibration.json: sites.nyc-pop-01",
+    ]
+    assert {f["file"]: f["action"] for f in out["files"]}["sites/nyc-pop-01.yaml"] == "deleted"
+    assert not (inv / "sites" / "nyc-pop-01.yaml").exists()
+    grid = (inv / "grid.yaml").read_text()
+    assert "nyc-pop-01" not in grid and "# measured RTT from the NYC probe, 2024-Q4" in grid
+    assert node["host"] not in (inv / "known_hosts").read_text()
+    health = json.loads((state / "health.json").read_text())
+    assert health["sites"] == {"chi-pop-01": {"status": "ok"}}
+    assert health["nodes"] == {"chi-pop-01/chi-pop-01-gpu-01": {}}
+    assert json.loads((state / "probes.json").read_text()) == {"us-east": {}}
+    assert json.loads((state / "calibration.json").read_text()) == {"sites": {"chi-pop-01": {}}}
+    assert cli("inventory", "validate").rc == 0
+
+
+@pytest.mark.parametrize("text", ["NO", "yes", "on", "1e3", "off", "012", "null", "1.5"])
+def test_site_set_text_fields_stay_text(cli, inv: Path, text: str) -> None:
+    """issue 15: `labels.managed=yes` and `jurisdiction=NO` exited 5 ("got false; quote it")."""
+    args = [f"labels.managed={text}"] + (["jurisdiction=NO"] if text == "NO" else [])
+    r = cli("site", "set", "phl-co-12", *args)
+    assert r.rc == 0, r
+    raw = (inv / "sites" / "phl-co-12.yaml").read_text()
+    doc = yaml.safe_load(raw)
+    assert doc["labels"]["managed"] == text and isinstance(doc["labels"]["managed"], str)
+    assert "# Philadelphia central office 12 (Spring Garden)" in raw and "# sshd on 2222" in raw
+    if text == "NO":
+        assert doc["jurisdiction"] == "NO" and 'jurisdiction: "NO"' in raw
+    shown = json.loads(cli("site", "show", "phl-co-12", "-o", "json").out)
+    assert shown["labels"]["managed"] == text
+
+
+def test_site_set_dotted_paths_into_lists_by_name(cli, inv: Path) -> None:
+    r = cli(
+        "site",
+        "set",
+        "phl-co-12",
+        "nodes.phl-co-12-gpu-01.gpus.count=8",
+        "models.llama-3.1-8b-instruct.capacity=64",
+        "models.llama-3.1-8b-instruct.tensor_parallel=2",
+        "provision.profile=vllm",
+        "health_path=/v1/health",
+        "cost_per_gpu_hour=2",
+        "drain=yes",
+        "labels.metro-",
+    )
+    assert r.rc == 0, r
+    doc = yaml.safe_load((inv / "sites" / "phl-co-12.yaml").read_text())
+    assert doc["nodes"][0]["gpus"] == {"model": "L40S", "count": 8}
+    assert doc["models"][0] == {"name": "llama-3.1-8b-instruct", "capacity": 64, "tensor_parallel": 2}
+    assert doc["provision"] == {"profile": "vllm"} and doc["health_path"] == "/v1/health"
+    assert doc["cost_per_gpu_hour"] == 2 and doc["drain"] is True and "metro" not in doc["labels"]
+    r = cli("site", "set", "phl-co-12", "models.llama-3.1-8b-instruct.tensor_parallel=16")
+    assert r.rc == 2 and "no node has more than 8" in r.err
+    r = cli("site", "set", "phl-co-12", "nodes.phl-co-12-gpu-1.port=2200")
+    assert r.rc == 1 and "did you mean 'phl-co-12-gpu-01'?" in r.err
+
+
+def test_every_write_takes_dry_run_and_json(cli, inv: Path) -> None:
+    files = {p: p.read_text() for p in (inv / "sites").iterdir()}
+    runs = [
+        ["site", "set", "phl-co-12", "drain=true"],
+        ["site", "drain", "phl-co-12"],
+        ["site", "undrain", "phl-edge-04"],
+        [*ADD],
+        ["node", "add", "chi-co-07", "chi-co-07-gpu-09", "--host", "10.7.0.9"],
+        ["node", "set", "chi-co-07", "chi-co-07-gpu-01", "port=2201"],
+        ["node", "rm", "chi-co-07", "chi-co-07-gpu-01"],
+        ["site", "rm", "chi-co-07"],
+    ]
+    for args in runs:
+        r = cli(*args, "--dry-run")
+        assert r.rc == 0 and "(dry run: nothing written)" in r.out and "+++ " in r.out, (args, r)
+        r = cli(*args, "--dry-run", "-o", "json")
+        out = json.loads(r.out)
+        assert out["dry_run"] is True and out["files"] and out["files"][0]["diff"], args
+    assert {p: p.read_text() for p in (inv / "sites").iterdir()} == files
+    r = cli("site", "set", "phl-co-12", "drain=true", "-o", "json")
+    out = json.loads(r.out)
+    assert out["action"] == "configured" and out["details"] == ["drain=true"] and out["dry_run"] is False
+
+
+def test_node_set_new_address_drops_the_pinned_key(cli, inv: Path) -> None:
+    site = yaml.safe_load((inv / "sites" / "phl-co-12.yaml").read_text())
+    host = site["nodes"][1]["host"]
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    (inv / "known_hosts").write_text(f"# pins\n[{host}]:2222 {key}\nother.example.net {key}\n")
+    r = cli("node", "set", "phl-co-12", "phl-co-12-gpu-02", "user=ops", "gpus.count=2")
+    assert r.rc == 0 and r.err == "" and f"[{host}]:2222" in (inv / "known_hosts").read_text()
+    r = cli("node", "set", "phl-co-12", "phl-co-12-gpu-02", "port=2200")
+    assert r.rc == 0, r
+    assert r.out.startswith("node/phl-co-12/phl-co-12-gpu-02 configured (port=2200)\n")
+    assert f"removed known_hosts: [{host}]:2222 ssh-ed25519" in r.out
+    assert "its pinned host key was dropped" in r.err
+    assert "gridctl node trust phl-co-12/phl-co-12-gpu-02" in r.err
+    assert (inv / "known_hosts").read_text() == f"# pins\nother.example.net {key}\n"
+    text = (inv / "sites" / "phl-co-12.yaml").read_text()
+    assert "port: 2200   # sshd on 2222: reached through the CO's NAT" in text
+    node = json.loads(cli("node", "ls", "phl-co-12-gpu-02", "-o", "json").out)[0]
+    assert (node["port"], node["user"], node["gpus"]["count"]) == (2200, "ops", 2)
+    r = cli("node", "set", "phl-co-12", "phl-co-12-gpu-02", "host=10.1.2.3", "-o", "json")
+    assert r.rc == 0 and "no host key was pinned for it" in json.loads(r.out)["notes"][0]
+    for bad, fragment in [
+        ("port=lots", "port: must be a port (got 'lots')"),
+        ("port=70000", "between 1 and 65535"),
+        ("gpus.count=lots", "gpus.count: must be a positive integer (got 'lots')"),
+        ("hots=x", "did you mean 'nodes.phl-co-12-gpu-02.host'?"),
+        ("host-", "cannot be removed"),
+    ]:
+        r = cli("node", "set", "phl-co-12", "phl-co-12-gpu-02", bad)
+        assert r.rc == 2 and fragment in r.err and "hint: " in r.err, (bad, r)
+    r = cli("node", "set", "phl-co-12", "phl-co-12-gpu-2", "port=1")
+    assert r.rc == 1 and "did you mean 'phl-co-12-gpu-02'?" in r.err
+
+
+def test_node_rm_drops_its_host_key_and_state(cli, inv: Path) -> None:
+    state = _state(inv)
+    host = yaml.safe_load((inv / "sites" / "nyc-pop-01.yaml").read_text())["nodes"][0]["host"]
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    (inv / "known_hosts").write_text(f"{host} {key}\n")
+    r = cli("node", "rm", "nyc-pop-01", "nyc-pop-01-gpu-01", "--yes")
+    assert r.rc == 0, r
+    assert r.out.splitlines() == [
+        "node/nyc-pop-01/nyc-pop-01-gpu-01 deleted",
+        f"  removed known_hosts: {host} ssh-ed25519",
+        "  removed .state/health.json: nodes.nyc-pop-01/nyc-pop-01-gpu-01",
+    ]
+    assert (inv / "known_hosts").read_text() == ""
+    assert "nyc-pop-01" in json.loads((state / "health.json").read_text())["sites"]

@@ -225,12 +225,12 @@ def test_edits_keep_comments_and_key_order(inv: Path) -> None:
 def test_refused_change_writes_nothing(inv: Path) -> None:
     site = inv / "sites" / "phl-co-12.yaml"
     before = site.read_text()
-    r = run_cli("site", "set", "phl-co-12", "jurisdiction=XX", inventory=inv)
+    r = run_cli("site", "set", "phl-co-12", "jurisdiction=XX", inventory=inv)  # the field's own check
+    assert r.rc == 2 and r.out == ""
+    assert "error: jurisdiction: must be an ISO 3166-1 alpha-2 country code" in r.err
+    assert site.read_text() == before
+    r = run_cli("site", "set", "phl-co-12", "drain=true", "region=us-nowhere", inventory=inv)  # across files
     assert r.rc == 5
-    assert "sites/phl-co-12.yaml:" in r.err and "jurisdiction" in r.err
+    assert "sites/phl-co-12.yaml:" in r.err and "unknown region 'us-nowhere'" in r.err
     assert "change refused" in r.err and "nothing was written" in r.err
     assert site.read_text() == before
-    r = run_cli("site", "rm", "jc-edge-01", "--yes", inventory=inv)  # grid.yaml measures latency to it
-    assert r.rc == 5
-    assert "grid.yaml:" in r.err and "unknown site 'jc-edge-01'" in r.err
-    assert (inv / "sites" / "jc-edge-01.yaml").exists()
