@@ -5,11 +5,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, state
+from gridctl.cli.common import OutputOpt, state
 from gridctl.errors import UsageError
 from gridctl.lab.truth import DEFAULT_SEED
 from gridctl.output import Column, Format, render_list, render_object
@@ -84,20 +85,20 @@ def up(
     result = start_lab(st.root, opts, st.streams.info)
     st.streams.out(str(result.overlay))
     if not result.already:
-        lab = f"gridctl {inventory_flag(st)}lab"
+        lab = f"gridctl {inventory_flag(st.root, st.streams.environ)}lab"
         st.streams.info(
             st.streams.paint("hint:", "blue", st.streams.stderr)
             + f" gridctl -i {shlex.quote(str(result.overlay))} site ls; {lab} status; {lab} down"
         )
 
 
-def inventory_flag(st: State) -> str:
+def inventory_flag(root: Path, environ: Mapping[str, str]) -> str:
     """``-i DIR `` (absolute, quoted) for a hint's command line, or "" when the
     command would find the same inventory without it (./inventory, $GRIDCTL_INVENTORY)."""
     from gridctl.inventory.load import resolve_root
 
-    root = st.root.resolve()
-    if resolve_root(None, st.streams.environ).resolve() == root:
+    root = root.resolve()
+    if resolve_root(None, environ).resolve() == root:
         return ""
     return f"-i {shlex.quote(str(root))} "
 
