@@ -110,8 +110,8 @@ def test_demo_next_steps_carry_i_when_the_inventory_is_not_the_default(inv) -> N
     args = ("demo", "--per-region", "1", "--speed", "5", "--sim-seconds", "5")
     r = run_cli(*args, timeout=300)  # from the repository: ./inventory is the default
     assert r.rc == 0, r
-    assert "Next: gridctl lab up, gridctl daemon run, gridctl sim --plot sim.png (see README)" in r.out
+    assert "Next: gridctl lab up, gridctl daemon run, gridctl sim --plot sim.svg (see README)" in r.out
     r = run_cli(*args, inventory=inv, timeout=300)
     assert r.rc == 0, r
     g = f"gridctl -i {inv.resolve()} "
-    assert f"Next: {g}lab up, {g}daemon run, {g}sim --plot sim.png (see README)" in r.out, r.out
+    assert f"Next: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)" in r.out, r.out

@@ -82,7 +82,7 @@ def demo(
         from gridctl.cli.lab import inventory_flag
 
         g = f"gridctl {inventory_flag(source, st.streams.environ)}"
-        out.write(f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.png (see README)\n")
+        out.write(f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)\n")
     failed = [r for r in rows if r["status"] != 200]
     if failed:
         from gridctl.errors import GridctlError
