@@ -123,17 +123,35 @@ def explain_route(base: str, region: str, prompt_tokens: int, max_tokens: int) -
     return dict(httpx.get(f"{base}/grid/route", params=params, timeout=10).json())
 
 
+REASON_KINDS = {"does": "model not served", "round": "over SLO", "last": "unhealthy"}
+
+
+def _reason_kind(reason: str) -> str:
+    if reason.startswith("jurisdiction"):
+        return "sovereignty"
+    first = reason.split(" ", 1)[0] or "-"
+    return REASON_KINDS.get(first, first)
+
+
+def build_excluded_summary(excluded: list[Mapping[str, Any]]) -> str:
+    """ "N excluded (kind n, ...)": N counts each site once; a site excluded for two
+    reasons is under both kinds, and the note after ';' says how many are."""
+    per_site = [{_reason_kind(r) for r in e["reasons"]} or {"-"} for e in excluded]
+    kinds: dict[str, int] = {}
+    for site_kinds in per_site:
+        for kind in site_kinds:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    several = sum(1 for site_kinds in per_site if len(site_kinds) > 1)
+    if several:
+        parts += f"; {several} for {'both' if len(kinds) == 2 else 'more than one reason'}"
+    return f"{len(excluded)} excluded ({parts})" if excluded else "0 excluded"
+
+
 def _why(route: Mapping[str, Any], site: str) -> str:
     ranked = route["ranked"]
     pos = next((i for i, r in enumerate(ranked) if r["site"] == site), None)
-    excluded = route["excluded"]
-    kinds: dict[str, int] = {}
-    for e in excluded:  # each site once, by its first reason
-        reason = e["reasons"][0] if e["reasons"] else "-"
-        key = reason.split(" ", 1)[0] if not reason.startswith("jurisdiction") else "sovereignty"
-        key = {"does": "model not served", "round": "over SLO", "last": "unhealthy"}.get(key, key)
-        kinds[key] = kinds.get(key, 0) + 1
-    out = f"{len(excluded)} excluded ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
+    out = build_excluded_summary(route["excluded"])
     if pos is None:
         return f"not in the ranking now; {out}"
     r = ranked[pos]

@@ -34,9 +34,47 @@ def test_demo_end_to_end(tmp_path) -> None:
     assert all(s["site"] in EU for s in sent if s["region"] == "eu-de")
     assert all(s["site"] not in EU for s in sent if s["region"] == "us-east")
     assert all(s["why"] for s in sent)
+    for s in sent:  # the counts add up: every excluded site once in the total
+        m = re.search(r"(\d+) excluded \(([^)]*)\)", s["why"])
+        assert m, s["why"]
+        total, breakdown = int(m.group(1)), m.group(2).split("; ")
+        counts = [int(part.rsplit(" ", 1)[1]) for part in breakdown[0].split(", ")]
+        both = int(breakdown[1].split()[0]) if len(breakdown) > 1 else 0
+        assert sum(counts) == total + both and max(counts) <= total, s["why"]
+    # from Frankfurt, phl-edge-04 is both drained and outside the EU: once in the 9, and said so
+    eu = next(s["why"] for s in sent if s["region"] == "eu-de")
+    assert "9 excluded (sovereignty 9, drained 1; 1 for both)" in eu, eu
     assert [p["policy"] for p in data["simulation"]["policies"]] == ["grid", "central"]
     url = re.search(r"daemon at (http://127\.0\.0\.1:\d+)", r.err).group(1)  # type: ignore[union-attr]
     assert _refuses(url)
+
+
+@pytest.mark.parametrize(
+    ("reasons", "summary"),
+    [
+        ([], "0 excluded"),
+        (
+            [["drained"], ["jurisdiction US not allowed for eu-de data (EU)"]],
+            "2 excluded (drained 1, sovereignty 1)",
+        ),
+        (
+            [["jurisdiction US not allowed"]] * 2 + [["drained", "jurisdiction US not allowed"]],
+            "3 excluded (sovereignty 3, drained 1; 1 for both)",
+        ),
+        (
+            [
+                ["drained", "last health check failed", "jurisdiction FR not allowed"],
+                ["drained"],
+                ["round trip 90 ms"],
+            ],
+            "3 excluded (drained 2, over SLO 1, sovereignty 1, unhealthy 1; 1 for more than one reason)",
+        ),
+    ],
+)
+def test_excluded_summary_counts_each_site_once(reasons: list[list[str]], summary: str) -> None:
+    from gridctl.demo import build_excluded_summary
+
+    assert build_excluded_summary([{"site": f"s{i}", "reasons": r} for i, r in enumerate(reasons)]) == summary
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT])
@@ -66,3 +104,14 @@ def test_demo_ctrl_c_stops_everything(sig: int) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert _refuses(url)
+
+
+def test_demo_next_steps_carry_i_when_the_inventory_is_not_the_default(inv) -> None:  # type: ignore[no-untyped-def]
+    args = ("demo", "--per-region", "1", "--speed", "5", "--sim-seconds", "5")
+    r = run_cli(*args, timeout=300)  # from the repository: ./inventory is the default
+    assert r.rc == 0, r
+    assert "Next: gridctl lab up, gridctl daemon run, gridctl sim --plot sim.svg (see README)" in r.out
+    r = run_cli(*args, inventory=inv, timeout=300)
+    assert r.rc == 0, r
+    g = f"gridctl -i {inv.resolve()} "
+    assert f"Next: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)" in r.out, r.out

@@ -79,7 +79,10 @@ def demo(
             f"({scen['slo_ms']:g} ms SLO), grid vs one central cluster ({scen['central']}):\n"
         )
         out.write(render_table(sim["policies"], SIM_COLUMNS, st.streams))
-        out.write("\nNext: gridctl lab up, gridctl daemon run, gridctl sim --plot sim.png (see README)\n")
+        from gridctl.cli.lab import inventory_flag
+
+        g = f"gridctl {inventory_flag(source, st.streams.environ)}"
+        out.write(f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)\n")
     failed = [r for r in rows if r["status"] != 200]
     if failed:
         from gridctl.errors import GridctlError

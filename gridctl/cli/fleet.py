@@ -54,13 +54,23 @@ def exec_command(
     forks: ForksOpt = 64,
     timeout: TimeoutOpt = 30.0,
     accept_new: AcceptNewOpt = False,
+    tty: Annotated[
+        bool,
+        typer.Option(
+            "--tty",
+            help="Give the command a terminal (as ssh -t), for commands that need one; "
+            "stderr then arrives merged into stdout.",
+        ),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Run a command on every matched node; output prefixed by node name.
 
     One argument is a shell command line (`-- 'nvidia-smi | head'`); several are
-    quoted one by one. Exit 0 when all succeed, 1 when any command failed, 4 when
-    any node was unreachable.
+    quoted one by one. The command runs in a process group of its own with stdin
+    from /dev/null; at --timeout, on Ctrl-C or when the connection drops, that
+    whole group is ended on the node too (TERM, then KILL 2 s later). Exit 0 when
+    all succeed, 1 when any command failed, 4 when any node was unreachable.
     """
     from gridctl.fleet.dial import dial_early
 
@@ -78,7 +88,7 @@ def exec_command(
         opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
         remote = build_remote_command(command)
         with progress(st.streams, len(nodes), "exec") as advance:
-            results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance())
+            results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance(), tty=tty)
     finally:
         dialer.close()
     out, err = st.streams.stdout, st.streams.stderr

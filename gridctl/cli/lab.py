@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,10 +85,22 @@ def up(
     result = start_lab(st.root, opts, st.streams.info)
     st.streams.out(str(result.overlay))
     if not result.already:
+        lab = f"gridctl {inventory_flag(st.root, st.streams.environ)}lab"
         st.streams.info(
             st.streams.paint("hint:", "blue", st.streams.stderr)
-            + f" gridctl -i {result.overlay} site ls; gridctl lab status; gridctl lab down"
+            + f" gridctl -i {shlex.quote(str(result.overlay))} site ls; {lab} status; {lab} down"
         )
+
+
+def inventory_flag(root: Path, environ: Mapping[str, str]) -> str:
+    """``-i DIR `` (absolute, quoted) for a hint's command line, or "" when the
+    command would find the same inventory without it (./inventory, $GRIDCTL_INVENTORY)."""
+    from gridctl.inventory.load import resolve_root
+
+    root = root.resolve()
+    if resolve_root(None, environ).resolve() == root:
+        return ""
+    return f"-i {shlex.quote(str(root))} "
 
 
 def _models(r: Mapping[str, Any]) -> str:
@@ -176,15 +190,21 @@ def down(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds after SIGTERM before SIGKILL.")] = 10.0,
 ) -> None:
     """Stop everything `lab up` started and remove its files. Nothing running is fine."""
-    from gridctl.lab.service import lab_dir, stop_lab
+    from gridctl.lab.service import stop_lab
 
     st = state(ctx)
     result = stop_lab(st.root, timeout)
     if result.pid is None:
+        stranger = (
+            f" (its recorded pid {result.stranger} is now another process, left alone)"
+            if result.stranger is not None
+            else ""
+        )
         st.streams.info(
             "the lab was not running"
-            + (f"; removed its leftover state {lab_dir(st.root)}" if result.removed else "")
+            + stranger
+            + (f"; removed its leftover state {result.dir}" if result.removed else "")
         )
         return
     how = " with SIGKILL" if result.killed else ""
-    st.streams.out(f"lab stopped (pid {result.pid}{how}); removed {lab_dir(st.root)}")
+    st.streams.out(f"lab stopped (pid {result.pid}{how}); removed {result.dir}")

@@ -168,7 +168,12 @@ def sim(
         ),
     ] = True,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of p99 latency over time, one line per policy.")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write a chart of p99 latency over time, one line per policy: FILE.svg (vector, "
+            "the viewer's fonts) or FILE.png.",
+        ),
     ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -181,10 +186,18 @@ def sim(
 
     st = state(ctx)
     policies = parse_policies(policy)
-    if plot is not None and not plot.parent.is_dir():
-        raise UsageError(
-            f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the PNG elsewhere"
-        )
+    if plot is not None:
+        from gridctl.sim.plot import chart_format
+
+        try:
+            chart_format(plot)
+        except ValueError as exc:
+            svg = plot.parent / f"{plot.name.split('.')[0] or 'chart'}.svg"
+            raise UsageError(str(exc), hint=f"e.g. --plot {svg}") from None
+        if not plot.parent.is_dir():
+            raise UsageError(
+                f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the chart elsewhere"
+            )
     inv = st.load()
     opts = SimOptions(
         profile=profile,

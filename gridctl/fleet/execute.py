@@ -20,6 +20,42 @@ def build_remote_command(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+# Runs "$1" through the user's shell in a process group of its own (setsid), stdin
+# from /dev/null, stdout and stderr as they are. A watcher reads the channel's stdin,
+# which gridctl never writes nor closes: it ends only when the channel does (the
+# deadline passed, Ctrl-C, gridctl killed, the connection lost), and then the
+# watcher sends TERM to the whole group, and KILL two seconds later. sshd alone
+# leaves a command without a terminal running when its channel closes.
+# POSIX sh, no single quote (it is quoted whole), nothing a login shell expands.
+GROUP_WRAPPER = """\
+exec 3<&0 </dev/null
+if command -v setsid >/dev/null 2>&1; then
+  setsid "${SHELL:-/bin/sh}" -c "$1" 3<&- &
+  group=-$!
+else
+  "${SHELL:-/bin/sh}" -c "$1" 3<&- &
+  group=$!
+fi
+pid=$!
+(
+  while read -r _ <&3; do :; done
+  kill -TERM $group && sleep 2 && kill -0 $group && kill -KILL $group
+) >/dev/null 2>&1 &
+watcher=$!
+exec 3<&-
+wait $pid
+rc=$?
+kill $watcher 2>/dev/null
+exit $rc
+"""
+
+
+def build_group_command(command: str) -> str:
+    """``command`` (a shell command line) wrapped so that it runs in its own process
+    group on the node and that group is killed when the SSH channel closes."""
+    return f"exec /bin/sh -c {shlex.quote(GROUP_WRAPPER)} gridctl-exec {shlex.quote(command)}"
+
+
 @dataclass(frozen=True)
 class ExecResult:
     node: Node
@@ -70,9 +106,15 @@ def run_exec(
     forks: int,
     timeout: float,
     on_done: Callable[[ExecResult], None] | None = None,
+    tty: bool = False,
 ) -> list[ExecResult]:
+    """``command`` on every node. Without ``tty`` it runs in a process group of its
+    own, ended with the channel; with ``tty`` it gets a terminal, whose hang-up
+    (the channel closing) ends it."""
+    remote = command if tty else build_group_command(command)
+
     def work(session: Session, deadline: float) -> CommandResult:
-        return session.run(command, deadline)
+        return session.run(remote, deadline, pty=tty)
 
     results = run_on_nodes(
         nodes,

@@ -143,13 +143,19 @@ class Session:
         self.sock = sock
         self.via = via  # the jump host's session, closed with this one
 
-    def run(self, command: str, deadline: float) -> CommandResult:
-        """Run ``command`` through the remote shell; both streams drained as they come."""
+    def run(self, command: str, deadline: float, pty: bool = False) -> CommandResult:
+        """Run ``command`` through the remote shell; both streams drained as they come.
+
+        With ``pty`` the command gets a terminal (as ``ssh -t``): its stdout and
+        stderr arrive merged, as stdout, with the terminal's line ends made ``\\n``;
+        closing the channel hangs the terminal up, which ends the command's session."""
         import paramiko
 
         start = time.monotonic()
         try:
             channel = self.transport.open_session(timeout=_left(deadline))
+            if pty:
+                channel.get_pty(term=os.environ.get("TERM", "xterm"), width=200, height=50)
             channel.exec_command(command)
         except Unreachable:
             return CommandResult(None, "", "", time.monotonic() - start, timed_out=True)
@@ -187,9 +193,10 @@ class Session:
                 timed_out = True
         finally:
             channel.close()
+        stdout = out.decode("utf-8", "replace")
         return CommandResult(
             rc if rc is None or rc >= 0 else None,
-            out.decode("utf-8", "replace"),
+            stdout.replace("\r\n", "\n") if pty else stdout,
             err.decode("utf-8", "replace"),
             time.monotonic() - start,
             timed_out=timed_out,

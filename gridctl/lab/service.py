@@ -15,7 +15,14 @@ and for every site to answer its health route, then returns. State, under
   with ``--sites N``).
 
 ``lab down`` sends SIGTERM, then SIGKILL after a bound, and removes the
-directory (and ``.state`` when it is left empty). ``up`` and ``down`` hold the
+directory (and ``.state`` when it is left empty). It signals only the lab's own
+process: the pid's start time must be the one recorded and its command line
+must be ``gridctl.lab.process --state`` this directory; a pid that the system
+gave to another process since is left alone.
+
+The lab belongs to the inventory it was started for, found from any working
+directory by that inventory's path; ``-i`` the overlay finds it too (the
+overlay is ``.state/lab/inventory`` of that inventory). ``up`` and ``down`` hold the
 inventory's lock, so two of them never race. A process that is a zombie counts as gone.
 """
 
@@ -50,8 +57,21 @@ MAX_SITES = 2000
 Progress = Callable[[str], None]
 
 
+def lab_root(root: Path) -> Path:
+    """The inventory whose lab ``root`` names: ``root`` itself, or, when ``root`` is a
+    lab's overlay (``X/.state/lab/inventory``), X."""
+    resolved = root.resolve()
+    if (
+        resolved.name == OVERLAY_DIR
+        and resolved.parent.name == LAB_DIR
+        and resolved.parents[1].name == STATE_DIR
+    ):
+        return resolved.parents[2]
+    return root
+
+
 def lab_dir(root: Path) -> Path:
-    return root / STATE_DIR / LAB_DIR
+    return lab_root(root) / STATE_DIR / LAB_DIR
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,8 @@ class DownResult:
     pid: int | None  # None: nothing was running
     killed: bool  # needed SIGKILL
     removed: bool  # the state directory was removed
+    dir: Path  # the lab's state directory
+    stranger: int | None = None  # the recorded pid, now another process's (left alone)
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -126,6 +148,31 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return start is None or fields[19] == start
 
 
+def _cmdline(pid: int) -> list[str] | None:
+    """The process's argv, or None when it cannot be read (gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return raw.decode("utf-8", "replace").split("\0")
+
+
+def is_lab_process(pid: int, start: str | None, d: Path) -> bool:
+    """``pid`` is alive and is the lab process of state directory ``d``: started when
+    recorded (``start``, when known) and running ``gridctl.lab.process --state D``.
+    Where there is no /proc to read, the start time (or kill 0) alone decides."""
+    if not pid_alive(pid, start):
+        return False
+    argv = _cmdline(pid)
+    if argv is None:
+        return not os.path.isdir("/proc/self")
+    if "gridctl.lab.process" not in argv or "--state" not in argv:
+        return False
+    i = argv.index("--state")
+    return i + 1 < len(argv) and Path(argv[i + 1]) == d.resolve()
+
+
 def _read_pid(d: Path) -> tuple[int, str | None] | None:
     try:
         parts = (d / PID_FILE).read_text(encoding="ascii").split()
@@ -136,7 +183,7 @@ def _read_pid(d: Path) -> tuple[int, str | None] | None:
 
 def _running_pid(d: Path) -> int | None:
     found = _read_pid(d)
-    return found[0] if found and pid_alive(*found) else None
+    return found[0] if found and is_lab_process(*found, d) else None
 
 
 def _read_lab(d: Path) -> dict[str, Any] | None:
@@ -201,6 +248,7 @@ def _terminate(pid: int, start: str | None, timeout: float) -> bool:
 
 def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
     """Start the lab for the inventory at ``root``, or find it already running."""
+    root = lab_root(root)
     inv = load_inventory(root)
     if opts.region is not None and inv.region(opts.region) is None:
         from gridctl.suggest import did_you_mean
@@ -353,30 +401,38 @@ def _wait_healthy(sites: list[dict[str, Any]], deadline: float) -> None:
 
 
 def stop_lab(root: Path, timeout_s: float = 10.0) -> DownResult:
-    """Stop the lab's process and remove its state; nothing to do is not an error."""
+    """Stop the lab's process and remove its state; nothing to do is not an error.
+    Only the lab's own process is signalled (``is_lab_process``)."""
+    root = lab_root(root)
     d = lab_dir(root)
     if not d.exists():
-        return DownResult(None, False, False)
+        return DownResult(None, False, False, d)
     with _lab_lock(root):
         found = _read_pid(d)
         if found is None:
             info = _read_lab(d)
             found = (info["pid"], None) if info and isinstance(info.get("pid"), int) else None
-        pid, killed = None, False
-        if found is not None and pid_alive(*found):
+        pid, killed, stranger = None, False, None
+        if found is not None and is_lab_process(*found, d):
             pid = found[0]
             killed = _terminate(pid, found[1], timeout_s)
+        elif found is not None and pid_alive(found[0]):
+            stranger = found[0]
         existed = d.exists()
         _remove(d)
-        return DownResult(pid, killed, existed)
+        return DownResult(pid, killed, existed, d, stranger)
 
 
 def _running_info(root: Path) -> tuple[int, dict[str, Any]]:
     d = lab_dir(root)
     found = _read_pid(d)
     if found is None:
-        raise UnreachableError(f"the lab is not running for {root}", hint="start it with `gridctl lab up`")
-    if not pid_alive(*found):
+        raise UnreachableError(
+            f"the lab is not running for inventory {lab_root(root).resolve()} (nothing in {d.resolve()})",
+            hint="start it with `gridctl -i DIR lab up`; a lab started for another inventory is "
+            "found with -i that inventory, from any directory",
+        )
+    if not is_lab_process(*found, d):
         raise UnreachableError(
             f"the lab process {found[0]} is gone; its log: {d / LOG_FILE}",
             hint="`gridctl lab down` cleans up, then `gridctl lab up` starts it again",

@@ -4,8 +4,12 @@ The upper panel: for each time bucket, the p99 end-to-end latency of the
 requests that arrived in it (completed ones), one line per policy; burst
 windows shaded; the SLO as a dashed line. Values above the panel's top are drawn
 at the top edge (the legend gives each policy's overall p99). The lower panel:
-requests rejected per second, per policy. ``build_chart`` is pure (figures in,
-PNG bytes out); ``write_chart`` writes the file.
+requests rejected per second, per policy.
+
+One drawing, two files: PNG (``gridctl.sim.png``'s raster and bitmap font) and
+SVG (vector, its text in the viewer's own sans-serif font); the file name's
+extension picks one (``chart_format``). ``build_chart`` is pure (figures in,
+file bytes out); ``write_chart`` writes the file. No plotting library.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from xml.sax.saxutils import escape, quoteattr
 
 from gridctl.sim.png import Canvas, Colour, encode_png, text_width
+
+FORMATS = {".png": "png", ".svg": "svg"}
 
 WIDTH, HEIGHT = 1100, 640
 BG: Colour = (255, 255, 255)
@@ -49,28 +56,152 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if v < 10_000 else f"{v / 1000:g}k"
 
 
-def _y_ticks(c: Canvas, left: int, right: int, top: int, bottom: int, vmax: float, step: float) -> None:
+class Surface(Protocol):
+    """What the chart draws with; text at (x, y) is the top-left of its capitals at
+    ``anchor`` start, their top-centre at middle, top-right at end."""
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float, colour: Colour) -> None: ...
+    def polyline(self, points: Sequence[tuple[float, float]], colour: Colour) -> None: ...
+    def hline(self, x0: float, x1: float, y: float, colour: Colour, dash: int = 0) -> None: ...
+    def vline(self, x: float, y0: float, y1: float, colour: Colour) -> None: ...
+    def text(
+        self, x: float, y: float, s: str, colour: Colour, scale: int = 1, anchor: str = "start"
+    ) -> float: ...  # the x after the text
+
+
+class _Raster:
+    """The chart on a PNG canvas, text in the bitmap font."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.canvas = Canvas(width, height, BG)
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float, colour: Colour) -> None:
+        self.canvas.rect(int(x0), int(y0), int(x1), int(y1), colour)
+
+    def polyline(self, points: Sequence[tuple[float, float]], colour: Colour) -> None:
+        for p0, p1 in zip(points, points[1:], strict=False):
+            self.canvas.line(p0[0], p0[1], p1[0], p1[1], colour)
+
+    def hline(self, x0: float, x1: float, y: float, colour: Colour, dash: int = 0) -> None:
+        self.canvas.hline(int(x0), int(x1), int(round(y)), colour, dash=dash)
+
+    def vline(self, x: float, y0: float, y1: float, colour: Colour) -> None:
+        self.canvas.vline(int(round(x)), int(y0), int(y1), colour)
+
+    def text(
+        self, x: float, y: float, s: str, colour: Colour, scale: int = 1, anchor: str = "start"
+    ) -> float:
+        w = text_width(s, scale)
+        x0 = int(x) - {"start": 0, "middle": w // 2, "end": w}[anchor]
+        return float(self.canvas.text(x0, int(y), s, colour, scale))
+
+
+def _rgb(c: Colour) -> str:
+    return f"#{c[0]:02x}{c[1]:02x}{c[2]:02x}"
+
+
+class _Svg:
+    """The chart as SVG elements; text in the viewer's sans-serif, sized to the bitmap's."""
+
+    FONT_PX = 11.0  # per scale; its capitals about as tall as the bitmap font's 7 px
+    ADVANCE = 0.58  # average advance of a sans-serif letter, in ems: for laying out the legend
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.parts: list[str] = []
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float, colour: Colour) -> None:
+        self.parts.append(
+            f'<rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}" fill="{_rgb(colour)}"/>'
+        )
+
+    def polyline(self, points: Sequence[tuple[float, float]], colour: Colour) -> None:
+        if len(points) < 2:
+            return
+        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        self.parts.append(
+            f'<polyline points="{pts}" fill="none" stroke="{_rgb(colour)}" stroke-width="2" '
+            'stroke-linejoin="round" stroke-linecap="round"/>'
+        )
+
+    def hline(self, x0: float, x1: float, y: float, colour: Colour, dash: int = 0) -> None:
+        extra = f' stroke-dasharray="{dash} {dash}"' if dash else ""
+        yy = round(y) + 0.5
+        self.parts.append(
+            f'<line x1="{x0:g}" y1="{yy:g}" x2="{x1:g}" y2="{yy:g}" stroke="{_rgb(colour)}"{extra}/>'
+        )
+
+    def vline(self, x: float, y0: float, y1: float, colour: Colour) -> None:
+        xx = round(x) + 0.5
+        self.parts.append(f'<line x1="{xx:g}" y1="{y0:g}" x2="{xx:g}" y2="{y1:g}" stroke="{_rgb(colour)}"/>')
+
+    def text(
+        self, x: float, y: float, s: str, colour: Colour, scale: int = 1, anchor: str = "start"
+    ) -> float:
+        size = self.FONT_PX * scale
+        baseline = y + 7 * scale  # the bitmap's capitals stand 7 px on their baseline
+        weight = ' font-weight="bold"' if scale > 1 else ""
+        self.parts.append(
+            f'<text x="{x:g}" y="{baseline:g}" font-size="{size:g}" fill="{_rgb(colour)}"'
+            f' text-anchor="{anchor}"{weight}>{escape(s)}</text>'
+        )
+        return x + len(s) * size * self.ADVANCE
+
+    def render(self, title: str) -> bytes:
+        head = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" height="{self.height}" '
+            f'viewBox="0 0 {self.width} {self.height}" font-family="sans-serif">\n'
+            f"<title>{escape(title)}</title>\n"
+            f'<rect width="100%" height="100%" fill={quoteattr(_rgb(BG))}/>\n'
+        )
+        return (head + "\n".join(self.parts) + "\n</svg>\n").encode("utf-8")
+
+
+def chart_format(path: Path) -> str:
+    """``png`` or ``svg``, from the file name's extension (any case); ValueError otherwise."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        what = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise ValueError(f"--plot {path}: {what}; the chart is written as .png or .svg")
+    return fmt
+
+
+def _y_ticks(c: Surface, left: int, right: int, top: int, bottom: int, vmax: float, step: float) -> None:
     v = 0.0
     while v <= vmax + 1e-9:
         y = int(round(bottom - (bottom - top) * v / vmax))
         if v > 0:
             c.hline(left + 1, right, y, GRID)
-        c.text(left - 8 - text_width(_fmt(v)), y - 3, _fmt(v), INK)
+        c.text(left - 8, y - 3, _fmt(v), INK, anchor="end")
         v += step
 
 
-def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) -> bytes:
+def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]], fmt: str = "png") -> bytes:
+    """The chart as a ``fmt`` file (``png`` or ``svg``)."""
+    if fmt == "svg":
+        svg = _Svg(WIDTH, HEIGHT)
+        _draw(svg, result, series)
+        return svg.render(_title(result["scenario"]))
+    raster = _Raster(WIDTH, HEIGHT)
+    _draw(raster, result, series)
+    return encode_png(raster.canvas)
+
+
+def _title(sc: Mapping[str, Any]) -> str:
+    what = sc["profile"] or "trace"
+    seed = f", seed {sc['seed']}" if sc.get("seed") is not None else ""
+    return f"gridctl sim: {what}, {sc['model']}, {sc['requests']} requests{seed}"
+
+
+def _draw(c: Surface, result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) -> None:
     sc = result["scenario"]
     slo = float(sc["slo_ms"])
     duration = float(sc["duration_s"])
-    c = Canvas(WIDTH, HEIGHT, BG)
     left, right = 78, WIDTH - 24
     top, bottom = 90, 440  # latency panel (two legend rows above it)
     rtop, rbottom = 486, 590  # rejections panel
-    what = sc["profile"] or "trace"
-    seed = f", seed {sc['seed']}" if sc.get("seed") is not None else ""
-    title = f"gridctl sim: {what}, {sc['model']}, {sc['requests']} requests{seed}"
-    c.text(left, 12, title, INK, 2)
+    c.text(left, 12, _title(sc), INK, 2)
     if series:
         c.text(
             left,
@@ -106,13 +237,12 @@ def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) 
         x = int(round(x_of(t)))
         c.vline(x, rbottom, rbottom + 5, INK)
         c.vline(x, bottom, bottom + 5, INK)
-        label = _fmt(t)
-        c.text(x - text_width(label) // 2, rbottom + 9, label, INK)
+        c.text(x, rbottom + 9, _fmt(t), INK, anchor="middle")
         t += xstep
-    c.text((left + right) // 2 - text_width("time (s)") // 2, rbottom + 24, "time (s)", INK)
+    c.text((left + right) // 2, rbottom + 24, "time (s)", INK, anchor="middle")
     ys = int(round(y_of(slo, top, bottom, ymax)))
     c.hline(left + 1, right, ys, SLO, dash=8)
-    c.text(right - text_width(f"SLO {slo:g} ms") - 4, ys - 11, f"SLO {slo:g} ms", SLO)
+    c.text(right - 4, ys - 11, f"SLO {slo:g} ms", SLO, anchor="end")
 
     # latency lines; `grid` last, on top
     colours = {
@@ -121,15 +251,13 @@ def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) 
     for s in sorted(series, key=lambda s: s["policy"] == "grid"):
         colour = colours[s["policy"]]
         width = s["bucket_s"]
-        prev = None
-        for b, v in enumerate(s["p99_e2e_ms"]):
+        run: list[tuple[float, float]] = []  # a line through consecutive buckets with a value
+        for b, v in enumerate([*s["p99_e2e_ms"], None]):
             if v is None:
-                prev = None
+                c.polyline(run, colour)
+                run = []
                 continue
-            pt = (x_of((b + 0.5) * width), y_of(v, top, bottom, ymax))
-            if prev is not None:
-                c.line(prev[0], prev[1], pt[0], pt[1], colour)
-            prev = pt
+            run.append((x_of((b + 0.5) * width), y_of(v, top, bottom, ymax)))
     # rejections per second
     rmax_raw = max((r / s["bucket_s"] for s in series for r in s["rejected"]), default=0.0)
     c.text(left, rtop - 14, "requests rejected per second", INK)
@@ -145,8 +273,7 @@ def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) 
                 (x_of((b + 0.5) * width), y_of(r / width, rtop, rbottom, rmax))
                 for b, r in enumerate(s["rejected"])
             ]
-            for p0, p1 in zip(pts, pts[1:], strict=False):
-                c.line(p0[0], p0[1], p1[0], p1[1], colours[s["policy"]])
+            c.polyline(pts, colours[s["policy"]])
 
     # legend, in rows above the panel: each policy with its overall p99 and SLO attainment
     by_policy = {p["policy"]: p for p in result["policies"]}
@@ -161,16 +288,16 @@ def build_chart(result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) 
         if x > left and x + 28 + text_width(label) > right:
             x, y = left, y + 14
         c.rect(x, y + 3, x + 22, y + 6, colours[s["policy"]])
-        x = c.text(x + 28, y, label, INK) + 22
-    return encode_png(c)
+        x = int(c.text(x + 28, y, label, INK)) + 22
 
 
 def write_chart(path: Path, result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) -> None:
-    """Write the PNG through a temporary file in the same directory, then rename it into place."""
+    """Write the chart (PNG or SVG, by ``path``'s extension: ``chart_format``) through a
+    temporary file in the same directory, then rename it into place."""
     import os
     import tempfile
 
-    data = build_chart(result, series)
+    data = build_chart(result, series, chart_format(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -2,8 +2,9 @@
 
 Enough for the simulator's chart, without a plotting library: anti-aliased lines
 (Xiaolin Wu's algorithm, drawn twice for a 2-pixel stroke), dashed lines, filled
-rectangles, and text in the classic 5x7 LCD font (ASCII 32-126), scaled by an
-integer. ``encode_png`` writes 8-bit RGB, no interlace, filter 0 rows, zlib.
+rectangles, and text in the classic 5x7 LCD font (ASCII 32-126) with true
+descenders for g, j, p, q and y, scaled by an integer. ``encode_png`` writes
+8-bit RGB, no interlace, filter 0 rows, zlib.
 """
 
 from __future__ import annotations
@@ -112,7 +113,37 @@ _FONT = bytes.fromhex(
     "0041360800"
     "0804080408"
 )
-GLYPH_W, GLYPH_H = 5, 7
+GLYPH_W, GLYPH_H = 5, 9  # 7 rows down to the baseline (row 6), 2 for descenders
+
+# The table's g, j, p, q and y sit raised above the baseline (the LCD has no room
+# below it): "9ridctl", "re9uests". These go below it, as in print.
+_DESCENDERS = {
+    "g": (".####", "#...#", "#...#", "#...#", ".####", "....#", ".###."),
+    "j": ("...#.", ".....", "..##.", "...#.", "...#.", "...#.", "...#.", "#..#.", ".##.."),
+    "p": ("####.", "#...#", "#...#", "#...#", "####.", "#....", "#...."),
+    "q": (".####", "#...#", "#...#", "#...#", ".####", "....#", "....#"),
+    "y": ("#...#", "#...#", "#...#", "#...#", ".####", "....#", ".###."),
+}
+
+
+def _columns(rows: tuple[str, ...]) -> tuple[int, ...]:
+    """Column bitmaps (bit 0 at the top) of a glyph drawn as rows; a glyph of 7 rows starts at
+    row 2, the top of the lower case."""
+    top = GLYPH_H - len(rows)
+    return tuple(sum(1 << (top + r) for r, row in enumerate(rows) if row[c] == "#") for c in range(GLYPH_W))
+
+
+def glyph_columns(ch: str) -> tuple[int, ...]:
+    """The 5 column bitmaps of ``ch`` (bit 0 at the top, 9 rows); '?' for what the font lacks."""
+    if ch in _DESCENDERS:
+        return _GLYPHS_BELOW[ch]
+    code = ord(ch) if len(ch) == 1 else 63
+    if not 32 <= code <= 126:
+        code = 63  # '?'
+    return tuple(_FONT[(code - 32) * GLYPH_W : (code - 32) * GLYPH_W + GLYPH_W])
+
+
+_GLYPHS_BELOW = {ch: _columns(rows) for ch, rows in _DESCENDERS.items()}
 
 
 class Canvas:
@@ -193,11 +224,7 @@ class Canvas:
     def text(self, x: int, y: int, s: str, colour: Colour, scale: int = 1) -> int:
         """Draw ``s`` with its top-left corner at (x, y); return the x after it."""
         for ch in s:
-            code = ord(ch)
-            if not 32 <= code <= 126:
-                code = 63  # '?'
-            glyph = _FONT[(code - 32) * GLYPH_W : (code - 32) * GLYPH_W + GLYPH_W]
-            for cx, bits in enumerate(glyph):
+            for cx, bits in enumerate(glyph_columns(ch)):
                 for cy in range(GLYPH_H):
                     if bits >> cy & 1:
                         self.rect(

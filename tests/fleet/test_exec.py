@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -67,6 +68,83 @@ def test_hanging_command_ends_at_the_deadline(fleet_inv: Path) -> None:
     assert r.rc == 1, r
     assert "command timed out" in r.err
     assert elapsed < 2 + 5  # the deadline plus process start-up; speed itself is in bench/
+
+
+def sleep_arg() -> str:
+    """A duration no other process on this machine sleeps for: how a test finds its
+    command on the node (the nodes are loopback sshd, so their processes are ours to see)."""
+    return f"{random.randint(100, 999)}.{random.randint(10**8, 10**9)}"
+
+
+def sleepers(arg: str) -> list[int]:
+    """Pids of the processes running ``sleep ARG``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended while we looked
+            continue
+        if len(argv) >= 2 and Path(argv[0].decode()).name == "sleep" and argv[1].decode() == arg:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def wait_until_gone(arg: str, within: float = 10.0) -> list[int]:
+    """Pids still sleeping ``ARG`` after ``within`` seconds (none, once they all end)."""
+    deadline = time.monotonic() + within
+    while (left := sleepers(arg)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_timed_out_command_is_ended_on_the_node(fleet_inv: Path) -> None:
+    # one node runs a plain sleep; the other a shell that ignores TERM and has a child
+    # that ignores it too: the whole group goes (TERM, then KILL)
+    plain, stubborn = sleep_arg(), sleep_arg()
+    cmd = (
+        f'if [ "$GRIDCTL_FAKE_GPU_STATE" = hot ]; then trap "" TERM; sleep {stubborn} & sleep {stubborn};'
+        f" wait; else sleep {plain}; fi"
+    )
+    r = run_cli("exec", "lab-a/node000,lab-a/node002", "--timeout", "2", "--", cmd, inventory=fleet_inv)
+    assert r.rc == 1, r
+    assert r.err.count("command timed out") == 2, r
+    assert wait_until_gone(plain) == [], "the timed-out sleep still runs on the node"
+    assert wait_until_gone(stubborn) == [], "the TERM-ignoring group still runs on the node"
+
+
+def test_command_has_its_own_group_and_no_stdin(fleet_inv: Path) -> None:
+    # its own process group (pgid == its pid), not the login shell's; stdin /dev/null,
+    # so a command that reads it ends at once instead of waiting for the deadline
+    cmd = "ps -o pid=,pgid= -p $$; cat; echo read-done; echo to-err >&2"
+    r = run_cli("exec", "lab-a/node000", "-o", "json", "--timeout", "20", "--", cmd, inventory=fleet_inv)
+    assert r.rc == 0, r
+    data = json.loads(r.out)[0]
+    pid, pgid, done = data["stdout"].split()
+    assert pid == pgid and done == "read-done"
+    assert data["stderr"] == "to-err\n"  # stdout and stderr stay apart
+
+
+def test_tty_gives_the_command_a_terminal(fleet_inv: Path) -> None:
+    cmd = "tty; test -t 0 && test -t 1 && echo both-ttys; echo to-err >&2"
+    r = run_cli("exec", "lab-a/node000", "--tty", "-o", "json", "--", cmd, inventory=fleet_inv)
+    assert r.rc == 0, r
+    data = json.loads(r.out)[0]
+    # a terminal has one output: stderr arrives in stdout, line ends as \n
+    assert data["stdout"].startswith("/dev/pts/") and data["stdout"].endswith("both-ttys\nto-err\n")
+    assert data["stderr"] == "" and "\r" not in data["stdout"]
+    # without --tty the same command has none
+    r = run_cli("exec", "lab-a/node000", "-o", "json", "--", cmd, inventory=fleet_inv)
+    data = json.loads(r.out)[0]
+    assert r.rc == 0 and data["stdout"] == "not a tty\n" and data["stderr"] == "to-err\n", r
+
+
+def test_tty_command_is_ended_at_the_deadline(fleet_inv: Path) -> None:
+    arg = sleep_arg()
+    r = run_cli(
+        "exec", "lab-a/node000", "--tty", "--timeout", "2", "--", f"sleep {arg}; echo", inventory=fleet_inv
+    )
+    assert r.rc == 1 and "command timed out" in r.err, r
+    assert wait_until_gone(arg) == [], "the terminal's hang-up left the command running"
 
 
 def test_unreachable_nodes_are_reported_and_others_finish(
@@ -169,8 +247,9 @@ def test_ctrl_c_stops_the_run_with_130(fleet_inv: Path) -> None:
 
     from tests.conftest import REPO, cli_env, sigint_default
 
+    arg = sleep_arg()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridctl", "-i", str(fleet_inv), "exec", "all", "--", "sleep 60"],
+        [sys.executable, "-m", "gridctl", "-i", str(fleet_inv), "exec", "all", "--", f"sleep {arg}"],
         preexec_fn=sigint_default,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -185,3 +264,28 @@ def test_ctrl_c_stops_the_run_with_130(fleet_inv: Path) -> None:
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
     assert time.monotonic() - start < 10
+    assert wait_until_gone(arg) == [], "Ctrl-C left the command running on the nodes"
+
+
+def test_killed_gridctl_leaves_nothing_running(fleet_inv: Path) -> None:
+    # gridctl gets no chance to clean up (SIGKILL): the connection drops, and that is enough
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    arg = sleep_arg()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridctl", "-i", str(fleet_inv), "exec", "lab-b", "--", f"sleep {arg}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 20
+    while len(sleepers(arg)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(sleepers(arg)) == 4  # running on every node of lab-b
+    proc.kill()
+    proc.wait(timeout=10)
+    assert wait_until_gone(arg) == [], "the dropped connection left the command running"

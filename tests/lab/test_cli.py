@@ -155,3 +155,84 @@ def test_up_refuses_bad_options(cli) -> None:  # type: ignore[no-untyped-def]
     assert cli("lab", "up", "--sites", "0").rc == 2
     r = cli("lab", "up", "--hidden-speed", "fast")
     assert r.rc == 2 and "expected a seed (an integer) or 'off'" in r.err and "hint:" in r.err
+
+
+def run_in(cwd: Path, *args: str) -> Result:
+    """The CLI from another working directory (run_cli runs from the repository)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gridctl", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_lab_found_from_any_directory_and_hints_carry_i(cli, inv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = cli("lab", "up", "--speed", "50")
+    assert r.rc == 0, r
+    overlay = Path(r.out.strip())
+    pid, start = lab_pid(inv)
+    try:
+        # the inventory is not ./inventory: every hint names it, absolute, so it works from anywhere
+        hint = next(line for line in r.err.splitlines() if line.startswith("hint:"))
+        root = inv.resolve()
+        assert hint == (
+            f"hint: gridctl -i {overlay} site ls; gridctl -i {root} lab status; gridctl -i {root} lab down"
+        ), r.err
+        for command in hint.removeprefix("hint: ").split("; ")[:2]:
+            ran = run_in(elsewhere, *command.split()[1:])
+            assert ran.rc == 0, (command, ran)
+        # -i relative to another directory, and -i the overlay itself, find the same lab
+        rel = os.path.relpath(inv, elsewhere)
+        for where in (rel, str(overlay)):
+            ran = run_in(elsewhere, "-i", where, "lab", "status", "-o", "json")
+            assert ran.rc == 0 and json.loads(ran.out)["pid"] == pid, (where, ran)
+        ran = run_in(elsewhere, "-i", str(overlay), "lab", "fail", "fra-pop-01", "503")
+        assert (ran.rc, ran.out) == (0, "lab/fra-pop-01 mode 503 (was ok)\n"), ran
+        again = run_in(elsewhere, "-i", str(overlay), "lab", "up")
+        assert again.rc == 0 and "already up" in again.err and lab_pid(inv) == (pid, start)
+        # no -i from another directory: it says which inventory it looked at, and how to name one
+        ran = run_in(elsewhere, "lab", "status")
+        assert ran.rc == 4, ran
+        assert f"not running for inventory {elsewhere.resolve() / 'inventory'}" in ran.err
+        assert "-i" in ran.err.split("hint:", 1)[1]
+    finally:
+        down = run_in(elsewhere, "-i", str(overlay), "lab", "down")
+    assert down.rc == 0 and f"lab stopped (pid {pid})" in down.out, down
+    assert not pid_alive(pid, start) and not (inv / ".state").exists()
+
+
+def test_down_signals_only_its_own_lab_process(cli, inv: Path) -> None:  # type: ignore[no-untyped-def]
+    """The recorded pid now belongs to another process (pid reuse): lab down leaves it alone."""
+    import subprocess
+
+    from gridctl.lab.service import process_start
+
+    stranger = subprocess.Popen(["sleep", "120"])
+    try:
+        start = process_start(stranger.pid)
+        lab = inv / ".state/lab"
+        # with its true start time (a pid file that matches, but not a lab), then with none (lab.json only)
+        for write in (
+            lambda: (lab / "pid").write_text(f"{stranger.pid} {start}\n"),
+            lambda: (lab / "lab.json").write_text(json.dumps({"pid": stranger.pid})),
+        ):
+            lab.mkdir(parents=True)
+            write()
+            assert cli("lab", "status").rc == 4
+            r = cli("lab", "down", "--timeout", "1")
+            assert r.rc == 0, r
+            assert f"its recorded pid {stranger.pid} is now another process, left alone" in r.err
+            assert stranger.poll() is None and pid_alive(stranger.pid, start)
+            assert not lab.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

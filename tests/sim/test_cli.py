@@ -123,3 +123,41 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert f"wrote {png}" in r.err
     r = run_sim(*SHORT, "--plot", str(tmp_path / "no" / "such" / "dir.png"))
     assert r.rc == 2 and "no directory" in r.err
+
+
+def test_plot_writes_an_svg(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    svg = tmp_path / "sim.svg"
+    r = run_sim(*SHORT, "--policy", "grid,central", "--plot", str(svg))
+    assert r.rc == 0, r
+    assert f"wrote {svg}" in r.err
+    root = ET.fromstring(svg.read_bytes())  # well-formed XML
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg" and (root.get("width"), root.get("height")) == ("1100", "640")
+    assert root.get("font-family") == "sans-serif"  # the viewer's own font, nothing embedded
+    texts = [t.text or "" for t in root.iter(f"{ns}text")]
+    assert texts[0].startswith("gridctl sim: voice-burst, llama-3.1-8b-instruct")
+    assert any(t.startswith("grid: p99 ") for t in texts) and any(
+        t.startswith("central: p99 ") for t in texts
+    )
+    assert "SLO 500 ms" in texts and "time (s)" in texts
+    strokes = {p.get("stroke") for p in root.iter(f"{ns}polyline")}
+    assert {"#0072b2", "#d55e00"} <= strokes  # grid's blue, central's orange
+    assert not list(root.iter(f"{ns}image"))  # vector: no bitmap inside
+
+
+def test_plot_format_from_the_extension(tmp_path: Path) -> None:
+    upper = tmp_path / "SIM.PNG"
+    r = run_sim(*SHORT, "--policy", "grid", "--plot", str(upper))
+    assert r.rc == 0 and upper.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r
+    for name, said in (
+        ("sim.jpg", "extension '.jpg'"),
+        ("sim", "no extension"),
+        ("sim.svg.gz", "extension '.gz'"),
+    ):
+        r = run_sim(*SHORT, "--plot", str(tmp_path / name))
+        assert r.rc == 2, r
+        assert f"error: --plot {tmp_path / name}: {said}; the chart is written as .png or .svg" in r.err, r
+        assert f"hint: e.g. --plot {tmp_path / 'sim.svg'}\n" in r.err, r
+        assert r.out == "" and not (tmp_path / name).exists()  # refused before simulating

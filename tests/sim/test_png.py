@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import struct
+import xml.etree.ElementTree as ET
 import zlib
 
-from gridctl.sim.plot import build_chart, nice_step
-from gridctl.sim.png import Canvas, encode_png
+import pytest
+
+from gridctl.sim.plot import build_chart, chart_format, nice_step
+from gridctl.sim.png import GLYPH_H, Canvas, encode_png, glyph_columns
 
 
 def decode(data: bytes) -> tuple[int, int, bytes]:
@@ -46,6 +49,44 @@ def test_text_draws_ink() -> None:
     end = c.text(1, 1, "p99", (0, 0, 0))
     assert end == 1 + 3 * 6
     assert b"\x00\x00\x00" in bytes(c.pixels)
+
+
+def ink_rows(ch: str) -> set[int]:
+    return {r for bits in glyph_columns(ch) for r in range(GLYPH_H) if bits >> r & 1}
+
+
+BASELINE = 6  # the last row of a capital
+
+
+@pytest.mark.parametrize("ch", "gjpqy")
+def test_descenders_go_below_the_baseline(ch: str) -> None:
+    # the LCD table draws them raised ("9ridctl", "re9uests"): here their tails hang below
+    rows = ink_rows(ch)
+    assert max(rows) == BASELINE + 2 and {BASELINE + 1, BASELINE + 2} <= rows
+    assert min(rows) == (0 if ch == "j" else 2)  # the bowl stands on the baseline, at the lower case's height
+
+
+@pytest.mark.parametrize("ch", "acdeistuABQ019")
+def test_other_glyphs_stand_on_the_baseline(ch: str) -> None:
+    assert max(ink_rows(ch)) == BASELINE
+
+
+def test_g_is_not_a_nine() -> None:
+    assert glyph_columns("g") != glyph_columns("9") and ink_rows("9") == set(range(7))
+
+
+def test_chart_format_from_the_extension() -> None:
+    from pathlib import Path
+
+    assert [chart_format(Path(n)) for n in ("a.png", "a.svg", "A.SVG", "d/x.y.Png")] == [
+        "png",
+        "svg",
+        "svg",
+        "png",
+    ]
+    for bad in ("a.jpg", "a", "a.svg.gz"):
+        with pytest.raises(ValueError, match="the chart is written as .png or .svg"):
+            chart_format(Path(bad))
 
 
 def test_nice_steps() -> None:
@@ -88,3 +129,12 @@ def test_chart_of_a_run() -> None:
     assert (w, h) == (1100, 640)
     assert b"\x00\x72\xb2" in px  # grid's blue
     assert b"\xd5\x5e\x00" in px  # central's orange (rejections)
+    # the same drawing as SVG: text as text (escaped), lines as polylines
+    result["scenario"]["model"] = "m<&>"
+    root = ET.fromstring(build_chart(result, series, "svg"))
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert texts[0] == "gridctl sim: x, m<&>, 3 requests, seed 1"
+    assert "central: none served, 0.0% in SLO" in texts
+    # grid's latency, then the rejections of grid and central (central has no latency to draw)
+    assert [p.get("stroke") for p in root.iter(f"{ns}polyline")] == ["#0072b2", "#0072b2", "#d55e00"]
