@@ -186,6 +186,10 @@ def run(
     _run_workers(config, dict(st.streams.environ))
 
 
+def _absolute(path: Path | None) -> str | None:
+    return None if path is None else str(path.expanduser().resolve())
+
+
 def _check_url(url: str) -> None:
     """``--url``: http(s), a host, a port in range; else a usage error before any connection."""
     from urllib.parse import urlsplit
@@ -357,9 +361,20 @@ def unit(
     slo_policy: Annotated[
         str, typer.Option(help="best-effort or strict, as for `daemon run --slo-policy`.")
     ] = "best-effort",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="As for `daemon run`; readable in the sandbox.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="As for `daemon run` (readable by --user).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="As for `daemon run`: mutual TLS.")] = None,
+    tokens: Annotated[Path | None, typer.Option(help="As for `daemon run`: sha256 hashes of tokens.")] = None,
+    insecure_plaintext: Annotated[
+        bool, typer.Option(help="As for `daemon run`: plain HTTP off loopback, behind a TLS balancer.")
+    ] = False,
 ) -> None:
     """Print a systemd unit for the daemon (from templates/daemon/gridctl-daemon.service.j2),
-    sandboxed to what it needs: read the inventory, write its .state, bind --listen."""
+    sandboxed to what it needs: read the inventory (and the TLS and token files), write its
+    .state, bind --listen. Refused where `daemon run` would refuse to start (off loopback: a
+    token from --token-file or --tokens, and TLS or --insecure-plaintext)."""
     import jinja2
 
     from gridctl.daemon.config import parse_slo_policy
@@ -376,6 +391,11 @@ def unit(
         slo_policy=parse_slo_policy(slo_policy),
         user=user,
         token_file=token_file,
+        tls_cert=_absolute(tls_cert),
+        tls_key=_absolute(tls_key),
+        tls_client_ca=_absolute(tls_client_ca),
+        tokens=_absolute(tokens),
+        insecure_plaintext=insecure_plaintext,
     )
     try:
         text = render_unit(st.templates_dir, spec)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from gridctl.daemon.config import parse_listen
+from gridctl.daemon.config import DaemonConfig, check_security, parse_listen
 from gridctl.inventory.state import STATE_DIR
 from gridctl.provision.render import quote_systemd
 
@@ -59,14 +59,36 @@ def build_unit(
     user: str,
     token_file: str | None,
     drain_timeout_s: int = 30,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
+    tokens: str | None = None,
+    insecure_plaintext: bool = False,
 ) -> UnitSpec:
     """The unit for a daemon reading ``inventory`` (an absolute, resolved path), started by the
     ``gridctl`` command (absolute, resolved) and running from the ``python`` paths (interpreter,
-    standard library, site-packages, gridctl's source). Raises UsageError for a bad ``listen``."""
-    _, port = parse_listen(listen)
+    standard library, site-packages, gridctl's source). The TLS files and the token file
+    (absolute paths) are passed on to ``daemon run`` and readable in the sandbox. Raises
+    UsageError for a bad ``listen``, and where ``daemon run`` would refuse to start (off
+    loopback: a token, from ``token_file`` or ``tokens``, and TLS or ``insecure_plaintext``)."""
+    host, port = parse_listen(listen)
+    check_security(
+        DaemonConfig(
+            Path(inventory),
+            host,
+            port,
+            token="from the EnvironmentFile" if token_file else None,  # its content is not read here
+            tokens_file=Path(tokens) if tokens else None,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            tls_key=Path(tls_key) if tls_key else None,
+            tls_client_ca=Path(tls_client_ca) if tls_client_ca else None,
+            insecure_plaintext=insecure_plaintext,
+        )
+    )
     command = list(gridctl)
     state_dir = str(PurePosixPath(inventory) / STATE_DIR)
-    read = [inventory, str(PurePosixPath(command[0]).parent), *python]
+    files = [f for f in (tls_cert, tls_key, tls_client_ca, tokens) if f]
+    read = [inventory, str(PurePosixPath(command[0]).parent), *python, *files]
     hidden = [p for p in _outermost(read) if _hidden(p)]
     args = [*command, "daemon", "run", "--listen", listen]
     if region:
@@ -74,6 +96,16 @@ def build_unit(
     if slo_policy != "best-effort":
         args += ["--slo-policy", slo_policy]
     args += ["--workers", str(workers)]
+    for flag, value in (
+        ("--tls-cert", tls_cert),
+        ("--tls-key", tls_key),
+        ("--tls-client-ca", tls_client_ca),
+        ("--tokens", tokens),
+    ):
+        if value:
+            args += [flag, value]
+    if insecure_plaintext:
+        args.append("--insecure-plaintext")
     return UnitSpec(
         user=user,
         inventory=inventory,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gridctl.daemon.unit import UnitSpec, build_unit, quote_path
+from gridctl.daemon.unit import UnitSpec, _hidden, build_unit, quote_path
 from tests.conftest import run_cli
 from tests.daemon.conftest import M8, chat
 from tests.daemon.systemd_host import systemd_host, why_not_available
@@ -71,8 +71,10 @@ def analyze(unit_text: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess
     "args",
     [
         (),
-        ("--listen", "0.0.0.0:443", "--token-file", "/etc/gridctl/daemon.env", "--workers", "4"),
-        ("--listen", "[::]:8443", "--region", "us-east", "--slo-policy", "strict"),
+        ("--listen", "0.0.0.0:443", "--token-file", "/etc/gridctl/daemon.env", "--workers", "4")
+        + ("--tls-cert", "/etc/gridctl/cert.pem", "--tls-key", "/etc/gridctl/key.pem"),
+        ("--listen", "[::]:8443", "--region", "us-east", "--slo-policy", "strict")
+        + ("--tokens", "/etc/gridctl/tokens", "--insecure-plaintext"),
     ],
     ids=["loopback", "port-443", "ipv6"],
 )
@@ -95,11 +97,12 @@ def test_rendered_unit_verifies_and_scores_at_most_2_5(
 
 
 def test_a_privileged_port_keeps_only_cap_net_bind_service(inv: Path) -> None:
-    low = directives(run_cli("daemon", "unit", "--listen", "0.0.0.0:443", inventory=inv).out)
+    off = ("--tokens", "/etc/gridctl/tokens", "--insecure-plaintext")  # what off loopback needs
+    low = directives(run_cli("daemon", "unit", "--listen", "0.0.0.0:443", *off, inventory=inv).out)
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in low
     assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in low
     assert not any(d.startswith("PrivateUsers=") for d in low)  # a user namespace would void the capability
-    high = directives(run_cli("daemon", "unit", "--listen", "0.0.0.0:1024", inventory=inv).out)
+    high = directives(run_cli("daemon", "unit", "--listen", "0.0.0.0:1024", *off, inventory=inv).out)
     assert "CapabilityBoundingSet=" in high and "AmbientCapabilities=" in high and "PrivateUsers=yes" in high
     bad = run_cli("daemon", "unit", "--listen", "0.0.0.0:http", inventory=inv)
     assert bad.rc == 2 and "expected HOST:PORT" in bad.err and bad.out == ""
@@ -153,6 +156,30 @@ def test_paths_hidden_by_the_sandbox_are_bound_back(
     s = spec(inventory, python, gridctl)
     assert (s.protect_home, s.bind_read_only, s.state_hidden) == (home, binds, state_hidden)
     assert s.state_dir == f"{inventory}/.state"
+
+
+def test_unit_refuses_what_daemon_run_would_and_passes_tls_and_tokens_on(tmp_path: Path) -> None:
+    """Off loopback the daemon needs a token and TLS (or --insecure-plaintext): a unit without
+    them would fail at every start, so it is not printed; with them, they reach ExecStart=, and
+    files under a hidden path (/root, /home, /tmp) are bound back read-only."""
+    r = run_cli("daemon", "unit", "--listen", "0.0.0.0:8443", "--token-file", "/etc/gridctl/daemon.env")
+    assert r.rc == 2 and "in plain HTTP" in r.err and "--tls-cert" in r.err, r
+    r = run_cli(
+        "daemon", "unit", "--listen", "0.0.0.0:8443", "--tls-cert", "/etc/c.pem", "--tls-key", "/etc/k.pem"
+    )
+    assert r.rc == 2 and "without a token" in r.err, r
+    certs = tmp_path / "certs"
+    r = run_cli(
+        "daemon", "unit", "--listen", "0.0.0.0:8443", "--tokens", str(certs / "tokens"),
+        "--tls-cert", str(certs / "cert.pem"), "--tls-key", str(certs / "key.pem"),
+    )  # fmt: skip
+    assert r.rc == 0, r
+    start = next(ln for ln in r.out.splitlines() if ln.startswith("ExecStart="))
+    for flag, name in (("--tls-cert", "cert.pem"), ("--tls-key", "key.pem"), ("--tokens", "tokens")):
+        assert f"{flag} {certs / name}" in start, start
+    bound = [ln for ln in r.out.splitlines() if ln.startswith("BindReadOnlyPaths=")]
+    if _hidden(str(certs)):  # pytest's tmp_path is under /tmp, which PrivateTmp= replaces
+        assert any(str(certs) in ln for ln in bound), (bound, r.out)
 
 
 def test_unit_words_are_quoted_for_systemd() -> None:
