@@ -43,7 +43,8 @@ from tests.routing.faults import (  # noqa: E402
     run_case,
 )
 
-NAMES = {"nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy"}
+NAMES = {"nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "daemon": "gridctl daemon"}
+ALL_PLANES = (*DATA_PLANES, "daemon")  # the daemon beside the data planes it renders for
 
 
 def versions(planes: list[str]) -> str:
@@ -55,6 +56,10 @@ def versions(planes: list[str]) -> str:
         elif plane == "haproxy":
             text = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()
             found.append(f"HAProxy {text[2]}")
+        elif plane == "daemon":
+            from gridctl import __version__
+
+            found.append(f"gridctl {__version__}")
         else:
             text = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
             match = re.search(r"version: \w+/(\d+\.\d+\.\d+)/", text)  # <path>  version: <sha>/1.40.0/...
@@ -73,7 +78,9 @@ def row(c: Counts) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=REQUESTS, help="requests per case")
-    p.add_argument("--planes", default=",".join(DATA_PLANES), help="comma-separated data planes")
+    p.add_argument(
+        "--planes", default=",".join(ALL_PLANES), help="comma-separated: nginx, haproxy, envoy, daemon"
+    )
     p.add_argument("--write-readme", action="store_true")
     args = p.parse_args(argv)
     planes = [x for x in args.planes.split(",") if x]
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_readme:
         cmd = "python bench/dataplane_faults.py --write-readme"
         body = (
-            "## Data planes under faults: nginx, HAProxy, Envoy\n\n"
+            "## Data planes under faults: nginx, HAProxy, Envoy, beside gridctl's daemon\n\n"
             f"{machine}; {versions(planes)}. Command: `{cmd}`. Lab-east's llama route (primaries "
             "east-1 weight 75 and east-2 weight 25, backups west-1 and west-2; stand-in sites on "
             f"loopback), one fault at a time on east-1 (on both primaries for 503-all), {args.requests} "
@@ -109,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             f"by `route render --read-timeout {READ_TIMEOUT_S}`. lost: not a whole 200; duplicated: "
             "answered by two sites; tries: requests the sites received beyond one per request "
             "(failovers the client did not see); seconds: the case's wall time on a shared machine "
-            "(an indication, no target). The same cases are asserted by tests/routing/test_faults_*.py.\n\n"
-            + "\n".join(sections)
-            + "\n"
+            "(an indication, no target). The same cases are asserted by tests/routing/test_faults_*.py. "
+            "The daemon runs on the same inventory with lab-east as its clients' region and ranks the "
+            "sites by its own prediction (not the table's weights): it is held to lost = duplicated = 0, "
+            "not to the table's order of who answers.\n\n" + "\n".join(sections) + "\n"
         )
         write_readme({"dataplane-faults": body})
         print("wrote bench/README.md: dataplane-faults")

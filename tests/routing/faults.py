@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +36,15 @@ from typing import Any
 
 import httpx
 
+from tests.fleet.sshd import free_port
 from tests.routing.conftest import (
     LLAMA,
     SITES,
     STARTERS,
+    Proxy,
     lab_table,
     short_tempdir,
+    wait_listening,
     write_lab_inventory,
 )
 from tests.routing.upstream import Upstream
@@ -101,11 +107,17 @@ def run_case(plane: str, fault: str, stream: bool, n: int = REQUESTS, workdir: P
     sites = {name: Upstream(name) for name in SITES}
     proxy = None
     try:
-        inventory = write_lab_inventory(scratch / "inventory", {s: u.url for s, u in sites.items()})
-        table = lab_table(inventory)
-        if fault == "unresolvable":
-            _rename(table, "east-1", "east-1.invalid")
-        proxy = STARTERS[plane](table, scratch, read_timeout_s=READ_TIMEOUT_S)
+        endpoints = {s: u.url for s, u in sites.items()}
+        if fault == "unresolvable" and plane == "daemon":
+            endpoints["east-1"] = endpoints["east-1"].replace("127.0.0.1", "east-1.invalid")
+        inventory = write_lab_inventory(scratch / "inventory", endpoints)
+        if plane == "daemon":
+            proxy = start_daemon(inventory, scratch)
+        else:
+            table = lab_table(inventory)
+            if fault == "unresolvable":
+                _rename(table, "east-1", "east-1.invalid")
+            proxy = STARTERS[plane](table, scratch, read_timeout_s=READ_TIMEOUT_S)
         for name in faulty_sites(fault):
             if fault in ("503-one", "503-all"):
                 sites[name].fault = "503"
@@ -125,6 +137,28 @@ def run_case(plane: str, fault: str, stream: bool, n: int = REQUESTS, workdir: P
             upstream.stop()
         if workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def start_daemon(inventory: Path, workdir: Path) -> Proxy:
+    """gridctl's own daemon as the fourth "data plane" (bench/dataplane_faults.py --planes
+    ...,daemon): the same inventory, lab-east as its clients' region. It ranks sites by its
+    own prediction, not by the rendered table's primaries, so who answers is reported, not
+    held to the table's order."""
+    port = free_port()
+    log = workdir / "daemon.log"
+    argv = [sys.executable, "-m", "gridctl", "-i", str(inventory), "daemon", "run"]
+    argv += ["--listen", f"127.0.0.1:{port}", "--region", REGION, "--probe-interval", "0.5"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        )
+    proxy = Proxy("daemon", f"http://127.0.0.1:{port}", inventory, log, proc)
+    try:
+        wait_listening(port, proc, log, timeout=30.0)
+    except RuntimeError:
+        proxy.stop()
+        raise
+    return proxy
 
 
 def _rename(table: dict[str, Any], site: str, host: str) -> None:
