@@ -1,4 +1,4 @@
-"""The one exception tree of gridctl and the exit-code table (DESIGN.md).
+"""The one exception tree of gridctl and the exit-code table (docs/ARCHITECTURE.md).
 
 Every error a user can see is a :class:`GridctlError`: it carries a message
 (what went wrong and where), an optional hint (what to do next) and the exit

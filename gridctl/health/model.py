@@ -3,7 +3,7 @@
 ``GpuReading`` is built the same way from ``nvidia-smi`` output
 (:mod:`gridctl.health.nvidia_smi`) and from NVML readings
 (:mod:`gridctl.health.nvml`), so both go through one classifier. A per-host
-outcome is data, never an exception (DESIGN.md).
+outcome is data, never an exception (docs/ARCHITECTURE.md: the core is pure).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def worst(statuses: Iterable[Status]) -> Status:
 
 
 def exit_code_for(statuses: Iterable[Status]) -> ExitCode:
-    """Exit code for a run: 0 all ok, 4 any unreachable, else 3 (DESIGN.md)."""
+    """Exit code for a run: 0 all ok, 4 any unreachable, else 3 (docs/ARCHITECTURE.md)."""
     seen = set(statuses)
     if Status.UNREACHABLE in seen:
         return ExitCode.UNREACHABLE
