@@ -8,7 +8,7 @@ these into ``error: ...`` / ``hint: ...`` lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -67,6 +67,12 @@ class Problem:
     line: int  # 1-based; 0 when the problem concerns the whole file
     path: str  # dotted path inside the document, e.g. "nodes[1].gpus.count"; "" for the file
     message: str
+    # other files the problem names (a duplicate's first occurrence): it belongs to them too
+    also: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.file, *self.also)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,39 @@ class State:
         from gridctl.inventory.load import load_inventory
 
         return load_inventory(self.root)
+
+    def load_valid(self):  # type: ignore[no-untyped-def]
+        """For read commands: the valid part of the inventory and its problems (a
+        ``Loaded``); the command prints what is valid, then calls :func:`finish_read`.
+        grid.yaml too broken to build is reported at once (there is nothing valid to show)."""
+        from gridctl.errors import InventoryError
+        from gridctl.inventory.load import load_partial
+
+        loaded = load_partial(self.root)
+        if loaded.inventory is None:
+            raise InventoryError(list(loaded.problems), str(self.root))
+        return loaded
+
+
+def finish_read(st: State, loaded: Any, missing: str | None = None) -> None:
+    """After a read command printed the valid items: exit 5 with the problems on stderr
+    when there are any (the output left the broken files out). ``missing``: what the
+    command looked for and did not find among the valid files ("site 'x'")."""
+    if not loaded.problems:
+        return
+    from gridctl.errors import InventoryError
+
+    broken = ", ".join(sorted(loaded.broken))
+    head = (
+        f"no {missing} among the valid files; it may be in {broken}"
+        if missing
+        else f"the output leaves out {broken}"
+    )
+    raise InventoryError(
+        list(loaded.problems),
+        str(st.root),
+        hint=f"{head}; fix the lines above, then run `gridctl inventory validate`",
+    )
 
 
 def state(ctx: typer.Context) -> State:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from gridctl.cli.common import OutputOpt, state
+from gridctl.cli.common import OutputOpt, State, finish_read, state
+from gridctl.inventory.model import Inventory
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
 app = typer.Typer(help="The inventory as a whole: validate, show, export.", no_args_is_help=True)
@@ -64,11 +65,17 @@ REGION_COLUMNS = [
 
 @app.command("show")
 def show(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
-    """Show the grid: defaults, client regions and a summary of sites."""
+    """Show the grid: defaults, client regions and a summary of sites (the valid ones, with the
+    problems on stderr and exit 5 when some file is broken)."""
+    st = state(ctx)
+    loaded = st.load_valid()
+    _show(st, loaded.inventory, output)
+    finish_read(st, loaded)
+
+
+def _show(st: State, inv: Inventory, output: Format) -> None:
     from gridctl.inventory.export import inventory_dict
 
-    st = state(ctx)
-    inv = st.load()
     data = inventory_dict(inv)
     if output is Format.json:
         st.streams.stdout.write(dump_json(data))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, state
+from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
 from gridctl.errors import UsageError
 from gridctl.output import Column, Format, render_list
@@ -43,12 +43,14 @@ def ls(
     from gridctl.inventory.targets import select_nodes
 
     st = state(ctx)
-    rows = [node_dict(n) for n in select_nodes(st.load(), target, model)]
+    loaded = st.load_valid()
+    rows = [node_dict(n) for n in select_nodes(loaded.inventory, target, model)]
     st.streams.stdout.write(
         render_list(output, rows, COLUMNS, WIDE, st.streams, name=lambda r: f"{r['site']}/{r['name']}")
     )
     if not rows and output in (Format.table, Format.wide):
         st.streams.info("No nodes match.")
+    finish_read(st, loaded)
 
 
 def _parse_gpus(text: str) -> tuple[str, int]:

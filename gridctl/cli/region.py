@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, state
+from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, report_outcome
 from gridctl.errors import UsageError
 from gridctl.output import Column, Format, render_list, render_object
@@ -41,10 +41,12 @@ def _rows(inv: Any) -> list[dict[str, Any]]:
 def ls(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """List the client regions: jurisdiction, where their data may go, sites in them."""
     st = state(ctx)
-    rows = _rows(st.load())
+    loaded = st.load_valid()
+    rows = _rows(loaded.inventory)
     st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
     if not rows and output in (Format.table, Format.wide):
         st.streams.info("No regions (add one with `gridctl region add`).")
+    finish_read(st, loaded)
 
 
 def _describe(r: Mapping[str, Any], wide: bool) -> str:
@@ -71,10 +73,14 @@ def show(
     from gridctl.inventory.regions import require_region
 
     st = state(ctx)
-    inv = st.load()
+    loaded = st.load_valid()
+    inv = loaded.inventory
+    if inv.region(name) is None and loaded.problems:
+        finish_read(st, loaded, f"region '{name}'")
     require_region(inv, name)
     row = next(r for r in _rows(inv) if r["name"] == name)
     st.streams.stdout.write(render_object(output, row, _describe))
+    finish_read(st, loaded)
 
 
 def _parse_latency(items: list[str]) -> dict[str, float]:

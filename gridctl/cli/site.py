@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, finish_read, state
 from gridctl.errors import UsageError
 from gridctl.inventory.edit import Outcome
 from gridctl.output import Column, Format, render_list, render_object
@@ -68,12 +68,14 @@ def ls(
     from gridctl.inventory.targets import select_sites
 
     st = state(ctx)
-    inv = st.load()
+    loaded = st.load_valid()
+    inv = loaded.inventory
     health = load_health(inv.root)["sites"]
     rows = [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
     st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
     if not rows and output in (Format.table, Format.wide):
         st.streams.info("No sites match.")
+    finish_read(st, loaded)
 
 
 def _health_text(health: Mapping[str, Any] | None) -> str:
@@ -123,10 +125,14 @@ def show(
     from gridctl.inventory.state import load_health
 
     st = state(ctx)
-    inv = st.load()
+    loaded = st.load_valid()
+    inv = loaded.inventory
+    if inv.site(name) is None and loaded.problems:
+        finish_read(st, loaded, f"site '{name}'")  # perhaps in a broken file: exit 5
     site = require_site(inv, name)
     health = load_health(inv.root)["sites"].get(name)
     st.streams.stdout.write(render_object(output, site_dict(site, health), _describe))
+    finish_read(st, loaded)
 
 
 def _parse_models(items: list[str]) -> dict[str, int]:
@@ -211,6 +217,15 @@ def report_outcome(st: State, outcome: Outcome, output: Format = Format.table) -
 
     for note in outcome.notes:
         st.streams.warn(note)
+    if outcome.existing and outcome.changed:
+        n = len(outcome.existing)
+        done = "would be written" if outcome.dry_run else "written"
+        st.streams.warn(
+            f"inventory {st.root} has {n} problem{'s' if n != 1 else ''} in files this change does not "
+            f"touch ({done} anyway); fix them soon:"
+        )
+        for problem in outcome.existing:
+            st.streams.stderr.write(f"  {problem}\n")
     if output is Format.json:
         st.streams.stdout.write(dump_json(outcome.to_dict()))
         return
@@ -275,7 +290,7 @@ def rm(
     if dry_run:
         report_outcome(st, preview, output)
         return
-    site = require_site(st.load(), name)
+    site = require_site(st.load_valid().inventory, name)
     nodes = f"{len(site.nodes)} node{'s' if len(site.nodes) != 1 else ''}"
     refs = len(preview.removed)
     also = f"; and {refs} reference{'s' if refs != 1 else ''} to it" if refs else ""

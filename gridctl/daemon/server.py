@@ -4,6 +4,10 @@ uvicorn's shape: ``Daemon(config)`` holds plain data until ``serve()``;
 ``startup()`` loads the inventory and binds; the main loop runs probes and
 watches the inventory; a signal sets a flag and ``shutdown()`` drains.
 
+A reload goes per file: a file broken on disk keeps its last good version while the
+other files' changes take effect (an incident drain reaches the daemon past an unrelated
+typo); ``/grid/status`` lists such files under ``stale``, with their problems.
+
 What calibration learns (per site and model) is kept across a reload (the new
 ``GridState`` takes the old one's) and across restarts in the inventory's
 ``.state/calibration.json``: written every ``calibration_save_s`` and on
@@ -55,7 +59,7 @@ from gridctl.daemon.openai_api import (
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
 from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
 from gridctl.daemon.tokens import Tokens, load_tokens
-from gridctl.errors import GridctlError, UsageError
+from gridctl.errors import GridctlError, InventoryError, UsageError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
 from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
@@ -79,11 +83,27 @@ def _count(text: str) -> int:
 
 def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridState:
     """The inventory and what ``.state`` holds; a first load (no ``previous``) also reads
-    the calibration an earlier run wrote, a reload keeps the running one's."""
-    from gridctl.inventory.load import load_inventory
+    the calibration an earlier run wrote, a reload keeps the running one's.
+
+    A first load must be valid as a whole. A reload goes per file: a file that is broken on
+    disk runs on its last good version (the one ``previous`` was built from; a new broken file
+    is left out) while the other files' changes take effect; ``GridState.stale`` says which
+    and why. When even that does not validate, InventoryError, and the caller keeps running."""
+    from gridctl.inventory.load import load_keeping_last_good, load_partial
     from gridctl.inventory.state import health_by_site, load_calibration, probe_rtts
 
-    inv = load_inventory(config.inventory)
+    stale: dict[str, dict[str, Any]] = {}
+    if previous is None:
+        loaded = load_partial(config.inventory)
+        if loaded.problems:
+            raise InventoryError(list(loaded.problems), str(config.inventory))
+    else:
+        loaded, broken = load_keeping_last_good(config.inventory, previous.files)
+        for rel, problems in broken.items():
+            kept = "last good version" if rel in previous.files else "left out (no good version yet)"
+            stale[rel] = {"file": rel, "running": kept, "problems": [str(p) for p in problems]}
+    inv = loaded.inventory
+    assert inv is not None
     if config.region and inv.region(config.region) is None:
         raise GridctlError(
             f"no client region '{config.region}' in {config.inventory}",
@@ -92,7 +112,16 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
     calibration = None
     if previous is None:
         calibration = parse_calibration(load_calibration(inv.root), time.monotonic(), time.time())
-    return GridState(inv, config, probe_rtts(inv.root), health_by_site(inv.root), previous, calibration)
+    return GridState(
+        inv,
+        config,
+        probe_rtts(inv.root),
+        health_by_site(inv.root),
+        previous,
+        calibration,
+        files=loaded.texts,
+        stale=stale,
+    )
 
 
 def load_listener_tls(config: DaemonConfig) -> ssl.SSLContext | None:
@@ -291,7 +320,16 @@ class Daemon:
                 self.log(f"  {problem}")
             return
         self.state = new  # in-flight requests keep the snapshot they started with
-        self.log(f"reloaded inventory ({why}): {len(new.sites)} sites")
+        for entry in new.stale.values():
+            n = len(entry["problems"])
+            self.log(
+                f"{entry['file']} is broken on disk ({n} problem{'s' if n != 1 else ''}); "
+                f"running: {entry['running']}"
+            )
+            for problem in entry["problems"][:20]:
+                self.log(f"  {problem}")
+        stale = f", {len(new.stale)} stale file{'s' if len(new.stale) != 1 else ''}" if new.stale else ""
+        self.log(f"reloaded inventory ({why}): {len(new.sites)} sites{stale}")
 
     def reload_front(self) -> None:
         """Reread --tokens and the listener's TLS files; one that fails keeps the running one."""
@@ -582,6 +620,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "queued": self.proxy.queued,
                 "slo_policy": self.config.slo_policy,
+                "stale": [self.state.stale[rel] for rel in sorted(self.state.stale)],
                 "sites": sites,
             }
         )

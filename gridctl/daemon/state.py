@@ -228,11 +228,17 @@ class GridState:
         recorded_health: Mapping[str, str] | None = None,
         previous: GridState | None = None,
         calibration: Mapping[str, Mapping[str, Calibration]] | None = None,
+        files: Mapping[str, str] | None = None,
+        stale: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """``previous``: the state a reload replaces (live signals, calibration and the prefix
         index of sites that stay are kept); ``calibration``: site -> model -> what an earlier
-        run learned (read from ``.state`` at start-up)."""
+        run learned (read from ``.state`` at start-up); ``files``: the text of each inventory
+        file ``inv`` was built from (the last good versions a later reload falls back on);
+        ``stale``: per file whose version on disk is broken, what runs instead and why."""
         self.inv = inv
+        self.files = dict(files or {})
+        self.stale = {rel: dict(v) for rel, v in (stale or {}).items()}
         self.cfg = cfg
         self.planner = Planner(inv, probes)
         self.recorded = dict(recorded_health or {})

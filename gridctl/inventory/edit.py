@@ -35,6 +35,7 @@ class Outcome:
     notes: tuple[str, ...] = ()  # what the operator must do next (a dropped host key)
     files: tuple[FileChange, ...] = ()
     dry_run: bool = False
+    existing: tuple[str, ...] = ()  # problems the inventory already had elsewhere (written anyway)
 
     @property
     def changed(self) -> bool:
@@ -51,12 +52,18 @@ class Outcome:
             "notes": list(self.notes),
             "dry_run": self.dry_run,
             "files": [f.to_dict() for f in self.files],
+            "existing_problems": list(self.existing),
         }
 
 
 def finish_outcome(outcome: list[Outcome], result: ChangeResult) -> Outcome:
     """The outcome the plan recorded, with the files the change wrote (or would write)."""
-    return replace(outcome[0], files=result.files, dry_run=result.dry_run)
+    return replace(
+        outcome[0],
+        files=result.files,
+        dry_run=result.dry_run,
+        existing=tuple(str(p) for p in result.existing),
+    )
 
 
 @dataclass(frozen=True)

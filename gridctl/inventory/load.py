@@ -1,7 +1,9 @@
 """Read an inventory directory, validate all of it, and build the model.
 
 Every problem in every file is collected before anything is reported, each
-located as ``file:line: path: message``. ``overrides`` lets a writer validate
+located as ``file:line: path: message``. :func:`load_partial` also gives the
+valid part of a broken inventory (for read commands, for writes that touch no
+broken file, and for the daemon's per-file reload). ``overrides`` lets a writer validate
 the inventory as it *would* be after a change, before touching the disk.
 """
 
@@ -12,7 +14,7 @@ import difflib
 import gc
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +82,38 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """An inventory as read, broken or not: every problem, and the valid part of it.
+
+    A problem belongs to every file it names (its own and, for a duplicate, the file of the
+    first occurrence): such a file is *broken* and none of it is in ``inventory``, which holds
+    the grid (None when grid.yaml cannot be built) and the sites of the files that are not
+    broken. ``texts`` is each inventory file's text as it was read."""
+
+    inventory: Inventory | None
+    problems: tuple[Problem, ...]
+    texts: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def broken(self) -> frozenset[str]:
+        return frozenset(f for p in self.problems for f in p.files)
+
+    def problems_of(self, rel: str) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if rel in p.files)
+
+
 def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None) -> Inventory:
     """Load and validate; raise InventoryError listing every problem found."""
+    loaded = load_partial(root, overrides)
+    if loaded.problems:
+        raise InventoryError(list(loaded.problems), str(root))
+    assert loaded.inventory is not None
+    return loaded.inventory
+
+
+def load_partial(root: Path, overrides: Mapping[str, str | None] | None = None) -> Loaded:
+    """Load and validate everything; never raise for a problem in a file (see :class:`Loaded`)."""
     overrides = overrides or {}
     if not root.is_dir():
         raise NotFoundError(
@@ -90,7 +122,10 @@ def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None
         )
     with _gc_paused():
         problems: list[Problem] = []
+        texts: dict[str, str] = {}
         grid, graw, gtext = _load_grid(root, overrides, problems)
+        if graw is not None or gtext:
+            texts[GRID_FILE] = gtext
         if grid is not None and grid.tls:
             grid_file = _SiteFile(GRID_FILE, gtext, graw, None)
             grid = replace(
@@ -101,18 +136,40 @@ def load_inventory(root: Path, overrides: Mapping[str, str | None] | None = None
         files |= {f for f, t in overrides.items() if t is not None and f.startswith(f"{SITES_DIR}/")}
         files -= {f for f, t in overrides.items() if t is None}
         loaded = [sf for rel in sorted(files) if (sf := _load_site(root, rel, overrides, ssh, problems))]
+        texts.update((sf.rel, sf.text) for sf in loaded)
         if grid is not None:  # with grid.yaml broken, "unknown region" would be noise
             problems.extend(_check_references(graw, gtext, loaded))
         problems.extend(_check_duplicates(loaded, ssh))
-        if problems:
-            raise InventoryError(problems, str(root))
-        assert grid is not None
-        sites = sorted((sf.site for sf in loaded if sf.site is not None), key=lambda s: s.name)
-        if grid.tls or any(s.tls for s in sites):
-            sites = [_site_tls(root, s, grid.tls, loaded, problems) for s in sites]
-            if problems:
-                raise InventoryError(problems, str(root))
-        return Inventory(root=root, grid=grid, sites=tuple(sites))
+        broken = {f for p in problems for f in p.files}
+        sites = sorted(
+            (sf.site for sf in loaded if sf.site is not None and sf.rel not in broken), key=lambda s: s.name
+        )
+        if grid is not None and (grid.tls or any(s.tls for s in sites)):
+            checked = [_site_tls(root, s, grid.tls, loaded, problems) for s in sites]
+            broken = {f for p in problems for f in p.files}
+            sites = [s for s in checked if s.file not in broken]
+        inventory = Inventory(root=root, grid=grid, sites=tuple(sites)) if grid is not None else None
+        return Loaded(inventory, tuple(sorted(problems)), texts)
+
+
+def load_keeping_last_good(
+    root: Path, last_good: Mapping[str, str]
+) -> tuple[Loaded, dict[str, tuple[Problem, ...]]]:
+    """The inventory on disk, except that each broken file is read as its last good version
+    (``last_good``: the texts of the last load that was valid; a broken file without one is
+    left out). Returns the result (valid) and, per file that was replaced or left out, its
+    problems on disk. Raises InventoryError (the problems on disk and the clashes) when even
+    that does not validate (a last good version that no longer fits the other files' new ones)."""
+    fresh = load_partial(root)
+    if not fresh.problems:
+        return fresh, {}
+    stale = {rel: fresh.problems_of(rel) for rel in sorted(fresh.broken)}
+    if GRID_FILE in stale and GRID_FILE not in last_good:
+        raise InventoryError(list(fresh.problems), str(root))
+    kept = load_partial(root, overrides={rel: last_good.get(rel) for rel in stale})
+    if kept.problems:  # the problems on disk, and how the last good versions clash
+        raise InventoryError(list({*fresh.problems, *kept.problems}), str(root))
+    return kept, stale
 
 
 def _load_site(
@@ -290,7 +347,8 @@ def _check_duplicates(sites: list[_SiteFile], ssh: SshDefaults) -> list[Problem]
         name = sf.value.get("name")
         if isinstance(name, str):
             if name in site_seen:
-                problems.append(sf.at(("name",), f"duplicate site name '{name}' (also in {site_seen[name]})"))
+                message = f"duplicate site name '{name}' (also in {site_seen[name]})"
+                problems.append(replace(sf.at(("name",), message), also=(site_seen[name],)))
             else:
                 site_seen[name] = sf.rel
         nodes: list[Any] = sf.value.get("nodes") or []
@@ -300,7 +358,8 @@ def _check_duplicates(sites: list[_SiteFile], ssh: SshDefaults) -> list[Problem]
                     f"duplicate node name '{node_name}' (also at {_where(node_seen[node_name])}); "
                     "node names are unique across the grid"
                 )
-                problems.append(sf.at(("nodes", i, "name"), message))
+                first = node_seen[node_name][0].rel
+                problems.append(replace(sf.at(("nodes", i, "name"), message), also=(first,)))
             else:
                 node_seen[node_name] = (sf, ("nodes", i, "name"))
             node = nodes[i]
@@ -309,12 +368,9 @@ def _check_duplicates(sites: list[_SiteFile], ssh: SshDefaults) -> list[Problem]
                 continue
             addr = (host.lower(), port)
             if addr in addr_seen:
-                problems.append(
-                    sf.at(
-                        ("nodes", i, "host"),
-                        f"duplicate address {host}:{port} (also at {_where(addr_seen[addr])})",
-                    )
-                )
+                message = f"duplicate address {host}:{port} (also at {_where(addr_seen[addr])})"
+                first = addr_seen[addr][0].rel
+                problems.append(replace(sf.at(("nodes", i, "host"), message), also=(first,)))
             else:
                 addr_seen[addr] = (sf, ("nodes", i, "host"))
     return problems

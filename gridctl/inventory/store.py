@@ -7,6 +7,11 @@ inventory, compute the new text of each touched file, validate the inventory
 process killed at any point leaves each file either old or new; two writers
 are serialized by an ``flock`` on ``.gridctl.lock``; a change that would make
 the inventory invalid writes nothing.
+
+On an inventory that is already broken, a change that touches no broken file
+and adds no problem is written (the result carries the existing problems, for
+a warning): an incident drain must not wait for an unrelated typo. A change to
+a broken file is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridctl.errors import InventoryError, LockError
-from gridctl.inventory.load import load_inventory
+from gridctl.errors import InventoryError, LockError, NotFoundError, Problem
+from gridctl.inventory.load import load_partial
 from gridctl.inventory.model import Inventory
 
 LOCK_FILE = ".gridctl.lock"
@@ -113,6 +118,8 @@ class ChangeResult:
     changes: Changes
     files: tuple[FileChange, ...]
     dry_run: bool = False
+    # problems the inventory already had, in files the change did not touch (written anyway)
+    existing: tuple[Problem, ...] = ()
 
 
 def run_change(root: Path, plan: Callable[[Inventory], Changes]) -> tuple[Inventory, Changes]:
@@ -138,20 +145,46 @@ def apply_change(
     (a ``latency_ms`` entry is dropped before the site it names).
     """
     with inventory_lock(root), _state_lock(root, with_state and not dry_run):
-        current = load_inventory(root)
-        changes = plan(current)
-        if not changes:
-            return ChangeResult(current, changes, (), dry_run)
-        assert with_state or not any(_is_state(rel) for rel in changes), "a .state change needs its lock"
-        try:
-            after = load_inventory(root, overrides=changes)
-        except InventoryError as exc:
+        before = load_partial(root)
+        if before.inventory is None:  # grid.yaml cannot be built: there is nothing to plan on
             raise InventoryError(
-                exc.problems, str(root), hint="nothing was written; fix the values and retry", refused=True
+                list(before.problems), str(root), hint="nothing was written; fix grid.yaml first"
+            )
+        current = before.inventory
+        try:
+            changes = plan(current)
+        except NotFoundError as exc:
+            if not before.problems:
+                raise
+            broken = ", ".join(sorted(before.broken))
+            raise InventoryError(
+                list(before.problems),
+                str(root),
+                hint=f"{exc.message} among the valid files; it may be in {broken}: "
+                "fix the lines above first (by hand), then retry",
             ) from None
+        if not changes:
+            return ChangeResult(current, changes, (), dry_run, before.problems)
+        assert with_state or not any(_is_state(rel) for rel in changes), "a .state change needs its lock"
+        touched = sorted(set(changes) & before.broken)
+        if touched:
+            raise InventoryError(
+                list(before.problems),
+                str(root),
+                hint=f"nothing was written: the change touches {', '.join(touched)}, which has "
+                "problems; fix the lines above first (by hand), then retry",
+            )
+        after = load_partial(root, overrides=changes)
+        known = set(before.problems)
+        added = [p for p in after.problems if p not in known]
+        if added:
+            raise InventoryError(
+                added, str(root), hint="nothing was written; fix the values and retry", refused=True
+            )
+        assert after.inventory is not None
         files = tuple(_file_change(root, rel, text) for rel, text in changes.items())
         if dry_run:
-            return ChangeResult(after, changes, files, True)
+            return ChangeResult(after.inventory, changes, files, True, before.problems)
         ordered = sorted(changes.items(), key=lambda kv: (_is_state(kv[0]), kv[1] is None))
         for rel, text in ordered:
             if text is None:
@@ -159,7 +192,7 @@ def apply_change(
                     remove_file(root / rel)
             else:
                 write_atomic(root / rel, text)
-        return ChangeResult(after, changes, files, False)
+        return ChangeResult(after.inventory, changes, files, False, before.problems)
 
 
 STATE_PREFIX = ".state/"

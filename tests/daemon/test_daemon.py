@@ -18,6 +18,7 @@ from tests.daemon.conftest import (
     FIRST,
     M8,
     SECOND,
+    DaemonProc,
     chat,
     pid_alive,
     probed_status,
@@ -304,13 +305,14 @@ def test_reload_on_sighup_and_on_change_keeps_in_flight_requests(lab) -> None:
         while time.monotonic() < deadline and d.post(chat("p")).headers["x-grid-site"] != FIRST:
             time.sleep(0.2)
         assert d.post(chat("back")).headers["x-grid-site"] == FIRST
-        # a broken inventory is refused and the running one kept
+        # a broken file is not taken: its last good version keeps running
         site.write_text(re.sub(r"kind: .*", "kind: edgy", site.read_text()))
         time.sleep(3)
-        assert d.post(chat("still")).status_code == 200
+        assert d.post(chat("still")).headers["x-grid-site"] == FIRST
     finally:
         rc, err = d.stop()
-    assert "reloaded inventory (SIGHUP)" in err and "reload (inventory changed) failed" in err
+    assert "reloaded inventory (SIGHUP)" in err
+    assert f"sites/{FIRST}.yaml is broken on disk (1 problem); running: last good version" in err
 
 
 def test_sigterm_drains_in_flight_then_exits_0(lab) -> None:
@@ -584,3 +586,56 @@ def test_a_site_whose_api_key_has_a_control_character_is_out_and_its_key_never_s
     finally:
         _, err = d.stop()
     assert "se\rcret" not in err and "sk-se" not in status
+
+
+def _wait_status(d: DaemonProc, ready, timeout: float = 15) -> dict:
+    """/grid/status once ``ready(status)`` holds (or the timeout passed: the caller's asserts say why)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(d.url + "/grid/status", timeout=5).json()
+        if ready(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_reload_keeps_a_broken_files_last_good_version_and_takes_the_others(lab) -> None:
+    """The incident: phl-co-12.yaml gets a typo, then `site drain` of a healthy site goes
+    through (with a warning) and reaches the running daemon; /grid/status names the stale file."""
+    d = start_daemon(lab.overlay, "--region", "us-east")
+    broken = lab.overlay / "sites" / "phl-co-12.yaml"
+    good_text = broken.read_text()
+    try:
+        assert route_sites(d)[0] == FIRST
+        first = httpx.get(d.url + "/grid/status", timeout=5).json()["sites"]
+        old_capacity = next(s["capacity"] for s in first if s["site"] == "phl-co-12")
+        broken.write_text(re.sub(r"capacity: \d+", "capacity: lots", good_text, count=1))
+        drained = run_cli("site", "drain", FIRST, inventory=lab.overlay)
+        assert drained.rc == 0, drained
+        assert f"site/{FIRST} drained" in drained.out
+        assert "warning:" in drained.err and "sites/phl-co-12.yaml" in drained.err
+        assert "drain: true" in (lab.overlay / "sites" / f"{FIRST}.yaml").read_text()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and FIRST in route_sites(d):
+            time.sleep(0.1)
+        assert FIRST not in route_sites(d)  # the healthy file's change took effect
+        body = httpx.get(d.url + "/grid/status", timeout=5).json()
+        (entry,) = body["stale"]
+        assert entry["file"] == "sites/phl-co-12.yaml" and entry["running"] == "last good version"
+        assert any("capacity" in p and "'lots'" in p for p in entry["problems"]), entry
+        sites = {s["site"]: s for s in body["sites"]}
+        assert sites["phl-co-12"]["capacity"] == old_capacity  # its last good version still serves
+        assert d.post(chat("during")).status_code == 200
+        # a new file that is broken from the start is left out; the fixed one is no longer stale
+        (lab.overlay / "sites" / "zz-new.yaml").write_text("name: zz-new\nkind: edgy\n")
+        broken.write_text(good_text)
+        body = _wait_status(d, lambda b: [e["file"] for e in b["stale"]] == ["sites/zz-new.yaml"])
+        assert [e["file"] for e in body["stale"]] == ["sites/zz-new.yaml"], body["stale"]
+        assert body["stale"][0]["running"] == "left out (no good version yet)"
+        assert "zz-new" not in [s["site"] for s in body["sites"]]
+        (lab.overlay / "sites" / "zz-new.yaml").unlink()
+        body = _wait_status(d, lambda b: not b["stale"])
+        assert body["stale"] == []
+    finally:
+        rc, err = d.stop()
+    assert "sites/phl-co-12.yaml is broken on disk (1 problem); running: last good version" in err
+    assert "1 stale file" in err
