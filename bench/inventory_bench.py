@@ -8,6 +8,8 @@ wall time of a real process measured with ``time.perf_counter`` around
 ``startup``
     ``gridctl -i inventory site ls -o json`` on the example inventory, against
     ``python -c pass`` (interpreter start) and ``python -c "import yaml, json"``.
+    Beside it, one Tab completion as bash's script runs it (``COMP_WORDS``,
+    ``_GRIDCTL_COMPLETE=complete_bash``): node names, every site file parsed.
     Plus one ``python -X importtime`` run, summarised as the biggest import costs.
 ``validate``
     ``gridctl -i DIR inventory validate`` on a generated inventory of ``--sites``
@@ -67,6 +69,7 @@ class Case:
     times: list[float] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # stdout of each timed run
     warmup: str = ""  # stdout of the discarded warm-up run
+    env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
 
     @property
     def median(self) -> float:
@@ -75,12 +78,14 @@ class Case:
     def shell(self) -> str:
         """The command as a user types it: the environment's python and gridctl by name."""
         names = {PY: "python", str(Path(PY).parent / "gridctl"): "gridctl"}
-        return shlex.join([names.get(a, a) for a in self.argv])
+        env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        return " ".join([*env, shlex.join([names.get(a, a) for a in self.argv])])
 
 
 def run_once(case: Case) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.perf_counter()
-    proc = subprocess.run(case.argv, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, **case.env} if case.env else None
+    proc = subprocess.run(case.argv, cwd=REPO, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(
@@ -183,6 +188,21 @@ def _check_site_ls(proc: subprocess.CompletedProcess[str]) -> None:
         raise SystemExit(f"`site ls -o json` printed no site list: {proc.stdout[:200]!r}")
 
 
+def _check_completion(proc: subprocess.CompletedProcess[str]) -> None:
+    if "fra-pop-01-gpu-01" not in proc.stdout.split():
+        raise SystemExit(f"completion printed no node names: {proc.stdout[:200]!r}")
+
+
+# Tab after `gridctl -i inventory node trust `: the costliest completion: every
+# site file parsed for node names (bash's protocol; zsh and fish run the same callbacks)
+COMPLETION_LINE = "gridctl -i inventory node trust "
+COMPLETION_ENV = {
+    "COMP_WORDS": COMPLETION_LINE,
+    "COMP_CWORD": str(len(COMPLETION_LINE.split())),
+    "_GRIDCTL_COMPLETE": "complete_bash",
+}
+
+
 def parse_importtime(stderr: str) -> list[tuple[int, int, int, str]]:
     """``-X importtime`` lines -> (depth, self_us, cumulative_us, module), in output order."""
     rows: list[tuple[int, int, int, str]] = []
@@ -261,6 +281,14 @@ def bench_startup(runs: int) -> StartupResult:
                 _check_site_ls,
             )
         )
+    cases.append(
+        Case(
+            f"Tab completion of `{COMPLETION_LINE}` (bash protocol)",
+            [PY, "-m", "gridctl"],
+            _check_completion,
+            env=COMPLETION_ENV,
+        )
+    )
     time_cases(cases, runs, "startup")
     n_sites = len(json.loads(cases[2].warmup))
     return StartupResult(cases[0], cases[1], cases[2:], n_sites, import_costs(gridctl_argv, 5))
@@ -565,7 +593,7 @@ def verdict(value: float, target: float, le: bool) -> str:
 def startup_markdown(res: StartupResult, env: dict[str, str], command: str, runs: int) -> str:
     floor, yaml_floor, grid = res.floor, res.yaml_floor, res.gridctl
     lines = [
-        "## Start-up: `gridctl -i inventory site ls -o json`",
+        "## Start-up: `gridctl -i inventory site ls -o json`, and a Tab completion",
         "",
         f"- date: {env['date']}",
         f"- machine: {env['nproc']} CPUs ({env['cpu']}), {env['os']}, {env['python']}, "
@@ -822,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(f"start-up ({args.startup_runs} runs each)", rows)
         for c in res.gridctl:
             print(
-                f"  target median <= 250 ms ({c.shell().split(' -i ')[0]}): "
+                f"  target median <= 250 ms ({c.label.rsplit('(', 1)[-1].rstrip(')')}): "
                 f"{verdict(c.median, STARTUP_TARGET_S, True).strip('*')}"
             )
         print("  biggest import costs (one -X importtime run):")

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
 from gridctl.errors import UsageError
 from gridctl.lab.truth import DEFAULT_SEED
@@ -164,7 +165,9 @@ def status(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
 @app.command("fail")
 def fail(
     ctx: typer.Context,
-    site: Annotated[str, typer.Argument(help="Lab site name, or a glob such as 'fra-*'.")],
+    site: Annotated[
+        str, typer.Argument(help="Lab site name, or a glob such as 'fra-*'.", autocompletion=complete.sites)
+    ],
     mode: Annotated[
         FailMode,
         typer.Argument(

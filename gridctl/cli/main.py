@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("gridctl.cli.lab", "app"),
     "route": ("gridctl.cli.route", "app"),
     "daemon": ("gridctl.cli.daemon", "app"),
+    "completion": ("gridctl.cli.completion_script", "completion"),
 }
 
 

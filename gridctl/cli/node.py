@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
 from gridctl.errors import UsageError
@@ -69,7 +70,7 @@ def _parse_gpus(text: str) -> tuple[str, int]:
 @app.command("add")
 def add(
     ctx: typer.Context,
-    site: Annotated[str, typer.Argument(help="Site the node belongs to.")],
+    site: Annotated[str, typer.Argument(help="Site the node belongs to.", autocompletion=complete.sites)],
     name: Annotated[str, typer.Argument(help="Node name (a DNS label, unique across the grid).")],
     host: Annotated[str, typer.Option(help="Host name or IP address to reach it over SSH.")],
     port: Annotated[int | None, typer.Option(help="SSH port [default: grid default, else 22].")] = None,
@@ -93,8 +94,8 @@ def add(
 @app.command("set")
 def set_(
     ctx: typer.Context,
-    site: Annotated[str, typer.Argument(help="Site of the node.")],
-    name: Annotated[str, typer.Argument(help="Node name.")],
+    site: Annotated[str, typer.Argument(help="Site of the node.", autocompletion=complete.sites)],
+    name: Annotated[str, typer.Argument(help="Node name.", autocompletion=complete.nodes)],
     assignments: Annotated[
         list[str],
         typer.Argument(
@@ -119,8 +120,8 @@ def set_(
 @app.command("rm")
 def rm(
     ctx: typer.Context,
-    site: Annotated[str, typer.Argument(help="Site of the node.")],
-    name: Annotated[str, typer.Argument(help="Node name.")],
+    site: Annotated[str, typer.Argument(help="Site of the node.", autocompletion=complete.sites)],
+    name: Annotated[str, typer.Argument(help="Node name.", autocompletion=complete.nodes)],
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     output: OutputOpt = Format.table,
@@ -154,7 +155,12 @@ TRUST_COLUMNS = [
 @app.command("trust")
 def trust(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="Target pattern of nodes whose host keys to pin.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Target pattern of nodes whose host keys to pin.", autocompletion=complete.node_targets
+        ),
+    ],
     yes: YesOpt = False,
     replace: Annotated[
         bool, typer.Option("--replace", help="Also re-pin keys that CHANGED (after you checked why).")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, report_outcome
 from gridctl.errors import UsageError
@@ -66,7 +67,7 @@ def _describe(r: Mapping[str, Any], wide: bool) -> str:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Region name.")],
+    name: Annotated[str, typer.Argument(help="Region name.", autocompletion=complete.regions)],
     output: OutputOpt = Format.table,
 ) -> None:
     """Show one client region in full."""
@@ -134,7 +135,7 @@ def add(
 @app.command("set")
 def set_(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Region name.")],
+    name: Annotated[str, typer.Argument(help="Region name.", autocompletion=complete.regions)],
     assignments: Annotated[
         list[str],
         typer.Argument(
@@ -156,7 +157,7 @@ def set_(
 @app.command("rm")
 def rm(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Region name.")],
+    name: Annotated[str, typer.Argument(help="Region name.", autocompletion=complete.regions)],
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     output: OutputOpt = Format.table,

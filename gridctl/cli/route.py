@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
 from gridctl.errors import ExitCode, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
@@ -19,7 +20,12 @@ app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
 )
 
-FromOpt = Annotated[str, typer.Option("--from", help="Client region the request comes from (grid.yaml).")]
+FromOpt = Annotated[
+    str,
+    typer.Option(
+        "--from", help="Client region the request comes from (grid.yaml).", autocompletion=complete.regions
+    ),
+]
 
 
 def _region_check(planner: Any, region: str) -> None:
@@ -93,7 +99,12 @@ def test(
     region: FromOpt,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model the request asks for [default: the --body's model]."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model the request asks for [default: the --body's model].",
+            autocompletion=complete.models,
+        ),
     ] = None,
     prompt_tokens: Annotated[
         int | None,
@@ -255,7 +266,10 @@ PROBE_COLUMNS = [
 def probe(
     ctx: typer.Context,
     region: FromOpt,
-    target: Annotated[str | None, typer.Argument(help="Target pattern of sites [default: all].")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(help="Target pattern of sites [default: all].", autocompletion=complete.site_targets),
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, max=100, help="Requests per site; the median is kept.")] = 5,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 5.0,
     output: OutputOpt = Format.table,
@@ -297,7 +311,15 @@ def probe(
 @app.command("render")
 def render(
     ctx: typer.Context,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json, yaml, nginx, haproxy or envoy.")] = "json",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="json, yaml, nginx, haproxy or envoy.",
+            autocompletion=complete.route_formats,
+        ),
+    ] = "json",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write files into this directory (else stdout).")
     ] = None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
@@ -114,6 +115,7 @@ def sim(
         typer.Option(
             "--profile",
             "-p",
+            autocompletion=complete.sim_profiles,
             help="voice-burst, chat or rag, refined by <inventory>/scenarios/NAME.yaml when there is one; "
             "or a scenario file (default: voice-burst).",
         ),
@@ -125,7 +127,9 @@ def sim(
     policy: Annotated[
         str,
         typer.Option(
-            "--policy", help="Comma-separated: grid, nearest, central, round-robin, grid-no-affinity."
+            "--policy",
+            help="Comma-separated: grid, nearest, central, round-robin, grid-no-affinity.",
+            autocompletion=complete.sim_policies,
         ),
     ] = ALL_POLICIES,
     duration: Annotated[
@@ -138,18 +142,26 @@ def sim(
     central: Annotated[
         str | None,
         typer.Option(
-            "--central", help="The central policy's site (default: the scenario's, else the biggest)."
+            "--central",
+            help="The central policy's site (default: the scenario's, else the biggest).",
+            autocompletion=complete.sites,
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model the traffic asks for (default: the most served)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model the traffic asks for (default: the most served).",
+            autocompletion=complete.models,
+        ),
     ] = None,
     sites: Annotated[
         str | None,
         typer.Option(
             "--sites",
             help="Target pattern of the sites the model is deployed on (default: scenario's, else all).",
+            autocompletion=complete.site_targets,
         ),
     ] = None,
     scale: Annotated[

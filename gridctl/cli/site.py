@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, finish_read, state
 from gridctl.errors import UsageError
 from gridctl.inventory.edit import Outcome
@@ -16,9 +17,17 @@ app = typer.Typer(help="Sites of the grid: list, show, add, change, drain, remov
 
 TargetArg = Annotated[
     str | None,
-    typer.Argument(help="Target pattern: glob, 'a,b', '!x', region:R, kind:K, jurisdiction:CC, label:k=v."),
+    typer.Argument(
+        help="Target pattern: glob, 'a,b', '!x', region:R, kind:K, jurisdiction:CC, label:k=v.",
+        autocompletion=complete.site_targets,
+    ),
 ]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Only sites serving this model (glob).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Only sites serving this model (glob).", autocompletion=complete.models
+    ),
+]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Show the change (a diff of each file) and write nothing.")
 ]
@@ -116,7 +125,7 @@ def _describe(r: Mapping[str, Any], wide: bool) -> str:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Site name.")],
+    name: Annotated[str, typer.Argument(help="Site name.", autocompletion=complete.sites)],
     output: OutputOpt = Format.table,
 ) -> None:
     """Show one site in full."""
@@ -170,7 +179,12 @@ def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Site name (a DNS label).")],
     kind: Annotated[str, typer.Option(help="regional-pop, central-office, edge or cloud.")],
-    region: Annotated[str, typer.Option(help="Client region the site sits in (from grid.yaml).")],
+    region: Annotated[
+        str,
+        typer.Option(
+            help="Client region the site sits in (from grid.yaml).", autocompletion=complete.regions
+        ),
+    ],
     jurisdiction: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 code, e.g. US, DE.")],
     lat: Annotated[float, typer.Option(help="Latitude.")],
     lon: Annotated[float, typer.Option(help="Longitude.")],
@@ -251,7 +265,7 @@ def report_outcome(st: State, outcome: Outcome, output: Format = Format.table) -
 @app.command("set")
 def set_(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Site name.")],
+    name: Annotated[str, typer.Argument(help="Site name.", autocompletion=complete.sites)],
     assignments: Annotated[
         list[str],
         typer.Argument(
@@ -276,7 +290,7 @@ def set_(
 @app.command("rm")
 def rm(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Site name.")],
+    name: Annotated[str, typer.Argument(help="Site name.", autocompletion=complete.sites)],
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     output: OutputOpt = Format.table,
@@ -301,7 +315,7 @@ def rm(
 @app.command("drain")
 def drain(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Site name.")],
+    name: Annotated[str, typer.Argument(help="Site name.", autocompletion=complete.sites)],
     dry_run: DryRunOpt = False,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -315,7 +329,7 @@ def drain(
 @app.command("undrain")
 def undrain(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Site name.")],
+    name: Annotated[str, typer.Argument(help="Site name.", autocompletion=complete.sites)],
     dry_run: DryRunOpt = False,
     output: OutputOpt = Format.table,
 ) -> None:

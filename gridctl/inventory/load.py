@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gridctl.errors import InventoryError, NotFoundError, Problem
+from gridctl.inventory.files import read_inventory_text
 from gridctl.inventory.model import Grid, Inventory, Site, SshDefaults, TlsFiles
 from gridctl.inventory.schema import DNS_LABEL, TLS_KEYS, Issue, build_grid, build_site
 from gridctl.inventory.yamldoc import Document, DocumentError, parse_document, path_str
@@ -48,8 +49,7 @@ def list_site_files(root: Path) -> list[str]:
 
 
 def read_text(root: Path, rel: str) -> str:
-    with open(root / rel, encoding="utf-8") as fh:
-        return fh.read()
+    return read_inventory_text(root, rel)  # refuses symlinks out, FIFOs, devices, huge files
 
 
 class _SiteFile:
