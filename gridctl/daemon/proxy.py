@@ -526,8 +526,7 @@ class Proxy:
         if streaming or "text/event-stream" in content_type:
             return StreamingResponse(_Relay(self, upstream, attempt), upstream.status, content_type, headers)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                body = await upstream.read(limit=self.config.max_answer_bytes)
+            body = await upstream.read(limit=self.config.max_answer_bytes, deadline=deadline)
         except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
             self.metrics.too_large[attempt.name] += 1
             return error_json(
@@ -537,12 +536,13 @@ class Proxy:
                 "upstream_error",
                 code="answer_too_large",
             )
+        except UpstreamTimeout as exc:
+            due = max(0.0, deadline - attempt.start)
+            raise _BrokeOff(
+                f"sent the head of its answer but not the whole of it within {due:g} s ({exc})"
+            ) from None
         except UpstreamError as exc:
             raise _BrokeOff(f"broke off its answer: {exc}") from None
-        except TimeoutError:
-            upstream.release()
-            due = max(0.0, deadline - attempt.start)
-            raise _BrokeOff(f"sent the head of its answer but not the whole of it within {due:g} s") from None
         if upstream.ends_at_close and "json" in content_type and not _parses(body):
             raise _BrokeOff("closed its answer before the end of its JSON (a clean close, no length)")
         tokens, prompt = completion_tokens(body), prompt_tokens(body)

@@ -415,15 +415,16 @@ class Response:
                 return v
         return default
 
-    async def read(self, limit: int | None = None) -> bytes:
+    async def read(self, limit: int | None = None, deadline: float | None = None) -> bytes:
         """The whole body; over ``limit`` bytes, :class:`AnswerTooLarge` (the connection is
-        closed, the rest never read: a Content-Length over it is refused before any byte)."""
+        closed, the rest never read: a Content-Length over it is refused before any byte);
+        not whole by ``deadline`` (``time.monotonic()``), :class:`UpstreamTimeout`."""
         if limit is not None and self.content_length is not None and self.content_length > limit:
             self.release()
             raise AnswerTooLarge(f"answer of {self.content_length} bytes is over the limit of {limit}")
         parts: list[bytes] = []
         size = 0
-        pieces = self.chunks()
+        pieces = self.chunks(deadline)
         async for piece in pieces:
             size += len(piece)
             if limit is not None and size > limit:
@@ -456,8 +457,9 @@ class Response:
             self.release()
             raise
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The body, de-chunked, in the pieces it arrives in."""
+    async def chunks(self, deadline: float | None = None) -> AsyncGenerator[bytes, None]:
+        """The body, de-chunked, in the pieces it arrives in; each wait bounded by the read
+        timeout, and all of them by ``deadline`` when given (no timer unless a wait happens)."""
         conn = self._conn
         if conn is None:  # read to its end already, or released
             return
@@ -476,7 +478,13 @@ class Response:
                         self._keep = False
                         break
                     raise Disconnected("the site closed the connection in the middle of the body")
-                await conn.more(self._read_timeout, "body bytes")
+                if deadline is None:
+                    await conn.more(self._read_timeout, "body bytes")
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamTimeout("the body was not whole by its deadline")
+                await conn.more(min(self._read_timeout, left), "body bytes")
         except BaseException:
             self.release()
             raise
