@@ -14,6 +14,9 @@ from gridctl.errors import ConflictError
 def init(
     ctx: typer.Context,
     directory: Annotated[Path, typer.Argument(help="Where to create the inventory.")] = Path("inventory"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the files it would write; write nothing.")
+    ] = False,
 ) -> None:
     """Create a commented starter inventory in DIR (default ./inventory)."""
     from gridctl.inventory.starter import FILES
@@ -25,6 +28,11 @@ def init(
             f"{directory} already exists and is not empty; nothing was written",
             hint="choose a new directory, e.g. `gridctl init ./my-grid`",
         )
+    if dry_run:
+        for rel, text in FILES.items():
+            st.streams.out(f"would write {directory / rel} ({len(text.splitlines())} lines)")
+        st.streams.info("dry run: nothing written")
+        return
     for rel, text in FILES.items():
         write_atomic(directory / rel, text)
     st.streams.out(f"created inventory {directory}")

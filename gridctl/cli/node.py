@@ -167,6 +167,10 @@ def trust(
     ] = False,
     forks: Annotated[int, typer.Option("--forks", "-f", min=1, help="Nodes worked on at once.")] = 64,
     timeout: Annotated[float, typer.Option("--timeout", "-t", min=0.1, help="Seconds per node.")] = 10.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Fetch and show the keys, say what would be pinned, pin nothing."),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Fetch nodes' SSH host keys, show their SHA256 fingerprints, and pin them in known_hosts.
@@ -205,7 +209,10 @@ def trust(
     new = [r for r in reports if r.verdict == "new"]
     changed = [r for r in reports if r.verdict == "changed"]
     to_pin = new + (changed if replace else [])
-    if to_pin:
+    if to_pin and dry_run:
+        keys = f"{len(to_pin)} host key{'s' if len(to_pin) != 1 else ''}"
+        st.streams.info(f"would pin {keys} in {inv.root}/known_hosts (dry run: nothing written)")
+    elif to_pin:
         confirm(
             st, f"Pin {len(to_pin)} host key{'s' if len(to_pin) != 1 else ''} in {inv.root}/known_hosts?", yes
         )

@@ -311,6 +311,10 @@ def probe(
 @app.command("render")
 def render(
     ctx: typer.Context,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="With --out: list the files and whether each changes; write nothing."),
+    ] = False,
     fmt: Annotated[
         str,
         typer.Option(
@@ -450,6 +454,17 @@ def render(
             f"--out {out_dir}: not a directory",
             hint=f"--out names a directory to write {', '.join(files)} into (it is created when missing)",
         )
+    if dry_run:
+        for name, text in files.items():
+            path = out_dir / name
+            try:
+                same = path.read_text(encoding="utf-8") == text
+                what = "unchanged" if same else "changed"
+            except OSError:
+                what = "new"
+            st.streams.out(f"{path} ({what})")
+        st.streams.info("dry run: nothing written")
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

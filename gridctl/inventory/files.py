@@ -71,10 +71,21 @@ def read_inventory_text(root: Path, rel: str, environ: Mapping[str, str] | None 
     return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _read_bounded(root: Path, rel: str, limit: int) -> bytes:
+def read_bounded_text(path: Path, environ: Mapping[str, str] | None = None) -> str:
+    """A file the user named (a scenario, a trace), read as an inventory file is but wherever
+    it lives: a regular file (a FIFO would block, ``/dev/zero`` never ends), at most
+    ``GRIDCTL_MAX_FILE_BYTES``; RefusedFileError otherwise."""
+    limit = parse_max_file_bytes(os.environ if environ is None else environ)
+    real = os.path.realpath(path)
+    data = _read_bounded(Path(os.path.dirname(real)), os.path.basename(real), limit, inside=False)
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_bounded(root: Path, rel: str, limit: int, inside: bool = True) -> bytes:
     base = os.path.realpath(root)
     real = os.path.realpath(root / rel)
-    _check_inside(base, real)
+    if inside:
+        _check_inside(base, real)
     # the resolved path, its last component not followed: a symlink swapped in since is refused
     try:
         fd = os.open(real, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
@@ -83,7 +94,8 @@ def _read_bounded(root: Path, rel: str, limit: int) -> bytes:
             raise RefusedFileError("became a symlink while being read: refused") from None
         raise
     try:
-        _check_inside(base, _fd_path(fd) or real)
+        if inside:
+            _check_inside(base, _fd_path(fd) or real)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RefusedFileError(

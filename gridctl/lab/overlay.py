@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,22 @@ from gridctl.placement.perf import gpu_perf
 
 _ENDPOINT = re.compile(r"^endpoint:[ \t]*(?P<value>[^#\n]*?)[ \t]*(?P<comment>#[^\n]*)?$", re.MULTILINE)
 _KEY_ENV = re.compile(r"^api_key_env:[ \t]*[^ \t\n#][^\n]*(?:\n|\Z)", re.MULTILINE)
-_IGNORE = shutil.ignore_patterns(".state", ".gridctl.lock", ".git")
+_IGNORE_NAMES = shutil.ignore_patterns(".state", ".gridctl.lock", ".git")
+
+
+def _IGNORE(directory: str, names: list[str]) -> set[str]:
+    """What the overlay does not copy: gridctl's state, git, and anything neither a regular
+    file nor a directory (a FIFO would block the copy, a device never end)."""
+    skip = set(_IGNORE_NAMES(directory, names))
+    for name in names:
+        try:
+            mode = os.stat(os.path.join(directory, name)).st_mode  # a symlink: what it points at
+        except OSError:
+            skip.add(name)  # a dangling symlink: nothing to copy
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            skip.add(name)
+    return skip
 
 
 def rewrite_site_text(text: str, url: str) -> str:

@@ -376,10 +376,13 @@ def load_scenario(
         rel = str(path.resolve().relative_to(root.resolve()))
     except ValueError:
         rel = str(path)
+    from gridctl.inventory.files import read_bounded_text
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError([Problem(rel, 0, "", f"cannot read: {exc.strerror or exc}")], rel) from None
+        text = read_bounded_text(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise ScenarioError([Problem(rel, 0, "", f"cannot read: {why}")], rel) from None
     stem = path.name.rsplit(".", 1)[0]
     try:
         doc = parse_document(text)

@@ -181,6 +181,13 @@ def test_hoisting_stops_at_the_remote_command() -> None:
     assert hoist_globals(["route", "test", "--slo-ms", "-inf"]) == ["route", "test", "--slo-ms", "-inf"]
 
 
+def test_init_dry_run_lists_the_files_and_writes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "grid"
+    r = run_cli("init", str(target), "--dry-run")
+    assert r.rc == 0 and f"would write {target}/grid.yaml" in r.out and "nothing written" in r.err
+    assert not target.exists()
+
+
 def test_init_writes_a_valid_commented_starter(tmp_path: Path) -> None:
     target = tmp_path / "grid"
     r = run_cli("init", str(target))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import cli_env
+from tests.conftest import EXAMPLE, cli_env, run_cli
 from tests.fleet.endpoint import FakeEndpoint
 
 M8 = "llama-3.1-8b-instruct"
@@ -295,3 +295,15 @@ def test_body_and_slo_inputs_that_are_not_requests_are_usage_errors(cli, tmp_pat
     ):
         r = cli("route", "test", "--from", "us-phl", *args)
         assert r.rc == 2 and said in r.err and "Traceback" not in r.err, (args, r)
+
+
+def test_render_dry_run_says_which_files_would_change_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "routing"
+    r = run_cli("-i", str(EXAMPLE), "route", "render", "-f", "json", "--out", str(out), "--dry-run")
+    assert r.rc == 0 and f"{out}/routing.json (new)" in r.out and "nothing written" in r.err, r
+    assert not out.exists()
+    assert run_cli("-i", str(EXAMPLE), "route", "render", "-f", "json", "--out", str(out)).rc == 0
+    written = (out / "routing.json").read_text()
+    r = run_cli("-i", str(EXAMPLE), "route", "render", "-f", "json", "--out", str(out), "--dry-run")
+    assert r.rc == 0 and f"{out}/routing.json (unchanged)" in r.out, r
+    assert (out / "routing.json").read_text() == written

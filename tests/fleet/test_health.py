@@ -208,6 +208,9 @@ def test_node_trust_flow_and_changed_key(tmp_path: Path, ssh_fleet: Fleet, lone_
     fp = lone.host_key.with_suffix(".pub").read_text()
     assert "SHA256:" in r.out and "new" in r.out
     assert (inv / "known_hosts").read_text() == ""
+    r = run_cli("node", "trust", "lab-b/lone", "--yes", "--dry-run", inventory=inv)  # shown, not pinned
+    assert r.rc == 0 and "SHA256:" in r.out and "would pin 1 host key" in r.err, r
+    assert (inv / "known_hosts").read_text() == ""
     r = run_cli("node", "trust", "lab-b/lone", "--yes", "-o", "json", inventory=inv)
     assert r.rc == 0, r
     assert json.loads(r.out)[0]["verdict"] == "new"

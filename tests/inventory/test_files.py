@@ -172,3 +172,25 @@ def test_parse_max_file_bytes() -> None:
     assert parse_max_file_bytes({"GRIDCTL_MAX_FILE_BYTES": " 8_388_608 "}) == 8388608
     with pytest.raises(UsageError):
         parse_max_file_bytes({"GRIDCTL_MAX_FILE_BYTES": "1.5"})
+
+
+def test_a_file_the_user_names_is_read_bounded_wherever_it_lives(tmp_path: Path) -> None:
+    """Scenario files (`sim --profile FILE`) may live anywhere, but are read as inventory files
+    are: a regular file, at most GRIDCTL_MAX_FILE_BYTES, a FIFO refused without blocking."""
+    import os
+
+    from gridctl.inventory.files import RefusedFileError, read_bounded_text
+
+    scenario = tmp_path / "elsewhere" / "s.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text("name: s\r\n")
+    assert read_bounded_text(scenario) == "name: s\n"
+    link = tmp_path / "link.yaml"
+    link.symlink_to(scenario)  # outside any inventory: fine for a file the user names
+    assert read_bounded_text(link) == "name: s\n"
+    with pytest.raises(RefusedFileError, match="over the limit of 4 bytes"):
+        read_bounded_text(scenario, {"GRIDCTL_MAX_FILE_BYTES": "4"})
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(RefusedFileError, match="a FIFO, not a regular file"):
+        read_bounded_text(fifo)

@@ -166,3 +166,26 @@ def test_synthetic_sites_are_deterministic_and_valid(tmp_path: Path) -> None:
     for s in syn.sites:  # each site's jurisdiction is its region's
         region = syn.region(s.region)
         assert region is not None and s.jurisdiction == region.jurisdiction
+
+
+def test_the_overlay_copy_skips_what_would_block_it(tmp_path: Path) -> None:
+    """A FIFO or a link to a device beside the inventory's files would hang the copy `lab up`
+    makes; they are left out, the inventory's own files copied."""
+    import os
+    import shutil
+
+    from gridctl.inventory.load import load_inventory
+    from gridctl.lab.overlay import write_overlay
+    from tests.conftest import EXAMPLE
+
+    src = tmp_path / "inv"
+    shutil.copytree(EXAMPLE, src)
+    os.mkfifo(src / "notes.fifo")
+    (src / "zero").symlink_to("/dev/zero")
+    (src / "gone").symlink_to(tmp_path / "nothing-here")
+    inv = load_inventory(src)
+    dest = write_overlay(
+        inv, tmp_path / "overlay", {s.name: f"http://127.0.0.1:{9000 + i}" for i, s in enumerate(inv.sites)}
+    )
+    assert (dest / "grid.yaml").exists() and len(list((dest / "sites").glob("*.yaml"))) == len(inv.sites)
+    assert not any((dest / n).exists() or (dest / n).is_symlink() for n in ("notes.fifo", "zero", "gone"))
