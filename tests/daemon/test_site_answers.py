@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import REPO, cli_env
 from tests.daemon.conftest import DaemonProc, chat, free_port, start_daemon, two_sites
-from tests.daemon.upstream import RawThreadedSite, TimedUpstream
+from tests.daemon.upstream import HostileSite, TimedUpstream
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -38,31 +38,17 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class ScriptedSite(RawThreadedSite):
-    """Health answered 200; each POST answered by ``script`` (which then closes)."""
+class ScriptedSite(HostileSite):
+    """HostileSite's raw loop (health answered 200, each POST answered then closed) with the
+    answer given by ``script``."""
 
-    def __init__(self, script: Script) -> None:
-        self.script, self.posts = script, 0
+    def __init__(self, script: Script) -> None:  # not super().__init__: that takes a mode of MODES
+        self.script, self.mode = script, "scripted"
+        self.sent = self.posts = self.open = 0
         self._start()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
-                if not head.startswith(b"POST"):
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    await writer.drain()
-                    continue
-                self.posts += 1
-                await self.script(writer)
-                break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            if not writer.transport.is_closing():
-                writer.close()
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        await self.script(writer)
 
 
 async def chunked_then_close(w: asyncio.StreamWriter) -> None:
