@@ -20,7 +20,7 @@ fleet size, times side by side the same query on every node:
     ``xargs -P F -I @PORT@ ssh -o KexAlgorithms=curve25519-sha256 -o BatchMode=yes
     -o UserKnownHostsFile=INV/known_hosts -i KEY -p @PORT@ 127.0.0.1 QUERY``
 
-QUERY is ``gridctl.health.nvidia_smi.build_node_probe_command()`` (``--query
+QUERY is ``gridctl.core.health.nvidia_smi.build_node_probe_command()`` (``--query
 probe``, the default: exactly what ``gridctl health`` runs) or the bare
 ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` (``--query plain``).
 Every run is checked: every node answered with its 8 GPUs, or the benchmark
@@ -109,7 +109,7 @@ class BenchError(SystemExit):
 
 
 def build_query(kind: str) -> str:
-    from gridctl.health.nvidia_smi import CSV_FORMAT, QUERY_GPU_FIELDS, build_node_probe_command
+    from gridctl.core.health.nvidia_smi import CSV_FORMAT, QUERY_GPU_FIELDS, build_node_probe_command
 
     if kind == "probe":
         return build_node_probe_command()
@@ -709,7 +709,7 @@ def size_notes(res: SizeResult) -> list[str]:
 
 
 QUERY_TEXT = {
-    "probe": "`gridctl.health.nvidia_smi.build_node_probe_command()`: the POSIX sh script `gridctl health` "
+    "probe": "`gridctl.core.health.nvidia_smi.build_node_probe_command()`: the POSIX sh script `gridctl health` "
     "runs on each node (`nvidia-smi --query-gpu=... --format=csv,noheader,nounits`, "
     "`--query-remapped-rows`, `-q -d TEMPERATURE`, `journalctl -k` for XIDs: 4 stand-in calls), "
     "passed as one argument to every tool",

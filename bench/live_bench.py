@@ -105,7 +105,7 @@ MODEL = "llama-3.1-8b-instruct"
 PROFILE = "voice-burst"
 US_REGIONS = ("us-east", "us-phl", "us-central")
 WARMUP = 100
-SLO_MARGIN = 0.1  # gridctl.placement.engine.SLO_MARGIN: feasible = predicted <= SLO x (1 - margin)
+SLO_MARGIN = 0.1  # gridctl.core.placement.decision.SLO_MARGIN: feasible = predicted <= SLO x (1 - margin)
 TARGET_P99_WITHIN = 0.15
 P99_KEY = "live p99 within 15% of `sim --trace`"
 TARGET_PRED_P50 = 0.10

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from inventory_bench import write_readme  # noqa: E402
 
-from gridctl.inventory.jurisdictions import expand_jurisdictions  # noqa: E402
-from gridctl.inventory.model import (  # noqa: E402
+from gridctl.core.inventory.jurisdictions import expand_jurisdictions  # noqa: E402
+from gridctl.core.inventory.model import (  # noqa: E402
     Gpus,
     Grid,
     Inventory,
@@ -52,10 +52,12 @@ from gridctl.inventory.model import (  # noqa: E402
     Region,
     Site,
 )
-from gridctl.placement.engine import Planner, Request, SiteSignals  # noqa: E402
-from gridctl.placement.latency import haversine_km, radians_of  # noqa: E402
-from gridctl.placement.predict import Shape  # noqa: E402
-from gridctl.placement.table import build_routing_table  # noqa: E402
+from gridctl.core.placement.decision import Request  # noqa: E402
+from gridctl.core.placement.engine import Planner  # noqa: E402
+from gridctl.core.placement.latency import haversine_km, radians_of  # noqa: E402
+from gridctl.core.placement.predict import Shape  # noqa: E402
+from gridctl.core.placement.signals import SiteSignals  # noqa: E402
+from gridctl.core.placement.table import build_routing_table  # noqa: E402
 
 DECISION_TARGET_X_FLOOR = 20.0
 GPUS = ["H100", "L40S", "L4", "RTX PRO 6000", "A100", "H200"]

@@ -59,9 +59,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from inventory_bench import machine, write_readme  # noqa: E402
 
+from gridctl.core.placement.engine import Planner  # noqa: E402
+from gridctl.core.placement.predict import Shape  # noqa: E402
+from gridctl.core.placement.signals import NO_LIVE  # noqa: E402
 from gridctl.inventory.load import load_inventory  # noqa: E402
-from gridctl.placement.engine import NO_LIVE, Planner  # noqa: E402
-from gridctl.placement.predict import Shape  # noqa: E402
 from gridctl.sim.compare import Plan, SimOptions, build_workload, plan_run, run_plan, run_policy  # noqa: E402
 from gridctl.sim.policy import Placement, SiteView, build_signals  # noqa: E402
 from gridctl.sim.report import summarize, time_series  # noqa: E402

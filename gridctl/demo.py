@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import GridctlError
+from gridctl.core.errors import GridctlError
 
 MODEL = "llama-3.1-8b-instruct"
 REGIONS = ("us-east", "eu-de")
@@ -170,7 +170,7 @@ def send_burst(base: str, per_region: int, on_sent: Callable[[Sent], None] | Non
     """``per_region`` streaming chat requests from each demo region, all at once."""
     import httpx
 
-    from gridctl.placement.perf import count_tokens
+    from gridctl.core.placement.perf import count_tokens
 
     system = "You are the voice agent of a telco. Answer in one short sentence. " * 8
     max_tokens = 12

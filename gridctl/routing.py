@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gridctl.errors import UsageError
-from gridctl.inventory.model import Inventory, Site
+from gridctl.core.errors import UsageError
+from gridctl.core.inventory.model import Inventory, Site
+from gridctl.core.placement.decision import DEFAULT_SHAPE
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Prediction, Shape, estimate_shape
+from gridctl.core.placement.signals import Live, health_live
 from gridctl.net.tls import TlsFileError, load_client_context
-from gridctl.placement.engine import DEFAULT_SHAPE, Live, Planner, health_live
-from gridctl.placement.predict import Prediction, Shape, estimate_shape
 
 
 def load_planner(inv: Inventory, use_probes: bool = True) -> Planner:
@@ -95,7 +97,7 @@ def build_shape(
     ``DEFAULT_SHAPE`` (``output_source`` "default"); ``prompt_tokens`` / ``max_tokens`` override
     either part (``max_tokens``: source "given")."""
     if body is not None:
-        from gridctl.placement.predict import MAX_TOKENS, prompt_text
+        from gridctl.core.placement.predict import MAX_TOKENS, prompt_text
 
         # the daemon reads a bad max_tokens as "not given" (the site will refuse it); an
         # explanation says so instead of explaining a request that is not the one written
@@ -232,7 +234,7 @@ def live_completion(
     ``timeout``) is reported as probably hung, as the daemon would take it."""
     import httpx
 
-    from gridctl.placement.predict import explain_deadline, hung_after_s
+    from gridctl.core.placement.predict import explain_deadline, hung_after_s
 
     due = timeout if timeout is not None else hung_after_s(prediction, streaming=True)
     why = "given" if timeout is not None else explain_deadline(prediction, streaming=True)

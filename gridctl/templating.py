@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gridctl.errors import NotFoundError
+from gridctl.core.errors import NotFoundError
 
 _PACKAGE = Path(__file__).resolve().parent
 

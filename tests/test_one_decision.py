@@ -17,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gridctl.core.placement.decision import Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Calibration, Shape
+from gridctl.core.placement.prefix import SentIndex
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.state import GridState
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.engine import Planner, Request
-from gridctl.placement.predict import Calibration, Shape
-from gridctl.placement.prefix import SentIndex
 from gridctl.sim.policy import SiteView, build_signals, index_capacity
 from gridctl.sim.traffic import prompt_chain
 from tests.conftest import EXAMPLE

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import NotFoundError
+from gridctl.core.errors import NotFoundError
 from gridctl.templating import builtin_templates_dir, resolve_templates_dir
 from tests.conftest import REPO
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gridctl.suggest import closest, did_you_mean
+from gridctl.core.suggest import closest, did_you_mean
 
 
 def test_a_close_value_is_suggested_case_insensitively() -> None:

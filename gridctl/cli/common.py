@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.output import Format, Streams
 
 
@@ -40,7 +40,7 @@ class State:
         """For read commands: the valid part of the inventory and its problems (a
         ``Loaded``); the command prints what is valid, then calls :func:`finish_read`.
         grid.yaml too broken to build is reported at once (there is nothing valid to show)."""
-        from gridctl.errors import InventoryError
+        from gridctl.core.errors import InventoryError
         from gridctl.inventory.load import load_partial
 
         loaded = load_partial(self.root)
@@ -55,7 +55,7 @@ def finish_read(st: State, loaded: Any, missing: str | None = None) -> None:
     command looked for and did not find among the valid files ("site 'x'")."""
     if not loaded.problems:
         return
-    from gridctl.errors import InventoryError
+    from gridctl.core.errors import InventoryError
 
     broken = ", ".join(sorted(loaded.broken))
     head = (
@@ -95,6 +95,6 @@ def confirm(st: State, question: str, yes: bool) -> None:
             hint="add --yes to confirm",
         )
     if not typer.confirm(question, default=False, err=True):
-        from gridctl.errors import GridctlError
+        from gridctl.core.errors import GridctlError
 
         raise GridctlError("aborted; nothing was changed")

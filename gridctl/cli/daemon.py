@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, GridctlError, UnreachableError, UsageError
+from gridctl.core.errors import ExitCode, GridctlError, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
 app = typer.Typer(

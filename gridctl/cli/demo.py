@@ -85,7 +85,7 @@ def demo(
         out.write(f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)\n")
     failed = [r for r in rows if r["status"] != 200]
     if failed:
-        from gridctl.errors import GridctlError
+        from gridctl.core.errors import GridctlError
 
         raise GridctlError(
             f"{len(failed)} demo requests failed", hint="rerun with --debug and check the lab log"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, State, state
-from gridctl.errors import ExitCode, UnreachableError, UsageError
+from gridctl.core.errors import ExitCode, UnreachableError, UsageError
 from gridctl.output import Format, dump_json, dump_yaml
 
 ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, max=4096, help="Nodes worked on at once.")]
@@ -25,7 +25,7 @@ FleetTarget = Annotated[
 
 
 def select_fleet(st: State, target: str | None):  # type: ignore[no-untyped-def]
-    from gridctl.inventory.targets import select_nodes
+    from gridctl.core.inventory.targets import select_nodes
 
     inv = st.load()
     nodes = select_nodes(inv, target)

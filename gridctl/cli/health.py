@@ -14,10 +14,10 @@ from gridctl.cli.fleet import AcceptNewOpt, ForksOpt, TimeoutOpt, summary_line
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:
+    from gridctl.core.health import Health
+    from gridctl.core.inventory.model import Inventory, Node, Site
     from gridctl.fleet.healthcheck import EndpointCheck
     from gridctl.fleet.ssh import SshOptions
-    from gridctl.health import Health
-    from gridctl.inventory.model import Inventory, Node, Site
 
 STATUS_COLOURS = {
     "ok": "green",
@@ -111,8 +111,8 @@ def health(
     Exit 0 when all ok, 3 when any degraded, failed or unknown, 4 when any unreachable.
     Results are saved so `site ls` shows each site's last health.
     """
+    from gridctl.core.inventory.targets import select_nodes, select_sites
     from gridctl.fleet.dial import dial_early
-    from gridctl.inventory.targets import select_nodes, select_sites
 
     st = state(ctx)
     inv = st.load()
@@ -121,7 +121,7 @@ def health(
     if target and "/" in target:
         sites = []  # SITE/NODE targets name nodes only
     if not nodes and not sites:
-        from gridctl.errors import UnreachableError
+        from gridctl.core.errors import UnreachableError
 
         raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
     # connect to the first nodes now; the imports below and the keys overlap with their sshd
@@ -153,8 +153,8 @@ def _rounds(
     endpoints: EndpointCheck,  # the first round's site probes, already started
 ) -> None:
     from gridctl.cli.progress import progress
+    from gridctl.core.health import Status, exit_code_for
     from gridctl.fleet.healthcheck import check_health, now_iso, record_health
-    from gridctl.health import Status, exit_code_for
 
     watch = interval is not None
     tty = _tty(st.streams)
@@ -206,10 +206,10 @@ def gpu(
 
     Exit 0 when ok, 3 when degraded, failed or unknown, 4 when there is no NVIDIA driver.
     """
-    from gridctl.errors import UnreachableError
+    from gridctl.core.errors import UnreachableError
+    from gridctl.core.health import classify_node, exit_code_for, readings_from_nvml
     from gridctl.fleet.healthcheck import now_iso
     from gridctl.fleet.nvml import read_nvml
-    from gridctl.health import classify_node, exit_code_for, readings_from_nvml
 
     st = state(ctx)
     raw = read_nvml()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import state
-from gridctl.errors import ConflictError
+from gridctl.core.errors import ConflictError
 
 
 def init(
@@ -19,8 +19,8 @@ def init(
     ] = False,
 ) -> None:
     """Create a commented starter inventory in DIR (default ./inventory)."""
-    from gridctl.inventory.starter import FILES
-    from gridctl.inventory.store import write_atomic
+    from gridctl.core.inventory.starter import FILES
+    from gridctl.inventory.atomic import write_atomic
 
     st = state(ctx)
     if directory.exists() and any(directory.iterdir()):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, State, finish_read, state
-from gridctl.inventory.model import Inventory
+from gridctl.core.inventory.model import Inventory
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
 app = typer.Typer(help="The inventory as a whole: validate, show, export.", no_args_is_help=True)
@@ -17,7 +17,7 @@ app = typer.Typer(help="The inventory as a whole: validate, show, export.", no_a
 @app.command("validate")
 def validate(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """Check every file; list every problem as file:line: path: message (exit 5 when invalid)."""
-    from gridctl.errors import InventoryError
+    from gridctl.core.errors import InventoryError
 
     st = state(ctx)
     try:
@@ -30,7 +30,7 @@ def validate(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
             data = {"valid": False, "problems": problems}
             st.streams.stdout.write(dump_json(data) if output is Format.json else dump_yaml(data))
         raise
-    from gridctl.placement.perf import gpu_warnings
+    from gridctl.core.placement.perf import gpu_warnings
 
     nodes = sum(len(s.nodes) for s in inv.sites)
     warnings = gpu_warnings(inv)
@@ -74,7 +74,7 @@ def show(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
 
 
 def _show(st: State, inv: Inventory, output: Format) -> None:
-    from gridctl.inventory.export import inventory_dict
+    from gridctl.core.inventory.export import inventory_dict
 
     data = inventory_dict(inv)
     if output is Format.json:
@@ -119,7 +119,7 @@ def export(
     ] = ExportFormat.json,
 ) -> None:
     """Export the inventory for other tools (Ansible, scripts)."""
-    from gridctl.inventory.export import build_ansible_inventory, inventory_dict
+    from gridctl.core.inventory.export import build_ansible_inventory, inventory_dict
 
     st = state(ctx)
     inv = st.load()

@@ -12,7 +12,7 @@ import typer
 
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.lab.truth import DEFAULT_SEED
 from gridctl.output import Column, Format, render_list, render_object
 

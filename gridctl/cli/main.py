@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from gridctl import __version__
 from gridctl.cli.common import State
-from gridctl.errors import ExitCode, GridctlError, InventoryError
+from gridctl.core.errors import ExitCode, GridctlError, InventoryError
 from gridctl.output import Streams
 
 # Every command, in the order `gridctl --help` lists them: name -> (module, attribute),

@@ -10,7 +10,7 @@ import typer
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.output import Column, Format, render_list
 
 app = typer.Typer(
@@ -40,8 +40,8 @@ def ls(
     ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List nodes; targets as for sites, plus SITE/NODE and node names."""
-    from gridctl.inventory.export import node_dict
-    from gridctl.inventory.targets import select_nodes
+    from gridctl.core.inventory.export import node_dict
+    from gridctl.core.inventory.targets import select_nodes
 
     st = state(ctx)
     loaded = st.load_valid()
@@ -178,11 +178,11 @@ def trust(
     Asks before pinning (or --yes). A key that differs from the pinned one is only
     replaced with --replace. Exit 4 when a node could not be reached.
     """
-    from gridctl.errors import ConflictError, ExitCode
+    from gridctl.core.errors import ConflictError, ExitCode
+    from gridctl.core.inventory.targets import select_nodes
     from gridctl.fleet.hostkeys import pin_keys
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.fleet.trust import fetch_host_keys
-    from gridctl.inventory.targets import select_nodes
     from gridctl.output import dump_json, dump_yaml, render_table
 
     st = state(ctx)

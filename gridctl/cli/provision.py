@@ -9,7 +9,7 @@ import typer
 
 from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state
 from gridctl.cli.fleet import AcceptNewOpt, FleetTarget, ForksOpt
-from gridctl.errors import ExitCode, UsageError
+from gridctl.core.errors import ExitCode, UsageError
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:

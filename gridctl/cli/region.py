@@ -10,7 +10,7 @@ import typer
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
 from gridctl.cli.site import DryRunOpt, report_outcome
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.output import Column, Format, render_list, render_object
 
 app = typer.Typer(help="Client regions (grid.yaml): list, show, add, change, remove.", no_args_is_help=True)
@@ -30,7 +30,7 @@ WIDE = [
 
 
 def _rows(inv: Any) -> list[dict[str, Any]]:
-    from gridctl.inventory.export import region_dict
+    from gridctl.core.inventory.export import region_dict
 
     return [
         dict(region_dict(r), sites=[s.name for s in inv.sites if s.region == r.name])

@@ -11,10 +11,10 @@ import typer
 
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, UnreachableError, UsageError
+from gridctl.core.errors import ExitCode, UnreachableError, UsageError
+from gridctl.core.placement.decision import DEFAULT_SHAPE
+from gridctl.core.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
-from gridctl.placement.engine import DEFAULT_SHAPE
-from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -30,7 +30,7 @@ FromOpt = Annotated[
 
 def _region_check(planner: Any, region: str) -> None:
     if region not in planner.regions:  # a typo in --from: a usage error, as any bad argument
-        from gridctl.suggest import did_you_mean
+        from gridctl.core.suggest import did_you_mean
 
         raise UsageError(
             f"--from {region}: no client region named '{region}'",
@@ -154,8 +154,8 @@ def test(
 
     Exit 4 when no site is eligible; exit 3 (a warning on stderr) when sites are eligible but
     none is predicted to meet the SLO: the request would go to the fastest and is expected to miss."""
-    from gridctl.inventory.jurisdictions import GROUPS, is_code
-    from gridctl.placement.engine import Request, decision_dict
+    from gridctl.core.inventory.jurisdictions import GROUPS, is_code
+    from gridctl.core.placement.decision import Request, decision_dict
     from gridctl.routing import build_shape, live_completion, load_planner, read_body, recorded_live
 
     st = state(ctx)
@@ -175,7 +175,7 @@ def test(
     _region_check(planner, region)
     models = sorted({m.name for s in inv.sites for m in s.models})
     if model not in models:  # a typo, not a placement problem: no SLO or capacity would help
-        from gridctl.suggest import did_you_mean
+        from gridctl.core.suggest import did_you_mean
 
         raise UsageError(
             f"--model {model}: no site in the inventory serves it", hint=did_you_mean(model, models, "models")
@@ -277,9 +277,9 @@ def probe(
     """Measure the round trip from here to each site's endpoint, as seen from REGION, and
     save it for the latency model. Exit 4 when a site did not answer."""
     from gridctl.cli.progress import progress
+    from gridctl.core.inventory.targets import select_sites
     from gridctl.fleet.healthcheck import now_iso
     from gridctl.inventory.state import write_probes
-    from gridctl.inventory.targets import select_sites
     from gridctl.routing import load_planner, measure_rtt
 
     st = state(ctx)
@@ -399,10 +399,10 @@ def render(
     such requests each can run at once within the SLO; backups follow in the decision's order.
     A route where no site meets the SLO gets the fastest sites as primaries, with a warning on
     stderr (the exit code stays 0)."""
+    from gridctl.core.placement.table import build_routing_table
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
     from gridctl.placement.render import RenderOptions, parse_nameservers, parse_nginx_version, render_routing
-    from gridctl.placement.table import build_routing_table
     from gridctl.routing import load_planner
 
     st = state(ctx)
@@ -429,7 +429,7 @@ def render(
         resolvers=resolvers,
         nginx_version=parse_nginx_version(nginx_version),
     )
-    from gridctl.placement.predict import Shape
+    from gridctl.core.placement.predict import Shape
 
     shape = Shape(prompt_tokens, max_tokens, "given")
     table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups, shape)
@@ -447,7 +447,7 @@ def render(
         for text in files.values():
             st.streams.stdout.write(text)
         return
-    from gridctl.inventory.store import write_atomic
+    from gridctl.inventory.atomic import write_atomic
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(

@@ -192,7 +192,7 @@ def sim(
     """Simulate traffic against the inventory's sites with each placement policy, through the same
     placement engine as the daemon, and compare latency, SLO attainment, throughput and cost.
     Deterministic for a seed. Exit 4 when no policy could place any request."""
-    from gridctl.errors import UnreachableError, UsageError
+    from gridctl.core.errors import UnreachableError, UsageError
     from gridctl.inventory.state import probe_rtts
     from gridctl.sim.compare import SimOptions, parse_policies, plan_run, run_plan
 

@@ -9,7 +9,7 @@ import typer
 
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, finish_read, state
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.inventory.edit import Outcome
 from gridctl.output import Column, Format, render_list, render_object
 
@@ -72,9 +72,9 @@ def ls(
     ctx: typer.Context, target: TargetArg = None, model: ModelOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List sites, optionally filtered by a target pattern and a model."""
-    from gridctl.inventory.export import site_dict
+    from gridctl.core.inventory.export import site_dict
+    from gridctl.core.inventory.targets import select_sites
     from gridctl.inventory.state import load_health
-    from gridctl.inventory.targets import select_sites
 
     st = state(ctx)
     loaded = st.load_valid()
@@ -129,8 +129,8 @@ def show(
     output: OutputOpt = Format.table,
 ) -> None:
     """Show one site in full."""
+    from gridctl.core.inventory.export import site_dict
     from gridctl.inventory.edit import require_site
-    from gridctl.inventory.export import site_dict
     from gridctl.inventory.state import load_health
 
     st = state(ctx)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from gridctl.errors import GridctlError
+from gridctl.core.errors import GridctlError
 
 MAX_REQUEST_ID = 128
 ACCESS_LOG_OFF, ACCESS_LOG_STDERR = "off", "stderr"

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridctl.errors import UsageError
-from gridctl.placement.perf import CHARS_PER_TOKEN
-from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
+from gridctl.core.errors import UsageError
+from gridctl.core.placement.perf import CHARS_PER_TOKEN
+from gridctl.core.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
 
 TOKEN_ENV = "GRIDCTL_DAEMON_TOKEN"
 SLO_POLICIES = ("best-effort", "strict")
@@ -32,7 +32,7 @@ class DaemonConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout_s: float = 2.0  # to a site
     # a site's answer: its head (a stream: its first byte) is due within HUNG_FACTOR x the predicted
-    # time (TTFT, or end to end when not streamed), at least HUNG_FLOOR_S (placement/predict.py
+    # time (TTFT, or end to end when not streamed), at least HUNG_FLOOR_S (core/placement/predict.py
     # says why); head_timeout_s (--head-timeout) replaces that with one fixed figure
     head_timeout_s: float | None = None
     hung_factor: float = HUNG_FACTOR

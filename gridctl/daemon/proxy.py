@@ -41,16 +41,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
-from gridctl.daemon.metrics import Metrics
-from gridctl.daemon.openai_api import build_error, error_json, model_not_found, parse_body
-from gridctl.daemon.state import GridState, SiteState
-from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
-from gridctl.net.server import Request, StreamingResponse
-from gridctl.net.server import Response as Answer
-from gridctl.placement.engine import EMPTY, SLO_MARGIN, Ranking, SiteSignals
-from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import (
+from gridctl.core.placement.decision import EMPTY, SLO_MARGIN, Ranking
+from gridctl.core.placement.decision import Request as Placement
+from gridctl.core.placement.predict import (
     OutputTokens,
     Prediction,
     Shape,
@@ -59,6 +52,14 @@ from gridctl.placement.predict import (
     hung_after_s,
     prompt_text,
 )
+from gridctl.core.placement.signals import SiteSignals
+from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
+from gridctl.daemon.metrics import Metrics
+from gridctl.daemon.openai_api import build_error, error_json, model_not_found, parse_body
+from gridctl.daemon.state import GridState, SiteState
+from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
+from gridctl.net.server import Request, StreamingResponse
+from gridctl.net.server import Response as Answer
 
 if TYPE_CHECKING:
     from gridctl.daemon.accesslog import Trace

@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from gridctl.core.errors import GridctlError, InventoryError, UsageError
+from gridctl.core.placement.decision import DEFAULT_SHAPE, decision_dict
+from gridctl.core.placement.decision import Request as Placement
+from gridctl.core.placement.predict import MAX_TOKENS, Shape, predict
 from gridctl.daemon.accesslog import (
     AccessLog,
     Trace,
@@ -59,13 +63,9 @@ from gridctl.daemon.openai_api import (
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
 from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
 from gridctl.daemon.tokens import Tokens, load_tokens
-from gridctl.errors import GridctlError, InventoryError, UsageError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
 from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
-from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
-from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import MAX_TOKENS, Shape, predict
 
 CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
 CALIBRATION_PROMPT_TOKENS = 2

@@ -2,7 +2,7 @@
 
 ``GridState`` wraps the placement ``Planner`` (the same code as ``route test``,
 ``route render`` and the simulator) with live signals. It keeps one
-:class:`~gridctl.placement.engine.SiteSignals` per (model, site), updated in
+:class:`~gridctl.core.placement.signals.SiteSignals` per (model, site), updated in
 place as things happen:
 
 - ``in_flight``: this daemon's requests in flight to the site **for that model**
@@ -12,12 +12,12 @@ place as things happen:
   ``vllm:num_requests_waiting`` for the model (their ``model_name`` label), from
   its /metrics at each probe: the load that several daemons and ``--workers`` share;
 - ``first_factor`` / ``decode_factor``: the site's calibration for the model
-  (:class:`~gridctl.placement.predict.Calibration`), refreshed when an answer
+  (:class:`~gridctl.core.placement.predict.Calibration`), refreshed when an answer
   teaches it something and, decayed toward the prior, at every probe round;
 - ``health`` / ``open``: from the probes, the recorded health and the circuit
   breaker, written at decision time (a breaker's cooldown ends with time).
 
-:func:`gridctl.placement.engine.write_signals` is the one place plain readings become signals
+:func:`gridctl.core.placement.signals.write_signals` is the one place plain readings become signals
 (the simulator's too); the test suite drives it (and ``GridState.observe``) from plain data.
 """
 
@@ -30,14 +30,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.daemon.breaker import Breaker, Ewma
+from gridctl.core.breaker import Breaker, Ewma
+from gridctl.core.errors import GridctlError
+from gridctl.core.inventory.model import Inventory, Site
+from gridctl.core.placement.decision import Decision, Ranking, Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
+from gridctl.core.placement.prefix import Chain, SentIndex, text_chain
+from gridctl.core.placement.signals import SiteSignals
 from gridctl.daemon.config import DaemonConfig
-from gridctl.errors import GridctlError
-from gridctl.inventory.model import Inventory, Site
 from gridctl.net.tls import TlsFileError, load_client_context
-from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
-from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
-from gridctl.placement.prefix import Chain, SentIndex, text_chain
 
 _SAMPLE = re.compile(
     r"^vllm:(num_requests_running|num_requests_waiting|gpu_cache_usage_perc|kv_cache_usage_perc)"

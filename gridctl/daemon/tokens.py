@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 
 PREFIX = "sha256:"
 _HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")

@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Iterable
 
-from gridctl.inventory.model import Node
+from gridctl.core.inventory.model import Node
 
 
 class Dialer:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.fanout import NodeResult, run_on_nodes, session_task
 from gridctl.fleet.ssh import CommandResult, Session, SshOptions
-from gridctl.inventory.model import Node
 
 
 def build_remote_command(argv: Sequence[str]) -> str:

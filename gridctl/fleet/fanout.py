@@ -16,8 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.ssh import Session, SshOptions, Unreachable, open_session
-from gridctl.inventory.model import Node
 
 T = TypeVar("T")
 

@@ -15,10 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from gridctl.fleet.fanout import run_on_nodes, session_task
-from gridctl.fleet.probes import probe_endpoints, probe_gpus
-from gridctl.fleet.ssh import Session, SshOptions
-from gridctl.health import (
+from gridctl.core.health import (
     EndpointProbe,
     Health,
     NodeProbe,
@@ -27,9 +24,12 @@ from gridctl.health import (
     classify_node,
     unreachable,
 )
-from gridctl.health.rollup import rollup_site
-from gridctl.health.thresholds import DEFAULT, Thresholds
-from gridctl.inventory.model import Inventory, Node, Site
+from gridctl.core.health.rollup import rollup_site
+from gridctl.core.health.thresholds import DEFAULT, Thresholds
+from gridctl.core.inventory.model import Inventory, Node, Site
+from gridctl.fleet.fanout import run_on_nodes, session_task
+from gridctl.fleet.probes import probe_endpoints, probe_gpus
+from gridctl.fleet.ssh import Session, SshOptions
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class KnownHosts:
             try:
                 self._keys.load(str(path))
             except (OSError, ValueError) as exc:  # a corrupt line: say where, do not guess
-                from gridctl.errors import GridctlError
+                from gridctl.core.errors import GridctlError
 
                 raise GridctlError(f"cannot read {path}: {exc}", hint="fix or remove the bad line") from None
 
@@ -91,7 +91,7 @@ def pin_keys(root: Path, pins: list[tuple[str, int, paramiko.PKey]], replace: bo
     With ``replace``, existing lines for those hosts are dropped first (a key
     the operator confirmed has changed).
     """
-    from gridctl.inventory.store import inventory_lock, write_atomic
+    from gridctl.inventory.atomic import inventory_lock, write_atomic
 
     path = known_hosts_path(root)
     with inventory_lock(root):

@@ -1,6 +1,6 @@
 """Read this machine's GPUs through NVML (pynvml), as plain values.
 
-The dict is the one ``gridctl.health.nvml.readings_from_nvml`` documents, so
+The dict is the one ``gridctl.core.health.nvml.readings_from_nvml`` documents, so
 what a real GPU reports can be saved as a fixture and classified anywhere.
 Without a driver (or without the library) the dict carries ``error`` instead.
 """

@@ -1,7 +1,7 @@
 """The remote probes of ``gridctl health``: GPUs over SSH, site endpoints over HTTP.
 
 Each probe returns the pure layer's readings (``NodeProbe``, ``EndpointProbe``);
-classification happens in ``gridctl.health``.
+classification happens in ``gridctl.core.health``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from gridctl import __version__
+from gridctl.core.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
+from gridctl.core.health.thresholds import DEFAULT, Thresholds
+from gridctl.core.inventory.model import Site
 from gridctl.fleet.ssh import Session
-from gridctl.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
-from gridctl.health.thresholds import DEFAULT, Thresholds
-from gridctl.inventory.model import Site
 from gridctl.net.tls import TlsFileError, load_client_context
 
 

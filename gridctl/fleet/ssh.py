@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.dial import Dialer
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint, host_entry
 from gridctl.fleet.libs import load_paramiko
-from gridctl.inventory.model import Node
 
 if TYPE_CHECKING:
     import paramiko
@@ -382,7 +382,7 @@ def open_link(
 def _open_jump(
     node: Node, opts: SshOptions, deadline: float, register: Callable[[socket.socket], None]
 ) -> Session:
-    from gridctl.inventory.schema import parse_jump
+    from gridctl.core.inventory.checks import parse_jump
 
     assert node.jump is not None
     user, host, port = parse_jump(node.jump)

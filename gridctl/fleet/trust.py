@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.fanout import Register, run_on_nodes
 from gridctl.fleet.hostkeys import KnownHosts, fingerprint
 from gridctl.fleet.ssh import SshOptions, handshake, open_link
-from gridctl.inventory.model import Node
 
 if TYPE_CHECKING:
     import paramiko

@@ -1,1 +1,4 @@
-"""The inventory: a directory of YAML files that is the source of truth for the grid."""
+"""The inventory on disk: loading, locking, atomic edits and the state beside it.
+
+The pure model and schema live in ``gridctl.core.inventory``.
+"""

@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import ConflictError, NotFoundError, UsageError
+from gridctl.core.errors import ConflictError, NotFoundError, UsageError
+from gridctl.core.inventory.checks import DNS_LABEL
+from gridctl.core.inventory.model import Inventory, Node, Site, SshDefaults
 from gridctl.inventory.load import GRID_FILE, KNOWN_HOSTS, read_text, site_file
-from gridctl.inventory.model import Inventory, Node, Site, SshDefaults
-from gridctl.inventory.schema import DNS_LABEL
 from gridctl.inventory.store import ChangeResult, Changes, FileChange, apply_change
 
 
@@ -260,8 +260,8 @@ def edit_fields(
     plain data after; values typed by the schema (see :mod:`gridctl.inventory.fields`)."""
     from ruamel.yaml.comments import CommentedMap
 
+    from gridctl.core.inventory.yamldoc import parse_document
     from gridctl.inventory import fields
-    from gridctl.inventory.yamldoc import parse_document
 
     if not items:
         raise UsageError("nothing to set", hint="give KEY=VALUE (or KEY- to remove), e.g. drain=true")
@@ -287,8 +287,8 @@ def edit_fields(
 def _set_fields(
     root: Path, site: Site, items: list[str], ssh: SshDefaults, prefix: str = ""
 ) -> tuple[str, str, Any]:
+    from gridctl.core.inventory.site_schema import build_site
     from gridctl.inventory import fields
-    from gridctl.inventory.schema import build_site
 
     old = read_text(root, site.file)
     new, plain = edit_fields(old, items, fields.SITE, lambda d: build_site(d, ssh)[1], prefix)
@@ -329,8 +329,8 @@ def set_node(root: Path, site_name: str, node_name: str, items: list[str], dry_r
 
     A new address (host or effective port) drops the old one's pinned host key in the
     same change: the next contact checks nothing until ``node trust`` pins the new key."""
+    from gridctl.core.inventory.site_schema import build_site
     from gridctl.inventory.references import drop_host_keys
-    from gridctl.inventory.schema import build_site
 
     address = f"{site_name}/{node_name}"
     result: list[Outcome] = []
@@ -363,7 +363,7 @@ def set_node(root: Path, site_name: str, node_name: str, items: list[str], dry_r
 
 
 def same_data(old: str, new: str) -> bool:
-    from gridctl.inventory.yamldoc import parse_document
+    from gridctl.core.inventory.yamldoc import parse_document
 
     return bool(parse_document(old).value == parse_document(new).value)
 

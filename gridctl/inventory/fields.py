@@ -3,7 +3,7 @@
 A key is a dotted path through a document's mappings and, for lists of named
 entries (``models``, ``nodes``, ``regions``), through an entry by its name:
 ``nodes.phl-co-12-gpu-01.gpus.count``, ``models.llama-3.1-8b-instruct.capacity``.
-Which keys exist comes from the schema's key tables (``schema.SITE_KEYS`` and
+Which keys exist comes from the schema's key tables (``site_schema.SITE_KEYS`` and
 friends), so a field added there is settable with no change here.
 
 The user never types YAML: the value's type is the first of text, integer,
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.errors import NotFoundError, UsageError
-from gridctl.inventory import schema
-from gridctl.inventory.schema import Issue
+from gridctl.core.errors import NotFoundError, UsageError
+from gridctl.core.inventory import checks, schema, site_schema
+from gridctl.core.inventory.checks import Issue
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,14 @@ class Shape:
 
 
 FREE = Shape(None)
-LOCATION = Shape(schema.LOCATION_KEYS, flow=True)
-PROVISION = Shape(schema.PROVISION_KEYS, children={"vars": FREE})
-NODE = Shape(schema.NODE_KEYS, children={"gpus": Shape(schema.GPUS_KEYS, flow=True), "provision": PROVISION})
-MODEL = Shape(schema.MODEL_KEYS)
+LOCATION = Shape(checks.LOCATION_KEYS, flow=True)
+PROVISION = Shape(site_schema.PROVISION_KEYS, children={"vars": FREE})
+NODE = Shape(
+    site_schema.NODE_KEYS, children={"gpus": Shape(site_schema.GPUS_KEYS, flow=True), "provision": PROVISION}
+)
+MODEL = Shape(site_schema.MODEL_KEYS)
 SITE = Shape(
-    schema.SITE_KEYS,
+    site_schema.SITE_KEYS,
     children={"location": LOCATION, "labels": FREE, "provision": PROVISION},
     named={"models": MODEL, "nodes": NODE},
 )
@@ -344,7 +346,7 @@ def yaml_scalar(value: Any) -> Any:
         return value
     import yaml
 
-    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
     if tag != "tag:yaml.org,2002:str":
         from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 
 MAX_FILE_BYTES_ENV = "GRIDCTL_MAX_FILE_BYTES"
 DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024

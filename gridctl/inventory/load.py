@@ -18,11 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import InventoryError, NotFoundError, Problem
+from gridctl.core.errors import InventoryError, NotFoundError, Problem
+from gridctl.core.inventory.checks import DNS_LABEL, TLS_KEYS, Issue
+from gridctl.core.inventory.model import Grid, Inventory, Site, SshDefaults, TlsFiles
+from gridctl.core.inventory.schema import build_grid
+from gridctl.core.inventory.site_schema import build_site
+from gridctl.core.inventory.yamldoc import Document, DocumentError, parse_document, path_str
 from gridctl.inventory.files import read_inventory_text
-from gridctl.inventory.model import Grid, Inventory, Site, SshDefaults, TlsFiles
-from gridctl.inventory.schema import DNS_LABEL, TLS_KEYS, Issue, build_grid, build_site
-from gridctl.inventory.yamldoc import Document, DocumentError, parse_document, path_str
 
 GRID_FILE = "grid.yaml"
 SITES_DIR = "sites"

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import ConflictError, NotFoundError
+from gridctl.core.errors import ConflictError, NotFoundError
+from gridctl.core.inventory.model import Inventory, Region
 from gridctl.inventory.edit import Outcome, check_name, edit_fields, edit_text, finish_outcome, same_data
 from gridctl.inventory.load import GRID_FILE, read_text
-from gridctl.inventory.model import Inventory, Region
 from gridctl.inventory.store import Changes, apply_change
 
 
@@ -101,8 +101,8 @@ def add_region(root: Path, spec: RegionSpec, dry_run: bool = False) -> Outcome:
 def set_region(root: Path, name: str, items: list[str], dry_run: bool = False) -> Outcome:
     """``region set NAME KEY=VALUE...``: location.lat, jurisdiction, allowed_jurisdictions=EU,CH,
     latency_ms.SITE=2.5 (``latency_ms.SITE-`` removes one), any region key of the schema."""
+    from gridctl.core.inventory.schema import build_grid
     from gridctl.inventory import fields
-    from gridctl.inventory.schema import build_grid
 
     result: list[Outcome] = []
 

@@ -26,7 +26,7 @@ HEALTH_FILE = "health.json"
 @contextlib.contextmanager
 def state_lock(root: Path) -> Iterator[None]:
     """Exclusive lock on the inventory's ``.state`` (made if missing), for its writers."""
-    from gridctl.inventory.store import inventory_lock
+    from gridctl.inventory.atomic import inventory_lock
 
     (root / STATE_DIR).mkdir(exist_ok=True)
     with inventory_lock(root / STATE_DIR):
@@ -55,7 +55,7 @@ def load_health(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 def write_health(root: Path, sites: dict[str, dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> None:
     """Merge these entries into health.json."""
-    from gridctl.inventory.store import write_atomic
+    from gridctl.inventory.atomic import write_atomic
 
     with state_lock(root):
         current = load_health(root)
@@ -96,7 +96,7 @@ def probe_rtts(root: Path) -> dict[str, dict[str, float]]:
 
 def write_probes(root: Path, region: str, results: dict[str, dict[str, Any]]) -> None:
     """Merge one region's probe results into probes.json."""
-    from gridctl.inventory.store import write_atomic
+    from gridctl.inventory.atomic import write_atomic
 
     with state_lock(root):
         current = load_probes(root)
@@ -149,7 +149,7 @@ def load_calibration(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def write_calibration(root: Path, entries: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Merge these (site -> model -> entry) into calibration.json (``--workers`` processes each
     write what they learned; the last word on a site's model wins)."""
-    from gridctl.inventory.store import write_atomic
+    from gridctl.inventory.atomic import write_atomic
 
     with state_lock(root):
         current = load_calibration(root)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gridctl.errors import GridctlError
-from gridctl.inventory.model import Inventory
+from gridctl.core.errors import GridctlError
+from gridctl.core.inventory.model import Inventory
 from gridctl.lab.formats import error_body
 from gridctl.lab.site import SimSite, SiteSpec, build_site_specs
 from gridctl.lab.truth import DEFAULT_SEED

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import GridctlError
+from gridctl.core.errors import GridctlError
+from gridctl.core.inventory.model import SITE_KINDS, Inventory, Region
+from gridctl.core.placement.perf import gpu_perf
 from gridctl.inventory.load import GRID_FILE, SITES_DIR, load_inventory
-from gridctl.inventory.model import SITE_KINDS, Inventory, Region
-from gridctl.placement.perf import gpu_perf
 
 _ENDPOINT = re.compile(r"^endpoint:[ \t]*(?P<value>[^#\n]*?)[ \t]*(?P<comment>#[^\n]*)?$", re.MULTILINE)
 _KEY_ENV = re.compile(r"^api_key_env:[ \t]*[^ \t\n#][^\n]*(?:\n|\Z)", re.MULTILINE)

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gridctl.errors import GridctlError
+from gridctl.core.errors import GridctlError
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.grid import LabGrid, LabOptions
 from gridctl.lab.overlay import write_overlay, write_synthetic_inventory

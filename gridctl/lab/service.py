@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import GridctlError, LockError, NotFoundError, UnreachableError, UsageError
+from gridctl.core.errors import GridctlError, LockError, NotFoundError, UnreachableError, UsageError
 from gridctl.inventory.load import load_inventory
 from gridctl.inventory.state import STATE_DIR
 from gridctl.lab.truth import DEFAULT_SEED
@@ -212,7 +212,7 @@ def log_tail(d: Path, lines: int = 20) -> str:
 @contextlib.contextmanager
 def _lab_lock(root: Path, timeout: float = 120.0) -> Iterator[None]:
     """The inventory's own lock (``.gridctl.lock``): two `lab up`/`lab down` never race."""
-    from gridctl.inventory.store import inventory_lock
+    from gridctl.inventory.atomic import inventory_lock
 
     try:
         with inventory_lock(root, timeout):
@@ -251,7 +251,7 @@ def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
     root = lab_root(root)
     inv = load_inventory(root)
     if opts.region is not None and inv.region(opts.region) is None:
-        from gridctl.suggest import did_you_mean
+        from gridctl.core.suggest import did_you_mean
 
         raise UsageError(
             f"--from {opts.region}: no such client region in grid.yaml",
@@ -494,10 +494,10 @@ def fetch_lab_status(root: Path) -> dict[str, Any]:
 
 def run_lab_fail(root: Path, pattern: str, mode: str, delay_ms: float | None = None) -> list[dict[str, str]]:
     """Switch the failure mode of the lab sites matching ``pattern``: a target pattern, read as
-    every command reads one (gridctl/inventory/targets.py: names, globs, ``region:``, ``&``,
+    every command reads one (gridctl/core/inventory/targets.py: names, globs, ``region:``, ``&``,
     ``!``), against the lab's overlay inventory."""
+    from gridctl.core.inventory.targets import select_sites
     from gridctl.inventory.load import load_inventory
-    from gridctl.inventory.targets import select_sites
 
     _, info = _running_info(root)
     names = [s.name for s in select_sites(load_inventory(Path(info["overlay"])), pattern)]

@@ -12,7 +12,7 @@ Behaviour, every duration divided by the lab's ``speed``:
   daemon, else the lab's default region) and the site, from the placement
   latency model, is waited before the site sees the request (all routes but
   ``/lab/``); an unknown region gets 400;
-- compute: each model is served as its replicas (:func:`gridctl.placement.perf.build_serving`:
+- compute: each model is served as its replicas (:func:`gridctl.core.placement.perf.build_serving`:
   the GPUs that serve it, ``tensor_parallel``, the capacity shared out over the
   replicas). A request goes to the replica with the fewest requests running
   (ties: the first); beyond every replica's slots it waits in one FIFO queue for
@@ -22,11 +22,11 @@ Behaviour, every duration divided by the lab's ``speed``:
       interval = perf.token_interval_ms(gpu, running_on_replica, replica_slots) x factor x truth
       truth    = lab.truth.speed_factor(seed, site) x lab.truth.noise(rnd)   (one draw per request)
 
-  ``factor`` is the model's (:class:`~gridctl.placement.perf.Serving`); ``truth``
+  ``factor`` is the model's (:class:`~gridctl.core.placement.perf.Serving`); ``truth``
   is the site's hidden speed (seed ``hidden_speed``, default 1; None: 1.0 and no
   noise, the table exactly). Placement never sees it: it has to learn it;
 - prefix cache and KV usage: one per model, sized by the KV tokens of the GPUs
-  serving it (:mod:`gridctl.placement.prefix`, in blocks of ``BLOCK_TOKENS``, vLLM's default);
+  serving it (:mod:`gridctl.core.placement.prefix`, in blocks of ``BLOCK_TOKENS``, vLLM's default);
 - output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens,
   with ``usage`` in the answer (and in a last chunk with ``stream_options.include_usage``).
 
@@ -52,7 +52,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridctl.inventory.model import Inventory
+from gridctl.core.inventory.model import Inventory
+from gridctl.core.placement.latency import region_site_latency
+from gridctl.core.placement.perf import CHARS_PER_TOKEN, Serving, build_serving, token_interval_ms, ttft_ms
+from gridctl.core.placement.prefix import PrefixCache, text_chain
 from gridctl.lab.formats import (
     DONE,
     BadRequest,
@@ -68,9 +71,6 @@ from gridctl.lab.formats import (
 )
 from gridctl.lab.truth import DEFAULT_SEED, noise, speed_factor
 from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
-from gridctl.placement.latency import region_site_latency
-from gridctl.placement.perf import CHARS_PER_TOKEN, Serving, build_serving, token_interval_ms, ttft_ms
-from gridctl.placement.prefix import PrefixCache, text_chain
 
 REGION_HEADER = "x-grid-client-region"
 DAEMON_REGION_HEADER = "x-grid-region"  # what clients send the placement daemon; honoured if passed on
@@ -85,7 +85,7 @@ _INFERENCE = {"/v1/chat/completions": True, "/v1/completions": False}  # path ->
 @dataclass(frozen=True)
 class SiteSpec:
     """What a lab site simulates. Built from the inventory by :func:`build_site_specs`, or by hand
-    (``Serving`` from :func:`gridctl.placement.perf.build_serving`, or written out)."""
+    (``Serving`` from :func:`gridctl.core.placement.perf.build_serving`, or written out)."""
 
     name: str
     models: tuple[Serving, ...]  # how the site serves each of its models

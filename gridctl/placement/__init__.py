@@ -1,5 +1,4 @@
-"""Pure placement: which sites may and should serve a request, and why.
+"""Data-plane configs from placement: the routing table rendered for nginx, HAProxy and Envoy.
 
-No sockets, files, clock or randomness here: the daemon, ``route test``,
-``route render`` and the simulator all call this same code.
+The decision itself is pure and lives in ``gridctl.core.placement``; this package writes it out.
 """

@@ -1,7 +1,7 @@
 """Routing tables rendered for the data planes: gridctl itself, nginx, HAProxy and Envoy.
 
 ``render_routing(table, fmt, templates_dir, options)`` turns the table of
-:func:`gridctl.placement.table.build_routing_table` into the text of one file
+:func:`gridctl.core.placement.table.build_routing_table` into the text of one file
 per format. Pure: no sockets, no clock; it reads only the template files.
 
 - ``json`` / ``yaml``: the table itself, as the daemon consumes it.
@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import GridctlError, UsageError
-from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
-from gridctl.suggest import did_you_mean
+from gridctl.core.errors import GridctlError, UsageError
+from gridctl.core.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
+from gridctl.core.suggest import did_you_mean
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
 OUTPUT_FILES: Mapping[str, str] = {

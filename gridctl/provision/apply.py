@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.ssh import CommandResult, Session
-from gridctl.inventory.model import Node
 from gridctl.provision.facts import build_facts_command, parse_facts
 from gridctl.provision.plan import FileChange, Plan, build_diff, build_plan, check_preflight
 from gridctl.provision.render import NodeRender

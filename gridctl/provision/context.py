@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gridctl import __version__
-from gridctl.inventory.model import Node, Site
+from gridctl.core.inventory.model import Node, Site
 
 DEFAULT_PREFIX = "/"
 

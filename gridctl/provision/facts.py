@@ -6,7 +6,7 @@ plan needs: the GPU probe of ``gridctl health`` (only for profiles that need
 GPUs), free space under the prefix, which required commands and files exist,
 and for every destination path its mode, owner, group and SHA-256::
 
-    <the node probe of gridctl.health, when GPUs are required>
+    <the node probe of gridctl.core.health, when GPUs are required>
     @@gridctl-provision:disk
     /dev/sda1 102400000 51200000 51200000 50% /
     @@gridctl-provision:commands
@@ -26,7 +26,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gridctl.health import NodeProbe, build_node_probe_command, parse_node_probe
+from gridctl.core.health import NodeProbe, build_node_probe_command, parse_node_probe
 
 MARK = "@@gridctl-provision:"
 FACTS_VERSION = "1"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gridctl.health import model_matches
+from gridctl.core.health import model_matches
 from gridctl.provision.facts import BASE_COMMANDS, Facts, RemoteFile
 from gridctl.provision.render import NodeRender, RenderedFile
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import GridctlError, NotFoundError
-from gridctl.inventory.yamldoc import DocumentError, parse_document, path_str
+from gridctl.core.errors import GridctlError, NotFoundError
+from gridctl.core.inventory.yamldoc import DocumentError, parse_document, path_str
 
 MANIFEST = "profile.yaml"
 NOTIFY = ("reload", "restart")

@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from gridctl.inventory.model import Gpus, Node, TlsFiles
+from gridctl.core.inventory.model import Gpus, Node, TlsFiles
 from gridctl.provision.context import remote_path
 from gridctl.provision.profile import Profile
 

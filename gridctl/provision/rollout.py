@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gridctl.errors import NotFoundError
+from gridctl.core.errors import NotFoundError
+from gridctl.core.inventory.model import Inventory, Node
 from gridctl.fleet.fanout import NodeResult, run_on_nodes, session_task
 from gridctl.fleet.ssh import Session, SshOptions
-from gridctl.inventory.model import Inventory, Node
 from gridctl.provision.apply import NodeOutcome, RunOptions, provision_node, skipped, unreachable
 from gridctl.provision.context import build_context, build_settings
 from gridctl.provision.profile import Profile, ProfileError, load_profile

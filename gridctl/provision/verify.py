@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gridctl.core.health import Status, classify_endpoint
+from gridctl.core.inventory.model import Location, Site
 from gridctl.fleet.probes import EndpointClient, probe_endpoint
-from gridctl.health import Status, classify_endpoint
-from gridctl.inventory.model import Location, Site
 from gridctl.provision.render import VerifyTarget
 
 POLL_S = 0.5

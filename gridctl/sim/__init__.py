@@ -5,7 +5,7 @@ time-sorted arrivals; simulated time, never the wall clock; randomness only from
 seeded ``random.Random`` sources) of the inventory's sites: each model served by
 its replicas (each with its own batch) behind a least-loaded balancer and a
 bounded FIFO queue, time to first token and tokens per second from the GPU
-table (:mod:`gridctl.placement.perf`, one source for the predictor, the lab and
+table (:mod:`gridctl.core.placement.perf`, one source for the predictor, the lab and
 the simulator) and the replica's load, times each site's hidden speed factor and
 a per-request noise (:mod:`gridctl.lab.truth`; placement never reads them), the
 network round trip from the placement latency model, and prefix-cache hits.

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import UsageError
-from gridctl.inventory.model import Inventory
-from gridctl.placement.engine import Planner
+from gridctl.core.errors import UsageError
+from gridctl.core.inventory.model import Inventory
+from gridctl.core.placement.engine import Planner
+from gridctl.core.suggest import closest, did_you_mean
 from gridctl.sim.engine import Outcome, build_pools, simulate
 from gridctl.sim.policy import (
     EXTRA_POLICIES,
@@ -40,7 +41,6 @@ from gridctl.sim.sites import (
     speeds,
 )
 from gridctl.sim.traffic import Workload, generate_workload, region_rates
-from gridctl.suggest import closest, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def resolve_profile(inv: Inventory, name: str) -> Profile:
 
 
 def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: SimOptions) -> Plan:
-    from gridctl.inventory.targets import select_sites
+    from gridctl.core.inventory.targets import select_sites
     from gridctl.sim.trace import load_trace
 
     if opts.trace is not None and opts.profile is not None:

@@ -7,7 +7,7 @@ reads a clock, and the only randomness is the ``random.Random`` passed in (the
 per-request noise): the same workload, policy and seed give the same outcome.
 
 Each site serves each of its models with a *pool*: its replicas
-(:class:`~gridctl.placement.perf.Serving`: ``replicas`` engines, the model's
+(:class:`~gridctl.core.placement.perf.Serving`: ``replicas`` engines, the model's
 ``capacity`` slots shared out by ``replica_slots()``), each with its own batch,
 behind a least-loaded balancer: a request goes to the replica with the fewest
 running requests (ties: the first). When every replica is full, the site's
@@ -17,7 +17,7 @@ is refused (rejected, ``full``). A request the policy has no site for is
 rejected (``no site``). Every request is either completed or rejected.
 
 When a request takes a slot its *true* timing is fixed, as the lab's sites do
-it (:mod:`gridctl.placement.perf`; ``running`` and ``slots`` are its replica's,
+it (:mod:`gridctl.core.placement.perf`; ``running`` and ``slots`` are its replica's,
 ``running`` counting it)::
 
     cached   = prefix-cache hit (the shared prefix, or the session's previous turn), < prompt
@@ -33,12 +33,12 @@ service``, from the moment it sent the request, where ``rtt`` is the round
 trip from its region to the site (the placement latency model) and ``wait``
 its time in the queue. The site sees the request when it is placed.
 
-The prefix cache of a pool is a :class:`~gridctl.placement.prefix.PrefixCache` of the
+The prefix cache of a pool is a :class:`~gridctl.core.placement.prefix.PrefixCache` of the
 requests' :func:`~gridctl.sim.traffic.prompt_chain` (a shared prefix, a session's
 conversation), holding at most the KV tokens of the GPUs serving the model (shared by
 its replicas); an admitted request's prompt and answer stay cached.
 
-Live signals: ``signals[m][site]`` (a :class:`~gridctl.placement.engine.SiteSignals`
+Live signals: ``signals[m][site]`` (a :class:`~gridctl.core.placement.signals.SiteSignals`
 per model and site, as the daemon keeps them) is updated in place: ``in_flight``
 when a request is sent and when it completes, ``running`` and ``waiting`` (the
 site's own counts, as its /metrics would give them) at every change. A policy
@@ -56,10 +56,10 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Protocol
 
+from gridctl.core.placement.perf import token_interval_ms, ttft_ms
+from gridctl.core.placement.prefix import PrefixCache
+from gridctl.core.placement.signals import SiteSignals
 from gridctl.lab.truth import noise
-from gridctl.placement.engine import SiteSignals
-from gridctl.placement.perf import token_interval_ms, ttft_ms
-from gridctl.placement.prefix import PrefixCache
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload, prompt_chain
 

@@ -8,16 +8,16 @@ can never be chosen. A request with no site to go to is rejected and counted.
 ``grid``
     The placement daemon's decision, the same function: ``Planner.order(request,
     shape, live, cached)`` over a snapshot kept as the daemon keeps it: one
-    :class:`~gridctl.placement.engine.SiteSignals` per (model, site), updated in
+    :class:`~gridctl.core.placement.signals.SiteSignals` per (model, site), updated in
     place by the engine (requests in flight, the site's running and waiting) and
     by online calibration. The request's shape is what a client sends: its
     prompt tokens and, as ``max_tokens``, the profile's largest output when its
     clients set one (voice; never the true output length); otherwise (chat,
     rag, a trace) the daemon's estimate: the model's p90 of completed answers. ``cached``: the
     prompt tokens each site probably holds, from this policy's own record of
-    what it sent where (a :class:`~gridctl.placement.prefix.SentIndex` of the requests'
+    what it sent where (a :class:`~gridctl.core.placement.prefix.SentIndex` of the requests'
     :func:`~gridctl.sim.traffic.prompt_chain`, as the daemon's of their text). When a request completes (an
-    event, never at admission) the site's :class:`~gridctl.placement.predict.Calibration`
+    event, never at admission) the site's :class:`~gridctl.core.placement.predict.Calibration`
     learns from the prediction made at send and what the client observed (TTFT
     and end to end from send: round trip + queue + compute), and the site's
     signals take ``cal.factors(now)``; every ``REFRESH_S`` simulated seconds all
@@ -54,9 +54,11 @@ import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
-from gridctl.placement.engine import DEFAULT_SHAPE, NO_LIVE, Planner, Request, SiteSignals, write_signals
-from gridctl.placement.predict import PRIOR, Calibration, OutputTokens, Prediction, Shape, calibrate
-from gridctl.placement.prefix import SentIndex
+from gridctl.core.placement.decision import DEFAULT_SHAPE, Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import PRIOR, Calibration, OutputTokens, Prediction, Shape, calibrate
+from gridctl.core.placement.prefix import SentIndex
+from gridctl.core.placement.signals import NO_LIVE, SiteSignals, write_signals
 from gridctl.sim.traffic import Workload, prompt_chain
 
 POLICIES = ("grid", "nearest", "central", "round-robin")
@@ -111,7 +113,7 @@ class SiteView:
 
 def apply_view(sig: SiteSignals, view: SiteView, now: float) -> SiteSignals:
     """``sig`` updated in place from ``view`` at ``now`` (calibration factors decayed to now),
-    by the daemon's own writer (:func:`gridctl.placement.engine.write_signals`)."""
+    by the daemon's own writer (:func:`gridctl.core.placement.signals.write_signals`)."""
     return write_signals(
         sig,
         health=view.health,

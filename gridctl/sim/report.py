@@ -28,7 +28,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gridctl.placement.engine import SLO_MARGIN
+from gridctl.core.placement.decision import SLO_MARGIN
 from gridctl.sim.engine import FULL, NO_SITE, Outcome
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload

@@ -1,7 +1,7 @@
 """The inventory's sites as the simulator sees them: how each serves each model, cost, true speed. Pure.
 
 How a site serves a model (GPU row, replicas, slots per replica, model factor,
-KV tokens) comes from :func:`gridctl.placement.perf.build_serving`, the same
+KV tokens) comes from :func:`gridctl.core.placement.perf.build_serving`, the same
 source the placement predictor reads. What placement never reads is the
 site's *true* speed: the table's row times a hidden per-site factor
 (:func:`gridctl.lab.truth.speed_factor`, seeded; 1.0 with ``--no-hidden-speed``).
@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from gridctl.inventory.model import GpuRow, Inventory, Site
+from gridctl.core.inventory.model import GpuRow, Inventory, Site
+from gridctl.core.placement.perf import GpuPerf, Serving, build_serving, choose_site_gpu, model_factor
 from gridctl.lab.truth import speed_factor
-from gridctl.placement.perf import GpuPerf, Serving, build_serving, choose_site_gpu, model_factor
 
 
 @dataclass(frozen=True)

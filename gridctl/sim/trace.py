@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.sim.traffic import Workload
 
 KEYS = (

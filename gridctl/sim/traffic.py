@@ -85,7 +85,7 @@ class Workload:
 
 
 def prompt_chain(prefix: int, prefix_tokens: int, session: int, tokens: int) -> list[tuple[int, int]]:
-    """The prefix-cache chain (:mod:`gridctl.placement.prefix`) of the first ``tokens`` tokens of a
+    """The prefix-cache chain (:mod:`gridctl.core.placement.prefix`) of the first ``tokens`` tokens of a
     simulated conversation: its shared prefix (``prefix`` >= 0), one run keyed ``prefix << 1``
     of ``prefix_tokens``; then the session's own tokens (``session`` >= 0), one run keyed
     ``session << 1 | 1``. A conversation only grows, so each turn's history is a leading part

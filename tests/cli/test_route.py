@@ -71,7 +71,7 @@ def test_route_test_json_has_the_prediction_and_its_parts(cli) -> None:
 
 
 def test_route_test_defaults_to_the_engines_shape(cli) -> None:
-    from gridctl.placement.engine import DEFAULT_SHAPE
+    from gridctl.core.placement.decision import DEFAULT_SHAPE
 
     r = cli("route", "test", "--from", "us-east", "--model", M8, "-o", "json")
     assert r.rc in (0, 3), r  # 3 when the default shape misses the SLO everywhere
@@ -103,8 +103,8 @@ def test_when_no_site_meets_the_slo_it_says_which_would_be_used_and_exits_3(cli)
 
 
 def test_route_test_takes_the_shape_and_model_from_a_request_body(cli, tmp_path: Path) -> None:
-    from gridctl.placement.perf import count_tokens
-    from gridctl.placement.predict import prompt_text
+    from gridctl.core.placement.perf import count_tokens
+    from gridctl.core.placement.predict import prompt_text
 
     body = {
         "model": M8,
@@ -171,10 +171,10 @@ def test_route_test_refuses_bad_shapes_and_bodies_with_exit_2(cli, tmp_path: Pat
 
 
 def test_route_render_weights_for_a_request_shape(cli) -> None:
+    from gridctl.core.placement.engine import Planner
+    from gridctl.core.placement.predict import Shape
+    from gridctl.core.placement.table import build_routing_table
     from gridctl.inventory.load import load_inventory
-    from gridctl.placement.engine import Planner
-    from gridctl.placement.predict import Shape
-    from gridctl.placement.table import build_routing_table
     from tests.conftest import EXAMPLE
 
     r = cli("route", "render", "--max-tokens", "32")

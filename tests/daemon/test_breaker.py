@@ -1,4 +1,4 @@
-"""The circuit breaker (gridctl/daemon/breaker.py) as pure data: its trial ends in every outcome.
+"""The circuit breaker (gridctl/core/breaker.py) as pure data: its trial ends in every outcome.
 
 Attempts are driven as the proxy drives them (``Proxy._forward`` and ``_Relay``): each
 ``on_attempt`` when it goes out, its verdict when one comes, and ``on_end`` with its trial
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.daemon.breaker import Breaker
+from gridctl.core.breaker import Breaker
 
 # what each way an attempt can end tells the breaker, as the proxy reports it
 SUCCESS = "success"  # an answer: _account -> on_success

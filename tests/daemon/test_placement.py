@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gridctl.core.placement.decision import Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Shape
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.grid import run_lab
-from gridctl.placement.engine import Planner, Request
-from gridctl.placement.predict import Shape
 from tests.daemon.conftest import M8, DaemonProc, chat, start_daemon, write_inventory
 from tests.daemon.upstream import TimedUpstream
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from gridctl.core.placement.decision import EMPTY, Ranking
 from gridctl.daemon.proxy import Proxy
-from gridctl.placement.engine import EMPTY, Ranking
 
 
 def make_proxy(room: dict[str, int]) -> tuple[Proxy, Callable[[], Ranking]]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gridctl.daemon.breaker import Breaker
+from gridctl.core.breaker import Breaker
+from gridctl.core.placement.decision import Request
+from gridctl.core.placement.predict import Calibration, Shape
+from gridctl.core.placement.signals import SiteSignals
+from gridctl.core.placement.signals import write_signals as build_signals
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.proxy import OutputCounter, completion_tokens
 from gridctl.daemon.state import GridState, parse_calibration, parse_site_metrics, site_health
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.engine import Request, SiteSignals
-from gridctl.placement.engine import write_signals as build_signals
-from gridctl.placement.predict import Calibration, Shape
 from tests.conftest import EXAMPLE
 from tests.daemon.upstream import CHUNKS
 

@@ -7,11 +7,11 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+from gridctl.core.inventory.model import Node
 from gridctl.fleet.dial import Dialer, dial_early
 from gridctl.fleet.execute import run_exec
 from gridctl.fleet.hostkeys import KnownHosts
 from gridctl.fleet.ssh import Identities, SshOptions, ssh_options_for
-from gridctl.inventory.model import Node
 from tests.fleet.sshd import BlackHole, Fleet, FrozenServer, free_port
 
 

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from gridctl.health.classify import classify_endpoint, classify_node, model_matches, unreachable
-from gridctl.health.model import EndpointProbe, GpuError, GpuReading, NodeProbe, Status, XidEvent
-from gridctl.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
+from gridctl.core.health.classify import classify_endpoint, classify_node, model_matches, unreachable
+from gridctl.core.health.model import EndpointProbe, GpuError, GpuReading, NodeProbe, Status, XidEvent
+from gridctl.core.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
 
 UUID = "GPU-566e6f65-c38e-b12f-4824-6944218668b9"
 BASE = GpuReading(

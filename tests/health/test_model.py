@@ -7,8 +7,8 @@ import json
 import pynvml
 import pytest
 
-from gridctl.errors import ExitCode
-from gridctl.health.model import (
+from gridctl.core.errors import ExitCode
+from gridctl.core.health.model import (
     EndpointProbe,
     GpuReading,
     Health,
@@ -17,7 +17,7 @@ from gridctl.health.model import (
     exit_code_for,
     worst,
 )
-from gridctl.health.thresholds import CLOCK_EVENT_REASONS, CRITICAL_XIDS, SLOWDOWN_CLOCK_EVENTS
+from gridctl.core.health.thresholds import CLOCK_EVENT_REASONS, CRITICAL_XIDS, SLOWDOWN_CLOCK_EVENTS
 
 OK, UNKNOWN, DEGRADED, FAILED, UNREACHABLE = (
     Status.OK,

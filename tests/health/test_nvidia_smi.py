@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.health.classify import classify_node
-from gridctl.health.model import NodeProbe, Status
-from gridctl.health.nvidia_smi import (
+from gridctl.core.health.classify import classify_node
+from gridctl.core.health.model import NodeProbe, Status
+from gridctl.core.health.nvidia_smi import (
     QUERY_GPU_FIELDS,
     QUERY_GPU_FIELDS_LEGACY,
     REMAPPED_ROWS_FIELDS,
@@ -444,7 +444,8 @@ CSV_LINES = st.lists(CELLS, min_size=14, max_size=14).map(", ".join)
 @given(st.text(), st.text(), st.one_of(st.none(), st.integers()))
 def test_parse_never_raises_on_arbitrary_text(stdout: str, stderr: str, rc: int | None) -> None:
     probe = parse_node_probe(stdout, stderr, rc)
-    classify_node(probe, "H100", 8).to_dict()
+    health = classify_node(probe, "H100", 8)
+    assert health.status in Status and health.to_dict()["status"] == health.status.value
 
 
 @settings(max_examples=300, deadline=None)

@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.health.classify import classify_node
-from gridctl.health.model import NodeProbe, Status
-from gridctl.health.nvml import readings_from_nvml
+from gridctl.core.health.classify import classify_node
+from gridctl.core.health.model import NodeProbe, Status
+from gridctl.core.health.nvml import readings_from_nvml
 from tests.health.recorded import FIXTURES
 
 
@@ -139,4 +139,5 @@ JSON = st.recursive(
 @given(JSON)
 def test_never_raises_on_arbitrary_json(raw: Any) -> None:
     probe = readings_from_nvml(raw)
-    classify_node(probe, "H100", 8).to_dict()
+    health = classify_node(probe, "H100", 8)
+    assert health.status in Status and health.to_dict()["status"] == health.status.value

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.health.classify import classify_node
-from gridctl.health.model import NodeProbe, Status
-from gridctl.health.nvidia_smi import build_node_probe_command, parse_node_probe
+from gridctl.core.health.classify import classify_node
+from gridctl.core.health.model import NodeProbe, Status
+from gridctl.core.health.nvidia_smi import build_node_probe_command, parse_node_probe
 from tests.health.recorded import EXPECTED, FIXTURES, STATES
 
 BIN = FIXTURES / "bin"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
 from gridctl.inventory.files import (
     DEFAULT_MAX_FILE_BYTES,
     RefusedFileError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridctl.inventory.model import Location, Site
+from gridctl.core.inventory.model import Location, Site
 
 SITE = Site("s", "edge", "r", "US", Location(0.0, 0.0), "http://127.0.0.1:9", api_key_env="S_KEY")
 

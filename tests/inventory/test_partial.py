@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import InventoryError
+from gridctl.core.errors import InventoryError
 from gridctl.inventory.edit import set_drain, set_site
 from gridctl.inventory.load import load_keeping_last_good, load_partial
 from gridctl.inventory.regions import set_region

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridctl.cli.main import run
-from gridctl.errors import GridctlError
-from gridctl.inventory.jurisdictions import ISO_3166_ALPHA2
+from gridctl.core.errors import GridctlError
+from gridctl.core.inventory.jurisdictions import ISO_3166_ALPHA2
 from gridctl.inventory.load import load_inventory
 from gridctl.output import Streams
 from tests.conftest import EXAMPLE

@@ -76,7 +76,7 @@ def test_concurrent_sets_on_one_site_lose_no_update(inv: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from gridctl.inventory.store import write_atomic
+from gridctl.inventory.atomic import write_atomic
 path = Path(sys.argv[1])
 texts = [Path(sys.argv[2]).read_text(), Path(sys.argv[3]).read_text()]
 print("ready", flush=True)

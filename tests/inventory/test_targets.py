@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import NotFoundError, UsageError
+from gridctl.core.errors import NotFoundError, UsageError
+from gridctl.core.inventory.targets import select_nodes, select_sites
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.targets import select_nodes, select_sites
 from tests.conftest import EXAMPLE
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import InventoryError
+from gridctl.core.errors import InventoryError
 from gridctl.inventory.load import load_inventory
 from tests.inventory.test_validation import GRID, PHL, edit, invalid
 from tests.routing.tls import make_ca, server_context

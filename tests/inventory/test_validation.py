@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from gridctl.inventory.model import SshDefaults
-from gridctl.inventory.schema import build_grid, build_site
-from gridctl.inventory.yamldoc import DocumentError, parse_document, path_str
+from gridctl.core.inventory.model import SshDefaults
+from gridctl.core.inventory.schema import build_grid
+from gridctl.core.inventory.site_schema import build_site
+from gridctl.core.inventory.yamldoc import DocumentError, parse_document, path_str
 
 PHL = "sites/phl-co-12.yaml"
 POP = "sites/phl-pop-01.yaml"

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gridctl.core.placement.perf import Serving, gpu_perf, model_factor
 from gridctl.inventory.load import load_inventory
 from gridctl.lab import LabOptions, LabThread, SiteSpec, run_lab
-from gridctl.placement.perf import Serving, gpu_perf, model_factor
 from tests.conftest import EXAMPLE
 
 MODEL = "llama-3.1-8b-instruct"

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.inventory.load import load_inventory
-from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
-from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
-from gridctl.lab.site import BLOCK_CHARS, BLOCK_TOKENS, build_site_specs
-from gridctl.placement.latency import estimate_rtt_ms
-from gridctl.placement.perf import (
+from gridctl.core.placement.latency import estimate_rtt_ms
+from gridctl.core.placement.perf import (
     DEFAULT_GPU,
     build_serving,
     choose_site_gpu,
@@ -22,7 +18,11 @@ from gridctl.placement.perf import (
     token_interval_ms,
     ttft_ms,
 )
-from gridctl.placement.prefix import PrefixCache, text_chain
+from gridctl.core.placement.prefix import PrefixCache, text_chain
+from gridctl.inventory.load import load_inventory
+from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
+from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
+from gridctl.lab.site import BLOCK_CHARS, BLOCK_TOKENS, build_site_specs
 from tests.conftest import EXAMPLE
 
 

@@ -9,19 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridctl.inventory.jurisdictions import EU_MEMBERS, expand_jurisdictions
+from gridctl.core.inventory.jurisdictions import EU_MEMBERS, expand_jurisdictions
+from gridctl.core.inventory.model import Gpus, Grid, Inventory, Location, ModelServing, Node, Region, Site
+from gridctl.core.placement.decision import SLO_MARGIN, Request, decision_dict
+from gridctl.core.placement.engine import Planner, UnknownRegion
+from gridctl.core.placement.predict import Shape
+from gridctl.core.placement.signals import SiteSignals, health_live
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.model import Gpus, Grid, Inventory, Location, ModelServing, Node, Region, Site
-from gridctl.placement.engine import (
-    SLO_MARGIN,
-    Planner,
-    Request,
-    SiteSignals,
-    UnknownRegion,
-    decision_dict,
-    health_live,
-)
-from gridctl.placement.predict import Shape
 from tests.conftest import EXAMPLE
 
 M8 = "llama-3.1-8b-instruct"

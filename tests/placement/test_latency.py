@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gridctl.inventory.model import Location
-from gridctl.placement.latency import (
+from gridctl.core.inventory.model import Location
+from gridctl.core.placement.latency import (
     FIBRE_KM_PER_MS,
     KIND_OVERHEAD_MS,
     ROUTE_FACTOR,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.inventory.model import GpuRow, Gpus, Grid, Inventory, Location, ModelServing, Node, Site
-from gridctl.placement.perf import (
+from gridctl.core.inventory.model import GpuRow, Gpus, Grid, Inventory, Location, ModelServing, Node, Site
+from gridctl.core.placement.perf import (
     DEFAULT_GPU,
     TP_EXPONENT,
     build_serving,
@@ -18,7 +18,7 @@ from gridctl.placement.perf import (
     gpu_perf,
     gpu_warnings,
 )
-from gridctl.placement.predict import (
+from gridctl.core.placement.predict import (
     DEFAULT_OUTPUT_TOKENS,
     PRIOR,
     Calibration,
@@ -229,7 +229,7 @@ def test_output_tokens_quantile_of_what_a_model_answered() -> None:
 
 
 def test_sizes_beyond_any_context_are_bounded_not_errors() -> None:
-    from gridctl.placement.predict import MAX_TOKENS
+    from gridctl.core.placement.predict import MAX_TOKENS
 
     assert estimate_shape({"max_tokens": 10**400}, "x").output_tokens == MAX_TOKENS
     assert estimate_shape({"max_tokens": 1e300}, "x").output_tokens == MAX_TOKENS

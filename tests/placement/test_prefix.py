@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.placement.prefix import PrefixCache, SentIndex, text_chain
+from gridctl.core.placement.prefix import PrefixCache, SentIndex, text_chain
 from gridctl.sim.traffic import prompt_chain
 
 

@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 import yaml
 
-from gridctl.errors import UsageError
+from gridctl.core.errors import UsageError
+from gridctl.core.placement.decision import DEFAULT_SHAPE, SLO_MARGIN, Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Shape, capacity_within
+from gridctl.core.placement.table import build_routing_table
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.engine import DEFAULT_SHAPE, SLO_MARGIN, Planner, Request
-from gridctl.placement.predict import Shape, capacity_within
 from gridctl.placement.render import (
     CHECKED_VERSIONS,
     FORMATS,
@@ -41,7 +43,6 @@ from gridctl.placement.render import (
     parse_nginx_version,
     render_routing,
 )
-from gridctl.placement.table import build_routing_table
 from tests.conftest import EXAMPLE, REPO, cli_env
 
 TEMPLATES = REPO / "templates"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gridctl.health import GpuReading, NodeProbe
+from gridctl.core.health import GpuReading, NodeProbe
+from gridctl.core.inventory.model import Gpus, Provision, Site
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.model import Gpus, Provision, Site
 from gridctl.provision.context import build_context, build_settings, endpoint_port
 from gridctl.provision.facts import Facts, RemoteFile
 from gridctl.provision.plan import build_plan, check_preflight

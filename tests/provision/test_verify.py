@@ -25,7 +25,7 @@ def test_verify_reaches_an_endpoint_behind_a_private_ca_and_mutual_tls(tmp_path)
     not up (the reason named) without the client certificate."""
     import ssl
 
-    from gridctl.inventory.model import TlsFiles
+    from gridctl.core.inventory.model import TlsFiles
     from tests.daemon.upstream import Upstream
     from tests.routing.tls import make_ca, server_context
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gridctl.core.inventory.model import Inventory
 from gridctl.inventory.load import load_inventory
-from gridctl.inventory.model import Inventory
 from tests.conftest import EXAMPLE, REPO, Result, cli_env
 
 M8 = "llama-3.1-8b-instruct"

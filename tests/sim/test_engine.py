@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from gridctl.placement.engine import SiteSignals
-from gridctl.placement.perf import Serving, gpu_perf, token_interval_ms, ttft_ms
+from gridctl.core.placement.perf import Serving, gpu_perf, token_interval_ms, ttft_ms
+from gridctl.core.placement.signals import SiteSignals
 from gridctl.sim.engine import FULL, NO_SITE, SERVED, Outcome, build_pools, simulate
 from gridctl.sim.policy import FixedPolicy
 from gridctl.sim.sites import SimulatedSite

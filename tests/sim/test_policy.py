@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridctl.inventory.model import Inventory
+from gridctl.core.inventory.model import Inventory
+from gridctl.core.placement.decision import SLO_MARGIN
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Calibration
 from gridctl.lab.truth import speed_factor
-from gridctl.placement.engine import SLO_MARGIN, Planner
-from gridctl.placement.predict import Calibration
 from gridctl.sim.compare import SimOptions, plan_run, run_plan, simulate_plan
 from gridctl.sim.engine import FULL, NO_SITE, SERVED, build_pools, simulate
 from gridctl.sim.policy import POLICIES, GridPolicy, Placement, SiteView, build_signals, new_signals

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.inventory.model import Inventory
+from gridctl.core.inventory.model import Inventory
 from gridctl.sim.profiles import PROFILES, Bursts, ScenarioError, build_profile, load_scenario, scenario_path
 from tests.sim.conftest import EXAMPLE
 

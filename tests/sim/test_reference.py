@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gridctl.inventory.model import Inventory
+from gridctl.core.inventory.model import Inventory
 from gridctl.sim.compare import SimOptions, plan_run, run_plan
 
 

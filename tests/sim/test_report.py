@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gridctl.placement.perf import gpu_perf
+from gridctl.core.placement.perf import gpu_perf
 from gridctl.sim.engine import FULL, NO_SITE, SERVED, Outcome
 from gridctl.sim.report import percentile, summarize, time_series
 from gridctl.sim.sites import SimulatedSite

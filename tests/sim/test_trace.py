@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.errors import ExitCode, UsageError
+from gridctl.core.errors import ExitCode, UsageError
 from gridctl.sim.trace import TraceError, load_trace, parse_trace
 
 REGIONS = {"us-east": None, "eu-de": None}  # grid.yaml order

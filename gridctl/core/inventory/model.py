@@ -61,7 +61,7 @@ class ModelServing:
 
 @dataclass(frozen=True)
 class GpuRow:
-    """How fast one GPU serves an 8B-class model (see :mod:`gridctl.placement.perf`); the
+    """How fast one GPU serves an 8B-class model (see :mod:`gridctl.core.placement.perf`); the
     built-in table's rows, and the ones ``gpus:`` in grid.yaml adds or overrides."""
 
     name: str

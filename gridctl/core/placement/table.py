@@ -2,14 +2,14 @@
 
 Built by the same decision as every live request (:meth:`Planner.order`), for one
 request shape (``route render --prompt-tokens/--max-tokens``, default
-:data:`~gridctl.placement.engine.DEFAULT_SHAPE`), with no live load (the last
+:data:`~gridctl.core.placement.decision.DEFAULT_SHAPE`), with no live load (the last
 recorded health still excludes failed sites). Per (region, model):
 
 - ``primary``: the sites predicted to meet the SLO for that shape, in the decision's
   order (cheapest first), at most ``primaries``; each weighted by its **predicted
   capacity within the SLO**: how many requests of the shape it can run at once with
   each still predicted within the budget (SLO less the margin;
-  :func:`~gridctl.placement.predict.capacity_within`), scaled to 1..100 over the
+  :func:`~gridctl.core.placement.predict.capacity_within`), scaled to 1..100 over the
   route's primaries. A site that cannot meet the SLO even idle (capacity 0) is never
   a primary while one that can exists.
 - when no site is predicted to meet the SLO, the route says ``"meets_slo": false``
@@ -27,8 +27,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from gridctl.placement.engine import DEFAULT_SHAPE, SLO_MARGIN, Live, Planner, Request, health_live
-from gridctl.placement.predict import Shape, capacity_within
+from gridctl.core.placement.decision import DEFAULT_SHAPE, SLO_MARGIN, Request
+from gridctl.core.placement.engine import Planner
+from gridctl.core.placement.predict import Shape, capacity_within
+from gridctl.core.placement.signals import Live, health_live
 
 DEFAULT_PRIMARIES = 2
 DEFAULT_BACKUPS = 2

@@ -8,7 +8,7 @@ unknown:   nvidia-smi missing, failing, hanging; driver not loaded
 unreachable: the node or endpoint could not be reached
 
 Every rule that trips adds its reason; the status is the worst of them. The
-numbers come from :mod:`gridctl.health.thresholds` only. Pure: no I/O.
+numbers come from :mod:`gridctl.core.health.thresholds` only. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from gridctl.health.model import (
+from gridctl.core.health.model import (
     EndpointProbe,
     GpuReading,
     Health,
@@ -27,8 +27,8 @@ from gridctl.health.model import (
     clock_event_reason_names,
     worst,
 )
-from gridctl.health.nvidia_smi import pci_key
-from gridctl.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
+from gridctl.core.health.nvidia_smi import pci_key
+from gridctl.core.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
 
 __all__ = [
     "EndpointProbe",

@@ -1,7 +1,7 @@
 """The latency predictor: a request's end-to-end latency at a site, on that site's GPUs. Pure.
 
 For a request of a given shape (prompt tokens, output tokens; see
-:func:`estimate_shape`) at a site serving the model (:class:`~gridctl.placement.perf.Serving`)
+:func:`estimate_shape`) at a site serving the model (:class:`~gridctl.core.placement.perf.Serving`)
 under its current load::
 
     load     = max(requests this daemon has in flight there, the site's own running + waiting)
@@ -17,7 +17,7 @@ under its current load::
 
 ``uncached_prompt`` is the prompt less the tokens the site probably holds in
 its prefix cache (a likely hit shortens the prefill; it does not decide alone).
-``factor`` is the model's size and tensor-parallel speed-up (:mod:`gridctl.placement.perf`);
+``factor`` is the model's size and tensor-parallel speed-up (:mod:`gridctl.core.placement.perf`);
 ``cal`` the site's calibration (:class:`Calibration`), 1.0 before any evidence.
 
 Calibration: the daemon (and the simulator, the same way) compares what each
@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gridctl.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, count_tokens
+from gridctl.core.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, count_tokens
 
 CAL_ALPHA = 0.15
 CAL_HALF_LIFE_S = 600.0

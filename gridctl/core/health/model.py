@@ -1,8 +1,8 @@
 """Health as plain, frozen data: readings in, a status with its reasons out.
 
 ``GpuReading`` is built the same way from ``nvidia-smi`` output
-(:mod:`gridctl.health.nvidia_smi`) and from NVML readings
-(:mod:`gridctl.health.nvml`), so both go through one classifier. A per-host
+(:mod:`gridctl.core.health.nvidia_smi`) and from NVML readings
+(:mod:`gridctl.core.health.nvml`), so both go through one classifier. A per-host
 outcome is data, never an exception (docs/ARCHITECTURE.md: the core is pure).
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from gridctl.errors import ExitCode
-from gridctl.health.thresholds import CLOCK_EVENT_REASONS
+from gridctl.core.errors import ExitCode
+from gridctl.core.health.thresholds import CLOCK_EVENT_REASONS
 
 
 class Status(StrEnum):

@@ -2,7 +2,7 @@
 
 Rules follow NVIDIA DCGM's health watches (memory, thermal, power, PCIe/XID)
 and NVIDIA's own documents, cited next to each number. Everything here is
-plain data; :mod:`gridctl.health.classify` reads it and nothing else holds a
+plain data; :mod:`gridctl.core.health.classify` reads it and nothing else holds a
 copy.
 """
 

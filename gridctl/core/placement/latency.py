@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gridctl.inventory.model import Location
+from gridctl.core.inventory.model import Location
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 FIBRE_KM_PER_MS = 200.0  # one way, light in glass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gridctl.health.model import Status
+from gridctl.core.health.model import Status
 
 
 def rollup_site(endpoint: Status | None, nodes: Sequence[Status]) -> tuple[Status, str]:

@@ -19,7 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 _Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):  # type: ignore[misc]
     """The safe loader, minus resolver-path bookkeeping: no path resolvers are
     registered, so descending and ascending the path is wasted work per node."""
 

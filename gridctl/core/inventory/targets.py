@@ -16,11 +16,15 @@ it is almost always a typo; so is a glob that cannot match (``phl-[``).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
-from gridctl.errors import NotFoundError, UsageError
-from gridctl.inventory.model import SITE_KINDS, Inventory, Node, Site
+from gridctl.core.errors import NotFoundError, UsageError
+from gridctl.core.inventory.model import SITE_KINDS, Inventory, Node, Site
+
+T = TypeVar("T")
 
 SELECTORS = ("region", "kind", "jurisdiction", "label")
 _GLOB = set("*?[")
@@ -157,7 +161,7 @@ def select_nodes(inv: Inventory, pattern: str | None, model: str | None = None) 
     return [n for n, _ in chosen]
 
 
-def _apply(terms: list[Term], items, matches):  # type: ignore[no-untyped-def]
+def _apply(terms: list[Term], items: Sequence[T], matches: Callable[[Term, T], bool]) -> list[T]:
     positive = [t for t in terms if not t.negate and not t.intersect]
     both = [t for t in terms if t.intersect]
     negative = [t for t in terms if t.negate]

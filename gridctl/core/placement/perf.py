@@ -65,7 +65,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gridctl.inventory.model import GpuRow, Inventory, Site
+from gridctl.core.inventory.model import GpuRow, Inventory, Site
 
 LOAD_TTFT = 1.0
 LOAD_DECODE = 1.0

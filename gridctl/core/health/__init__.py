@@ -6,8 +6,8 @@
 - :mod:`.thresholds`: every number the rules use, and the critical XIDs
 """
 
-from gridctl.health.classify import classify_endpoint, classify_node, model_matches, unreachable
-from gridctl.health.model import (
+from gridctl.core.health.classify import classify_endpoint, classify_node, model_matches, unreachable
+from gridctl.core.health.model import (
     EndpointProbe,
     GpuError,
     GpuReading,
@@ -18,9 +18,9 @@ from gridctl.health.model import (
     exit_code_for,
     worst,
 )
-from gridctl.health.nvidia_smi import build_node_probe_command, parse_node_probe, parse_xid_lines
-from gridctl.health.nvml import readings_from_nvml
-from gridctl.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
+from gridctl.core.health.nvidia_smi import build_node_probe_command, parse_node_probe, parse_xid_lines
+from gridctl.core.health.nvml import readings_from_nvml
+from gridctl.core.health.thresholds import CRITICAL_XIDS, DEFAULT, Thresholds
 
 __all__ = [
     "CRITICAL_XIDS",

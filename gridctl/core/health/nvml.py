@@ -34,7 +34,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from gridctl.health.model import GpuError, GpuReading, NodeProbe
+from gridctl.core.health.model import GpuError, GpuReading, NodeProbe
 
 MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ jurisdiction constraint, which can only narrow it); round trip alone within
 the SLO; a free slot (this daemon's requests in flight < the model's capacity).
 
 Then every remaining site's end-to-end latency is predicted
-(:mod:`gridctl.placement.predict`) for the request's shape, on its own GPUs,
+(:mod:`gridctl.core.placement.predict`) for the request's shape, on its own GPUs,
 under its load, with its calibration and the prompt tokens it probably holds
 in its prefix cache. A site is **feasible** when::
 
@@ -36,161 +36,27 @@ never depends on the order of sites in the inventory.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gridctl.inventory.jurisdictions import expand_jurisdictions
-from gridctl.inventory.model import Inventory, Region, Site
-from gridctl.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
-from gridctl.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, build_serving
-from gridctl.placement.predict import Calibration, Prediction, Shape, predict
+from gridctl.core.inventory.jurisdictions import expand_jurisdictions
+from gridctl.core.inventory.model import Inventory, Region, Site
+from gridctl.core.placement.decision import (
+    DEFAULT_SHAPE,
+    SLO_MARGIN,
+    Candidate,
+    Decision,
+    Exclusion,
+    Ranking,
+    Request,
+)
+from gridctl.core.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
+from gridctl.core.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, build_serving
+from gridctl.core.placement.predict import Prediction, Shape, predict
+from gridctl.core.placement.signals import IDLE, NO_LIVE, Live
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
-SLO_MARGIN = 0.1
-# route test / route render without --prompt-tokens / --max-tokens: a short chat answer
-DEFAULT_SHAPE = Shape(256, 32, "given")
-
-
-@dataclass(frozen=True)
-class Request:
-    region: str
-    model: str
-    jurisdiction: str | None = None  # a code or group (EU): narrows where the data may go
-    slo_ms: float | None = None  # default: the grid's slo_ms
-
-
-class SiteSignals:
-    """What is known of one site for one model at decision time; every field optional.
-
-    The daemon and the simulator each keep one per (model, site) and update it in
-    place as requests start and end, probes answer and calibration learns; a
-    decision reads them as its snapshot."""
-
-    __slots__ = ("health", "open", "in_flight", "running", "waiting", "first_factor", "decode_factor")
-
-    def __init__(
-        self,
-        health: str | None = None,
-        open: bool = False,
-        in_flight: int = 0,
-        running: int = 0,
-        waiting: int = 0,
-        first_factor: float = 1.0,
-        decode_factor: float = 1.0,
-    ) -> None:
-        self.health = health  # last status; failed / unreachable exclude the site
-        self.open = open  # the circuit breaker refuses requests
-        self.in_flight = in_flight  # this daemon's requests in flight there for the model
-        self.running = running  # the site's own running count for the model (its /metrics), 0 unknown
-        self.waiting = waiting  # the site's own queue for the model
-        self.first_factor = first_factor  # calibration at decision time (1.0: the table's row)
-        self.decode_factor = decode_factor
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"SiteSignals({fields})"
-
-
-def write_signals(
-    sig: SiteSignals,
-    *,
-    health: str | None,
-    open: bool,
-    in_flight: int,
-    running: int,
-    waiting: int,
-    calibration: Calibration,
-    now: float,
-) -> SiteSignals:
-    """Write one site's plain readings for one model into ``sig`` (in place) and return it: the
-    one snapshot writer of the daemon and the simulator.
-
-    ``open``: the breaker refuses a request now (open, or half-open with its trial out);
-    ``calibration`` is read at ``now`` (decayed toward the prior since its last evidence)."""
-    sig.health = health
-    sig.open = open
-    sig.in_flight = in_flight
-    sig.running = running
-    sig.waiting = waiting
-    sig.first_factor, sig.decode_factor = calibration.factors(now)
-    return sig
-
-
-Live = Mapping[str, SiteSignals]  # site -> signals: the snapshot a decision reads
-NO_LIVE: Live = {}
-_IDLE = SiteSignals()
-
-
-def health_live(health: Mapping[str, str]) -> dict[str, SiteSignals]:
-    """A snapshot with recorded health only (``route test``, ``route render``)."""
-    return {name: SiteSignals(health=status) for name, status in health.items()}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    site: str
-    rtt_ms: float
-    latency_source: str
-    prediction: Prediction
-    feasible: bool
-    cost_per_request: float  # currency units (the inventory's cost_per_gpu_hour's)
-    cost_per_1k_tokens: float
-    in_flight: int
-    capacity: int
-    load: int  # max(in flight, the site's running count)
-    waiting: int
-    cached_tokens: int
-    first_factor: float
-    decode_factor: float
-    gpu: str
-    replicas: int
-    tensor_parallel: int
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    site: str
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Decision:
-    request: Request
-    shape: Shape
-    slo_ms: float
-    budget_ms: float  # SLO less the margin: the feasibility bound
-    ranked: tuple[Candidate, ...]  # feasible (cheapest first), then the others (fastest first)
-    excluded: tuple[Exclusion, ...]  # by name
-
-    @property
-    def best(self) -> Candidate | None:
-        return self.ranked[0] if self.ranked else None
-
-    @property
-    def feasible(self) -> int:
-        return sum(1 for c in self.ranked if c.feasible)
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """The decision's result in order: ``sites[:feasible]`` are predicted to meet the SLO."""
-
-    sites: tuple[str, ...]
-    feasible: int
-    predicted_ms: tuple[float, ...]  # end to end, per site in ``sites``
-
-    @property
-    def best(self) -> str | None:
-        return self.sites[0] if self.sites else None
-
-    @property
-    def expected_miss(self) -> bool:
-        return bool(self.sites) and self.feasible == 0
-
-
-EMPTY = Ranking((), 0, ())
 
 
 @dataclass(frozen=True)
@@ -358,7 +224,7 @@ class Planner:
         other: list[tuple[float, float, str, float]] = []
         get = live.get
         getc = cached.get if cached else None
-        idle = _IDLE
+        idle = IDLE
         same_load = lt == ld
         full = 1.0 + lt
         bad = BAD_HEALTH
@@ -455,7 +321,7 @@ class Planner:
         s = by_name.get(site)
         if s is None:
             return None
-        sig = live.get(site, _IDLE)
+        sig = live.get(site, IDLE)
         load = max(sig.in_flight, sig.running + sig.waiting)
         return predict(
             s.serving, shape, s.rtt_ms, load, 0, cached_tokens, sig.first_factor, sig.decode_factor
@@ -486,7 +352,7 @@ class Planner:
                 reasons.append(f"does not serve {request.model}")
             if site.drain:
                 reasons.append("drained")
-            sig = live.get(name, _IDLE)
+            sig = live.get(name, IDLE)
             if sig.health in BAD_HEALTH:
                 reasons.append(f"last health {sig.health}")
             if sig.open:
@@ -537,50 +403,3 @@ class Planner:
         ranking = self.order(request, shape, live, cached, session)
         ranked = tuple(candidates[n] for n in ranking.sites if n in candidates)
         return Decision(request, shape, slo, budget, ranked, tuple(excluded))
-
-
-def _finite(x: float) -> float | None:
-    return round(x, 6) if math.isfinite(x) else None
-
-
-def candidate_dict(c: Candidate, site: Site, rank: int) -> dict[str, Any]:
-    return {
-        "rank": rank,
-        "site": c.site,
-        "kind": site.kind,
-        "jurisdiction": site.jurisdiction,
-        "endpoint": site.endpoint,
-        "feasible": c.feasible,
-        **c.prediction.to_dict(),
-        "latency_source": c.latency_source,
-        "cost_per_request": _finite(c.cost_per_request),
-        "cost_per_1k_tokens": _finite(c.cost_per_1k_tokens),
-        "gpu": c.gpu,
-        "replicas": c.replicas,
-        "tensor_parallel": c.tensor_parallel,
-        "load": {"in_flight": c.in_flight, "running": c.load, "waiting": c.waiting, "capacity": c.capacity},
-        "cached_tokens": c.cached_tokens,
-        "calibration": {"first_factor": round(c.first_factor, 4), "decode_factor": round(c.decode_factor, 4)},
-    }
-
-
-def decision_dict(decision: Decision, sites: Mapping[str, Site]) -> dict[str, Any]:
-    """The documented JSON shape of an explanation (``route test -o json``, ``/grid/route``)."""
-    req = decision.request
-    best = decision.best
-    return {
-        "request": {
-            "region": req.region,
-            "model": req.model,
-            "jurisdiction": req.jurisdiction,
-            "slo_ms": decision.slo_ms,
-            "prompt_tokens": decision.shape.prompt_tokens,
-            "max_tokens": decision.shape.output_tokens,
-            "output_tokens_from": decision.shape.output_source,
-        },
-        "budget_ms": round(decision.budget_ms, 3),
-        "slo_margin": SLO_MARGIN,
-        "expected_to_meet_slo": bool(best and best.feasible),
-        "ranked": [candidate_dict(c, sites[c.site], i + 1) for i, c in enumerate(decision.ranked)],
-        "excluded": [{"site": e.site, "reasons": list(e.reasons)} for e in decision.excluded],
-    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gridctl.inventory.model import Inventory, Node, Region, Site
+from gridctl.core.inventory.model import Inventory, Node, Region, Site
 
 
 def node_dict(node: Node) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
-from gridctl.health.model import GpuError, GpuReading, NodeProbe, XidEvent
-from gridctl.health.thresholds import DEFAULT
+from gridctl.core.health.model import GpuError, GpuReading, NodeProbe, XidEvent
+from gridctl.core.health.thresholds import DEFAULT
 
 # --query-gpu fields, in column order. pci.bus_id ties a row to its XIDs and to
 # its "GPU 00000000:18:00.0" block in `nvidia-smi -q`.

@@ -1,0 +1,1 @@
+"""The inventory, pure: its model, schema, jurisdictions, target selection and export."""
