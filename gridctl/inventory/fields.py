@@ -88,74 +88,108 @@ def parse_assignment(item: str, shape: Shape, doc: Any, prefix: str = "") -> Ass
 
 
 def _resolve(key: str, shape: Shape, doc: Any, item: str) -> tuple[tuple[Step, ...], bool]:
-    steps: list[Step] = []
-    rest = key
-    where = ""
-    cur: Any = doc
+    """Walk ``key`` down the document's shape: the steps to the value, and whether setting it
+    creates an entry (``models.NAME=64`` on a model not yet served)."""
+    walk = _Walk(shape, doc, key, "", [])
     while True:
-        if shape.keys is None:  # labels, vars, latency_ms: the rest is the key, dots and all
-            if not rest:
+        if walk.shape.keys is None:  # labels, vars, latency_ms: the rest is the key, dots and all
+            if not walk.rest:
+                where = walk.where
                 raise UsageError(f"{item}: '{where}' needs a key after it", hint=f"e.g. {where}.KEY=VALUE")
-            steps.append(rest)
-            return tuple(steps), False
-        head, dot, tail = rest.partition(".")
-        if head in shape.named:
-            entries = cur.get(head) if isinstance(cur, dict) else None
-            names = [e["name"] for e in _entries(entries)]
-            if not dot or not tail:
-                raise UsageError(
-                    f"{item}: '{where + head}' is a list: name an entry",
-                    hint=f"e.g. {where}{head}.NAME.KEY=VALUE (names: {', '.join(names) or 'none yet'})",
-                )
-            name, sub = _split_name(tail, names, shape.named[head])
-            child = shape.named[head]
-            entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("name") == name), None)
-            steps.append((head, name))
-            if head == "models" and sub in ("", "capacity"):  # models.NAME=64, models.NAME.capacity=64
-                steps.append("capacity")
-                return tuple(steps), entry is None or sub == ""
-            if entry is None:
-                near = difflib.get_close_matches(name, names, n=1)
-                raise NotFoundError(
-                    f"{item}: no {head[:-1]} named '{name}'",
-                    hint=f"did you mean '{near[0]}'?" if near else f"{head}: {', '.join(names) or 'none'}",
-                )
-            if not sub:
-                raise UsageError(
-                    f"{item}: '{where}{head}.{name}' is an entry: name one of its keys",
-                    hint=f"keys: {', '.join(k for k in child.keys or {} if k != 'name')}",
-                )
-            shape, cur, rest, where = child, entry, sub, f"{where}{head}.{name}."
-            continue
-        if shape.keys is not None and head not in shape.keys:
-            options = [*(k for k in shape.keys if k not in shape.named), *(f"{k}.NAME" for k in shape.named)]
-            near = difflib.get_close_matches(head, list(shape.keys), n=1, cutoff=0.6)
-            raise UsageError(
-                f"cannot set '{key}': no key '{head}' in {where.rstrip('.') or 'this document'}",
-                hint=(f"did you mean '{where}{near[0]}'? " if near else "")
-                + f"keys here: {', '.join(k for k in options if k != 'name')}",
-            )
-        if head == "name":
-            raise UsageError(
-                f"{item}: names cannot be changed with set",
-                hint="add the new one, move what you need, then remove the old one",
-            )
-        steps.append(head)
-        if head in shape.children:
-            if not dot:
-                child_keys = ", ".join(shape.children[head].keys or ["KEY"])
-                if item.endswith("-"):
-                    return tuple(steps), False
-                raise UsageError(
-                    f"{item}: '{where}{head}' is a mapping: set its keys one by one",
-                    hint=f"e.g. {where}{head}.{child_keys.split(', ')[0]}=VALUE (keys: {child_keys})",
-                )
-            cur = cur.get(head) if isinstance(cur, dict) else None
-            shape, rest, where = shape.children[head], tail, f"{where}{head}."
-            continue
-        if dot:
-            raise UsageError(f"{item}: '{where}{head}' is a single value, it has no '{tail}'")
-        return tuple(steps), False
+            walk.steps.append(walk.rest)
+            return tuple(walk.steps), False
+        head, dot, tail = walk.rest.partition(".")
+        if head in walk.shape.named:
+            done = _enter_entry(walk, head, dot, tail, item)
+        else:
+            _check_key(walk, key, head, item)
+            walk.steps.append(head)
+            if head not in walk.shape.children:
+                if dot:
+                    raise UsageError(f"{item}: '{walk.where}{head}' is a single value, it has no '{tail}'")
+                return tuple(walk.steps), False
+            done = _enter_mapping(walk, head, dot, tail, item)
+        if done is not None:
+            return tuple(walk.steps), done
+
+
+@dataclass
+class _Walk:
+    """Where ``_resolve`` is: the shape and document under it, the key left, the path so far."""
+
+    shape: Shape
+    cur: Any
+    rest: str
+    where: str  # the dotted path walked, ending in '.' (for messages)
+    steps: list[Step]
+
+
+def _enter_entry(walk: _Walk, head: str, dot: str, tail: str, item: str) -> bool | None:
+    """``models.NAME...``, ``nodes.NAME...``: step into the named entry of a list; a result
+    when the walk ends here (``models.NAME=64``: its capacity), else None."""
+    entries = walk.cur.get(head) if isinstance(walk.cur, dict) else None
+    names = [e["name"] for e in _entries(entries)]
+    where = walk.where
+    if not dot or not tail:
+        raise UsageError(
+            f"{item}: '{where + head}' is a list: name an entry",
+            hint=f"e.g. {where}{head}.NAME.KEY=VALUE (names: {', '.join(names) or 'none yet'})",
+        )
+    child = walk.shape.named[head]
+    name, sub = _split_name(tail, names, child)
+    entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("name") == name), None)
+    walk.steps.append((head, name))
+    if head == "models" and sub in ("", "capacity"):  # models.NAME=64, models.NAME.capacity=64
+        walk.steps.append("capacity")
+        return entry is None or sub == ""
+    if entry is None:
+        near = difflib.get_close_matches(name, names, n=1)
+        raise NotFoundError(
+            f"{item}: no {head[:-1]} named '{name}'",
+            hint=f"did you mean '{near[0]}'?" if near else f"{head}: {', '.join(names) or 'none'}",
+        )
+    if not sub:
+        raise UsageError(
+            f"{item}: '{where}{head}.{name}' is an entry: name one of its keys",
+            hint=f"keys: {', '.join(k for k in child.keys or {} if k != 'name')}",
+        )
+    walk.shape, walk.cur, walk.rest, walk.where = child, entry, sub, f"{where}{head}.{name}."
+    return None
+
+
+def _check_key(walk: _Walk, key: str, head: str, item: str) -> None:
+    """Refuse a key the shape does not have (with the near one) and ``name`` (not settable)."""
+    shape, where = walk.shape, walk.where
+    if shape.keys is not None and head not in shape.keys:
+        options = [*(k for k in shape.keys if k not in shape.named), *(f"{k}.NAME" for k in shape.named)]
+        near = difflib.get_close_matches(head, list(shape.keys), n=1, cutoff=0.6)
+        raise UsageError(
+            f"cannot set '{key}': no key '{head}' in {where.rstrip('.') or 'this document'}",
+            hint=(f"did you mean '{where}{near[0]}'? " if near else "")
+            + f"keys here: {', '.join(k for k in options if k != 'name')}",
+        )
+    if head == "name":
+        raise UsageError(
+            f"{item}: names cannot be changed with set",
+            hint="add the new one, move what you need, then remove the old one",
+        )
+
+
+def _enter_mapping(walk: _Walk, head: str, dot: str, tail: str, item: str) -> bool | None:
+    """``location.lat``, ``provision.vars.X``: step into a nested mapping; a result when the
+    walk ends here (``location-`` removes it whole), else None."""
+    where = walk.where
+    if not dot:
+        child_keys = ", ".join(walk.shape.children[head].keys or ["KEY"])
+        if item.endswith("-"):
+            return False
+        raise UsageError(
+            f"{item}: '{where}{head}' is a mapping: set its keys one by one",
+            hint=f"e.g. {where}{head}.{child_keys.split(', ')[0]}=VALUE (keys: {child_keys})",
+        )
+    walk.cur = walk.cur.get(head) if isinstance(walk.cur, dict) else None
+    walk.shape, walk.rest, walk.where = walk.shape.children[head], tail, f"{where}{head}."
+    return None
 
 
 def _split_name(tail: str, names: list[str], child: Shape) -> tuple[str, str]:

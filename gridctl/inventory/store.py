@@ -24,7 +24,7 @@ from pathlib import Path
 from gridctl.core.errors import InventoryError, NotFoundError, Problem
 from gridctl.core.inventory.model import Inventory
 from gridctl.inventory.atomic import inventory_lock, remove_file, write_atomic
-from gridctl.inventory.load import load_partial
+from gridctl.inventory.load import Loaded, load_partial
 
 # rel path -> new text, or None to delete the file
 Changes = Mapping[str, str | None]
@@ -81,49 +81,65 @@ def apply_change(
             raise InventoryError(
                 list(before.problems), str(root), hint="nothing was written; fix grid.yaml first"
             )
-        current = before.inventory
-        try:
-            changes = plan(current)
-        except NotFoundError as exc:
-            if not before.problems:
-                raise
-            broken = ", ".join(sorted(before.broken))
-            raise InventoryError(
-                list(before.problems),
-                str(root),
-                hint=f"{exc.message} among the valid files; it may be in {broken}: "
-                "fix the lines above first (by hand), then retry",
-            ) from None
+        changes = _plan(root, plan, before)
         if not changes:
-            return ChangeResult(current, changes, (), dry_run, before.problems)
+            return ChangeResult(before.inventory, changes, (), dry_run, before.problems)
         assert with_state or not any(_is_state(rel) for rel in changes), "a .state change needs its lock"
-        touched = sorted(set(changes) & before.broken)
-        if touched:
-            raise InventoryError(
-                list(before.problems),
-                str(root),
-                hint=f"nothing was written: the change touches {', '.join(touched)}, which has "
-                "problems; fix the lines above first (by hand), then retry",
-            )
-        after = load_partial(root, overrides=changes)
-        known = set(before.problems)
-        added = [p for p in after.problems if p not in known]
-        if added:
-            raise InventoryError(
-                added, str(root), hint="nothing was written; fix the values and retry", refused=True
-            )
-        assert after.inventory is not None
+        after = _validate_after(root, changes, before)
         files = tuple(_file_change(root, rel, text) for rel, text in changes.items())
-        if dry_run:
-            return ChangeResult(after.inventory, changes, files, True, before.problems)
-        ordered = sorted(changes.items(), key=lambda kv: (_is_state(kv[0]), kv[1] is None))
-        for rel, text in ordered:
-            if text is None:
-                with contextlib.suppress(FileNotFoundError):
-                    remove_file(root / rel)
-            else:
-                write_atomic(root / rel, text)
-        return ChangeResult(after.inventory, changes, files, False, before.problems)
+        if not dry_run:
+            _write(root, changes)
+        return ChangeResult(after, changes, files, dry_run, before.problems)
+
+
+def _plan(root: Path, plan: Callable[[Inventory], Changes], before: Loaded) -> Changes:
+    """The plan's changes; a name it cannot find on a broken inventory may be in a broken file."""
+    assert before.inventory is not None
+    try:
+        return plan(before.inventory)
+    except NotFoundError as exc:
+        if not before.problems:
+            raise
+        broken = ", ".join(sorted(before.broken))
+        raise InventoryError(
+            list(before.problems),
+            str(root),
+            hint=f"{exc.message} among the valid files; it may be in {broken}: "
+            "fix the lines above first (by hand), then retry",
+        ) from None
+
+
+def _validate_after(root: Path, changes: Changes, before: Loaded) -> Inventory:
+    """The inventory as it would be: refused when the change touches a broken file or adds a
+    problem (the problems already there, in untouched files, do not block it)."""
+    touched = sorted(set(changes) & before.broken)
+    if touched:
+        raise InventoryError(
+            list(before.problems),
+            str(root),
+            hint=f"nothing was written: the change touches {', '.join(touched)}, which has "
+            "problems; fix the lines above first (by hand), then retry",
+        )
+    after = load_partial(root, overrides=changes)
+    known = set(before.problems)
+    added = [p for p in after.problems if p not in known]
+    if added:
+        raise InventoryError(
+            added, str(root), hint="nothing was written; fix the values and retry", refused=True
+        )
+    assert after.inventory is not None
+    return after.inventory
+
+
+def _write(root: Path, changes: Changes) -> None:
+    """Files written, then files deleted, then ``.state``, each atomically."""
+    ordered = sorted(changes.items(), key=lambda kv: (_is_state(kv[0]), kv[1] is None))
+    for rel, text in ordered:
+        if text is None:
+            with contextlib.suppress(FileNotFoundError):
+                remove_file(root / rel)
+        else:
+            write_atomic(root / rel, text)
 
 
 STATE_PREFIX = ".state/"
