@@ -54,7 +54,7 @@ from gridctl.core.placement.decision import (
 from gridctl.core.placement.latency import Latency, haversine_km, radians_of, region_site_latency, rtt_for_km
 from gridctl.core.placement.perf import LOAD_DECODE, LOAD_TTFT, Serving, build_serving
 from gridctl.core.placement.predict import Prediction, Shape, predict
-from gridctl.core.placement.signals import IDLE, NO_LIVE, Live
+from gridctl.core.placement.signals import IDLE, NO_LIVE, Live, SiteSignals
 
 BAD_HEALTH = frozenset({"failed", "unreachable"})
 
@@ -346,60 +346,75 @@ class Planner:
         cached = cached or {}
         for name in sorted(self.sites):
             site = self.sites[name]
-            reasons: list[str] = []
             serving = build_serving(site, request.model, self.gpu_rows)
-            if serving is None:
-                reasons.append(f"does not serve {request.model}")
-            if site.drain:
-                reasons.append("drained")
             sig = live.get(name, IDLE)
-            if sig.health in BAD_HEALTH:
-                reasons.append(f"last health {sig.health}")
-            if sig.open:
-                reasons.append("circuit open (recent failures)")
-            if site.jurisdiction not in region.allowed:
-                allowed_txt = ",".join(region.allowed_jurisdictions)
-                reasons.append(
-                    f"jurisdiction {site.jurisdiction} not allowed for {region.name} data ({allowed_txt})"
-                )
-            elif allowed is not None and site.jurisdiction not in allowed:
-                reasons.append(
-                    f"jurisdiction {site.jurisdiction} outside the request's {request.jurisdiction}"
-                )
             latency = self.latency(region, site)
-            if latency.rtt_ms > slo:
-                reasons.append(
-                    f"round trip {latency.rtt_ms:.1f} ms ({latency.source}) over the {slo:g} ms SLO"
-                )
-            if serving is not None and sig.in_flight >= serving.capacity:
-                reasons.append(f"full ({sig.in_flight}/{serving.capacity} in flight)")
+            reasons = _reasons(request, site, serving, sig, region, allowed, latency, slo)
             if reasons or serving is None:
                 excluded.append(Exclusion(name, tuple(reasons)))
-                continue
-            load = max(sig.in_flight, sig.running + sig.waiting)
-            hit = cached.get(name, 0)
-            p = predict(serving, shape, latency.rtt_ms, load, 0, hit, sig.first_factor, sig.decode_factor)
-            cost = site.cost_per_gpu_hour * serving.gpus / serving.capacity * p.service_ms / 3_600_000.0
-            total_tokens = max(1, shape.prompt_tokens + shape.output_tokens)
-            candidates[name] = Candidate(
-                site=name,
-                rtt_ms=latency.rtt_ms,
-                latency_source=latency.source,
-                prediction=p,
-                feasible=p.e2e_ms <= budget,
-                cost_per_request=cost,
-                cost_per_1k_tokens=cost / total_tokens * 1000.0,
-                in_flight=sig.in_flight,
-                capacity=serving.capacity,
-                load=load,
-                waiting=sig.waiting,
-                cached_tokens=min(hit, shape.prompt_tokens),
-                first_factor=sig.first_factor,
-                decode_factor=sig.decode_factor,
-                gpu=serving.gpu.name,
-                replicas=serving.replicas,
-                tensor_parallel=serving.tensor_parallel,
-            )
+            else:
+                candidates[name] = _candidate(site, serving, sig, latency, shape, cached.get(name, 0), budget)
         ranking = self.order(request, shape, live, cached, session)
         ranked = tuple(candidates[n] for n in ranking.sites if n in candidates)
         return Decision(request, shape, slo, budget, ranked, tuple(excluded))
+
+
+def _reasons(
+    request: Request,
+    site: Site,
+    serving: Serving | None,
+    sig: SiteSignals,
+    region: Region,
+    allowed: frozenset[str] | None,
+    latency: Latency,
+    slo: float,
+) -> list[str]:
+    """Every hard filter that excludes ``site``, in words (empty: it is a candidate)."""
+    reasons: list[str] = []
+    if serving is None:
+        reasons.append(f"does not serve {request.model}")
+    if site.drain:
+        reasons.append("drained")
+    if sig.health in BAD_HEALTH:
+        reasons.append(f"last health {sig.health}")
+    if sig.open:
+        reasons.append("circuit open (recent failures)")
+    if site.jurisdiction not in region.allowed:
+        allowed_txt = ",".join(region.allowed_jurisdictions)
+        reasons.append(f"jurisdiction {site.jurisdiction} not allowed for {region.name} data ({allowed_txt})")
+    elif allowed is not None and site.jurisdiction not in allowed:
+        reasons.append(f"jurisdiction {site.jurisdiction} outside the request's {request.jurisdiction}")
+    if latency.rtt_ms > slo:
+        reasons.append(f"round trip {latency.rtt_ms:.1f} ms ({latency.source}) over the {slo:g} ms SLO")
+    if serving is not None and sig.in_flight >= serving.capacity:
+        reasons.append(f"full ({sig.in_flight}/{serving.capacity} in flight)")
+    return reasons
+
+
+def _candidate(
+    site: Site, serving: Serving, sig: SiteSignals, latency: Latency, shape: Shape, hit: int, budget: float
+) -> Candidate:
+    """A site that passed the filters, with its prediction, cost and the signals behind them."""
+    load = max(sig.in_flight, sig.running + sig.waiting)
+    p = predict(serving, shape, latency.rtt_ms, load, 0, hit, sig.first_factor, sig.decode_factor)
+    cost = site.cost_per_gpu_hour * serving.gpus / serving.capacity * p.service_ms / 3_600_000.0
+    total_tokens = max(1, shape.prompt_tokens + shape.output_tokens)
+    return Candidate(
+        site=site.name,
+        rtt_ms=latency.rtt_ms,
+        latency_source=latency.source,
+        prediction=p,
+        feasible=p.e2e_ms <= budget,
+        cost_per_request=cost,
+        cost_per_1k_tokens=cost / total_tokens * 1000.0,
+        in_flight=sig.in_flight,
+        capacity=serving.capacity,
+        load=load,
+        waiting=sig.waiting,
+        cached_tokens=min(hit, shape.prompt_tokens),
+        first_factor=sig.first_factor,
+        decode_factor=sig.decode_factor,
+        gpu=serving.gpu.name,
+        replicas=serving.replicas,
+        tensor_parallel=serving.tensor_parallel,
+    )
