@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gridctl.fleet.probes import EndpointClient, probe_endpoint
+from gridctl.fleet.http_client import EndpointClient
+from gridctl.fleet.probes import probe_endpoint
 from gridctl.health import Status, classify_endpoint
 from gridctl.inventory.model import Location, Site
 from gridctl.provision.render import VerifyTarget
