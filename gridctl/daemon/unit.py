@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from gridctl.daemon.config import DaemonConfig, check_security, parse_listen
 from gridctl.inventory.state import STATE_DIR
 from gridctl.provision.render import quote_systemd
+from gridctl.templating import build_environment
 
 # what ProtectHome= hides and PrivateTmp= replaces (systemd.exec(5))
 HIDDEN_BY_PROTECT_HOME = ("/home", "/root", "/run/user")
@@ -171,11 +172,6 @@ def quote_path(value: object) -> str:
 
 def render_unit(templates_dir: Path, spec: UnitSpec) -> str:
     """The unit text; raises OSError or jinja2.TemplateError (with ``lineno``)."""
-    import jinja2
-
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True
-    )
-    env.filters.update({"sdpath": quote_path, "q": lambda v: shlex.quote(str(v))})
+    env = build_environment(filters={"sdpath": quote_path, "q": lambda v: shlex.quote(str(v))})
     template = env.from_string((templates_dir / UNIT_TEMPLATE).read_text(encoding="utf-8"))
     return template.render(unit=spec)

@@ -50,6 +50,7 @@ from typing import Any
 from gridctl.errors import GridctlError, UsageError
 from gridctl.placement.predict import HUNG_FACTOR, HUNG_FLOOR_S
 from gridctl.suggest import did_you_mean
+from gridctl.templating import build_environment
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
 OUTPUT_FILES: Mapping[str, str] = {
@@ -497,15 +498,7 @@ def _render_template(templates_dir: Path, name: str, context: Mapping[str, Any])
     import jinja2
 
     shown = templates_dir / "routing" / name
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir / "routing")),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["j"] = lambda v: json.dumps(v)
+    env = build_environment(templates_dir / "routing", {"j": lambda v: json.dumps(v)})
     try:
         template = env.get_template(name)
         return template.render(**context)
