@@ -289,7 +289,8 @@ def _post_completion(
         "stream": True,
     }
     open_connection(conn, read_timeout)
-    data = json.dumps(body).encode()
+    # encoded as httpx encoded it: compact, UTF-8
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     conn.request(
         "POST", request_path(url), body=data, headers={**headers, "content-type": "application/json"}
     )
