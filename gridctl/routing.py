@@ -8,12 +8,12 @@ by the pure ``gridctl.placement``.
 
 from __future__ import annotations
 
+import http.client
 import json
-import ssl
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,7 +23,14 @@ from gridctl.core.placement.decision import DEFAULT_SHAPE
 from gridctl.core.placement.engine import Planner
 from gridctl.core.placement.predict import Prediction, Shape, estimate_shape
 from gridctl.core.placement.signals import Live, health_live
-from gridctl.net.tls import TlsFileError, load_client_context
+from gridctl.fleet.http_client import (
+    ConnectFailed,
+    EndpointClient,
+    open_connection,
+    request_path,
+    site_context,
+)
+from gridctl.net.tls import TlsFileError
 
 
 def load_planner(inv: Inventory, use_probes: bool = True) -> Planner:
@@ -148,10 +155,62 @@ class ProbeResult:
         }
 
 
-def site_verify(site: Site) -> ssl.SSLContext | bool:
-    """What httpx verifies a site's certificate with: its tls_ca/tls_cert/tls_key context, else
-    the default (certifi's bundle). The files were checked when the inventory loaded."""
-    return load_client_context(site.tls.ca, site.tls.cert, site.tls.key) or True
+def describe_error(exc: Exception) -> str:
+    """A failed request as ``route probe`` and ``route test --live`` show it: the kind of
+    failure (the names these commands have always printed), then the library's words."""
+    if isinstance(exc, ConnectFailed):
+        cause = exc.__cause__
+        return f"{'ConnectTimeout' if isinstance(cause, TimeoutError) else 'ConnectError'}: {cause}"
+    if isinstance(exc, TimeoutError):
+        return f"ReadTimeout: {exc}"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "RemoteProtocolError: Server disconnected without sending a response."
+    if isinstance(exc, ConnectionError):  # reset, broken pipe
+        return f"ReadError: {exc}"
+    if isinstance(exc, http.client.HTTPException):  # an answer that is not HTTP/1.x
+        return f"RemoteProtocolError: {type(exc).__name__}: {str(exc).strip()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _timed_gets(
+    conn: http.client.HTTPConnection, url: str, headers: Mapping[str, str], samples: int
+) -> list[float]:
+    """One warm-up GET (connection set-up is not counted), then ``samples`` timed ones (ms), on
+    the same kept-alive connection."""
+    path = request_path(url)
+
+    def get() -> None:
+        open_connection(conn)
+        conn.request("GET", path, headers=headers)
+        conn.getresponse().read()
+
+    get()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        get()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _probe_site(
+    client: EndpointClient, site: Site, region: str, environ: Mapping[str, str], samples: int, timeout: float
+) -> ProbeResult:
+    url = site.endpoint.rstrip("/") + site.health_path
+    problem = site.api_key_problem(environ)
+    if problem:  # http.client would refuse the header, quoting the key
+        return ProbeResult(site.name, None, (), problem)
+    try:
+        conn = client.connection(url, timeout, site_context(site))
+    except TlsFileError as exc:
+        return ProbeResult(site.name, None, (), str(exc))
+    try:
+        times = _timed_gets(conn, url, _headers(site, environ, region), samples)
+        return ProbeResult(site.name, statistics.median(times), tuple(times), None)
+    except (ConnectFailed, OSError, http.client.HTTPException) as exc:
+        return ProbeResult(site.name, None, (), describe_error(exc))
+    finally:
+        conn.close()
 
 
 def measure_rtt(
@@ -166,29 +225,11 @@ def measure_rtt(
     connection (one warm-up request first, so connection set-up is not counted)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
+    client = EndpointClient()
 
     def one(site: Site) -> ProbeResult:
-        url = site.endpoint.rstrip("/") + site.health_path
-        problem = site.api_key_problem(environ)
-        if problem:  # httpx would refuse the header, quoting the key
-            if on_done:
-                on_done()
-            return ProbeResult(site.name, None, (), problem)
-        headers = _headers(site, environ, region)
         try:
-            with httpx.Client(trust_env=False, timeout=timeout, verify=site_verify(site)) as client:
-                client.get(url, headers=headers)
-                times = []
-                for _ in range(samples):
-                    start = time.perf_counter()
-                    client.get(url, headers=headers)
-                    times.append((time.perf_counter() - start) * 1000)
-            return ProbeResult(site.name, statistics.median(times), tuple(times), None)
-        except httpx.HTTPError as exc:
-            return ProbeResult(site.name, None, (), f"{type(exc).__name__}: {exc}")
-        except TlsFileError as exc:
-            return ProbeResult(site.name, None, (), str(exc))
+            return _probe_site(client, site, region, environ, samples, timeout)
         finally:
             if on_done:
                 on_done()
@@ -221,6 +262,73 @@ class LiveResult:
         }
 
 
+LIVE_PROMPT = "Say hello from the grid."
+LIVE_MAX_TOKENS = 16
+CONNECT_TIMEOUT_S = 5.0  # at most; less when the deadline itself is shorter
+
+
+@dataclass
+class _Stream:
+    """What a streamed completion has sent so far: kept when it stops half-way."""
+
+    start: float
+    ttft_ms: float | None = None
+    parts: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _post_completion(
+    conn: http.client.HTTPConnection, url: str, model: str, headers: Mapping[str, str], read_timeout: float
+) -> http.client.HTTPResponse:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": LIVE_PROMPT}],
+        "max_tokens": LIVE_MAX_TOKENS,
+        "stream": True,
+    }
+    open_connection(conn, read_timeout)
+    # encoded as httpx encoded it: compact, UTF-8
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    conn.request(
+        "POST", request_path(url), body=data, headers={**headers, "content-type": "application/json"}
+    )
+    return conn.getresponse()
+
+
+def _read_events(resp: http.client.HTTPResponse, stream: _Stream) -> None:
+    """Read the server-sent events up to ``[DONE]`` (or the end), gathering the deltas' text and
+    the time of the first one into ``stream``."""
+    while line := resp.readline():
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        if not text.startswith("data:"):
+            continue
+        data = text[5:].strip()
+        if data == "[DONE]":
+            stream.done = True
+            return
+        try:
+            delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue
+        if delta and stream.ttft_ms is None:
+            stream.ttft_ms = (time.perf_counter() - stream.start) * 1000
+        stream.parts.append(delta)
+
+
+def _hung(site: Site, exc: ConnectFailed | TimeoutError, due: float, why: str, start: float) -> str:
+    """What ``--live`` says of a site that sent nothing for the daemon's deadline."""
+    what = "could not be reached" if isinstance(exc, ConnectFailed) else "sent nothing"
+    return (
+        f"site {site.name} {what} for {due:.3g} s ({why}), after "
+        f"{(time.perf_counter() - start):.1f} s in all: it may be hung; check it with "
+        f"`gridctl health`, or take it out of placement with `gridctl site drain {site.name}`"
+    )
+
+
 def live_completion(
     site: Site,
     model: str,
@@ -232,64 +340,34 @@ def live_completion(
     """A real small streaming chat completion: time to first token and total time. A site that
     sends nothing for the daemon's deadline (:func:`hung_after_s` of ``prediction``, or
     ``timeout``) is reported as probably hung, as the daemon would take it."""
-    import httpx
-
     from gridctl.core.placement.predict import explain_deadline, hung_after_s
 
     due = timeout if timeout is not None else hung_after_s(prediction, streaming=True)
     why = "given" if timeout is not None else explain_deadline(prediction, streaming=True)
-
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Say hello from the grid."}],
-        "max_tokens": 16,
-        "stream": True,
-    }
     url = site.endpoint.rstrip("/") + "/v1/chat/completions"
     problem = site.api_key_problem(environ)
-    if problem:  # httpx would refuse the header, quoting the key
+    if problem:  # http.client would refuse the header, quoting the key
         return LiveResult(site.name, False, None, None, None, "", problem)
-    headers = _headers(site, environ, region)
-    start = time.perf_counter()
-    ttft: float | None = None
-    parts: list[str] = []
     try:
-        with (
-            httpx.Client(
-                trust_env=False, timeout=httpx.Timeout(due, connect=min(due, 5.0)), verify=site_verify(site)
-            ) as client,
-            client.stream("POST", url, json=body, headers=headers) as resp,
-        ):
-            if resp.status_code != 200:
-                resp.read()
-                return LiveResult(site.name, False, resp.status_code, None, None, "", resp.text[:300])
-            done = False
-            for line in resp.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                try:
-                    delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
-                except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                    continue
-                if delta and ttft is None:
-                    ttft = (time.perf_counter() - start) * 1000
-                parts.append(delta)
-        total = (time.perf_counter() - start) * 1000
-        error = None if done else "stream ended without [DONE]"
-        return LiveResult(site.name, done, 200, ttft, total, "".join(parts), error)
-    except httpx.TimeoutException as exc:
-        what = "could not be reached" if isinstance(exc, httpx.ConnectTimeout) else "sent nothing"
-        error = (
-            f"site {site.name} {what} for {due:.3g} s ({why}), after "
-            f"{(time.perf_counter() - start):.1f} s in all: it may be hung; check it with "
-            f"`gridctl health`, or take it out of placement with `gridctl site drain {site.name}`"
-        )
-        return LiveResult(site.name, False, None, ttft, None, "".join(parts), error)
-    except httpx.HTTPError as exc:
-        return LiveResult(site.name, False, None, ttft, None, "".join(parts), f"{type(exc).__name__}: {exc}")
+        conn = EndpointClient().connection(url, min(due, CONNECT_TIMEOUT_S), site_context(site))
     except TlsFileError as exc:
         return LiveResult(site.name, False, None, None, None, "", str(exc))
+    stream = _Stream(time.perf_counter())
+    try:
+        resp = _post_completion(conn, url, model, _headers(site, environ, region), due)
+        if resp.status != 200:
+            text = resp.read().decode("utf-8", "replace")
+            return LiveResult(site.name, False, resp.status, None, None, "", text[:300])
+        _read_events(resp, stream)
+        total = (time.perf_counter() - stream.start) * 1000
+        error = None if stream.done else "stream ended without [DONE]"
+        return LiveResult(site.name, stream.done, 200, stream.ttft_ms, total, stream.text, error)
+    except (ConnectFailed, TimeoutError) as exc:
+        if isinstance(exc, ConnectFailed) and not isinstance(exc.__cause__, TimeoutError):
+            return LiveResult(site.name, False, None, None, None, "", describe_error(exc))
+        error = _hung(site, exc, due, why, stream.start)
+        return LiveResult(site.name, False, None, stream.ttft_ms, None, stream.text, error)
+    except (OSError, http.client.HTTPException) as exc:
+        return LiveResult(site.name, False, None, stream.ttft_ms, None, stream.text, describe_error(exc))
+    finally:
+        conn.close()

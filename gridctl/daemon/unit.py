@@ -19,10 +19,12 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from gridctl.daemon.config import DaemonConfig, check_security, parse_listen
 from gridctl.inventory.state import STATE_DIR
 from gridctl.provision.render import quote_systemd
+from gridctl.templating import build_environment
 
 # what ProtectHome= hides and PrivateTmp= replaces (systemd.exec(5))
 HIDDEN_BY_PROTECT_HOME = ("/home", "/root", "/run/user")
@@ -71,41 +73,13 @@ def build_unit(
     (absolute paths) are passed on to ``daemon run`` and readable in the sandbox. Raises
     UsageError for a bad ``listen``, and where ``daemon run`` would refuse to start (off
     loopback: a token, from ``token_file`` or ``tokens``, and TLS or ``insecure_plaintext``)."""
-    host, port = parse_listen(listen)
-    check_security(
-        DaemonConfig(
-            Path(inventory),
-            host,
-            port,
-            token="from the EnvironmentFile" if token_file else None,  # its content is not read here
-            tokens_file=Path(tokens) if tokens else None,
-            tls_cert=Path(tls_cert) if tls_cert else None,
-            tls_key=Path(tls_key) if tls_key else None,
-            tls_client_ca=Path(tls_client_ca) if tls_client_ca else None,
-            insecure_plaintext=insecure_plaintext,
-        )
-    )
+    files = _DaemonFiles(tls_cert, tls_key, tls_client_ca, tokens)
+    port = _check_like_daemon_run(inventory, listen, token_file, files, insecure_plaintext)
     command = list(gridctl)
     state_dir = str(PurePosixPath(inventory) / STATE_DIR)
-    files = [f for f in (tls_cert, tls_key, tls_client_ca, tokens) if f]
-    read = [inventory, str(PurePosixPath(command[0]).parent), *python, *files]
+    read = [inventory, str(PurePosixPath(command[0]).parent), *python, *files.given()]
     hidden = [p for p in _outermost(read) if _hidden(p)]
-    args = [*command, "daemon", "run", "--listen", listen]
-    if region:
-        args += ["--region", region]
-    if slo_policy != "best-effort":
-        args += ["--slo-policy", slo_policy]
-    args += ["--workers", str(workers)]
-    for flag, value in (
-        ("--tls-cert", tls_cert),
-        ("--tls-key", tls_key),
-        ("--tls-client-ca", tls_client_ca),
-        ("--tokens", tokens),
-    ):
-        if value:
-            args += [flag, value]
-    if insecure_plaintext:
-        args.append("--insecure-plaintext")
+    args = [*command, *_daemon_run_args(listen, region, slo_policy, workers, files, insecure_plaintext)]
     return UnitSpec(
         user=user,
         inventory=inventory,
@@ -118,6 +92,64 @@ def build_unit(
         state_hidden=_hidden(state_dir),
         drain_timeout_s=drain_timeout_s,
     )
+
+
+class _DaemonFiles(NamedTuple):
+    """The files ``daemon run`` is given (absolute paths), each when given."""
+
+    tls_cert: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    tokens: str | None
+
+    def given(self) -> list[str]:
+        return [f for f in self if f]
+
+    def flags(self) -> list[str]:
+        pairs = zip(("--tls-cert", "--tls-key", "--tls-client-ca", "--tokens"), self, strict=True)
+        return [word for flag, value in pairs if value for word in (flag, value)]
+
+
+def _check_like_daemon_run(
+    inventory: str, listen: str, token_file: str | None, files: _DaemonFiles, insecure_plaintext: bool
+) -> int:
+    """The port of ``listen``; UsageError for a bad ``listen`` and where ``daemon run`` would
+    refuse to start with these settings."""
+    host, port = parse_listen(listen)
+    check_security(
+        DaemonConfig(
+            Path(inventory),
+            host,
+            port,
+            token="from the EnvironmentFile" if token_file else None,  # its content is not read here
+            tokens_file=Path(files.tokens) if files.tokens else None,
+            tls_cert=Path(files.tls_cert) if files.tls_cert else None,
+            tls_key=Path(files.tls_key) if files.tls_key else None,
+            tls_client_ca=Path(files.tls_client_ca) if files.tls_client_ca else None,
+            insecure_plaintext=insecure_plaintext,
+        )
+    )
+    return port
+
+
+def _daemon_run_args(
+    listen: str,
+    region: str | None,
+    slo_policy: str,
+    workers: int,
+    files: _DaemonFiles,
+    insecure_plaintext: bool,
+) -> list[str]:
+    """``daemon run`` and its options as the unit passes them (defaults left out)."""
+    args = ["daemon", "run", "--listen", listen]
+    if region:
+        args += ["--region", region]
+    if slo_policy != "best-effort":
+        args += ["--slo-policy", slo_policy]
+    args += ["--workers", str(workers), *files.flags()]
+    if insecure_plaintext:
+        args.append("--insecure-plaintext")
+    return args
 
 
 def _under(path: str, roots: Iterable[str]) -> bool:
@@ -171,11 +203,6 @@ def quote_path(value: object) -> str:
 
 def render_unit(templates_dir: Path, spec: UnitSpec) -> str:
     """The unit text; raises OSError or jinja2.TemplateError (with ``lineno``)."""
-    import jinja2
-
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True
-    )
-    env.filters.update({"sdpath": quote_path, "q": lambda v: shlex.quote(str(v))})
+    env = build_environment(filters={"sdpath": quote_path, "q": lambda v: shlex.quote(str(v))})
     template = env.from_string((templates_dir / UNIT_TEMPLATE).read_text(encoding="utf-8"))
     return template.render(unit=spec)

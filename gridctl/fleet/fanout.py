@@ -112,39 +112,13 @@ def run_on_nodes(
     too. ``register(sock)`` hands the node's socket to the watchdog.
     """
     watchdog = _Watchdog()
-
-    def one(index: int, node: Node) -> NodeResult[T]:
-        start = time.monotonic()
-        deadline = start + timeout
-        try:
-            value = task(node, deadline, lambda s: watchdog.register(index, deadline, s))
-            return NodeResult(node, value, None, time.monotonic() - start)
-        except Unreachable as exc:
-            return NodeResult(node, None, exc, time.monotonic() - start)
-        except (OSError, EOFError) as exc:  # the watchdog closed the socket under a library call
-            late = time.monotonic() >= deadline
-            if late:
-                exc2 = Unreachable("timeout", f"timed out after {timeout:g}s")
-            else:
-                exc2 = Unreachable("ssh", f"connection lost: {exc}")
-            return NodeResult(node, None, exc2, time.monotonic() - start)
-        finally:
-            watchdog.forget(index)
-
     results: list[NodeResult[T] | None] = [None] * len(nodes)
     workers = max(1, min(forks, len(nodes) or 1))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gridctl-ssh")
     futures: dict[Future[NodeResult[T]], int] = {}
     try:
-        futures = {pool.submit(one, i, n): i for i, n in enumerate(nodes)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                result = fut.result()
-                results[futures[fut]] = result
-                if on_done is not None:
-                    on_done(result)
+        futures = {pool.submit(_run_one, task, i, n, timeout, watchdog): i for i, n in enumerate(nodes)}
+        _collect(futures, results, on_done)
     except BaseException:  # Ctrl-C: stop queued work, unblock running work, re-raise
         for fut in futures:
             fut.cancel()
@@ -155,3 +129,39 @@ def run_on_nodes(
         watchdog.stop()
     pool.shutdown(wait=True)
     return [r for r in results if r is not None]
+
+
+def _run_one(task: Task[T], index: int, node: Node, timeout: float, watchdog: _Watchdog) -> NodeResult[T]:
+    """``task`` on one node under its own deadline: its value, or why the node was not reached."""
+    start = time.monotonic()
+    deadline = start + timeout
+    try:
+        value = task(node, deadline, lambda s: watchdog.register(index, deadline, s))
+        return NodeResult(node, value, None, time.monotonic() - start)
+    except Unreachable as exc:
+        return NodeResult(node, None, exc, time.monotonic() - start)
+    except (OSError, EOFError) as exc:  # the watchdog closed the socket under a library call
+        late = time.monotonic() >= deadline
+        if late:
+            exc2 = Unreachable("timeout", f"timed out after {timeout:g}s")
+        else:
+            exc2 = Unreachable("ssh", f"connection lost: {exc}")
+        return NodeResult(node, None, exc2, time.monotonic() - start)
+    finally:
+        watchdog.forget(index)
+
+
+def _collect(
+    futures: dict[Future[NodeResult[T]], int],
+    results: list[NodeResult[T] | None],
+    on_done: Callable[[NodeResult[T]], None] | None,
+) -> None:
+    """Each result into its node's place as it finishes, told to ``on_done`` then."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        for fut in done:
+            result = fut.result()
+            results[futures[fut]] = result
+            if on_done is not None:
+                on_done(result)

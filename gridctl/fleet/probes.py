@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +17,9 @@ from gridctl import __version__
 from gridctl.core.health import EndpointProbe, NodeProbe, build_node_probe_command, parse_node_probe
 from gridctl.core.health.thresholds import DEFAULT, Thresholds
 from gridctl.core.inventory.model import Site
+from gridctl.fleet.http_client import ConnectFailed, EndpointClient, open_connection, site_context
 from gridctl.fleet.ssh import Session
-from gridctl.net.tls import TlsFileError, load_client_context
+from gridctl.net.tls import TlsFileError
 
 
 def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAULT) -> NodeProbe:
@@ -33,53 +32,8 @@ def probe_gpus(session: Session, deadline: float, thresholds: Thresholds = DEFAU
     return parse_node_probe(result.stdout, result.stderr, result.rc)
 
 
-class EndpointClient:
-    """GET requests for the endpoint probes, on the standard library's http.client.
-
-    Two GETs per site need nothing more, and http.client costs ~3 ms of start-up
-    where httpx costs ~30 ms (its import and its first request), time during
-    which ``gridctl health`` has not yet reached its nodes. Like the
-    ``httpx.Client(trust_env=False, follow_redirects=False)`` it replaces: no
-    proxy from the environment, redirects are answers, not followed, and https
-    is verified against certifi's CA bundle (the context built on first use:
-    plain-HTTP runs never load the bundle). Safe to share between threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
-
-    def connection(
-        self, url: str, timeout: float, tls: ssl.SSLContext | None = None
-    ) -> http.client.HTTPConnection:
-        """An unopened connection to ``url``'s host (http.client opens it, and reopens it
-        when the server closed it after a response); ``tls``: the site's own context (its
-        ``tls_ca``, client certificate), else certifi's bundle."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-        if parts.scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=tls or self._context())
-        return http.client.HTTPConnection(host, port, timeout=timeout)
-
-    def _context(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._tls is None:
-                import certifi
-
-                self._tls = ssl.create_default_context(cafile=certifi.where())
-            return self._tls
-
-
-class _ConnectFailed(Exception):
-    pass
-
-
 def _get(conn: http.client.HTTPConnection, path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
-    if conn.sock is None:
-        try:
-            conn.connect()
-        except OSError as exc:  # refused, unreachable, TLS refused, timed out
-            raise _ConnectFailed(exc) from exc
+    open_connection(conn)
     conn.request("GET", path, headers={"User-Agent": USER_AGENT, **headers})
     response = conn.getresponse()
     return response.status, response.read()
@@ -99,7 +53,7 @@ def probe_endpoint(
     headers = site.auth_headers(environ)
     prefix = urlsplit(base).path
     try:
-        tls = load_client_context(site.tls.ca, site.tls.cert, site.tls.key)
+        tls = site_context(site)
     except TlsFileError as exc:
         return EndpointProbe(error=f"{base}{site.health_path}: {exc}")
     conn = client.connection(base, timeout, tls)
@@ -108,7 +62,7 @@ def probe_endpoint(
             start = time.perf_counter()
             status, _ = _get(conn, prefix + site.health_path, headers)
             rtt_ms = (time.perf_counter() - start) * 1000
-        except (_ConnectFailed, OSError, http.client.HTTPException) as exc:
+        except (ConnectFailed, OSError, http.client.HTTPException) as exc:
             return EndpointProbe(error=f"{base}{site.health_path}: {_describe(exc)}")
         models: tuple[str, ...] | None = None
         try:
@@ -116,7 +70,7 @@ def probe_endpoint(
             if code == 200:
                 data = json.loads(body).get("data", [])
                 models = tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
-        except (_ConnectFailed, OSError, http.client.HTTPException, ValueError, AttributeError):
+        except (ConnectFailed, OSError, http.client.HTTPException, ValueError, AttributeError):
             models = None
         return EndpointProbe(health_status_code=status, models=models, rtt_ms=rtt_ms)
     finally:
@@ -124,10 +78,10 @@ def probe_endpoint(
 
 
 def _describe(exc: Exception) -> str:
-    cause = exc.__cause__ if isinstance(exc, _ConnectFailed) else exc
+    cause = exc.__cause__ if isinstance(exc, ConnectFailed) else exc
     if isinstance(cause, TimeoutError):
         return "timed out"
-    if isinstance(exc, _ConnectFailed):
+    if isinstance(exc, ConnectFailed):
         return f"cannot connect ({cause})"
     return f"{type(exc).__name__}: {exc}"
 

@@ -153,55 +153,33 @@ class Session:
 
         start = time.monotonic()
         try:
-            channel = self.transport.open_session(timeout=_left(deadline))
-            if pty:
-                channel.get_pty(term=os.environ.get("TERM", "xterm"), width=200, height=50)
-            channel.exec_command(command)
+            channel = self._start(command, deadline, pty)
         except Unreachable:
             return CommandResult(None, "", "", time.monotonic() - start, timed_out=True)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             return CommandResult(None, "", f"cannot start command: {exc}", time.monotonic() - start)
-        out, err = bytearray(), bytearray()
-        truncated = timed_out = False
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                select.select([channel], [], [], min(left, 0.5))
-                while channel.recv_ready():
-                    chunk = channel.recv(1 << 16)
-                    if len(out) < MAX_STREAM_BYTES:
-                        out += chunk
-                    else:
-                        truncated = True
-                while channel.recv_stderr_ready():
-                    chunk = channel.recv_stderr(1 << 16)
-                    if len(err) < MAX_STREAM_BYTES:
-                        err += chunk
-                    else:
-                        truncated = True
-                if (channel.eof_received or channel.closed) and not (
-                    channel.recv_ready() or channel.recv_stderr_ready()
-                ):
-                    break
-            rc: int | None = None
-            if not timed_out and channel.status_event.wait(max(0.0, min(deadline - time.monotonic(), 5))):
-                rc = channel.exit_status
-            elif not timed_out:
-                timed_out = True
+            streams = _drain(channel, deadline)
+            rc, timed_out = _exit_status(channel, deadline, streams.timed_out)
         finally:
             channel.close()
-        stdout = out.decode("utf-8", "replace")
+        stdout = streams.out.decode("utf-8", "replace")
         return CommandResult(
             rc if rc is None or rc >= 0 else None,
             stdout.replace("\r\n", "\n") if pty else stdout,
-            err.decode("utf-8", "replace"),
+            streams.err.decode("utf-8", "replace"),
             time.monotonic() - start,
             timed_out=timed_out,
-            truncated=truncated,
+            truncated=streams.truncated,
         )
+
+    def _start(self, command: str, deadline: float, pty: bool) -> paramiko.Channel:
+        """A channel running ``command`` (on a terminal with ``pty``)."""
+        channel = self.transport.open_session(timeout=_left(deadline))
+        if pty:
+            channel.get_pty(term=os.environ.get("TERM", "xterm"), width=200, height=50)
+        channel.exec_command(command)
+        return channel
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -210,6 +188,50 @@ class Session:
             self.via.close()
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+@dataclass
+class _Streams:
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    truncated: bool = False  # a stream passed MAX_STREAM_BYTES: the rest was dropped
+    timed_out: bool = False
+
+
+def _drain(channel: paramiko.Channel, deadline: float) -> _Streams:
+    """Both streams of ``channel`` as they come, until it ends or ``deadline`` passes."""
+    streams = _Streams()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            streams.timed_out = True
+            return streams
+        select.select([channel], [], [], min(left, 0.5))
+        while channel.recv_ready():
+            _keep(streams, streams.out, channel.recv(1 << 16))
+        while channel.recv_stderr_ready():
+            _keep(streams, streams.err, channel.recv_stderr(1 << 16))
+        if (channel.eof_received or channel.closed) and not (
+            channel.recv_ready() or channel.recv_stderr_ready()
+        ):
+            return streams
+
+
+def _keep(streams: _Streams, into: bytearray, chunk: bytes) -> None:
+    if len(into) < MAX_STREAM_BYTES:
+        into += chunk
+    else:
+        streams.truncated = True
+
+
+def _exit_status(channel: paramiko.Channel, deadline: float, timed_out: bool) -> tuple[int | None, bool]:
+    """The command's exit status (None when unknown) and whether it timed out: the status
+    may follow the end of the streams, by at most 5 s (and never past ``deadline``)."""
+    if timed_out:
+        return None, True
+    if channel.status_event.wait(max(0.0, min(deadline - time.monotonic(), 5))):
+        return channel.exit_status, False
+    return None, True
 
 
 def connect_socket(host: str, port: int, deadline: float, dialer: Dialer | None = None) -> socket.socket:

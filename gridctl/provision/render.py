@@ -26,6 +26,7 @@ import jinja2
 from gridctl.core.inventory.model import Gpus, Node, TlsFiles
 from gridctl.provision.context import remote_path
 from gridctl.provision.profile import Profile
+from gridctl.templating import build_environment
 
 DEST = re.compile(r"^[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*$")
 MAX_FILE_BYTES = 1 << 20
@@ -119,16 +120,9 @@ class Renderer:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(profile.directory)),
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            autoescape=False,
-        )
-        self.env.filters.update(
-            {"q": lambda v: shlex.quote(str(v)), "sd": quote_systemd, "env_value": env_value}
+        self.env = build_environment(
+            profile.directory,
+            {"q": lambda v: shlex.quote(str(v)), "sd": quote_systemd, "env_value": env_value},
         )
         self._inline: dict[str, Any] = {}
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from gridctl.core.health import Status, classify_endpoint
 from gridctl.core.inventory.model import Location, Site
-from gridctl.fleet.probes import EndpointClient, probe_endpoint
+from gridctl.fleet.http_client import EndpointClient
+from gridctl.fleet.probes import probe_endpoint
 from gridctl.provision.render import VerifyTarget
 
 POLL_S = 0.5

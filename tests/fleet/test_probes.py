@@ -7,7 +7,8 @@ import ssl
 import time
 from dataclasses import replace
 
-from gridctl.fleet.probes import EndpointClient, probe_endpoint
+from gridctl.fleet.http_client import EndpointClient
+from gridctl.fleet.probes import probe_endpoint
 from gridctl.inventory.load import load_inventory
 from tests.conftest import EXAMPLE
 
@@ -77,3 +78,49 @@ def test_endpoint_check_started_early_counts_every_site_once() -> None:
     finally:
         good.close()
         slow.close()
+
+
+def test_route_probe_and_live_failures_read_as_they_did_on_httpx() -> None:
+    import socket
+    import threading
+
+    from gridctl.routing import live_completion, measure_rtt
+    from tests.fleet.sshd import FrozenServer, free_port
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def close_each() -> None:  # reads the request, answers nothing
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    site = list(load_inventory(EXAMPLE).sites)[0]
+    frozen = FrozenServer()
+    expected = {
+        f"http://127.0.0.1:{free_port()}": "ConnectError: [Errno 111] Connection refused",
+        f"http://127.0.0.1:{frozen.port}": "ReadTimeout: timed out",
+        f"http://127.0.0.1:{listener.getsockname()[1]}": (
+            "RemoteProtocolError: Server disconnected without sending a response."
+        ),
+    }
+    try:
+        for url, error in expected.items():
+            (probe,) = measure_rtt([replace(site, endpoint=url)], "us-east", {}, samples=1, timeout=0.5)
+            assert probe.error == error and probe.rtt_ms is None, (url, probe)
+            live = live_completion(replace(site, endpoint=url), "m", "us-east", {}, timeout=0.5)
+            if error.startswith("ReadTimeout"):
+                assert live.error is not None and live.error.startswith(
+                    f"site {site.name} sent nothing for 0.5 s"
+                )
+            else:
+                assert live.error == error, (url, live)
+    finally:
+        frozen.close()
+        listener.close()

@@ -98,18 +98,35 @@ def build_node_probe_command(
         raise ValueError(f"timeout_s must be a positive number, not {timeout_s!r}")
     if xid_window_s <= 0:
         raise ValueError(f"xid_window_s must be positive, not {xid_window_s!r}")
-    t = shlex.quote(_number(timeout_s))
-    window = int(xid_window_s)
-    header = f"{MARK}probe {PROBE_VERSION} timeout={_number(timeout_s)} xid_window={window}"
-    hung = " ".join(f'[ "$gridctl_rc" -ne {rc} ] &&' for rc in HUNG_RCS)
+    header = f"{MARK}probe {PROBE_VERSION} timeout={_number(timeout_s)} xid_window={int(xid_window_s)}"
     lines = [
+        *_runner_lines(header, shlex.quote(_number(timeout_s))),
+        *_gpu_lines(),
+        *_xid_lines(int(xid_window_s)),
+        f"echo {shlex.quote(MARK + 'end')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _runner_lines(header: str, timeout: str) -> list[str]:
+    """The probe's header, and ``gridctl_run``: a command under ``timeout`` when the node has it."""
+    return [
         "LC_ALL=C; export LC_ALL",
         f"echo {shlex.quote(header)}",
         "if command -v timeout >/dev/null 2>&1; then",
-        f'  gridctl_run() {{ timeout -k 2 {t} "$@"; }}',
+        f'  gridctl_run() {{ timeout -k 2 {timeout} "$@"; }}',
         "else",
         '  gridctl_run() { "$@"; }',
         "fi",
+    ]
+
+
+def _gpu_lines() -> list[str]:
+    """The gpu section (the legacy clock field when the driver lacks the new one), then, unless
+    nvidia-smi hung or found no driver, the remap and temperature sections."""
+    hung = " ".join(f'[ "$gridctl_rc" -ne {rc} ] &&' for rc in HUNG_RCS)
+    remap = _argv("nvidia-smi", "--query-remapped-rows=" + ",".join(REMAPPED_ROWS_FIELDS), CSV_FORMAT)
+    return [
         f"echo {shlex.quote(MARK + 'section gpu')}",
         "if command -v nvidia-smi >/dev/null 2>&1; then",
         f"  gridctl_out=$(gridctl_run {_query_gpu(QUERY_GPU_FIELDS)} 2>&1); gridctl_rc=$?",
@@ -122,9 +139,7 @@ def build_node_probe_command(
         f'  echo "{MARK}rc $gridctl_rc"',
         f'  if {hung} [ "$gridctl_rc" -ne {RC_DRIVER_NOT_LOADED} ]; then',
         f"    echo {shlex.quote(MARK + 'section remap')}",
-        "    gridctl_run "
-        + _argv("nvidia-smi", "--query-remapped-rows=" + ",".join(REMAPPED_ROWS_FIELDS), CSV_FORMAT)
-        + " 2>&1",
+        f"    gridctl_run {remap} 2>&1",
         f'    echo "{MARK}rc $?"',
         f"    echo {shlex.quote(MARK + 'section temperature')}",
         f"    gridctl_run {_argv('nvidia-smi', *TEMPERATURE_ARGS)} 2>&1",
@@ -134,12 +149,18 @@ def build_node_probe_command(
         f"  echo {shlex.quote(MARK + 'missing nvidia-smi')}",
         f"  echo {shlex.quote(MARK + 'rc 127')}",
         "fi",
+    ]
+
+
+def _xid_lines(window: int) -> list[str]:
+    """The xid section: the kernel log of the last ``window`` seconds from journalctl, else
+    dmesg (with the uptime, to place its timestamps), its NVRM Xid lines."""
+    journal = _argv("journalctl", "-k", f"--since=-{window}s", "--no-pager")
+    return [
         f"echo {shlex.quote(MARK + 'section xid')}",
         "gridctl_rc=127",
         "if command -v journalctl >/dev/null 2>&1; then",
-        "  gridctl_out=$(gridctl_run "
-        + _argv("journalctl", "-k", f"--since=-{window}s", "--no-pager")
-        + " 2>&1); gridctl_rc=$?",
+        f"  gridctl_out=$(gridctl_run {journal} 2>&1); gridctl_rc=$?",
         '  case "$gridctl_out" in',
         "    *'No journal files were'*|*'insufficient permissions'*) gridctl_rc=1 ;;",
         "  esac",
@@ -154,9 +175,7 @@ def build_node_probe_command(
         "printf '%s\\n' \"$gridctl_out\" | grep -F 'NVRM: Xid' | tail -n 100",
         'if [ "$gridctl_rc" -ne 0 ]; then printf \'%s\\n\' "$gridctl_out" | tail -n 3; fi',
         f'echo "{MARK}rc $gridctl_rc"',
-        f"echo {shlex.quote(MARK + 'end')}",
     ]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- parsing
