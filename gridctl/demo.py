@@ -120,7 +120,8 @@ def explain_route(base: str, region: str, prompt_tokens: int, max_tokens: int) -
         "prompt_tokens": prompt_tokens,
         "max_tokens": max_tokens,
     }
-    return dict(httpx.get(f"{base}/grid/route", params=params, timeout=10).json())
+    # trust_env=False: an HTTP(S)_PROXY in the environment must not catch requests to the local daemon
+    return dict(httpx.get(f"{base}/grid/route", params=params, timeout=10, trust_env=False).json())
 
 
 REASON_KINDS = {"does": "model not served", "round": "over SLO", "last": "unhealthy"}
@@ -188,7 +189,12 @@ def send_burst(base: str, per_region: int, on_sent: Callable[[Sent], None] | Non
         start = time.perf_counter()
         ttft = None
         with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json=body, headers={"x-grid-region": region}, timeout=60
+            "POST",
+            f"{base}/v1/chat/completions",
+            json=body,
+            headers={"x-grid-region": region},
+            timeout=60,
+            trust_env=False,
         ) as resp:
             site = resp.headers.get("x-grid-site", "-")
             for chunk in resp.iter_raw():

@@ -26,7 +26,12 @@ def _refuses(url: str) -> bool:
 
 
 def test_demo_end_to_end(tmp_path) -> None:
-    r = run_cli("demo", "--per-region", "3", "--speed", "5", "--sim-seconds", "20", "-o", "json", timeout=300)
+    # a proxy in the environment (a dead one) must not catch the demo's requests to its own daemon
+    proxy = "http://127.0.0.1:9"
+    env = cli_env(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, ALL_PROXY=proxy, http_proxy=proxy, all_proxy=proxy)
+    r = run_cli(
+        "demo", "--per-region", "3", "--speed", "5", "--sim-seconds", "20", "-o", "json", env=env, timeout=300
+    )
     assert r.rc == 0, r
     data = json.loads(r.out)
     sent = data["requests"]
