@@ -109,8 +109,10 @@ class Issue:
     at_key: bool = False  # point at the key's line rather than the value's
 
 
-class _Checker:
-    """Collects issues; each ``want_*`` returns the value or None when invalid."""
+class Checker:
+    """Collects issues; each ``want_*`` returns the value or None when invalid. The schema's
+    checks of one document's values, public for other documents read the same way (scenario
+    files: ``gridctl.sim.profiles``)."""
 
     def __init__(self) -> None:
         self.issues: list[Issue] = []
@@ -247,7 +249,7 @@ def _bool_hint(value: Any) -> str:
 
 
 def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
-    ck = _Checker()
+    ck = Checker()
     top = ck.want_mapping(doc, (), GRID_KEYS)
     if top is None:
         return None, ck.issues
@@ -298,7 +300,7 @@ def build_grid(doc: Any) -> tuple[Grid | None, list[Issue]]:
     return grid, ck.issues
 
 
-def _gpu_rows(ck: _Checker, value: Any) -> list[GpuRow]:
+def _gpu_rows(ck: Checker, value: Any) -> list[GpuRow]:
     """grid.yaml ``gpus:``: rows that add to (or override) the built-in GPU table."""
     items = ck.want_list(value, ("gpus",))
     out: list[GpuRow] = []
@@ -336,7 +338,7 @@ def _gpu_rows(ck: _Checker, value: Any) -> list[GpuRow]:
     return out
 
 
-def _ssh_defaults(ck: _Checker, value: Any, path: Path) -> SshDefaults | None:
+def _ssh_defaults(ck: Checker, value: Any, path: Path) -> SshDefaults | None:
     m = ck.want_mapping(value, path, SSH_KEYS)
     if m is None:
         return None
@@ -347,7 +349,7 @@ def _ssh_defaults(ck: _Checker, value: Any, path: Path) -> SshDefaults | None:
     return SshDefaults(user=user, port=port or 22, key=key, jump=jump)
 
 
-def _jump(ck: _Checker, value: Any, path: Path) -> str | None:
+def _jump(ck: Checker, value: Any, path: Path) -> str | None:
     what = "a jump host as [user@]host[:port]"
     text = ck.want_str(value, path, JUMP, what)
     if text is not None and parse_jump(text)[2] > 65535:
@@ -363,7 +365,7 @@ def parse_jump(text: str) -> tuple[str | None, str, int]:
     return (user or None, host, int(port) if port else 22)
 
 
-def _weights(ck: _Checker, value: Any, path: Path) -> Weights | None:
+def _weights(ck: Checker, value: Any, path: Path) -> Weights | None:
     m = ck.want_mapping(value, path, WEIGHT_KEYS)
     if m is None:
         return None
@@ -380,7 +382,7 @@ def _weights(ck: _Checker, value: Any, path: Path) -> Weights | None:
     return Weights(**got)  # type: ignore[arg-type]
 
 
-def _tls_files(ck: _Checker, m: dict[str, Any], path: Path) -> TlsFiles:
+def _tls_files(ck: Checker, m: dict[str, Any], path: Path) -> TlsFiles:
     """``tls_ca``, ``tls_cert``, ``tls_key`` of a site or of grid.yaml's defaults: file paths as
     written (``load`` resolves them and reads the files). A key alone has no certificate to go with."""
     got: dict[str, str | None] = {}
@@ -402,14 +404,14 @@ def _tls_files(ck: _Checker, m: dict[str, Any], path: Path) -> TlsFiles:
     return TlsFiles(got["tls_ca"], got["tls_cert"], got["tls_key"])
 
 
-def _key_path(ck: _Checker, value: Any, path: Path) -> str | None:
+def _key_path(ck: Checker, value: Any, path: Path) -> str | None:
     if not isinstance(value, str) or not value or any(c in value for c in "\n\r\0"):
         ck.fail(path, f"must be a path to a private key file (got {show(value)})")
         return None
     return value
 
 
-def _region(ck: _Checker, value: Any, path: Path) -> Region | None:
+def _region(ck: Checker, value: Any, path: Path) -> Region | None:
     m = ck.want_mapping(value, path, REGION_KEYS)
     if m is None:
         return None
@@ -453,7 +455,7 @@ def _region(ck: _Checker, value: Any, path: Path) -> Region | None:
 
 def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     """A site document -> Site; node ports/users fall back to the grid's SSH defaults."""
-    ck = _Checker()
+    ck = Checker()
     m = ck.want_mapping(doc, (), SITE_KEYS)
     if m is None:
         return None, ck.issues
@@ -509,7 +511,7 @@ def build_site(doc: Any, ssh: SshDefaults) -> tuple[Site | None, list[Issue]]:
     return site, ck.issues
 
 
-def _labels(ck: _Checker, value: Any) -> dict[str, str]:
+def _labels(ck: Checker, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         ck.fail(("labels",), f"must be a mapping of label to value (got {show(value)})")
         return {}
@@ -525,7 +527,7 @@ def _labels(ck: _Checker, value: Any) -> dict[str, str]:
     return out
 
 
-def _models(ck: _Checker, value: Any) -> list[ModelServing]:
+def _models(ck: Checker, value: Any) -> list[ModelServing]:
     items = ck.want_list(value, ("models",))
     out: list[ModelServing] = []
     seen: set[str] = set()
@@ -558,7 +560,7 @@ def _models(ck: _Checker, value: Any) -> list[ModelServing]:
     return out
 
 
-def _check_serving(ck: _Checker, models: list[ModelServing], nodes: list[Node]) -> None:
+def _check_serving(ck: Checker, models: list[ModelServing], nodes: list[Node]) -> None:
     """``models[].gpu`` names a GPU of the site's nodes; ``tensor_parallel`` fits on one of them."""
     counts: dict[str, int] = {}
     for n in nodes:
@@ -578,7 +580,7 @@ def _check_serving(ck: _Checker, models: list[ModelServing], nodes: list[Node]) 
                 )
 
 
-def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
+def _nodes(ck: Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
     items = ck.want_list(value, ("nodes",))
     out: list[Node] = []
     for i, item in enumerate(items or []):
@@ -617,7 +619,7 @@ def _nodes(ck: _Checker, value: Any, site: str, ssh: SshDefaults) -> list[Node]:
     return out
 
 
-def _gpus(ck: _Checker, value: Any, path: Path) -> Gpus | None:
+def _gpus(ck: Checker, value: Any, path: Path) -> Gpus | None:
     m = ck.want_mapping(value, path, GPUS_KEYS)
     if m is None:
         return None
@@ -634,7 +636,7 @@ def _gpus(ck: _Checker, value: Any, path: Path) -> Gpus | None:
     return Gpus(model, count) if model is not None and count is not None else None
 
 
-def _provision(ck: _Checker, value: Any, path: Path) -> Provision | None:
+def _provision(ck: Checker, value: Any, path: Path) -> Provision | None:
     """``provision: {profile, prefix, owner, vars}`` of a site or a node."""
     m = ck.want_mapping(value, path, PROVISION_KEYS)
     if m is None:
@@ -659,7 +661,7 @@ def _provision(ck: _Checker, value: Any, path: Path) -> Provision | None:
     return Provision(profile=profile, prefix=prefix, owner=owner, vars=variables)
 
 
-def _provision_vars(ck: _Checker, value: Any, path: Path) -> dict[str, Any]:
+def _provision_vars(ck: Checker, value: Any, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         ck.fail(path, f"must be a mapping of variable name to value (got {show(value)})")
         return {}
@@ -679,7 +681,7 @@ def _provision_vars(ck: _Checker, value: Any, path: Path) -> dict[str, Any]:
     return out
 
 
-def _scalar_var(ck: _Checker, value: Any, path: Path) -> bool:
+def _scalar_var(ck: Checker, value: Any, path: Path) -> bool:
     if isinstance(value, bool | int | float) and value == value:
         return True
     if isinstance(value, str) and len(value) <= MAX_VAR_TEXT and "\0" not in value:

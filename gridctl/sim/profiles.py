@@ -25,7 +25,7 @@ from typing import Any
 
 from gridctl.errors import InventoryError, Problem
 from gridctl.inventory.model import Site, SshDefaults
-from gridctl.inventory.schema import DNS_LABEL, _Checker, build_site
+from gridctl.inventory.schema import DNS_LABEL, Checker, build_site
 from gridctl.inventory.yamldoc import DocumentError, parse_document, path_str
 
 MAX_RATE = 1_000_000.0
@@ -181,7 +181,7 @@ def build_profile(
 ) -> tuple[Profile | None, list[tuple[tuple[str | int, ...], str, bool]]]:
     """A scenario document -> the profile it describes (None when invalid) and its issues
     ``(path, message, at_key)``. Pure: references to the inventory are checked by ``check_profile``."""
-    ck = _Checker()
+    ck = Checker()
     top = ck.want_mapping(doc if doc is not None else {}, (), SCENARIO_KEYS)
     if top is None:
         return None, [(i.path, i.message, i.at_key) for i in ck.issues]
@@ -261,7 +261,7 @@ def build_profile(
     return replace(p, **changes), issues
 
 
-def _add_sites(ck: _Checker, value: Any) -> tuple[Site, ...]:
+def _add_sites(ck: Checker, value: Any) -> tuple[Site, ...]:
     items = ck.want_list(value, ("add_sites",))
     out: list[Site] = []
     for i, doc in enumerate(items or ()):
@@ -281,7 +281,7 @@ def _add_sites(ck: _Checker, value: Any) -> tuple[Site, ...]:
     return tuple(out)
 
 
-def _rates(ck: _Checker, value: Any) -> dict[str, float] | None:
+def _rates(ck: Checker, value: Any) -> dict[str, float] | None:
     if not isinstance(value, dict) or not value:
         ck.fail(
             ("regions",), "must be a mapping of client region -> requests per second, e.g. {us-east: 120}"
@@ -298,7 +298,7 @@ def _rates(ck: _Checker, value: Any) -> dict[str, float] | None:
     return out
 
 
-def _bursts(ck: _Checker, value: Any) -> tuple[Bursts | None, tuple[str, ...] | None]:
+def _bursts(ck: Checker, value: Any) -> tuple[Bursts | None, tuple[str, ...] | None]:
     if value is None or value is False:
         return None, None
     m = ck.want_mapping(value, ("bursts",), BURST_KEYS)
@@ -321,7 +321,7 @@ def _bursts(ck: _Checker, value: Any) -> tuple[Bursts | None, tuple[str, ...] | 
     return Bursts(every, length, factor, first), regions
 
 
-def _lengths(ck: _Checker, value: Any, path: tuple[str, ...], default: Lengths) -> Lengths | None:
+def _lengths(ck: Checker, value: Any, path: tuple[str, ...], default: Lengths) -> Lengths | None:
     m = ck.want_mapping(value, path, LENGTH_KEYS)
     if m is None:
         return None
