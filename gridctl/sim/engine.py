@@ -304,14 +304,8 @@ def _replay(
     the time of the last of those (0 when there were none)."""
     T, R, M = w.t, w.region, w.model
     pool_of, cap, qlim = pools.of, pools.capacity, pools.queue_limit
-    rrun, slots, running, queues, peak, sig = (
-        run.replica_running,
-        run.slots,
-        run.running,
-        run.queues,
-        run.peak,
-        run.sig,
-    )
+    rrun, slots, running = run.replica_running, run.slots, run.running
+    queues, peak, sig = run.queues, run.peak, run.sig
     status, site_of, served, heap = run.status, run.site, run.served, run.heap
     least_loaded = _least_loaded
     for i in range(len(w)):
