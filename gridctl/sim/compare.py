@@ -23,8 +23,8 @@ from gridctl.sim.policy import (
     EXTRA_POLICIES,
     POLICIES,
     GridPolicy,
-    Placement,
     RoundRobinPolicy,
+    SimPlacement,
     central_policy,
     nearest_policy,
     new_signals,
@@ -223,7 +223,7 @@ def run_policy(
     w: Workload,
     name: str,
     sites: Sequence[SimulatedSite],
-    placement: Placement,
+    placement: SimPlacement,
     rtt: list[list[float]],
 ) -> Outcome:
     pools = build_pools(sites, w.models, rtt, plan.queue_per_slot)
@@ -252,7 +252,7 @@ def simulate_plan(
         )
     planner = Planner(plan.inv, plan.probes)
     sites = build_sim_sites(plan.inv, plan.seed if plan.hidden_speed else None)
-    placement = Placement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
+    placement = SimPlacement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
     rtt = [[planner.latency(planner.region(r), s).rtt_ms for s in plan.inv.sites] for r in w.regions]
     outcomes = []
     for name in plan.policies:
