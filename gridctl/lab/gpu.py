@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from gridctl.lab.formats import Completion
 from gridctl.placement.perf import CHARS_PER_TOKEN, Serving, token_interval_ms, ttft_ms
-from gridctl.placement.prefix import PrefixCache, text_chain
+from gridctl.placement.prefix import PrefixCache, reusable_tokens, text_chain
 
 BLOCK_TOKENS = 16  # vLLM's default KV block
 BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN
@@ -116,7 +116,7 @@ class ModelState:
         TTFT (the lab's ``slow`` failure mode)."""
         st, sv = self.stats, self.serving
         held = self.cache.lookup(text_chain(c.prompt, BLOCK_CHARS, BLOCK_TOKENS))
-        cached = max(0, min(held, c.prompt_tokens - 1))
+        cached = reusable_tokens(held, c.prompt_tokens)
         st.prompt_tokens += c.prompt_tokens
         st.prefix_queries += c.prompt_tokens
         st.prefix_hits += cached

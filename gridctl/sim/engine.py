@@ -21,6 +21,7 @@ it (:mod:`gridctl.placement.perf`; ``running`` and ``slots`` are its replica's,
 ``running`` counting it)::
 
     cached   = prefix-cache hit (the shared prefix, or the session's previous turn), < prompt
+               (placement.prefix.reusable_tokens)
     k        = serving.factor x site.speed x noise(rnd)   (speed: the hidden per-site factor,
                                                            noise: log-normal, one draw per request;
                                                            both from gridctl.lab.truth, as the lab's)
@@ -59,7 +60,7 @@ from typing import Protocol
 from gridctl.lab.truth import noise
 from gridctl.placement.engine import SiteSignals
 from gridctl.placement.perf import GpuPerf, token_interval_ms, ttft_ms
-from gridctl.placement.prefix import PrefixCache
+from gridctl.placement.prefix import PrefixCache, reusable_tokens
 from gridctl.sim.sites import SimulatedSite
 from gridctl.sim.traffic import Workload, prompt_chain
 
@@ -222,7 +223,7 @@ def _admitter(
     rrun, running, slots, caches = run.replica_running, run.running, run.slots, run.caches
     gpu, scale, busy, heap = run.gpu, run.scale, run.busy, run.heap
     cached_l, ttft_l, e2e_l, done_l = run.cached, run.ttft, run.e2e, run.done
-    first_fn, interval_fn, chain = ttft_ms, token_interval_ms, prompt_chain
+    first_fn, interval_fn, chain, reusable = ttft_ms, token_interval_ms, prompt_chain, reusable_tokens
 
     def admit(j: int, p: int, r: int, now: float) -> None:
         rr = rrun[p][r] + 1
@@ -238,8 +239,7 @@ def _admitter(
         else:
             got = 0
         prompt = P[j]
-        if got >= prompt:
-            got = prompt - 1
+        got = reusable(got, prompt)
         cached_l[j] = got
         k = scale[p] if rnd is None else scale[p] * noise(rnd)
         first = first_fn(gpu[p], prompt, got, rr, c) * k
