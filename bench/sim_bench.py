@@ -64,7 +64,7 @@ from gridctl.core.placement.predict import Shape  # noqa: E402
 from gridctl.core.placement.signals import NO_LIVE  # noqa: E402
 from gridctl.inventory.load import load_inventory  # noqa: E402
 from gridctl.sim.compare import Plan, SimOptions, build_workload, plan_run, run_plan, run_policy  # noqa: E402
-from gridctl.sim.policy import Placement, SiteView, build_signals  # noqa: E402
+from gridctl.sim.policy import SimPlacement, SiteView, build_signals  # noqa: E402
 from gridctl.sim.report import summarize, time_series  # noqa: E402
 from gridctl.sim.sites import build_sim_sites  # noqa: E402
 from gridctl.sim.traffic import Workload  # noqa: E402
@@ -156,7 +156,7 @@ def one_round(plan: Plan) -> dict[str, float]:
     out["requests"] = len(w)
     planner = Planner(plan.inv, plan.probes)
     sites = build_sim_sites(plan.inv, plan.seed)
-    placement = Placement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
+    placement = SimPlacement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
     rtt = [[planner.latency(planner.region(r), s).rtt_ms for s in plan.inv.sites] for r in w.regions]
     out["floor_heapq"] = floor_heapq(w)
     out["floor_loop"] = floor_event_loop(w, 256)

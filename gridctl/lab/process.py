@@ -18,13 +18,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gridctl.core.errors import GridctlError
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.grid import LabGrid, LabOptions
 from gridctl.lab.overlay import write_overlay, write_synthetic_inventory
 from gridctl.lab.service import OVERLAY_DIR, SYNTHETIC_DIR, parse_hidden_speed, write_lab_file
-from gridctl.lab.site import build_site_specs
+from gridctl.lab.site import SiteSpec, build_site_specs
 from gridctl.lab.truth import DEFAULT_SEED
 
 log = logging.getLogger("gridctl.lab")
@@ -63,31 +64,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         overlay = write_overlay(inv, args.state / OVERLAY_DIR, grid.urls)
         region = specs[0].default_region if specs else args.region
-        now = time.time()
-        write_lab_file(
-            args.state,
-            {
-                "pid": os.getpid(),
-                "started_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
-                "started_ts": now,
-                "source": str(args.root),
-                "synthetic": args.sites,
-                "from": region,
-                "speed": args.speed,
-                "hidden_speed": args.hidden_speed,
-                "control": grid.control_url,
-                "overlay": str(overlay),
-                "sites": [
-                    {
-                        "name": s.name,
-                        "url": grid.sites[s.name].url,
-                        "models": [m.model for m in s.models],
-                        "health_path": s.health_paths[-1],
-                    }
-                    for s in specs
-                ],
-            },
-        )
+        write_lab_file(args.state, _lab_info(args, specs, grid, overlay, region))
         log.info(
             "serving %d sites (client region %s, speed %g, hidden speed %s); control %s",
             len(specs),
@@ -102,6 +79,35 @@ async def _serve(args: argparse.Namespace) -> int:
         await grid.stop()
     log.info("stopped")
     return 0
+
+
+def _lab_info(
+    args: argparse.Namespace, specs: list[SiteSpec], grid: LabGrid, overlay: Path, region: str | None
+) -> dict[str, Any]:
+    """What ``lab.json`` says of the running lab: this process, its options, the control port,
+    the overlay and every site."""
+    now = time.time()
+    return {
+        "pid": os.getpid(),
+        "started_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "started_ts": now,
+        "source": str(args.root),
+        "synthetic": args.sites,
+        "from": region,
+        "speed": args.speed,
+        "hidden_speed": args.hidden_speed,
+        "control": grid.control_url,
+        "overlay": str(overlay),
+        "sites": [
+            {
+                "name": s.name,
+                "url": grid.sites[s.name].url,
+                "models": [m.model for m in s.models],
+                "health_path": s.health_paths[-1],
+            }
+            for s in specs
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ and for every site to answer its health route, then returns. State, under
 directory (and ``.state`` when it is left empty). It signals only the lab's own
 process: the pid's start time must be the one recorded and its command line
 must be ``gridctl.lab.process --state`` this directory; a pid that the system
-gave to another process since is left alone.
+gave to another process since is left alone (:mod:`gridctl.lab.pids`).
 
 The lab belongs to the inventory it was started for, found from any working
 directory by that inventory's path; ``-i`` the overlay finds it too (the
@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from typing import Any
 from gridctl.core.errors import GridctlError, LockError, NotFoundError, UnreachableError, UsageError
 from gridctl.inventory.load import load_inventory
 from gridctl.inventory.state import STATE_DIR
+from gridctl.lab.pids import is_lab_process, pid_alive, process_start, terminate
 from gridctl.lab.truth import DEFAULT_SEED
 
 LAB_DIR = "lab"
@@ -113,66 +113,6 @@ class DownResult:
     stranger: int | None = None  # the recorded pid, now another process's (left alone)
 
 
-# -- processes ------------------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22), which a recycled pid does not share."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    """The process exists, is not a zombie, and (when ``start`` is given) is the one that started then."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return not os.path.isdir("/proc/self")  # no /proc here: trust kill(0)
-    if fields[0] in ("Z", "X"):
-        return False
-    return start is None or fields[19] == start
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    """The process's argv, or None when it cannot be read (gone, or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    return raw.decode("utf-8", "replace").split("\0")
-
-
-def is_lab_process(pid: int, start: str | None, d: Path) -> bool:
-    """``pid`` is alive and is the lab process of state directory ``d``: started when
-    recorded (``start``, when known) and running ``gridctl.lab.process --state D``.
-    Where there is no /proc to read, the start time (or kill 0) alone decides."""
-    if not pid_alive(pid, start):
-        return False
-    argv = _cmdline(pid)
-    if argv is None:
-        return not os.path.isdir("/proc/self")
-    if "gridctl.lab.process" not in argv or "--state" not in argv:
-        return False
-    i = argv.index("--state")
-    return i + 1 < len(argv) and Path(argv[i + 1]) == d.resolve()
-
-
 def _read_pid(d: Path) -> tuple[int, str | None] | None:
     try:
         parts = (d / PID_FILE).read_text(encoding="ascii").split()
@@ -228,27 +168,33 @@ def _remove(d: Path) -> None:
         d.parent.rmdir()
 
 
-def _terminate(pid: int, start: str | None, timeout: float) -> bool:
-    """SIGTERM, then SIGKILL after ``timeout``; True when SIGKILL was needed."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return sig == signal.SIGKILL
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid, start):
-                return sig == signal.SIGKILL
-            time.sleep(0.02)
-    raise GridctlError(f"lab process {pid} did not exit after SIGKILL", hint=f"check it with `ps -p {pid}`")
-
-
 # -- up ----------------------------------------------------------------------------------------------------
 
 
 def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
     """Start the lab for the inventory at ``root``, or find it already running."""
     root = lab_root(root)
+    n = _check_up(root, opts)
+    d = lab_dir(root)
+    with _lab_lock(root):
+        pid = _running_pid(d)
+        if pid is not None:
+            info = _read_lab(d) or {}
+            progress(f"the lab is already up (pid {pid}); `gridctl lab down` first to change its options")
+            overlay = Path(info.get("overlay") or (d / OVERLAY_DIR).resolve())
+            return UpResult(overlay, pid, len(info.get("sites", [])), d / LOG_FILE, True)
+        if d.exists():
+            progress(f"removing the state of a lab that is no longer running ({d})")
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        what = f"{_sites(n)} (synthetic)" if opts.sites is not None else f"{_sites(n)} of {root}"
+        hidden = "off" if opts.hidden_speed is None else f"seed {opts.hidden_speed}"
+        progress(f"starting the lab: {what}, speed {opts.speed:g}, hidden speed {hidden}, log {d / LOG_FILE}")
+        return _bring_up(root, d, opts, progress)
+
+
+def _check_up(root: Path, opts: UpOptions) -> int:
+    """The options checked against the inventory at ``root``; the number of sites to start."""
     inv = load_inventory(root)
     if opts.region is not None and inv.region(opts.region) is None:
         from gridctl.core.suggest import did_you_mean
@@ -270,41 +216,33 @@ def start_lab(root: Path, opts: UpOptions, progress: Progress) -> UpResult:
         )
     if opts.port_base is not None and not 1024 <= opts.port_base <= 65535 - n:
         raise UsageError(f"--port-base {opts.port_base}: its {n} ports must lie in 1024..65535")
-    d = lab_dir(root)
-    with _lab_lock(root):
-        pid = _running_pid(d)
-        if pid is not None:
-            info = _read_lab(d) or {}
-            progress(f"the lab is already up (pid {pid}); `gridctl lab down` first to change its options")
-            overlay = Path(info.get("overlay") or (d / OVERLAY_DIR).resolve())
-            return UpResult(overlay, pid, len(info.get("sites", [])), d / LOG_FILE, True)
-        if d.exists():
-            progress(f"removing the state of a lab that is no longer running ({d})")
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        what = f"{_sites(n)} (synthetic)" if opts.sites is not None else f"{_sites(n)} of {root}"
-        hidden = "off" if opts.hidden_speed is None else f"seed {opts.hidden_speed}"
-        progress(f"starting the lab: {what}, speed {opts.speed:g}, hidden speed {hidden}, log {d / LOG_FILE}")
-        proc = _spawn(root, d, opts)
-        try:
-            deadline = time.monotonic() + opts.timeout_s
-            info = _wait_written(proc, d, deadline)
-            progress(f"waiting for {_sites(len(info['sites']))} to answer their health route")
-            _wait_healthy(info["sites"], deadline)
-        except BaseException as exc:
-            _terminate(proc.pid, None, 5.0)
-            proc.wait()
-            tail = log_tail(d)
-            _remove(d)
-            if isinstance(exc, GridctlError):
-                raise GridctlError(
-                    f"the lab did not come up: {exc.message}; its log ended with:\n{tail}",
-                    hint=exc.hint or "fix the cause above, then run `gridctl lab up` again",
-                ) from None
-            raise
-        proc.returncode = 0  # detached on purpose: it outlives us (no ResourceWarning for it)
-        progress(f"lab up: {_sites(len(info['sites']))}, pid {proc.pid}, client region {info['from']}")
-        return UpResult(Path(info["overlay"]), proc.pid, len(info["sites"]), d / LOG_FILE, False)
+    return n
+
+
+def _bring_up(root: Path, d: Path, opts: UpOptions, progress: Progress) -> UpResult:
+    """Start the lab process in state directory ``d`` and wait until it has written ``lab.json``
+    and every site answers its health route; on any failure, stop it, remove ``d`` and raise with
+    the log's tail."""
+    proc = _spawn(root, d, opts)
+    try:
+        deadline = time.monotonic() + opts.timeout_s
+        info = _wait_written(proc, d, deadline)
+        progress(f"waiting for {_sites(len(info['sites']))} to answer their health route")
+        _wait_healthy(info["sites"], deadline)
+    except BaseException as exc:
+        terminate(proc.pid, None, 5.0)
+        proc.wait()
+        tail = log_tail(d)
+        _remove(d)
+        if isinstance(exc, GridctlError):
+            raise GridctlError(
+                f"the lab did not come up: {exc.message}; its log ended with:\n{tail}",
+                hint=exc.hint or "fix the cause above, then run `gridctl lab up` again",
+            ) from None
+        raise
+    proc.returncode = 0  # detached on purpose: it outlives us (no ResourceWarning for it)
+    progress(f"lab up: {_sites(len(info['sites']))}, pid {proc.pid}, client region {info['from']}")
+    return UpResult(Path(info["overlay"]), proc.pid, len(info["sites"]), d / LOG_FILE, False)
 
 
 def _sites(n: int) -> str:
@@ -415,7 +353,7 @@ def stop_lab(root: Path, timeout_s: float = 10.0) -> DownResult:
         pid, killed, stranger = None, False, None
         if found is not None and is_lab_process(*found, d):
             pid = found[0]
-            killed = _terminate(pid, found[1], timeout_s)
+            killed = terminate(pid, found[1], timeout_s)
         elif found is not None and pid_alive(found[0]):
             stranger = found[0]
         existed = d.exists()

@@ -2,7 +2,7 @@
 
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streaming and
 not), ``GET /v1/models``, ``GET /health`` (and the site's ``health_path``),
-``GET /metrics`` (vLLM's Prometheus names, with a ``model_name`` label), and the
+``GET /metrics`` (vLLM's Prometheus names, with a ``model_name`` label: :mod:`gridctl.lab.metrics`), and the
 lab's own ``GET /lab/state`` and ``POST /lab/fail`` ``{"mode": ..., "delay_ms": ...}``.
 
 Behaviour, every duration divided by the lab's ``speed``:
@@ -16,17 +16,15 @@ Behaviour, every duration divided by the lab's ``speed``:
   the GPUs that serve it, ``tensor_parallel``, the capacity shared out over the
   replicas). A request goes to the replica with the fewest requests running
   (ties: the first); beyond every replica's slots it waits in one FIFO queue for
-  the next slot to free. Its timing is the table's, on that replica's own load::
+  the next slot to free. Its timing is the table's, on that replica's own load, times
+  ``truth``, the site's hidden speed (:mod:`gridctl.lab.gpu` has the model of the GPUs)::
 
-      ttft     = perf.ttft_ms(gpu, prompt, cached, running_on_replica, replica_slots) x factor x truth
-      interval = perf.token_interval_ms(gpu, running_on_replica, replica_slots) x factor x truth
       truth    = lab.truth.speed_factor(seed, site) x lab.truth.noise(rnd)   (one draw per request)
 
-  ``factor`` is the model's (:class:`~gridctl.core.placement.perf.Serving`); ``truth``
-  is the site's hidden speed (seed ``hidden_speed``, default 1; None: 1.0 and no
-  noise, the table exactly). Placement never sees it: it has to learn it;
+  (seed ``hidden_speed``, default 1; None: 1.0 and no noise, the table exactly).
+  Placement never sees it: it has to learn it;
 - prefix cache and KV usage: one per model, sized by the KV tokens of the GPUs
-  serving it (:mod:`gridctl.core.placement.prefix`, in blocks of ``BLOCK_TOKENS``, vLLM's default);
+  serving it (:mod:`gridctl.core.placement.prefix`, in blocks of ``gpu.BLOCK_TOKENS``, vLLM's default);
 - output: ``max_tokens`` (or ``max_completion_tokens``; default 16) filler tokens,
   with ``usage`` in the answer (and in a last chunk with ``stream_options.include_usage``).
 
@@ -43,39 +41,34 @@ answer ``x-lab-rtt-ms``, so tests can check the model without timing it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gridctl.core.inventory.model import Inventory
 from gridctl.core.placement.latency import region_site_latency
-from gridctl.core.placement.perf import CHARS_PER_TOKEN, Serving, build_serving, token_interval_ms, ttft_ms
-from gridctl.core.placement.prefix import PrefixCache, text_chain
+from gridctl.core.placement.perf import Serving, build_serving
 from gridctl.lab.formats import (
     DONE,
     BadRequest,
     Completion,
-    Metric,
     StreamFormat,
     completion_body,
     error_body,
     filler_tokens,
     models_body,
     parse_completion,
-    render_metrics,
 )
+from gridctl.lab.gpu import Admission, ModelState
+from gridctl.lab.metrics import render_site_metrics
 from gridctl.lab.truth import DEFAULT_SEED, noise, speed_factor
 from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
 
 REGION_HEADER = "x-grid-client-region"
 DAEMON_REGION_HEADER = "x-grid-region"  # what clients send the placement daemon; honoured if passed on
-BLOCK_TOKENS = 16  # vLLM's default KV block
-BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN
 FAIL_MODES = ("ok", "503", "hang", "drop", "slow")
 DEFAULT_SLOW_MS = 1000.0
 OWNER = "gridctl-lab"
@@ -117,99 +110,6 @@ def build_site_specs(
         port = port_base + i if port_base else 0
         specs.append(SiteSpec(site.name, models, rtt, region, paths, port))
     return specs
-
-
-class Replicas:
-    """A model's replicas, each with its own slots and running count, and one FIFO queue of
-    waiters beyond all of them. :meth:`acquire` returns the replica's index."""
-
-    def __init__(self, slots: Sequence[int]) -> None:
-        if not slots or min(slots) < 1:
-            raise ValueError("every replica needs at least one slot")
-        self.slots = tuple(slots)
-        self.running_on = [0] * len(self.slots)
-        self._waiters: deque[asyncio.Future[int]] = deque()
-
-    @property
-    def capacity(self) -> int:
-        return sum(self.slots)
-
-    @property
-    def running(self) -> int:
-        return sum(self.running_on)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    def _least_running(self) -> int | None:
-        """The free replica with the fewest running (ties: the first), None when all are full."""
-        best: int | None = None
-        for i, (running, slots) in enumerate(zip(self.running_on, self.slots, strict=True)):
-            if running < slots and (best is None or running < self.running_on[best]):
-                best = i
-        return best
-
-    async def acquire(self) -> int:
-        if not self._waiters:
-            free = self._least_running()
-            if free is not None:
-                self.running_on[free] += 1
-                return free
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release(fut.result())  # a slot was handed to us as we left: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
-
-    def release(self, replica: int) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(replica)  # the freed slot goes straight to the next in line
-                return
-        self.running_on[replica] -= 1
-
-
-@dataclass
-class ModelStats:
-    requests: int = 0
-    success: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0})
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache
-    prefix_hits: int = 0  # of which found
-
-
-class ModelState:
-    """One model at the site: how it is served, its replicas, prefix cache, KV use and counters."""
-
-    def __init__(self, serving: Serving) -> None:
-        self.serving = serving
-        self.replicas = Replicas(serving.replica_slots())
-        self.stats = ModelStats()
-        self.kv_blocks = max(1, serving.kv_tokens // BLOCK_TOKENS)
-        self.kv_used = 0
-        self.cache = PrefixCache(self.kv_blocks * BLOCK_TOKENS)
-
-    @property
-    def kv_usage(self) -> float:
-        return self.kv_used / self.kv_blocks
-
-
-@dataclass(frozen=True)
-class _Admission:
-    replica: int
-    ttft_ms: float
-    interval_ms: float
-    cached: int
-    blocks: int
 
 
 _MIN_SLEEP_S = 0.0005  # shorter waits are skipped (at high --speed): a stream's late tokens go out together
@@ -370,7 +270,11 @@ class SimSite:
         if path == "/v1/models":
             return json_response(models_body(self.models, self.created, OWNER))
         if path == "/metrics":
-            return Response(200, self._metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            return Response(
+                200,
+                render_site_metrics(self.models, self.mode, FAIL_MODES),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
         return Response(200)
 
     async def _inference(self, req: Request, chat: bool) -> Response | StreamingResponse:
@@ -403,52 +307,27 @@ class SimSite:
             hdrs = (("cache-control", "no-cache"), *headers)
             return StreamingResponse(self._stream(c, model, StreamFormat(c, rid, created)), headers=hdrs)
         replica = await model.replicas.acquire()
-        adm: _Admission | None = None
+        adm: Admission | None = None
         try:
-            adm = self._admit(c, model, replica)
+            adm = model.admit(c, replica, self._truth(), self._extra_ms())
             await _pause((adm.ttft_ms + adm.interval_ms * (c.max_tokens - 1)) / 1000.0 / self.speed)
             if self.mode == "drop":
                 raise DropConnection
             text = "".join(filler_tokens(c.prompt, c.max_tokens))
-            self._finish(c, model, c.max_tokens)
+            model.finish(c, c.max_tokens)
             body = completion_body(c, rid, created, text, c.max_tokens, adm.cached)
             timing = (("x-lab-ttft-ms", f"{adm.ttft_ms:.3f}"), ("x-lab-replica", str(replica)))
             return json_response(body, headers=(*headers, *timing))
         finally:
-            self._leave(model, replica, adm)
+            model.leave(replica, adm)
 
     def _truth(self) -> float:
         """This request's true speed multiplier: the site's hidden factor times its own noise."""
         return self.speed_factor * noise(self._rnd) if self._rnd is not None else 1.0
 
-    def _admit(self, c: Completion, model: ModelState, replica: int) -> _Admission:
-        """A request takes its slot on ``replica``: look up the prefix cache and compute its timing
-        from that replica's load."""
-        st, sv = model.stats, model.serving
-        held = model.cache.lookup(text_chain(c.prompt, BLOCK_CHARS, BLOCK_TOKENS))
-        cached = max(0, min(held, c.prompt_tokens - 1))
-        st.prompt_tokens += c.prompt_tokens
-        st.prefix_queries += c.prompt_tokens
-        st.prefix_hits += cached
-        running, slots = model.replicas.running_on[replica], model.replicas.slots[replica]
-        scale = sv.factor * self._truth()
-        first = ttft_ms(sv.gpu, c.prompt_tokens, cached, running, slots) * scale
-        if self.mode == "slow":
-            first += self.slow_ms
-        interval = token_interval_ms(sv.gpu, running, slots) * scale
-        blocks = -(-(c.prompt_tokens + c.max_tokens) // BLOCK_TOKENS)
-        model.kv_used += blocks
-        return _Admission(replica, first, interval, cached, blocks)
-
-    def _leave(self, model: ModelState, replica: int, adm: _Admission | None) -> None:
-        model.replicas.release(replica)
-        if adm is not None:
-            model.kv_used -= adm.blocks
-
-    def _finish(self, c: Completion, model: ModelState, n_tokens: int) -> None:
-        st = model.stats
-        st.generation_tokens += n_tokens
-        st.success[c.finish_reason] = st.success.get(c.finish_reason, 0) + 1
+    def _extra_ms(self) -> float:
+        """What the ``slow`` failure mode adds to a request's TTFT now (0: another mode)."""
+        return self.slow_ms if self.mode == "slow" else 0.0
 
     async def _stream(self, c: Completion, model: ModelState, fmt: StreamFormat) -> AsyncIterator[bytes]:
         """Tokens at their due times; tokens already due go out in one write."""
@@ -457,7 +336,7 @@ class SimSite:
         replica, done, adm = None, False, None
         try:
             replica = await model.replicas.acquire()
-            adm = self._admit(c, model, replica)
+            adm = model.admit(c, replica, self._truth(), self._extra_ms())
             tokens = filler_tokens(c.prompt, c.max_tokens)
             drop_after = max(1, len(tokens) // 2)
             start, scale = loop.time(), 1.0 / 1000.0 / self.speed
@@ -473,7 +352,7 @@ class SimSite:
                 if i + 1 >= drop_after and self.mode == "drop":
                     yield b"".join(pending)
                     raise DropConnection
-            self._finish(c, model, len(tokens))
+            model.finish(c, len(tokens))
             pending.append(fmt.final())
             if c.include_usage:
                 pending.append(fmt.usage(len(tokens), adm.cached))
@@ -483,12 +362,12 @@ class SimSite:
             self.served += 1
         finally:
             if replica is not None:
-                self._leave(model, replica, adm)
+                model.leave(replica, adm)
             self.in_flight -= 1
             if not done:
                 self.failed += 1
 
-    # -- lab routes and metrics ---------------------------------------------------------------------------
+    # -- lab routes ---------------------------------------------------------------------------------------
 
     def _admin(self, req: Request) -> Response:
         if req.path == "/lab/state" and req.method == "GET":
@@ -504,85 +383,3 @@ class SimSite:
                 )
             return json_response({"site": self.spec.name, "mode": self.mode, "previous": previous})
         return _error(404, f"no lab route {req.method} {req.path}", code=404)
-
-    def _metrics(self) -> bytes:
-        models = list(self.models)
-
-        def per_model(get: Any) -> list[tuple[dict[str, str], float]]:
-            return [({"model_name": m}, float(get(m))) for m in models]
-
-        success = [
-            ({"finished_reason": reason, "model_name": m}, float(n))
-            for m in models
-            for reason, n in sorted(self.models[m].stats.success.items())
-        ]
-        return render_metrics(
-            [
-                Metric(
-                    "vllm:num_requests_running",
-                    "gauge",
-                    "Number of requests in model execution batches.",
-                    per_model(lambda m: self.models[m].replicas.running),
-                ),
-                Metric(
-                    "vllm:num_requests_waiting",
-                    "gauge",
-                    "Number of requests waiting to be processed.",
-                    per_model(lambda m: self.models[m].replicas.waiting),
-                ),
-                Metric(
-                    "vllm:gpu_cache_usage_perc",
-                    "gauge",
-                    "GPU KV-cache usage. 1 means 100 percent usage.",
-                    per_model(lambda m: self.models[m].kv_usage),
-                ),
-                Metric(
-                    "vllm:kv_cache_usage_perc",
-                    "gauge",
-                    "KV-cache usage. 1 means 100 percent usage.",
-                    per_model(lambda m: self.models[m].kv_usage),
-                ),
-                Metric(
-                    "vllm:prefix_cache_queries_total",
-                    "counter",
-                    "Prefix cache queries, in terms of number of queried tokens.",
-                    per_model(lambda m: self.models[m].stats.prefix_queries),
-                ),
-                Metric(
-                    "vllm:prefix_cache_hits_total",
-                    "counter",
-                    "Prefix cache hits, in terms of number of cached tokens.",
-                    per_model(lambda m: self.models[m].stats.prefix_hits),
-                ),
-                Metric(
-                    "vllm:prompt_tokens_total",
-                    "counter",
-                    "Number of prefill tokens processed.",
-                    per_model(lambda m: self.models[m].stats.prompt_tokens),
-                ),
-                Metric(
-                    "vllm:generation_tokens_total",
-                    "counter",
-                    "Number of generation tokens processed.",
-                    per_model(lambda m: self.models[m].stats.generation_tokens),
-                ),
-                Metric(
-                    "vllm:request_success_total",
-                    "counter",
-                    "Count of successfully processed requests.",
-                    success,
-                ),
-                Metric(
-                    "gridctl_lab_requests_total",
-                    "counter",
-                    "Requests received for the model.",
-                    per_model(lambda m: self.models[m].stats.requests),
-                ),
-                Metric(
-                    "gridctl_lab_failure_mode",
-                    "gauge",
-                    "The lab failure mode (1: current).",
-                    [({"mode": mode}, 1.0 if mode == self.mode else 0.0) for mode in FAIL_MODES],
-                ),
-            ]
-        )

@@ -24,8 +24,8 @@ from gridctl.sim.policy import (
     EXTRA_POLICIES,
     POLICIES,
     GridPolicy,
-    Placement,
     RoundRobinPolicy,
+    SimPlacement,
     central_policy,
     nearest_policy,
     new_signals,
@@ -115,9 +115,6 @@ def resolve_profile(inv: Inventory, name: str) -> Profile:
 
 
 def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: SimOptions) -> Plan:
-    from gridctl.core.inventory.targets import select_sites
-    from gridctl.sim.trace import load_trace
-
     if opts.trace is not None and opts.profile is not None:
         raise UsageError(
             "--profile and --trace exclude each other", hint="simulate a profile or replay a trace"
@@ -130,31 +127,10 @@ def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: Si
     model = opts.model or (profile.model if profile else None) or most_served_model(inv)
     if model is None:
         raise UsageError("no site serves any model", hint="add models to the sites, or give --model")
-    pattern = opts.sites or (profile.sites if profile else None)
-    deployed = (
-        tuple(s.name for s in select_sites(inv, pattern)) if pattern else tuple(s.name for s in inv.sites)
-    )
-    sub = deploy_only(inv, deployed) if pattern else inv
-    central = opts.central or (profile.central if profile else None)
-    if central is not None and inv.site(central) is None:
-        raise UsageError(
-            f"--central {central}: no such site",
-            hint=did_you_mean(central, [s.name for s in inv.sites], "sites"),
-        )
-    if central is None and "central" in opts.policies:
-        central = biggest_site(sub, model)
+    deployed, sub = _deployment(inv, opts.sites or (profile.sites if profile else None))
+    central = _central(inv, sub, model, profile, opts)
     slo = opts.slo_ms or (profile.slo_ms if profile else inv.grid.slo_ms)
-    workload = None
-    if opts.trace is not None:
-        regions = {r.name: r for r in inv.grid.regions}
-        workload = load_trace(opts.trace, regions, model, slo, opts.duration_s)
-        duration = workload.duration_s
-    else:
-        assert profile is not None
-        duration = opts.duration_s or profile.duration_s
-        rates = region_rates(profile, [r.name for r in inv.grid.regions])
-        if not any(rates.values()):
-            raise UsageError(f"profile {profile.name}: no traffic from any client region of the grid")
+    workload, duration = _traffic(inv, profile, opts, model, slo)
     return Plan(
         inv=sub,
         probes=probes,
@@ -172,6 +148,51 @@ def plan_run(inv: Inventory, probes: Mapping[str, Mapping[str, float]], opts: Si
         trace=str(opts.trace) if opts.trace is not None else None,
         hidden_speed=opts.hidden_speed,
     )
+
+
+def _deployment(inv: Inventory, pattern: str | None) -> tuple[tuple[str, ...], Inventory]:
+    """The sites the model is deployed on (``pattern``; None: all) and the inventory where only
+    they serve it."""
+    from gridctl.core.inventory.targets import select_sites
+
+    if not pattern:
+        return tuple(s.name for s in inv.sites), inv
+    deployed = tuple(s.name for s in select_sites(inv, pattern))
+    return deployed, deploy_only(inv, deployed)
+
+
+def _central(
+    inv: Inventory, sub: Inventory, model: str, profile: Profile | None, opts: SimOptions
+) -> str | None:
+    """The central policy's site: the option's, the scenario's, else (when the policy runs) the
+    biggest deployed site for the model."""
+    central = opts.central or (profile.central if profile else None)
+    if central is not None and inv.site(central) is None:
+        raise UsageError(
+            f"--central {central}: no such site",
+            hint=did_you_mean(central, [s.name for s in inv.sites], "sites"),
+        )
+    if central is None and "central" in opts.policies:
+        central = biggest_site(sub, model)
+    return central
+
+
+def _traffic(
+    inv: Inventory, profile: Profile | None, opts: SimOptions, model: str, slo: float
+) -> tuple[Workload | None, float]:
+    """The trace's workload (None for a profile, generated later from the seed) and the run's
+    duration; a profile with no traffic from the grid's regions is refused."""
+    from gridctl.sim.trace import load_trace
+
+    if opts.trace is not None:
+        regions = {r.name: r for r in inv.grid.regions}
+        workload = load_trace(opts.trace, regions, model, slo, opts.duration_s)
+        return workload, workload.duration_s
+    assert profile is not None
+    rates = region_rates(profile, [r.name for r in inv.grid.regions])
+    if not any(rates.values()):
+        raise UsageError(f"profile {profile.name}: no traffic from any client region of the grid")
+    return None, opts.duration_s or profile.duration_s
 
 
 def build_workload(plan: Plan) -> Workload:
@@ -202,7 +223,7 @@ def run_policy(
     w: Workload,
     name: str,
     sites: Sequence[SimulatedSite],
-    placement: Placement,
+    placement: SimPlacement,
     rtt: list[list[float]],
 ) -> Outcome:
     pools = build_pools(sites, w.models, rtt, plan.queue_per_slot)
@@ -231,7 +252,7 @@ def simulate_plan(
         )
     planner = Planner(plan.inv, plan.probes)
     sites = build_sim_sites(plan.inv, plan.seed if plan.hidden_speed else None)
-    placement = Placement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
+    placement = SimPlacement(planner, [s.name for s in sites], w.regions, w.models, w.slo_ms)
     rtt = [[planner.latency(planner.region(r), s).rtt_ms for s in plan.inv.sites] for r in w.regions]
     outcomes = []
     for name in plan.policies:

@@ -21,6 +21,7 @@ it (:mod:`gridctl.core.placement.perf`; ``running`` and ``slots`` are its replic
 ``running`` counting it)::
 
     cached   = prefix-cache hit (the shared prefix, or the session's previous turn), < prompt
+               (placement.prefix.reusable_tokens)
     k        = serving.factor x site.speed x noise(rnd)   (speed: the hidden per-site factor,
                                                            noise: log-normal, one draw per request;
                                                            both from gridctl.lab.truth, as the lab's)
@@ -51,13 +52,13 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Protocol
 
-from gridctl.core.placement.perf import token_interval_ms, ttft_ms
-from gridctl.core.placement.prefix import PrefixCache
+from gridctl.core.placement.perf import GpuPerf, token_interval_ms, ttft_ms
+from gridctl.core.placement.prefix import PrefixCache, reusable_tokens
 from gridctl.core.placement.signals import SiteSignals
 from gridctl.lab.truth import noise
 from gridctl.sim.sites import SimulatedSite
@@ -144,41 +145,85 @@ def simulate(
     """Run the workload through ``policy``. ``signals[m]`` (site name -> SiteSignals for model m,
     optional) is kept current as the module docstring says; ``rnd``: the per-request noise
     (None: none)."""
-    n = len(w)
-    T, R, M = w.t, w.region, w.model
-    P, OUT, PF, PT, S, H = w.prompt, w.output, w.prefix, w.prefix_tokens, w.session, w.history
-    nan = math.nan
-    site_of = [-1] * n
-    status = bytearray(n)
-    ttft_l = [nan] * n
-    e2e_l = [nan] * n
-    done_l = [nan] * n
-    cached_l = [0] * n
+    run = _start_run(w, sites, pools, signals)
+    admit = _admitter(run, w, pools.rtt, rnd)
+    finish = _finisher(run, admit, pools.site, getattr(policy, "complete", None))
+    last_done = _replay(w, run, pools, policy.choose, admit, finish)
+    return _outcome(w, run, pools.site, len(sites), policy, last_done)
 
+
+@dataclass
+class _Run:
+    """One run's state: per request what happened, per pool its replicas, queue, cache and counters,
+    and the completions to come."""
+
+    # per request
+    site: list[int]
+    status: bytearray
+    ttft: list[float]
+    e2e: list[float]
+    done: list[float]
+    cached: list[int]
+    # per pool
+    gpu: list[GpuPerf]
+    scale: list[float]  # serving factor x the site's hidden speed
+    slots: list[list[int]]  # [pool][replica] -> slots
+    replica_running: list[list[int]]  # [pool][replica] -> running
+    running: list[int]
+    queues: list[deque[int]]
+    caches: list[PrefixCache]
+    busy: list[float]  # slot-milliseconds of service
+    peak: list[int]
+    sig: list[SiteSignals | None]
+    # per site
+    served: list[int]
+    # (time, request, pool, replica) of every request being served
+    heap: list[tuple[float, int, int, int]] = field(default_factory=list)
+
+
+def _start_run(
+    w: Workload, sites: Sequence[SimulatedSite], pools: Pools, signals: Sequence[Mapping[str, SiteSignals]]
+) -> _Run:
+    """Nothing served yet: every pool idle, its cache empty, every request without an outcome."""
+    n = len(w)
+    nan = math.nan
     npools = len(pools.site)
-    pool_of, cap, qlim, rtt = pools.of, pools.capacity, pools.queue_limit, pools.rtt
     psite = pools.site
     servings = [sites[s].serving_of(w.models[m]) for s, m in zip(psite, pools.model, strict=True)]
-    gpu = [sv.gpu if sv else sites[0].gpu for sv in servings]
-    scale = [(sv.factor if sv else 1.0) * sites[s].speed for sv, s in zip(servings, psite, strict=True)]
-    kvcap = [sv.kv_tokens if sv else 0 for sv in servings]
-    slots = pools.slots or [[c] for c in cap]
-    rrun = [[0] * len(sl) for sl in slots]
-    running = [0] * npools
-    queues: list[deque[int]] = [deque() for _ in range(npools)]
-    caches = [PrefixCache(c) for c in kvcap]
-    busy = [0.0] * npools
-    served = [0] * len(sites)
-    peak = [0] * npools
+    slots = pools.slots or [[c] for c in pools.capacity]
     names = [sites[s].name for s in psite]
-    sig: list[SiteSignals | None] = [
-        (signals[m].get(names[p]) if m < len(signals) else None) for p, m in enumerate(pools.model)
-    ]
-    heap: list[tuple[float, int, int, int]] = []
-    choose = policy.choose
-    complete = getattr(policy, "complete", None)
-    first_fn, interval_fn, chain = ttft_ms, token_interval_ms, prompt_chain
-    last_done = 0.0
+    return _Run(
+        site=[-1] * n,
+        status=bytearray(n),
+        ttft=[nan] * n,
+        e2e=[nan] * n,
+        done=[nan] * n,
+        cached=[0] * n,
+        gpu=[sv.gpu if sv else sites[0].gpu for sv in servings],
+        scale=[(sv.factor if sv else 1.0) * sites[s].speed for sv, s in zip(servings, psite, strict=True)],
+        slots=slots,
+        replica_running=[[0] * len(sl) for sl in slots],
+        running=[0] * npools,
+        queues=[deque() for _ in range(npools)],
+        caches=[PrefixCache(sv.kv_tokens if sv else 0) for sv in servings],
+        busy=[0.0] * npools,
+        peak=[0] * npools,
+        sig=[(signals[m].get(names[p]) if m < len(signals) else None) for p, m in enumerate(pools.model)],
+        served=[0] * len(sites),
+    )
+
+
+def _admitter(
+    run: _Run, w: Workload, rtt: list[list[float]], rnd: random.Random | None
+) -> Callable[[int, int, int, float], None]:
+    """``admit(j, p, r, now)``: request j takes a slot of replica r of pool p at ``now``: its prefix
+    is looked up, its true timing fixed (the module docstring) and its completion scheduled."""
+    T, R = w.t, w.region
+    P, OUT, PF, PT, S, H = w.prompt, w.output, w.prefix, w.prefix_tokens, w.session, w.history
+    rrun, running, slots, caches = run.replica_running, run.running, run.slots, run.caches
+    gpu, scale, busy, heap = run.gpu, run.scale, run.busy, run.heap
+    cached_l, ttft_l, e2e_l, done_l = run.cached, run.ttft, run.e2e, run.done
+    first_fn, interval_fn, chain, reusable = ttft_ms, token_interval_ms, prompt_chain, reusable_tokens
 
     def admit(j: int, p: int, r: int, now: float) -> None:
         rr = rrun[p][r] + 1
@@ -194,8 +239,7 @@ def simulate(
         else:
             got = 0
         prompt = P[j]
-        if got >= prompt:
-            got = prompt - 1
+        got = reusable(got, prompt)
         cached_l[j] = got
         k = scale[p] if rnd is None else scale[p] * noise(rnd)
         first = first_fn(gpu[p], prompt, got, rr, c) * k
@@ -208,13 +252,19 @@ def simulate(
         done_l[j] = end
         heappush(heap, (end, j, p, r))
 
-    def least_loaded(p: int) -> int:
-        """The replica with the fewest running that has a free slot; -1 when all are full."""
-        best, fewest = -1, 1 << 30
-        for r, (k, c) in enumerate(zip(rrun[p], slots[p], strict=True)):
-            if k < c and k < fewest:
-                best, fewest = r, k
-        return best
+    return admit
+
+
+def _finisher(
+    run: _Run,
+    admit: Callable[[int, int, int, float], None],
+    psite: list[int],
+    complete: Callable[[int, int, float, float, float], object] | None,
+) -> Callable[[float, int, int, int], None]:
+    """``finish(done, j, p, r)``: request j completes on replica r of pool p at ``done``: the slot
+    goes to the pool's next waiting request, the signals are updated, the policy hears of it."""
+    rrun, running, queues, sig = run.replica_running, run.running, run.queues, run.sig
+    ttft_l, e2e_l = run.ttft, run.e2e
 
     def finish(done: float, j: int, p: int, r: int) -> None:
         rrun[p][r] -= 1
@@ -230,7 +280,35 @@ def simulate(
         if complete is not None:
             complete(j, psite[p], done, ttft_l[j], e2e_l[j])
 
-    for i in range(n):
+    return finish
+
+
+def _least_loaded(running: list[int], slots: list[int]) -> int:
+    """The replica with the fewest running that has a free slot; -1 when all are full."""
+    best, fewest = -1, 1 << 30
+    for r, (k, c) in enumerate(zip(running, slots, strict=True)):
+        if k < c and k < fewest:
+            best, fewest = r, k
+    return best
+
+
+def _replay(
+    w: Workload,
+    run: _Run,
+    pools: Pools,
+    choose: Callable[[int, int, int], int],
+    admit: Callable[[int, int, int, float], None],
+    finish: Callable[[float, int, int, int], None],
+) -> float:
+    """Every arrival in time order (the completions due by then first), then the completions left;
+    the time of the last of those (0 when there were none)."""
+    T, R, M = w.t, w.region, w.model
+    pool_of, cap, qlim = pools.of, pools.capacity, pools.queue_limit
+    rrun, slots, running = run.replica_running, run.slots, run.running
+    queues, peak, sig = run.queues, run.peak, run.sig
+    status, site_of, served, heap = run.status, run.site, run.served, run.heap
+    least_loaded = _least_loaded
+    for i in range(len(w)):
         t = T[i]
         while heap and heap[0][0] <= t:
             done, j, p, r = heappop(heap)
@@ -240,7 +318,7 @@ def simulate(
             status[i] = NO_SITE
             continue
         p = pool_of[s][M[i]]
-        r = least_loaded(p) if running[p] < cap[p] else -1
+        r = least_loaded(rrun[p], slots[p]) if running[p] < cap[p] else -1
         if r >= 0:
             admit(i, p, r, t)
         else:
@@ -258,26 +336,34 @@ def simulate(
             sg.in_flight += 1
             sg.running = running[p]
             sg.waiting = len(queues[p])
+    last_done = 0.0
     while heap:
         done, j, p, r = heappop(heap)
         last_done = done
         finish(done, j, p, r)
-    busy_site = [0.0] * len(sites)
-    peak_site = [0] * len(sites)
-    for p in range(npools):
-        busy_site[psite[p]] += busy[p] / 1000.0
-        peak_site[psite[p]] = max(peak_site[psite[p]], peak[p])
+    return last_done
+
+
+def _outcome(
+    w: Workload, run: _Run, psite: list[int], nsites: int, policy: Policy, last_done: float
+) -> Outcome:
+    """The run's outcome, its pools' busy time and peak queue summed per site."""
+    busy_site = [0.0] * nsites
+    peak_site = [0] * nsites
+    for p in range(len(psite)):
+        busy_site[psite[p]] += run.busy[p] / 1000.0
+        peak_site[psite[p]] = max(peak_site[psite[p]], run.peak[p])
     predicted = getattr(policy, "predicted", None)
     return Outcome(
         policy=policy.name,
-        site=site_of,
-        status=status,
-        ttft_ms=ttft_l,
-        e2e_ms=e2e_l,
-        done_s=done_l,
-        cached=cached_l,
+        site=run.site,
+        status=run.status,
+        ttft_ms=run.ttft,
+        e2e_ms=run.e2e,
+        done_s=run.done,
+        cached=run.cached,
         busy_s=busy_site,
-        served=served,
+        served=run.served,
         peak_queue=peak_site,
         span_s=max(w.duration_s, last_done),
         predicted_ms=list(predicted) if predicted is not None else [],

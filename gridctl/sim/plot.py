@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
@@ -45,7 +46,7 @@ def nice_step(span: float, ticks: int = 6) -> float:
     if span <= 0:
         return 1.0
     raw = span / ticks
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = float(10 ** math.floor(math.log10(raw)))  # 10 ** k, typed (an int for k >= 0)
     for m in (1.0, 2.0, 2.5, 5.0, 10.0):
         if raw <= m * mag:
             return m * mag
@@ -194,60 +195,94 @@ def _title(sc: Mapping[str, Any]) -> str:
     return f"gridctl sim: {what}, {sc['model']}, {sc['requests']} requests{seed}"
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where the chart's two panels are, and how time and values map onto them."""
+
+    duration: float
+    left: int = 78
+    right: int = WIDTH - 24
+    top: int = 90  # latency panel (two legend rows above it)
+    bottom: int = 440
+    rtop: int = 486  # rejections panel
+    rbottom: int = 590
+
+    def x_of(self, t: float) -> float:
+        return self.left + (self.right - self.left) * (t / self.duration if self.duration else 0.0)
+
+    @staticmethod
+    def y_of(v: float, y0: int, y1: int, vmax: float) -> float:
+        return y1 - (y1 - y0) * min(v, vmax) / vmax
+
+
 def _draw(c: Surface, result: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) -> None:
     sc = result["scenario"]
     slo = float(sc["slo_ms"])
-    duration = float(sc["duration_s"])
-    left, right = 78, WIDTH - 24
-    top, bottom = 90, 440  # latency panel (two legend rows above it)
-    rtop, rbottom = 486, 590  # rejections panel
-    c.text(left, 12, _title(sc), INK, 2)
+    f = _Frame(float(sc["duration_s"]))
+    _draw_heading(c, f, sc, series)
+    ymax, ystep = _latency_scale(series, slo)
+    _draw_axes(c, f, sc["bursts"], ymax, ystep)
+    _draw_slo(c, f, slo, ymax)
+    colours = {
+        s["policy"]: COLOURS.get(s["policy"], FALLBACK[k % len(FALLBACK)]) for k, s in enumerate(series)
+    }
+    _draw_latency(c, f, series, colours, ymax)
+    _draw_rejections(c, f, series, colours)
+    _draw_legend(c, f, result["policies"], series, colours)
+
+
+def _draw_heading(c: Surface, f: _Frame, sc: Mapping[str, Any], series: Sequence[Mapping[str, Any]]) -> None:
+    c.text(f.left, 12, _title(sc), INK, 2)
     if series:
         c.text(
-            left,
+            f.left,
             36,
             f"p99 end-to-end latency (ms) of the requests arriving in each {series[0]['bucket_s']:g} s; "
             "shaded: bursts; dashed: the SLO; values above the top are drawn at the top",
             INK,
         )
 
+
+def _latency_scale(series: Sequence[Mapping[str, Any]], slo: float) -> tuple[float, float]:
+    """The latency panel's top value and tick step: above the highest p99, within 1.25 to 4 SLOs."""
     peak = max((v for s in series for v in s["p99_e2e_ms"] if v is not None), default=slo)
     ymax = min(max(peak * 1.08, slo * 1.25), slo * 4.0)
     ystep = nice_step(ymax)
-    ymax = math.ceil(ymax / ystep) * ystep
+    return math.ceil(ymax / ystep) * ystep, ystep
 
-    def x_of(t: float) -> float:
-        return left + (right - left) * (t / duration if duration else 0.0)
 
-    def y_of(v: float, y0: int, y1: int, vmax: float) -> float:
-        return y1 - (y1 - y0) * min(v, vmax) / vmax
-
-    # bursts, behind everything
-    for a, b in sc["bursts"]:
-        c.rect(int(x_of(a)), top, int(x_of(b)) + 1, bottom, BURST)
-        c.rect(int(x_of(a)), rtop, int(x_of(b)) + 1, rbottom, BURST)
-    # axes and gridlines
+def _draw_axes(c: Surface, f: _Frame, bursts: Sequence[Sequence[float]], ymax: float, ystep: float) -> None:
+    """The bursts shaded (behind everything), both panels' axes, the latency gridlines, time ticks."""
+    left, right, top, bottom, rtop, rbottom = f.left, f.right, f.top, f.bottom, f.rtop, f.rbottom
+    for a, b in bursts:
+        c.rect(int(f.x_of(a)), top, int(f.x_of(b)) + 1, bottom, BURST)
+        c.rect(int(f.x_of(a)), rtop, int(f.x_of(b)) + 1, rbottom, BURST)
     for panel_top, panel_bottom in ((top, bottom), (rtop, rbottom)):
         c.hline(left, right, panel_bottom, INK)
         c.vline(left, panel_top, panel_bottom + 1, INK)
     _y_ticks(c, left, right, top, bottom, ymax, ystep)
-    xstep = nice_step(duration, 10)
+    xstep = nice_step(f.duration, 10)
     t = 0.0
-    while t <= duration + 1e-9:
-        x = int(round(x_of(t)))
+    while t <= f.duration + 1e-9:
+        x = int(round(f.x_of(t)))
         c.vline(x, rbottom, rbottom + 5, INK)
         c.vline(x, bottom, bottom + 5, INK)
         c.text(x, rbottom + 9, _fmt(t), INK, anchor="middle")
         t += xstep
     c.text((left + right) // 2, rbottom + 24, "time (s)", INK, anchor="middle")
-    ys = int(round(y_of(slo, top, bottom, ymax)))
-    c.hline(left + 1, right, ys, SLO, dash=8)
-    c.text(right - 4, ys - 11, f"SLO {slo:g} ms", SLO, anchor="end")
 
-    # latency lines; `grid` last, on top
-    colours = {
-        s["policy"]: COLOURS.get(s["policy"], FALLBACK[k % len(FALLBACK)]) for k, s in enumerate(series)
-    }
+
+def _draw_slo(c: Surface, f: _Frame, slo: float, ymax: float) -> None:
+    ys = int(round(f.y_of(slo, f.top, f.bottom, ymax)))
+    c.hline(f.left + 1, f.right, ys, SLO, dash=8)
+    c.text(f.right - 4, ys - 11, f"SLO {slo:g} ms", SLO, anchor="end")
+
+
+def _draw_latency(
+    c: Surface, f: _Frame, series: Sequence[Mapping[str, Any]], colours: Mapping[str, Colour], ymax: float
+) -> None:
+    """One line per policy through its buckets' p99 (broken where a bucket has none); `grid` last,
+    on top."""
     for s in sorted(series, key=lambda s: s["policy"] == "grid"):
         colour = colours[s["policy"]]
         width = s["bucket_s"]
@@ -257,27 +292,41 @@ def _draw(c: Surface, result: Mapping[str, Any], series: Sequence[Mapping[str, A
                 c.polyline(run, colour)
                 run = []
                 continue
-            run.append((x_of((b + 0.5) * width), y_of(v, top, bottom, ymax)))
-    # rejections per second
-    rmax_raw = max((r / s["bucket_s"] for s in series for r in s["rejected"]), default=0.0)
-    c.text(left, rtop - 14, "requests rejected per second", INK)
-    if rmax_raw <= 0:
-        c.text(left + 12, (rtop + rbottom) // 2 - 3, "none: every request was served", INK)
-    else:
-        rstep = nice_step(rmax_raw, 3)
-        rmax = math.ceil(rmax_raw * 1.05 / rstep) * rstep
-        _y_ticks(c, left, right, rtop, rbottom, rmax, rstep)
-        for s in series:
-            width = s["bucket_s"]
-            pts = [
-                (x_of((b + 0.5) * width), y_of(r / width, rtop, rbottom, rmax))
-                for b, r in enumerate(s["rejected"])
-            ]
-            c.polyline(pts, colours[s["policy"]])
+            run.append((f.x_of((b + 0.5) * width), f.y_of(v, f.top, f.bottom, ymax)))
 
-    # legend, in rows above the panel: each policy with its overall p99 and SLO attainment
-    by_policy = {p["policy"]: p for p in result["policies"]}
-    x, y = left, 52
+
+def _draw_rejections(
+    c: Surface, f: _Frame, series: Sequence[Mapping[str, Any]], colours: Mapping[str, Colour]
+) -> None:
+    """The lower panel: requests rejected per second, one line per policy."""
+    rtop, rbottom = f.rtop, f.rbottom
+    rmax_raw = max((r / s["bucket_s"] for s in series for r in s["rejected"]), default=0.0)
+    c.text(f.left, rtop - 14, "requests rejected per second", INK)
+    if rmax_raw <= 0:
+        c.text(f.left + 12, (rtop + rbottom) // 2 - 3, "none: every request was served", INK)
+        return
+    rstep = nice_step(rmax_raw, 3)
+    rmax = math.ceil(rmax_raw * 1.05 / rstep) * rstep
+    _y_ticks(c, f.left, f.right, rtop, rbottom, rmax, rstep)
+    for s in series:
+        width = s["bucket_s"]
+        pts = [
+            (f.x_of((b + 0.5) * width), f.y_of(r / width, rtop, rbottom, rmax))
+            for b, r in enumerate(s["rejected"])
+        ]
+        c.polyline(pts, colours[s["policy"]])
+
+
+def _draw_legend(
+    c: Surface,
+    f: _Frame,
+    policies: Sequence[Mapping[str, Any]],
+    series: Sequence[Mapping[str, Any]],
+    colours: Mapping[str, Colour],
+) -> None:
+    """In rows above the panel: each policy with its overall p99 and SLO attainment."""
+    by_policy = {p["policy"]: p for p in policies}
+    x, y = f.left, 52
     for s in series:
         p = by_policy.get(s["policy"], {})
         p99 = p.get("e2e_ms", {}).get("p99")
@@ -285,8 +334,8 @@ def _draw(c: Surface, result: Mapping[str, Any], series: Sequence[Mapping[str, A
         label = f"{s['policy']}: p99 {p99:.0f} ms" if p99 is not None else f"{s['policy']}: none served"
         if att is not None:
             label += f", {att * 100:.1f}% in SLO"
-        if x > left and x + 28 + text_width(label) > right:
-            x, y = left, y + 14
+        if x > f.left and x + 28 + text_width(label) > f.right:
+            x, y = f.left, y + 14
         c.rect(x, y + 3, x + 22, y + 6, colours[s["policy"]])
         x = int(c.text(x + 28, y, label, INK)) + 22
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 
 Colour = tuple[int, int, int]
 
@@ -187,7 +188,7 @@ class Canvas:
             x0, x1, y0, y1 = x1, x0, y1, y0
         dx, dy = x1 - x0, y1 - y0
         grad = dy / dx if dx else 1.0
-        plot = (
+        plot: Callable[[int, int, float], None] = (
             (lambda a, b, c: self.blend(b, a, colour, c))
             if steep
             else (lambda a, b, c: self.blend(a, b, colour, c))

@@ -70,8 +70,10 @@ AFFINITY_INDEX_TOKENS = 50_000 * 64
 REFRESH_S = 5.0  # the daemon's probe interval: calibration factors read again, decayed
 
 
-class Placement:
-    """What every policy shares: one Request per (region, model) and its eligible sites."""
+class SimPlacement:
+    """What every policy of a run shares: the Planner, the run's sites, one placement Request per
+    (region, model) and its eligible sites. (Not the daemon's ``Placement``, which is
+    :class:`gridctl.core.placement.decision.Request` under another name.)"""
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class GridPolicy:
 
     def __init__(
         self,
-        placement: Placement,
+        placement: SimPlacement,
         w: Workload,
         signals: Sequence[MutableMapping[str, SiteSignals]],
         max_tokens: int | None,
@@ -260,7 +262,7 @@ class FixedPolicy:
 class RoundRobinPolicy:
     name = "round-robin"
 
-    def __init__(self, placement: Placement) -> None:
+    def __init__(self, placement: SimPlacement) -> None:
         self._lists = placement.eligible
         self._next = [[0] * len(row) for row in placement.eligible]
 
@@ -273,13 +275,13 @@ class RoundRobinPolicy:
         return sites[k]
 
 
-def central_policy(placement: Placement, central: str) -> FixedPolicy:
+def central_policy(placement: SimPlacement, central: str) -> FixedPolicy:
     """``central`` for every (region, model) where the Planner lists it as eligible; else nothing."""
     c = placement.index.get(central, -1)
     return FixedPolicy("central", [[c if c in row else -1 for row in rows] for rows in placement.eligible])
 
 
-def nearest_policy(placement: Placement) -> FixedPolicy:
+def nearest_policy(placement: SimPlacement) -> FixedPolicy:
     """The eligible site with the lowest round trip (then name): no load, speed or cost."""
     planner = placement.planner
     choice = []

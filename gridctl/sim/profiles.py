@@ -184,17 +184,46 @@ def build_profile(
     ``(path, message, at_key)``. Pure: references to the inventory are checked by ``check_profile``."""
     ck = Checker()
     top = ck.want_mapping(doc if doc is not None else {}, (), SCENARIO_KEYS)
-    if top is None:
+    p = _base(ck, top, stem) if top is not None else None
+    if top is None or p is None:
         return None, [(i.path, i.message, i.at_key) for i in ck.issues]
+    changes: dict[str, Any] = {"name": stem}
+    changes.update(_scalars(ck, top))
+    changes.update(_placement(ck, top))
+    if "bursts" in top:
+        changes["bursts"], changes["burst_regions"] = _bursts(ck, top["bursts"])
+    if "prefix" in top:
+        changes.update(_prefix(ck, top["prefix"]))
+    for key in ("new_tokens", "output_tokens"):
+        if key in top:
+            changes[key] = _lengths(ck, top[key], (key,), getattr(p, key))
+    if "sessions" in top:
+        changes.update(_sessions(ck, top["sessions"]))
+    issues = [(i.path, i.message, i.at_key) for i in ck.issues]
+    if issues or any(
+        v is None and k not in ("model", "rates", "central", "sites", "bursts", "burst_regions", "add_sites")
+        for k, v in changes.items()
+    ):
+        return None, issues
+    return replace(p, **changes), issues
+
+
+def _base(ck: Checker, top: Mapping[str, Any], stem: str) -> Profile | None:
+    """The built-in profile the scenario starts from: ``base``, else the file's name."""
     base_name = top.get("base", stem if stem in PROFILES else None)
     if base_name is None:
         ck.fail(("base",), f"missing: name the built-in profile this starts from ({', '.join(PROFILES)})")
-        return None, [(i.path, i.message, i.at_key) for i in ck.issues]
+        return None
     if base_name not in PROFILES:
         ck.fail(("base",), f"unknown profile {base_name!r}; built-in: {', '.join(PROFILES)}")
-        return None, [(i.path, i.message, i.at_key) for i in ck.issues]
-    p = PROFILES[base_name]
-    changes: dict[str, Any] = {"name": stem}
+        return None
+    return PROFILES[base_name]
+
+
+def _scalars(ck: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile's single values the scenario overrides: description, model, SLO, duration,
+    rates, queue bound, prompt bound."""
+    changes: dict[str, Any] = {}
     if "description" in top:
         if isinstance(top["description"], str):
             changes["description"] = top["description"].strip()
@@ -214,6 +243,13 @@ def build_profile(
         changes["max_prompt_tokens"] = ck.want_int(
             top["max_prompt_tokens"], ("max_prompt_tokens",), 16, 10_000_000, "a token count"
         )
+    return changes
+
+
+def _placement(ck: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the traffic goes and comes from: the central site, the sites deployed, the sites
+    added, whether clients set max_tokens, the per-region rates."""
+    changes: dict[str, Any] = {}
     if "central" in top:
         changes["central"] = ck.want_name(top["central"], ("central",))
     if "sites" in top:
@@ -228,38 +264,38 @@ def build_profile(
             top["clients_set_max_tokens"], ("clients_set_max_tokens",)
         )
     if "regions" in top:
-        rates = _rates(ck, top["regions"])
-        changes["rates"] = rates
-    if "bursts" in top:
-        changes["bursts"], changes["burst_regions"] = _bursts(ck, top["bursts"])
-    if "prefix" in top and (m := ck.want_mapping(top["prefix"], ("prefix",), PREFIX_KEYS)) is not None:
-        if "tokens" in m:
-            changes["prefix_tokens"] = ck.want_int(
-                m["tokens"], ("prefix", "tokens"), 0, 1_000_000, "a token count"
-            )
-        if "count" in m:
-            changes["prefixes"] = ck.want_int(m["count"], ("prefix", "count"), 1, 10_000_000, "a count")
-        if "skew" in m:
-            changes["prefix_skew"] = ck.want_number(
-                m["skew"], ("prefix", "skew"), 0.0, 10.0, "a Zipf exponent"
-            )
-    for key in ("new_tokens", "output_tokens"):
-        if key in top:
-            changes[key] = _lengths(ck, top[key], (key,), getattr(p, key))
-    if "sessions" in top and (s := ck.want_mapping(top["sessions"], ("sessions",), SESSION_KEYS)) is not None:
-        if "turns" in s:
-            changes["turns"] = ck.want_number(s["turns"], ("sessions", "turns"), 1.0, 10_000.0, "mean turns")
-        if "think_s" in s:
-            changes["think_s"] = ck.want_number(
-                s["think_s"], ("sessions", "think_s"), 0.0, 86_400.0, "seconds"
-            )
-    issues = [(i.path, i.message, i.at_key) for i in ck.issues]
-    if issues or any(
-        v is None and k not in ("model", "rates", "central", "sites", "bursts", "burst_regions", "add_sites")
-        for k, v in changes.items()
-    ):
-        return None, issues
-    return replace(p, **changes), issues
+        changes["rates"] = _rates(ck, top["regions"])
+    return changes
+
+
+def _prefix(ck: Checker, value: Any) -> dict[str, Any]:
+    """The shared prefixes: their tokens, how many, their Zipf skew."""
+    changes: dict[str, Any] = {}
+    m = ck.want_mapping(value, ("prefix",), PREFIX_KEYS)
+    if m is None:
+        return changes
+    if "tokens" in m:
+        changes["prefix_tokens"] = ck.want_int(
+            m["tokens"], ("prefix", "tokens"), 0, 1_000_000, "a token count"
+        )
+    if "count" in m:
+        changes["prefixes"] = ck.want_int(m["count"], ("prefix", "count"), 1, 10_000_000, "a count")
+    if "skew" in m:
+        changes["prefix_skew"] = ck.want_number(m["skew"], ("prefix", "skew"), 0.0, 10.0, "a Zipf exponent")
+    return changes
+
+
+def _sessions(ck: Checker, value: Any) -> dict[str, Any]:
+    """The sessions: mean turns, and the think time between them."""
+    changes: dict[str, Any] = {}
+    s = ck.want_mapping(value, ("sessions",), SESSION_KEYS)
+    if s is None:
+        return changes
+    if "turns" in s:
+        changes["turns"] = ck.want_number(s["turns"], ("sessions", "turns"), 1.0, 10_000.0, "mean turns")
+    if "think_s" in s:
+        changes["think_s"] = ck.want_number(s["think_s"], ("sessions", "think_s"), 0.0, 86_400.0, "seconds")
+    return changes
 
 
 def _add_sites(ck: Checker, value: Any) -> tuple[Site, ...]:

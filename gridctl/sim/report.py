@@ -69,12 +69,51 @@ def window_test(windows: Sequence[tuple[float, float]]) -> Callable[[float], boo
 def summarize(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> dict[str, Any]:
     """The figures of one policy's run, as plain data (the JSON shape of ``gridctl sim``)."""
     n = len(w)
-    slo = w.slo_ms
-    e2e, ttft, site_of, status = out.e2e_ms, out.ttft_ms, out.site, out.status
-    done = [i for i in range(n) if site_of[i] >= 0]
-    lat = [e2e[i] for i in done]
-    first = [ttft[i] for i in done]
-    within = [i for i in done if e2e[i] <= slo]
+    done = [i for i in range(n) if out.site[i] >= 0]
+    within = [i for i in done if out.e2e_ms[i] <= w.slo_ms]
+    return {
+        "policy": out.policy,
+        "requests": n,
+        "completed": len(done),
+        "rejected": n - len(done),
+        "rejected_no_site": out.status.count(NO_SITE),
+        "rejected_full": out.status.count(FULL),
+        **_latency(w, out, done, within),
+        **_throughput(w, out, done, within),
+        "cost": _cost(w, sites, out, done),
+        "sites": _site_rows(w, sites, out),
+        "prediction": _prediction(out, done, w.slo_ms),
+    }
+
+
+def _latency(w: Workload, out: Outcome, done: list[int], within: list[int]) -> dict[str, Any]:
+    """SLO attainment, end-to-end and TTFT percentiles, and the p99 in and outside bursts (by
+    arrival)."""
+    n = len(w)
+    e2e, ttft = out.e2e_ms, out.ttft_ms
+    windows = w.bursts
+    burst: list[float] = []
+    calm: list[float] = []
+    if windows:
+        arrived_in = bytearray(n)  # arrivals are sorted: each window is a range of requests
+        for a, b in windows:
+            lo, hi = bisect_left(w.t, a), bisect_left(w.t, b)
+            arrived_in[lo:hi] = b"\x01" * (hi - lo)
+        burst = [e2e[i] for i in done if arrived_in[i]]
+        calm = [e2e[i] for i in done if not arrived_in[i]]
+    return {
+        "slo_ms": w.slo_ms,
+        "slo_attainment": round(len(within) / n, 4) if n else None,
+        "e2e_ms": _pcts([e2e[i] for i in done]),
+        "ttft_ms": _pcts([ttft[i] for i in done]),
+        "e2e_p99_in_bursts_ms": _ms(percentile(sorted(burst), 99)) if windows else None,
+        "e2e_p99_outside_bursts_ms": _ms(percentile(sorted(calm), 99)) if windows else None,
+    }
+
+
+def _throughput(w: Workload, out: Outcome, done: list[int], within: list[int]) -> dict[str, Any]:
+    """Tokens per second over the run's span (and over the bursts, by completion), goodput (the
+    requests within the SLO), the prefix cache's hit rate."""
     P, OUT = w.prompt, w.output
     tokens = sum(P[i] + OUT[i] for i in done)
     out_tokens = sum(OUT[i] for i in done)
@@ -82,35 +121,53 @@ def summarize(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> dict
     prompt_tokens = sum(P[i] for i in done)
     cached = sum(out.cached[i] for i in done)
     span = out.span_s
+    burst_tokens = 0
+    if w.bursts:
+        inside, D = window_test(w.bursts), out.done_s
+        burst_tokens = sum(P[i] + OUT[i] for i in done if inside(D[i]))
+    burst_time = sum(b - a for a, b in w.bursts)
+    return {
+        "throughput_tok_s": round(tokens / span, 1) if span > 0 else 0.0,
+        "throughput_in_bursts_tok_s": round(burst_tokens / burst_time, 1) if burst_time > 0 else None,
+        "output_tok_s": round(out_tokens / span, 1) if span > 0 else 0.0,
+        "goodput_tok_s": round(good_tokens / span, 1) if span > 0 else 0.0,
+        "prefix_hit_rate": round(cached / prompt_tokens, 4) if prompt_tokens else 0.0,
+        "span_s": round(span, 3),
+    }
+
+
+def _cost(w: Workload, sites: Sequence[SimulatedSite], out: Outcome, done: list[int]) -> dict[str, Any]:
+    """What the sites used cost over the span (whole sites, paid while the run lasts), and what
+    their busy slot-time alone would (each site's price shared by its slots)."""
+    tokens = sum(w.prompt[i] + w.output[i] for i in done)
+    span = out.span_s
     used = [s for s, k in enumerate(out.served) if k > 0]
     gpu_hours = sum(sites[s].gpu_count for s in used) * span / 3600.0
     cost = sum(sites[s].cost_per_hour for s in used) * span / 3600.0
-    burst: list[float] = []
-    calm: list[float] = []
-    windows = w.bursts
-    burst_tokens = 0
-    if windows:
-        T, D = w.t, out.done_s
-        arrived_in = bytearray(n)  # arrivals are sorted: each window is a range of requests
-        for a, b in windows:
-            lo, hi = bisect_left(T, a), bisect_left(T, b)
-            arrived_in[lo:hi] = b"\x01" * (hi - lo)
-        burst = [e2e[i] for i in done if arrived_in[i]]
-        calm = [e2e[i] for i in done if not arrived_in[i]]
-        inside = window_test(windows)
-        burst_tokens = sum(P[i] + OUT[i] for i in done if inside(D[i]))
-    burst_time = sum(b - a for a, b in windows)
     busy_cost = 0.0
     for s, site in enumerate(sites):
         slots = sum(site.capacity.get(m, 0) for m in w.models)
         if slots:
             busy_cost += out.busy_s[s] / slots * site.cost_per_hour / 3600.0
-    site_rows = []
+    return {
+        "usd": round(cost, 4),
+        "gpu_hours": round(gpu_hours, 4),
+        "per_million_tokens": round(cost / tokens * 1e6, 4) if tokens else None,
+        "sites_used": len(used),
+        "busy_usd": round(busy_cost, 4),
+        "busy_per_million_tokens": round(busy_cost / tokens * 1e6, 4) if tokens else None,
+    }
+
+
+def _site_rows(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> list[dict[str, Any]]:
+    """One row per site serving any of the run's models."""
+    n, span = len(w), out.span_s
+    rows = []
     for s, site in enumerate(sites):
         slots = sum(site.capacity.get(m, 0) for m in w.models)
         if slots == 0:
             continue
-        site_rows.append(
+        rows.append(
             {
                 "site": site.name,
                 "requests": out.served[s],
@@ -121,36 +178,7 @@ def summarize(w: Workload, sites: Sequence[SimulatedSite], out: Outcome) -> dict
                 "usd_per_hour": round(site.cost_per_hour, 4),
             }
         )
-    return {
-        "policy": out.policy,
-        "requests": n,
-        "completed": len(done),
-        "rejected": n - len(done),
-        "rejected_no_site": status.count(NO_SITE),
-        "rejected_full": status.count(FULL),
-        "slo_ms": slo,
-        "slo_attainment": round(len(within) / n, 4) if n else None,
-        "e2e_ms": _pcts(lat),
-        "ttft_ms": _pcts(first),
-        "e2e_p99_in_bursts_ms": _ms(percentile(sorted(burst), 99)) if windows else None,
-        "e2e_p99_outside_bursts_ms": _ms(percentile(sorted(calm), 99)) if windows else None,
-        "throughput_tok_s": round(tokens / span, 1) if span > 0 else 0.0,
-        "throughput_in_bursts_tok_s": round(burst_tokens / burst_time, 1) if burst_time > 0 else None,
-        "output_tok_s": round(out_tokens / span, 1) if span > 0 else 0.0,
-        "goodput_tok_s": round(good_tokens / span, 1) if span > 0 else 0.0,
-        "prefix_hit_rate": round(cached / prompt_tokens, 4) if prompt_tokens else 0.0,
-        "span_s": round(span, 3),
-        "cost": {
-            "usd": round(cost, 4),
-            "gpu_hours": round(gpu_hours, 4),
-            "per_million_tokens": round(cost / tokens * 1e6, 4) if tokens else None,
-            "sites_used": len(used),
-            "busy_usd": round(busy_cost, 4),
-            "busy_per_million_tokens": round(busy_cost / tokens * 1e6, 4) if tokens else None,
-        },
-        "sites": site_rows,
-        "prediction": _prediction(out, done, slo),
-    }
+    return rows
 
 
 def _prediction(out: Outcome, done: list[int], slo: float) -> dict[str, Any] | None:

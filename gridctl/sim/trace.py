@@ -30,6 +30,7 @@ import difflib
 import json
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,25 @@ def _ident(value: Any, key: str, where: str, problems: list[str]) -> str | None:
     return str(value)
 
 
+# one request read: (t, line, region, model, prompt, output, prefix, prefix_tokens, session, max_tokens)
+_Row = tuple[float, int, int, int, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One valid line of a trace, its ids still names."""
+
+    t: float
+    region: str
+    model: str
+    prompt: int
+    output: int
+    prefix: str | None
+    prefix_tokens: int
+    session: str | None
+    max_tokens: int
+
+
 def parse_trace(
     lines: Iterable[str],
     file: str,
@@ -100,7 +120,7 @@ def parse_trace(
     model_ix: dict[str, int] = {default_model: 0}
     prefix_ix: dict[str, int] = {}
     session_ix: dict[str, int] = {}
-    rows: list[tuple[float, int, int, int, int, int, int, int, int, int]] = []
+    rows: list[_Row] = []
     seen = 0
     for lineno, line in enumerate(lines, 1):
         if len(problems) >= MAX_PROBLEMS:
@@ -108,72 +128,16 @@ def parse_trace(
         if not line.strip():
             continue
         seen += 1
-        where = f"{file}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"{where}: not JSON: {exc.args[0] if exc.args else exc}")
+        req = _parse_line(line, f"{file}:{lineno}", regions, default_model, problems)
+        if req is None or (duration_s is not None and req.t >= duration_s):
             continue
-        if not isinstance(obj, dict):
-            problems.append(f"{where}: must be a JSON object, one request per line")
-            continue
-        before = len(problems)
-        for key in obj:
-            if key not in KEYS and not key.startswith("x_"):
-                near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-                problems.append(
-                    f"{where}: {key}: unknown key; "
-                    + (f"did you mean '{near[0]}'?" if near else f"expected: {', '.join(KEYS)}")
-                )
-        t = obj.get("t")
-        if t is None:
-            problems.append(f"{where}: t: missing (required): seconds from the start of the trace")
-        elif (
-            isinstance(t, bool)
-            or not isinstance(t, (int, float))
-            or not math.isfinite(t)
-            or not 0 <= t <= MAX_T_S
-        ):
-            problems.append(f"{where}: t: must be seconds from 0 to {MAX_T_S:g} (got {json.dumps(t)})")
-        region = obj.get("region")
-        if not isinstance(region, str):
-            problems.append(f"{where}: region: must be a client region name (got {json.dumps(region)})")
-        elif region not in regions:
-            near = difflib.get_close_matches(region, list(regions), n=1)
-            problems.append(
-                f"{where}: region: no client region named {region!r} in grid.yaml"
-                + (f"; did you mean {near[0]!r}?" if near else f" (regions: {', '.join(regions)})")
-            )
-        model = obj.get("model", default_model)
-        if not isinstance(model, str) or not model:
-            problems.append(f"{where}: model: must be a model name (got {json.dumps(model)})")
-        prompt = _tokens(obj, "prompt_tokens", where, problems)
-        output = _tokens(obj, "output_tokens", where, problems)
-        prefix, ptoks = None, 0
-        if "prefix" in obj or "prefix_tokens" in obj:
-            if "prefix" not in obj or "prefix_tokens" not in obj:
-                problems.append(f"{where}: prefix: 'prefix' and 'prefix_tokens' go together")
-            else:
-                prefix = _ident(obj["prefix"], "prefix", where, problems)
-                ptoks = _tokens(obj, "prefix_tokens", where, problems, lo=0)
-                if prompt and ptoks > prompt:
-                    problems.append(
-                        f"{where}: prefix_tokens: must not exceed prompt_tokens ({ptoks} > {prompt})"
-                    )
-        session = _ident(obj["session"], "session", where, problems) if "session" in obj else None
-        asked = _tokens(obj, "max_tokens", where, problems) if "max_tokens" in obj else 0
-        if asked and output > asked:
-            problems.append(f"{where}: output_tokens: more than the max_tokens asked ({output} > {asked})")
-        if len(problems) > before:
-            continue
-        assert isinstance(t, (int, float)) and isinstance(region, str) and isinstance(model, str)
-        if duration_s is not None and t >= duration_s:
-            continue
-        ri = region_ix.setdefault(region, len(region_ix))
-        mi = model_ix.setdefault(model, len(model_ix))
-        pi = prefix_ix.setdefault(prefix, len(prefix_ix)) if prefix is not None else -1
-        si = session_ix.setdefault(session, len(session_ix)) if session is not None else -1
-        rows.append((float(t), lineno, ri, mi, prompt, output, pi, ptoks, si, asked))
+        ri = region_ix.setdefault(req.region, len(region_ix))
+        mi = model_ix.setdefault(req.model, len(model_ix))
+        pi = prefix_ix.setdefault(req.prefix, len(prefix_ix)) if req.prefix is not None else -1
+        si = session_ix.setdefault(req.session, len(session_ix)) if req.session is not None else -1
+        rows.append(
+            (req.t, lineno, ri, mi, req.prompt, req.output, pi, req.prefix_tokens, si, req.max_tokens)
+        )
     if problems:
         raise TraceError(problems)
     if not rows:
@@ -183,7 +147,100 @@ def parse_trace(
     remap = [names.index(r) for r in sorted(region_ix, key=region_ix.__getitem__)]
     models = tuple(sorted(model_ix, key=model_ix.__getitem__))
     end = duration_s if duration_s is not None else rows[-1][0] + 1e-3
-    w = Workload(names, models, end, slo_ms)
+    return _build_workload(rows, Workload(names, models, end, slo_ms), remap)
+
+
+def _parse_line(
+    line: str, where: str, regions: Mapping[str, object], default_model: str, problems: list[str]
+) -> _Request | None:
+    """One line -> its request; None (its problems appended) when it is not a valid one."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        problems.append(f"{where}: not JSON: {exc.args[0] if exc.args else exc}")
+        return None
+    if not isinstance(obj, dict):
+        problems.append(f"{where}: must be a JSON object, one request per line")
+        return None
+    before = len(problems)
+    _check_keys(obj, where, problems)
+    t = _time(obj, where, problems)
+    region = _region(obj, where, regions, problems)
+    model = obj.get("model", default_model)
+    if not isinstance(model, str) or not model:
+        problems.append(f"{where}: model: must be a model name (got {json.dumps(model)})")
+    prompt = _tokens(obj, "prompt_tokens", where, problems)
+    output = _tokens(obj, "output_tokens", where, problems)
+    prefix, ptoks = _prefix(obj, where, prompt, problems)
+    session = _ident(obj["session"], "session", where, problems) if "session" in obj else None
+    asked = _tokens(obj, "max_tokens", where, problems) if "max_tokens" in obj else 0
+    if asked and output > asked:
+        problems.append(f"{where}: output_tokens: more than the max_tokens asked ({output} > {asked})")
+    if len(problems) > before:
+        return None
+    assert t is not None and region is not None and isinstance(model, str)
+    return _Request(t, region, model, prompt, output, prefix, ptoks, session, asked)
+
+
+def _check_keys(obj: Mapping[str, Any], where: str, problems: list[str]) -> None:
+    for key in obj:
+        if key not in KEYS and not key.startswith("x_"):
+            near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            problems.append(
+                f"{where}: {key}: unknown key; "
+                + (f"did you mean '{near[0]}'?" if near else f"expected: {', '.join(KEYS)}")
+            )
+
+
+def _time(obj: Mapping[str, Any], where: str, problems: list[str]) -> float | None:
+    t = obj.get("t")
+    if t is None:
+        problems.append(f"{where}: t: missing (required): seconds from the start of the trace")
+    elif (
+        isinstance(t, bool)
+        or not isinstance(t, (int, float))
+        or not math.isfinite(t)
+        or not 0 <= t <= MAX_T_S
+    ):
+        problems.append(f"{where}: t: must be seconds from 0 to {MAX_T_S:g} (got {json.dumps(t)})")
+    else:
+        return float(t)
+    return None
+
+
+def _region(
+    obj: Mapping[str, Any], where: str, regions: Mapping[str, object], problems: list[str]
+) -> str | None:
+    region = obj.get("region")
+    if not isinstance(region, str):
+        problems.append(f"{where}: region: must be a client region name (got {json.dumps(region)})")
+    elif region not in regions:
+        near = difflib.get_close_matches(region, list(regions), n=1)
+        problems.append(
+            f"{where}: region: no client region named {region!r} in grid.yaml"
+            + (f"; did you mean {near[0]!r}?" if near else f" (regions: {', '.join(regions)})")
+        )
+    else:
+        return region
+    return None
+
+
+def _prefix(obj: Mapping[str, Any], where: str, prompt: int, problems: list[str]) -> tuple[str | None, int]:
+    """The request's shared prefix and its tokens; (None, 0) without one."""
+    prefix, ptoks = None, 0
+    if "prefix" in obj or "prefix_tokens" in obj:
+        if "prefix" not in obj or "prefix_tokens" not in obj:
+            problems.append(f"{where}: prefix: 'prefix' and 'prefix_tokens' go together")
+        else:
+            prefix = _ident(obj["prefix"], "prefix", where, problems)
+            ptoks = _tokens(obj, "prefix_tokens", where, problems, lo=0)
+            if prompt and ptoks > prompt:
+                problems.append(f"{where}: prefix_tokens: must not exceed prompt_tokens ({ptoks} > {prompt})")
+    return prefix, ptoks
+
+
+def _build_workload(rows: list[_Row], w: Workload, remap: list[int]) -> Workload:
+    """``w`` filled with the sorted ``rows``, each session's history from its previous request."""
     last: dict[int, int] = {}  # session -> its previous request's prompt + output
     if any(r[9] for r in rows):
         w.max_tokens = []

@@ -154,6 +154,21 @@ def region_rates(profile: Profile, regions: Sequence[str]) -> dict[str, float]:
     return {r: profile.rate_per_region for r in regions}
 
 
+@dataclass(frozen=True)
+class _Turns:
+    """How a session's turns are drawn: new and output tokens (``length_table``), the prefix
+    every first prompt starts with, the prompt bound, the chance a session ends after a turn,
+    the rate of think times (0: none), whether there are sessions at all."""
+
+    new: tuple[int, ...]
+    out: tuple[int, ...]
+    prefix_tokens: int
+    max_prompt: int
+    p_end: float
+    think_rate: float
+    sessions: bool
+
+
 def generate_workload(
     profile: Profile, regions: Sequence[str], model: str, rng: random.Random, scale: float = 1.0
 ) -> Workload:
@@ -164,19 +179,21 @@ def generate_workload(
     windows = burst_windows(profile.bursts, duration)
     factor = profile.bursts.factor if profile.bursts else 1.0
     w = Workload(names, (model,), duration, profile.slo_ms, bursts=windows)
-    t_, reg_, mod_, pr_, out_, pf_, pft_, ses_, hist_ = (w.t, *w.columns())
-    weights = [1.0 / (k + 1) ** profile.prefix_skew for k in range(profile.prefixes)]
-    cum = list(accumulate(weights))
+    cum = list(accumulate(1.0 / (k + 1) ** profile.prefix_skew for k in range(profile.prefixes)))
     total_w = cum[-1]
     last_prefix = profile.prefixes - 1
-    prefix_tokens = profile.prefix_tokens
     turns = profile.turns
-    p_end = 1.0 / turns  # geometric turns: after each, the session ends with this probability
-    think_rate = 1.0 / profile.think_s if profile.think_s > 0 else 0.0
-    max_prompt = profile.max_prompt_tokens
+    draw = _Turns(
+        new=length_table(profile.new_tokens),
+        out=length_table(profile.output_tokens),
+        prefix_tokens=profile.prefix_tokens,
+        max_prompt=profile.max_prompt_tokens,
+        p_end=1.0 / turns,  # geometric turns: after each, the session ends with this probability
+        think_rate=1.0 / profile.think_s if profile.think_s > 0 else 0.0,
+        sessions=turns > 1.0,
+    )
     # sessions already under way at 0: start them earlier, keep their turns from 0 on
     warmup = 5.0 * turns * profile.think_s if turns > 1.0 else 0.0
-    new_t, out_t = length_table(profile.new_tokens), length_table(profile.output_tokens)
     rand, expo = rng.random, rng.expovariate
     sid = 0
     for ri, name in enumerate(names):
@@ -190,38 +207,57 @@ def generate_workload(
             if lam <= 0:
                 continue
             t = a + expo(lam)
-            while t < b:
+            while t < b:  # a session starts at t
                 pid = bisect(cum, rand() * total_w)
                 pid = pid if pid <= last_prefix else last_prefix
-                session = sid if turns > 1.0 else -1
+                _add_session(w, draw, ri, pid, sid if draw.sessions else -1, t, duration, rng)
                 sid += 1
-                hist, tt = 0, t
-                while tt < duration:
-                    new, out = new_t[int(rand() * QUANTILES)], out_t[int(rand() * QUANTILES)]
-                    if tt < 0.0:  # a turn before the run: only its history counts
-                        hist = (hist or prefix_tokens) + new + out
-                        if hist > max_prompt:
-                            hist = 0
-                        if rand() < p_end:
-                            break
-                        tt += expo(think_rate) if think_rate else 0.0
-                        continue
-                    prompt = (hist or prefix_tokens) + new
-                    if prompt > max_prompt:
-                        hist, prompt = 0, prefix_tokens + new
-                    t_.append(tt)
-                    reg_.append(ri)
-                    mod_.append(0)
-                    pr_.append(prompt)
-                    out_.append(out)
-                    pf_.append(pid if prefix_tokens > 0 else -1)
-                    pft_.append(prefix_tokens)
-                    ses_.append(session)
-                    hist_.append(hist)
-                    if session < 0 or rand() < p_end:
-                        break
-                    hist = prompt + out
-                    tt += expo(think_rate) if think_rate else 0.0
                 t += expo(lam)
     w.sort()
     return w
+
+
+def _add_session(
+    w: Workload,
+    draw: _Turns,
+    region: int,
+    pid: int,
+    session: int,
+    t: float,
+    duration: float,
+    rng: random.Random,
+) -> None:
+    """The turns of one session (prefix ``pid``, id ``session``, -1: a single request) from ``t``
+    to the end of the run appended to ``w``; its turns
+    before 0 only build its history."""
+    t_, reg_, mod_, pr_, out_, pf_, pft_, ses_, hist_ = (w.t, *w.columns())
+    rand, expo = rng.random, rng.expovariate
+    new_t, out_t, prefix_tokens, max_prompt = draw.new, draw.out, draw.prefix_tokens, draw.max_prompt
+    p_end, think_rate = draw.p_end, draw.think_rate
+    hist, tt = 0, t
+    while tt < duration:
+        new, out = new_t[int(rand() * QUANTILES)], out_t[int(rand() * QUANTILES)]
+        if tt < 0.0:  # a turn before the run: only its history counts
+            hist = (hist or prefix_tokens) + new + out
+            if hist > max_prompt:
+                hist = 0
+            if rand() < p_end:
+                break
+            tt += expo(think_rate) if think_rate else 0.0
+            continue
+        prompt = (hist or prefix_tokens) + new
+        if prompt > max_prompt:
+            hist, prompt = 0, prefix_tokens + new
+        t_.append(tt)
+        reg_.append(region)
+        mod_.append(0)
+        pr_.append(prompt)
+        out_.append(out)
+        pf_.append(pid if prefix_tokens > 0 else -1)
+        pft_.append(prefix_tokens)
+        ses_.append(session)
+        hist_.append(hist)
+        if session < 0 or rand() < p_end:
+            break
+        hist = prompt + out
+        tt += expo(think_rate) if think_rate else 0.0

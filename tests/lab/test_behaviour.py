@@ -14,7 +14,7 @@ import pytest
 from gridctl.core.placement.perf import gpu_perf, token_interval_ms, ttft_ms
 from gridctl.lab import LabThread
 from gridctl.lab.formats import parse_completion
-from gridctl.lab.site import Replicas
+from gridctl.lab.gpu import Replicas
 from gridctl.lab.truth import SPEED_MAX, SPEED_MIN, speed_factor
 from tests.lab.conftest import fetch_metrics, make_spec, metric, start_sites
 

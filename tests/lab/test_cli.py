@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from gridctl.lab.service import pid_alive
+from gridctl.lab.pids import pid_alive
 from tests.conftest import Result, cli_env
 
 MODEL = "llama-3.1-8b-instruct"
@@ -214,7 +214,7 @@ def test_down_signals_only_its_own_lab_process(cli, inv: Path) -> None:  # type:
     """The recorded pid now belongs to another process (pid reuse): lab down leaves it alone."""
     import subprocess
 
-    from gridctl.lab.service import process_start
+    from gridctl.lab.pids import process_start
 
     stranger = subprocess.Popen(["sleep", "120"])
     try:

@@ -21,8 +21,9 @@ from gridctl.core.placement.perf import (
 from gridctl.core.placement.prefix import PrefixCache, text_chain
 from gridctl.inventory.load import load_inventory
 from gridctl.lab.formats import BadRequest, StreamFormat, filler_tokens, parse_completion
+from gridctl.lab.gpu import BLOCK_CHARS, BLOCK_TOKENS
 from gridctl.lab.overlay import build_synthetic_sites, rewrite_site_text, write_synthetic_inventory
-from gridctl.lab.site import BLOCK_CHARS, BLOCK_TOKENS, build_site_specs
+from gridctl.lab.site import build_site_specs
 from tests.conftest import EXAMPLE
 
 

@@ -18,7 +18,7 @@ from gridctl.core.placement.predict import Calibration
 from gridctl.lab.truth import speed_factor
 from gridctl.sim.compare import SimOptions, plan_run, run_plan, simulate_plan
 from gridctl.sim.engine import FULL, NO_SITE, SERVED, build_pools, simulate
-from gridctl.sim.policy import POLICIES, GridPolicy, Placement, SiteView, build_signals, new_signals
+from gridctl.sim.policy import POLICIES, GridPolicy, SimPlacement, SiteView, build_signals, new_signals
 from gridctl.sim.sites import build_sim_sites, deploy_only
 from gridctl.sim.traffic import Workload
 from tests.sim.conftest import M8
@@ -202,7 +202,7 @@ def test_grid_never_picks_a_non_sovereign_unhealthy_full_or_infeasible_site_whil
     planner = Planner(inv)
     names = [s.name for s in inv.sites]
     w = one_request(prompt=prompt, ptoks=min(400, prompt))
-    placement = Placement(planner, names, w.regions, w.models, w.slo_ms)
+    placement = SimPlacement(planner, names, w.regions, w.models, w.slo_ms)
     snapshot = build_signals(dict(zip(names, state, strict=True)), now=0.5)
     policy = GridPolicy(placement, w, [snapshot], max_tokens=48)
     for name, h in zip(names, holds, strict=True):
@@ -239,7 +239,7 @@ def test_calibration_in_the_simulator_converges_on_a_sites_hidden_factor(bare: I
             col.append(v)
         w.t.append(k * 0.5)
     names = [x.name for x in sites]
-    placement = Placement(planner, names, w.regions, w.models, w.slo_ms)
+    placement = SimPlacement(planner, names, w.regions, w.models, w.slo_ms)
     signals = new_signals(names, 1)
     policy = GridPolicy(placement, w, signals, max_tokens=30)  # as long as every answer: no bias
     rtt = [[planner.latency(planner.region(US_EAST), x).rtt_ms for x in inv.sites]]

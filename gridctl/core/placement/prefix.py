@@ -22,7 +22,8 @@ What the runs are is the caller's, and the only difference between users:
 
 Who holds the cache:
 
-- a site (lab, simulator): what its GPUs' KV cache holds, ``lookup`` on admission;
+- a site (lab, simulator): what its GPUs' KV cache holds, ``lookup`` on admission, of which
+  ``reusable_tokens`` are not computed again;
 - the daemon (and the simulator's ``grid`` policy, which stands for it): per
   site, what it sent there, ``match`` when choosing and ``insert`` once it has
   chosen; the match is what ``Planner.order`` takes as the tokens a site
@@ -108,6 +109,12 @@ class PrefixCache:
         n = self.match(chain)
         self.insert(chain)
         return n
+
+
+def reusable_tokens(held: int, prompt_tokens: int) -> int:
+    """The prompt tokens a site's hit of ``held`` tokens saves it: all but the prompt's last token,
+    which a site always computes (vLLM does: it needs that token's logits)."""
+    return max(0, min(held, prompt_tokens - 1))
 
 
 class SentIndex:
