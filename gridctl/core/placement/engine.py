@@ -284,17 +284,7 @@ class Planner:
                 feasible.append((cost_per_ms * service, rtt, name, e2e))
             else:
                 other.append((e2e, rtt, name, e2e))
-        feasible.sort()
-        other.sort()
-        names = [t[2] for t in feasible]
-        predicted = [t[3] for t in feasible]
-        if session and len(names) > 1:
-            by_name = dict(zip(names, predicted, strict=True))
-            names = rendezvous(session, names)
-            predicted = [by_name[n] for n in names]
-        names.extend(t[2] for t in other)
-        predicted.extend(t[3] for t in other)
-        return Ranking(tuple(names), len(feasible), tuple(predicted))
+        return _ranking(feasible, other, session)
 
     def rank(self, request: Request, live: Live = NO_LIVE, shape: Shape = DEFAULT_SHAPE) -> list[str]:
         """Eligible sites, best first (names only)."""
@@ -357,6 +347,26 @@ class Planner:
         ranking = self.order(request, shape, live, cached, session)
         ranked = tuple(candidates[n] for n in ranking.sites if n in candidates)
         return Decision(request, shape, slo, budget, ranked, tuple(excluded))
+
+
+def _ranking(
+    feasible: list[tuple[float, float, str, float]],
+    other: list[tuple[float, float, str, float]],
+    session: str | None,
+) -> Ranking:
+    """The order: feasible sites cheapest first (a session's key picks among them by rendezvous),
+    then the others fastest first; ties by round trip, then name."""
+    feasible.sort()
+    other.sort()
+    names = [t[2] for t in feasible]
+    predicted = [t[3] for t in feasible]
+    if session and len(names) > 1:
+        by_name = dict(zip(names, predicted, strict=True))
+        names = rendezvous(session, names)
+        predicted = [by_name[n] for n in names]
+    names.extend(t[2] for t in other)
+    predicted.extend(t[3] for t in other)
+    return Ranking(tuple(names), len(feasible), tuple(predicted))
 
 
 def _reasons(
