@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, GridctlError, UnreachableError, UsageError
+from gridctl.errors import ExitCode, GridctlError, QuietExit, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 
 app = typer.Typer(
@@ -257,7 +257,7 @@ def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-un
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     if worst:
-        raise typer.Exit(worst)
+        raise QuietExit(worst)
 
 
 @app.command("token-hash")
@@ -345,7 +345,7 @@ def status(
         )
         st.streams.stdout.write(render_table(data["sites"], STATUS_COLUMNS, st.streams))
     if any(s["status"] != "ok" for s in data["sites"]):
-        raise typer.Exit(ExitCode.UNHEALTHY)
+        raise QuietExit(ExitCode.UNHEALTHY)
 
 
 @app.command("unit")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gridctl.cli.common import OutputOpt, State, state
-from gridctl.errors import ExitCode, UnreachableError, UsageError
+from gridctl.errors import ExitCode, QuietExit, UnreachableError, UsageError
 from gridctl.output import Format, dump_json, dump_yaml
 
 ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, max=4096, help="Nodes worked on at once.")]
@@ -106,9 +106,9 @@ def exec_command(
     counts = {s: [r.node.name for r in results if r.status == s] for s in ("ok", "failed", "unreachable")}
     st.streams.info(summary_line(counts, len(results)))
     if counts["unreachable"]:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
     if counts["failed"]:
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
 
 
 def _print_prefixed(stream, name: str, text: str) -> None:  # type: ignore[no-untyped-def]

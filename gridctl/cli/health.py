@@ -11,6 +11,7 @@ import typer
 
 from gridctl.cli.common import OutputOpt, State, state
 from gridctl.cli.fleet import AcceptNewOpt, ForksOpt, TimeoutOpt, summary_line
+from gridctl.errors import QuietExit
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ def _rounds(
         time.sleep(interval)
     code = exit_code_for(Status(r.status) for r in rows)
     if code:
-        raise typer.Exit(code)
+        raise QuietExit(code)
 
 
 def _tty(streams: Streams) -> bool:
@@ -255,4 +256,4 @@ def gpu(
             st.streams.out(f"  - {reason}")
     code = exit_code_for([health.status])
     if code:
-        raise typer.Exit(code)
+        raise QuietExit(code)

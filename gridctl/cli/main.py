@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from gridctl import __version__
 from gridctl.cli.common import State
-from gridctl.errors import ExitCode, GridctlError, InventoryError
+from gridctl.errors import ExitCode, GridctlError, InventoryError, QuietExit
 from gridctl.output import Streams
 
 # Every command, in the order `gridctl --help` lists them: name -> (module, attribute),
@@ -138,6 +138,8 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gridctl {__version__}")
+        # an eager option's callback stops the parse only through click's own Exit (as
+        # --help does); click returns its code from ``main``. Commands end with QuietExit.
         raise typer.Exit(0)
 
 
@@ -235,12 +237,14 @@ def run(argv: list[str], streams: Streams | None = None) -> int:
         if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
             streams.stderr.write("\ninterrupted\n")
         return rv if isinstance(rv, int) else ExitCode.OK
+    except QuietExit as exc:  # the command has reported everything; only its exit code is left
+        return exc.code
     except GridctlError as exc:
         if debug:
             traceback.print_exc(file=streams.stderr)
         report(streams, exc)
         return exc.exit_code
-    except typer.Exit as exc:
+    except typer.Exit as exc:  # click's Exit (--help, --version) raised outside a command's main
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         streams.stderr.write("\ninterrupted\n")

@@ -178,7 +178,7 @@ def trust(
     Asks before pinning (or --yes). A key that differs from the pinned one is only
     replaced with --replace. Exit 4 when a node could not be reached.
     """
-    from gridctl.errors import ConflictError, ExitCode
+    from gridctl.errors import ConflictError, ExitCode, QuietExit
     from gridctl.fleet.hostkeys import pin_keys
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.fleet.trust import fetch_host_keys
@@ -231,7 +231,7 @@ def trust(
             hint="find out why; if the nodes were reinstalled, run again with --replace",
         )
     if any(r.verdict == "unreachable" for r in reports):
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
 
 
 from gridctl.cli.provision import provision  # noqa: E402  (its own module; registered here)

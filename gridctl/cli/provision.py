@@ -9,7 +9,7 @@ import typer
 
 from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state
 from gridctl.cli.fleet import AcceptNewOpt, FleetTarget, ForksOpt
-from gridctl.errors import ExitCode, UsageError
+from gridctl.errors import ExitCode, QuietExit, UsageError
 from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
 
 if TYPE_CHECKING:
@@ -163,9 +163,9 @@ def _report(st: State, outcomes: Sequence[NodeOutcome], output: Format, check: b
             for line in o.diagnostics.splitlines():
                 st.streams.stderr.write(f"{o.node.address} |   {line}\n")
     if counts["unreachable"]:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
     if counts["failed"] or any(o.status == "skipped" and o.profile for o in outcomes):
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
 
 
 def _row(o: NodeOutcome) -> dict[str, Any]:

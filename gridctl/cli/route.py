@@ -11,7 +11,7 @@ import typer
 
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state
-from gridctl.errors import ExitCode, UnreachableError, UsageError
+from gridctl.errors import ExitCode, QuietExit, UnreachableError, UsageError
 from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
 from gridctl.placement.engine import DEFAULT_SHAPE
 from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
@@ -243,7 +243,7 @@ def test(
             hint="every site's reasons are listed above; relax --slo-ms, undrain a site, or add capacity",
         )
     if result["live"] and not result["live"]["ok"]:
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
     best = decision.best
     if best is not None and not best.feasible:
         st.streams.warn(
@@ -251,7 +251,7 @@ def test(
             f"for this request: it would go to the fastest, {best.site}, predicted "
             f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
         )
-        raise typer.Exit(ExitCode.UNHEALTHY)
+        raise QuietExit(ExitCode.UNHEALTHY)
 
 
 PROBE_COLUMNS = [
@@ -305,7 +305,7 @@ def probe(
         + (f"; no answer from {', '.join(failed)}" if failed else "")
     )
     if failed:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
 
 
 @app.command("render")
