@@ -49,7 +49,7 @@ class State:
         return loaded
 
 
-def finish_read(st: State, loaded: Any, missing: str | None = None) -> None:
+def finish_read(state: State, loaded: Any, missing: str | None = None) -> None:
     """After a read command printed the valid items: exit 5 with the problems on stderr
     when there are any (the output left the broken files out). ``missing``: what the
     command looked for and did not find among the valid files ("site 'x'")."""
@@ -65,12 +65,12 @@ def finish_read(st: State, loaded: Any, missing: str | None = None) -> None:
     )
     raise InventoryError(
         list(loaded.problems),
-        str(st.root),
+        str(state.root),
         hint=f"{head}; fix the lines above, then run `gridctl inventory validate`",
     )
 
 
-def state(ctx: typer.Context) -> State:
+def state_of(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     assert isinstance(obj, State)
     return obj
@@ -85,11 +85,11 @@ OutputOpt = Annotated[
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
-def confirm(st: State, question: str, yes: bool) -> None:
+def confirm(state: State, question: str, yes: bool) -> None:
     """Ask on a terminal; without one, require --yes. Declining exits 1 with nothing changed."""
     if yes:
         return
-    if not st.streams.interactive:
+    if not state.streams.interactive:
         raise UsageError(
             f"{question.rstrip('?')}: refusing without --yes (no terminal to ask on)",
             hint="add --yes to confirm",

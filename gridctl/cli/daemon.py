@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from gridctl.cli.common import OutputOpt, state
+from gridctl.cli.common import OutputOpt, state_of
 from gridctl.errors import ExitCode, GridctlError, QuietExit, UnreachableError, UsageError
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.output import Column, Format, emit, render_table
 
 app = typer.Typer(
     help="The placement daemon: an OpenAI-compatible proxy to the best site.", no_args_is_help=True
@@ -146,14 +146,14 @@ def run(
     from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, parse_slo_policy, token_from
     from gridctl.daemon.server import load_client_tokens, load_listener_tls, load_state, run_daemon
 
-    st = state(ctx)
+    state = state_of(ctx)
     host, port = parse_listen(listen)
     config = DaemonConfig(
-        inventory=st.root,
+        inventory=state.root,
         host=host,
         port=port,
         region=region,
-        token=token_from(st.streams.environ),
+        token=token_from(state.streams.environ),
         workers=workers,
         queue_timeout_s=queue_timeout,
         probe_interval_s=probe_interval,
@@ -181,9 +181,9 @@ def run(
         log.close()
     load_state(config)  # fail fast, before forking, on a bad inventory or region
     if workers == 1:
-        run_daemon(config, st.streams.environ)
+        run_daemon(config, state.streams.environ)
         return
-    _run_workers(config, dict(st.streams.environ))
+    _run_workers(config, dict(state.streams.environ))
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -266,14 +266,14 @@ def token_hash(ctx: typer.Context) -> None:
     its line for a --tokens file: sha256:<hex>. Surrounding whitespace is not part of it."""
     from gridctl.daemon.tokens import hash_token
 
-    st = state(ctx)
-    token = st.streams.stdin.read().strip()
+    state = state_of(ctx)
+    token = state.streams.stdin.read().strip()
     if not token or any(c.isspace() for c in token):
         raise UsageError(
             "expected one token on stdin, without spaces",
             hint='printf %s "$TOKEN" | gridctl daemon token-hash >> tokens',
         )
-    st.streams.stdout.write(hash_token(token) + "\n")
+    state.streams.stdout.write(hash_token(token) + "\n")
 
 
 STATUS_COLUMNS = [
@@ -306,10 +306,10 @@ def status(
 
     from gridctl.daemon.config import token_from
 
-    st = state(ctx)
+    state = state_of(ctx)
     _check_url(url)
     headers = {}
-    token = token_from(st.streams.environ)  # stripped, as `daemon run` reads it
+    token = token_from(state.streams.environ)  # stripped, as `daemon run` reads it
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
@@ -332,18 +332,17 @@ def status(
             hint="set GRIDCTL_DAEMON_TOKEN if it needs a token",
         )
     data = resp.json()
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(data))
-    elif output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(data))
-    elif output is Format.name:
-        st.streams.stdout.write("".join(s["site"] + "\n" for s in data["sites"]))
-    else:
-        st.streams.out(
+    emit(
+        state.streams,
+        output,
+        data,
+        lambda _wide: (
             f"daemon {data['listen']} pid {data['pid']}: grid {data['grid']}, "
-            f"region {data['region'] or '-'}, {data['queued']} queued"
-        )
-        st.streams.stdout.write(render_table(data["sites"], STATUS_COLUMNS, st.streams))
+            f"region {data['region'] or '-'}, {data['queued']} queued\n"
+            + render_table(data["sites"], STATUS_COLUMNS, state.streams)
+        ),
+        (s["site"] for s in data["sites"]),
+    )
     if any(s["status"] != "ok" for s in data["sites"]):
         raise QuietExit(ExitCode.UNHEALTHY)
 
@@ -380,9 +379,9 @@ def unit(
     from gridctl.daemon.config import parse_slo_policy
     from gridctl.daemon.unit import UNIT_TEMPLATE, build_unit, gridctl_command, python_paths, render_unit
 
-    st = state(ctx)
+    state = state_of(ctx)
     spec = build_unit(
-        inventory=str(st.root.resolve()),
+        inventory=str(state.root.resolve()),
         python=python_paths(),
         gridctl=gridctl_command(),
         listen=listen,
@@ -398,9 +397,9 @@ def unit(
         insecure_plaintext=insecure_plaintext,
     )
     try:
-        text = render_unit(st.templates_dir, spec)
+        text = render_unit(state.templates_dir, spec)
     except (OSError, jinja2.TemplateError) as exc:
         line = getattr(exc, "lineno", None)
-        path = st.templates_dir / UNIT_TEMPLATE
+        path = state.templates_dir / UNIT_TEMPLATE
         raise GridctlError(f"{path}{':' + str(line) if line else ''}: {exc}") from None
-    st.streams.stdout.write(text)
+    state.streams.stdout.write(text)

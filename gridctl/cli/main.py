@@ -161,9 +161,9 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    st = ctx.obj if isinstance(ctx.obj, State) else State()
-    st.inventory_option, st.templates, st.debug = inventory, templates, debug
-    ctx.obj = st
+    state = ctx.obj if isinstance(ctx.obj, State) else State()
+    state.inventory_option, state.templates, state.debug = inventory, templates, debug
+    ctx.obj = state
 
 
 def _click_errors() -> tuple[type[BaseException], ...]:

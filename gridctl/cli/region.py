@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
+from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state_of
 from gridctl.cli.site import DryRunOpt, report_outcome
 from gridctl.errors import UsageError
 from gridctl.output import Column, Format, render_list, render_object
@@ -41,13 +41,13 @@ def _rows(inv: Any) -> list[dict[str, Any]]:
 @app.command("ls")
 def ls(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """List the client regions: jurisdiction, where their data may go, sites in them."""
-    st = state(ctx)
-    loaded = st.load_valid()
+    state = state_of(ctx)
+    loaded = state.load_valid()
     rows = _rows(loaded.inventory)
-    st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
+    state.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, state.streams))
     if not rows and output in (Format.table, Format.wide):
-        st.streams.info("No regions (add one with `gridctl region add`).")
-    finish_read(st, loaded)
+        state.streams.info("No regions (add one with `gridctl region add`).")
+    finish_read(state, loaded)
 
 
 def _describe(r: Mapping[str, Any], wide: bool) -> str:
@@ -73,15 +73,15 @@ def show(
     """Show one client region in full."""
     from gridctl.inventory.regions import require_region
 
-    st = state(ctx)
-    loaded = st.load_valid()
+    state = state_of(ctx)
+    loaded = state.load_valid()
     inv = loaded.inventory
     if inv.region(name) is None and loaded.problems:
-        finish_read(st, loaded, f"region '{name}'")
+        finish_read(state, loaded, f"region '{name}'")
     require_region(inv, name)
     row = next(r for r in _rows(inv) if r["name"] == name)
-    st.streams.stdout.write(render_object(output, row, _describe))
-    finish_read(st, loaded)
+    state.streams.stdout.write(render_object(output, row, _describe))
+    finish_read(state, loaded)
 
 
 def _parse_latency(items: list[str]) -> dict[str, float]:
@@ -126,10 +126,10 @@ def add(
     """Add a client region. Re-running with the same values changes nothing."""
     from gridctl.inventory.regions import RegionSpec, add_region
 
-    st = state(ctx)
+    state = state_of(ctx)
     allowed = tuple(c.strip() for a in allow or [] for c in a.split(",") if c.strip()) or None
     spec = RegionSpec(name, lat, lon, jurisdiction, allowed, _parse_latency(latency) if latency else None)
-    report_outcome(st, add_region(st.root, spec, dry_run), output)
+    report_outcome(state, add_region(state.root, spec, dry_run), output)
 
 
 @app.command("set")
@@ -150,8 +150,8 @@ def set_(
     """Change fields of a client region, keeping grid.yaml's comments and order."""
     from gridctl.inventory.regions import set_region
 
-    st = state(ctx)
-    report_outcome(st, set_region(st.root, name, assignments, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_region(state.root, name, assignments, dry_run), output)
 
 
 @app.command("rm")
@@ -165,10 +165,10 @@ def rm(
     """Remove a client region and its probe state (refused while sites are in it; asks first)."""
     from gridctl.inventory.regions import remove_region
 
-    st = state(ctx)
-    preview = remove_region(st.root, name, dry_run=True)
+    state = state_of(ctx)
+    preview = remove_region(state.root, name, dry_run=True)
     if dry_run:
-        report_outcome(st, preview, output)
+        report_outcome(state, preview, output)
         return
-    confirm(st, f"Remove region {name}?", yes)
-    report_outcome(st, remove_region(st.root, name), output)
+    confirm(state, f"Remove region {name}?", yes)
+    report_outcome(state, remove_region(state.root, name), output)

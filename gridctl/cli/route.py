@@ -5,16 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, state
+from gridctl.cli.common import OutputOpt, state_of
 from gridctl.errors import ExitCode, QuietExit, UnreachableError, UsageError
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.output import Column, Format, Streams, emit, render_table
 from gridctl.placement.engine import DEFAULT_SHAPE
 from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
+
+if TYPE_CHECKING:
+    from gridctl.placement.engine import Decision
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -158,8 +161,8 @@ def test(
     from gridctl.placement.engine import Request, decision_dict
     from gridctl.routing import build_shape, live_completion, load_planner, read_body, recorded_live
 
-    st = state(ctx)
-    parsed = read_body(body, st.streams.stdin) if body is not None else None
+    state = state_of(ctx)
+    parsed = read_body(body, state.streams.stdin) if body is not None else None
     if model is None:
         model = parsed.get("model") if parsed is not None else None
         if not isinstance(model, str) or not model:
@@ -168,9 +171,9 @@ def test(
                 hint="e.g. gridctl route test --from us-east --model llama-3.1-8b-instruct",
             )
     elif parsed is not None and parsed.get("model") not in (None, model):
-        st.streams.warn(f"--model {model} decides; the body asks for {parsed.get('model')!r}")
+        state.streams.warn(f"--model {model} decides; the body asks for {parsed.get('model')!r}")
     shape = build_shape(prompt_tokens, max_tokens, parsed)
-    inv = st.load()
+    inv = state.load()
     planner = load_planner(inv)
     _region_check(planner, region)
     models = sorted({m.name for s in inv.sites for m in s.models})
@@ -193,50 +196,17 @@ def test(
     decision = planner.explain(request, shape, recorded_live(inv))
     result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
     ranked: list[dict[str, Any]] = result["ranked"]
-    excluded: list[dict[str, Any]] = result["excluded"]
     if live and decision.best is not None:
         result["live"] = live_completion(
-            planner.sites[decision.best.site], model, region, st.streams.environ, decision.best.prediction
+            planner.sites[decision.best.site], model, region, state.streams.environ, decision.best.prediction
         ).to_dict()
-    out = st.streams.stdout
-    if output is Format.json:
-        out.write(dump_json(result))
-    elif output is Format.yaml:
-        out.write(dump_yaml(result))
-    elif output is Format.name:
-        out.write("".join(r["site"] + "\n" for r in ranked))
-    else:
-        jur = f", data kept in {jurisdiction}" if jurisdiction else ""
-        out.write(
-            f"{region} -> {model} (SLO {decision.slo_ms:g} ms{jur}): {len(ranked)} eligible, "
-            f"{decision.feasible} predicted within the SLO\n"
-        )
-        req = result["request"]
-        out.write(
-            f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
-            f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
-            f"{result['slo_margin']:.0%} margin)\n"
-        )
-        if ranked:
-            out.write(
-                "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
-                "fastest first\n"
-            )
-            columns, wide = _ranked_columns(decision.budget_ms)
-            out.write(
-                render_table(ranked, [*columns, *wide] if output is Format.wide else columns, st.streams)
-            )
-        if excluded:
-            out.write("\n" + render_table(excluded, EXCLUDED, st.streams))
-        if result["live"]:
-            lv = result["live"]
-            if lv["ok"]:
-                out.write(
-                    f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
-                    f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
-                )
-            else:
-                out.write(f"\nlive: {lv['site']} FAILED: {lv['error']}\n")
+    emit(
+        state.streams,
+        output,
+        result,
+        lambda wide: _explanation(result, decision, jurisdiction, wide, state.streams),
+        (r["site"] for r in ranked),
+    )
     if not ranked:
         raise UnreachableError(
             f"no eligible site for {model} from {region}",
@@ -246,12 +216,46 @@ def test(
         raise QuietExit(ExitCode.ERROR)
     best = decision.best
     if best is not None and not best.feasible:
-        st.streams.warn(
+        state.streams.warn(
             f"no site is predicted to meet the {decision.slo_ms:g} ms SLO (budget {decision.budget_ms:g} ms) "
             f"for this request: it would go to the fastest, {best.site}, predicted "
             f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
         )
         raise QuietExit(ExitCode.UNHEALTHY)
+
+
+def _explanation(
+    result: Mapping[str, Any], decision: Decision, jurisdiction: str | None, wide: bool, streams: Streams
+) -> str:
+    """``route test``'s human view: the request and its budget, the ranked sites, the
+    excluded ones with their reasons, the live answer."""
+    ranked, excluded, req = result["ranked"], result["excluded"], result["request"]
+    jur = f", data kept in {jurisdiction}" if jurisdiction else ""
+    text = (
+        f"{decision.request.region} -> {decision.request.model} (SLO {decision.slo_ms:g} ms{jur}): "
+        f"{len(ranked)} eligible, {decision.feasible} predicted within the SLO\n"
+        f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
+        f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
+        f"{result['slo_margin']:.0%} margin)\n"
+    )
+    if ranked:
+        text += (
+            "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
+            "fastest first\n"
+        )
+        columns, wide_columns = _ranked_columns(decision.budget_ms)
+        text += render_table(ranked, [*columns, *wide_columns] if wide else columns, streams)
+    if excluded:
+        text += "\n" + render_table(excluded, EXCLUDED, streams)
+    lv = result["live"]
+    if lv and lv["ok"]:
+        text += (
+            f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
+            f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
+        )
+    elif lv:
+        text += f"\nlive: {lv['site']} FAILED: {lv['error']}\n"
+    return text
 
 
 PROBE_COLUMNS = [
@@ -282,25 +286,24 @@ def probe(
     from gridctl.inventory.targets import select_sites
     from gridctl.routing import load_planner, measure_rtt
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     _region_check(load_planner(inv, use_probes=False), region)
     sites = select_sites(inv, target)
-    with progress(st.streams, len(sites), "probe") as advance:
-        results = measure_rtt(sites, region, st.streams.environ, samples, timeout, on_done=advance)
+    with progress(state.streams, len(sites), "probe") as advance:
+        results = measure_rtt(sites, region, state.streams.environ, samples, timeout, on_done=advance)
     at = now_iso()
     rows = [r.to_dict(at) for r in results]
     write_probes(inv.root, region, {r["site"]: r for r in rows if r["rtt_ms"] is not None})
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(rows))
-    elif output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(rows))
-    elif output is Format.name:
-        st.streams.stdout.write("".join(r["site"] + "\n" for r in rows))
-    else:
-        st.streams.stdout.write(render_table(rows, PROBE_COLUMNS, st.streams))
+    emit(
+        state.streams,
+        output,
+        rows,
+        lambda _wide: render_table(rows, PROBE_COLUMNS, state.streams),
+        (r["site"] for r in rows),
+    )
     failed = [r["site"] for r in rows if r["rtt_ms"] is None]
-    st.streams.info(
+    state.streams.info(
         f"saved {len(rows) - len(failed)} round trips from {region}"
         + (f"; no answer from {', '.join(failed)}" if failed else "")
     )
@@ -405,8 +408,8 @@ def render(
     from gridctl.placement.table import build_routing_table
     from gridctl.routing import load_planner
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     host, port = parse_listen(listen)
     if resolver:
         resolvers = tuple(resolver)
@@ -433,19 +436,19 @@ def render(
 
     shape = Shape(prompt_tokens, max_tokens, "given")
     table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups, shape)
-    files = render_routing(table, fmt, st.templates_dir, options)
+    files = render_routing(table, fmt, state.templates_dir, options)
     missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
-        st.streams.warn(
+        state.streams.warn(
             f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
             f"{prompt_tokens} prompt + {max_tokens} output tokens; their primaries are the fastest sites: "
             f"{', '.join(missing[:5])}{more}"
         )
     if out_dir is None:
         for text in files.values():
-            st.streams.stdout.write(text)
+            state.streams.stdout.write(text)
         return
     from gridctl.inventory.store import write_atomic
 
@@ -462,14 +465,14 @@ def render(
                 what = "unchanged" if same else "changed"
             except OSError:
                 what = "new"
-            st.streams.out(f"{path} ({what})")
-        st.streams.info("dry run: nothing written")
+            state.streams.out(f"{path} ({what})")
+        state.streams.info("dry run: nothing written")
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             write_atomic(out_dir / name, text)
-            st.streams.out(str(out_dir / name))
+            state.streams.out(str(out_dir / name))
     except OSError as exc:
         raise UsageError(
             f"cannot write into --out {out_dir}: {exc.strerror or exc}",
