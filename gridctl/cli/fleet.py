@@ -13,6 +13,7 @@ from gridctl.output import Format, Streams, emit
 
 if TYPE_CHECKING:
     from gridctl.fleet.execute import ExecResult
+    from gridctl.inventory.model import Inventory, Node
 
 ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, max=4096, help="Nodes worked on at once.")]
 TimeoutOpt = Annotated[
@@ -28,7 +29,8 @@ FleetTarget = Annotated[
 ]
 
 
-def select_fleet(state: State, target: str | None):  # type: ignore[no-untyped-def]
+def select_fleet(state: State, target: str | None) -> tuple[Inventory, list[Node]]:
+    """The inventory and the nodes ``target`` matches; UnreachableError when none does."""
     from gridctl.inventory.targets import select_nodes
 
     inv = state.load()
@@ -102,8 +104,13 @@ def exec_command(
         lambda _wide: _print_results(state.streams, results),
         (f"{r.node.site}/{r.node.name}" for r in results if r.status == "ok"),
     )
+    _summarize(state.streams, results)
+
+
+def _summarize(streams: Streams, results: Sequence[ExecResult]) -> None:
+    """The summary line on stderr; exit 4 when any node was unreachable, 1 when any failed."""
     counts = {s: [r.node.name for r in results if r.status == s] for s in ("ok", "failed", "unreachable")}
-    state.streams.info(summary_line(counts, len(results)))
+    streams.info(summary_line(counts, len(results)))
     if counts["unreachable"]:
         raise QuietExit(ExitCode.UNREACHABLE)
     if counts["failed"]:

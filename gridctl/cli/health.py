@@ -111,18 +111,10 @@ def health(
     Results are saved so `site ls` shows each site's last health.
     """
     from gridctl.fleet.dial import dial_early
-    from gridctl.inventory.targets import select_nodes, select_sites
 
     state = state_of(ctx)
     inv = state.load()
-    nodes = [] if sites_only else select_nodes(inv, target)
-    sites = [] if nodes_only else select_sites(inv, target)
-    if target and "/" in target:
-        sites = []  # SITE/NODE targets name nodes only
-    if not nodes and not sites:
-        from gridctl.errors import UnreachableError
-
-        raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
+    nodes, sites = _targets(inv, target, nodes_only=nodes_only, sites_only=sites_only)
     # connect to the first nodes now; the imports below and the keys overlap with their sshd
     dialer = dial_early(nodes[:forks])
     endpoints = None
@@ -139,6 +131,23 @@ def health(
         if endpoints is not None:
             endpoints.close()
         dialer.close()
+
+
+def _targets(
+    inv: Inventory, target: str | None, *, nodes_only: bool, sites_only: bool
+) -> tuple[list[Node], list[Site]]:
+    """The nodes and site endpoints to check; UnreachableError when there are none."""
+    from gridctl.inventory.targets import select_nodes, select_sites
+
+    nodes = [] if sites_only else select_nodes(inv, target)
+    sites = [] if nodes_only else select_sites(inv, target)
+    if target and "/" in target:
+        sites = []  # SITE/NODE targets name nodes only
+    if not nodes and not sites:
+        from gridctl.errors import UnreachableError
+
+        raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
+    return nodes, sites
 
 
 def _rounds(
@@ -204,6 +213,26 @@ GPU_COLUMNS = [
 ]
 
 
+def _gpu_row(health: Health, raw: dict[str, Any]) -> dict[str, Any]:
+    """This machine as one row of ``health -o json``, with NVML's raw readings beside it."""
+    import socket
+
+    from gridctl.fleet.healthcheck import now_iso
+
+    readings = {k: v for k, v in health.to_dict().items() if k not in ("status", "reasons", "notes")}
+    return {
+        "kind": "node",
+        "site": None,
+        "node": socket.gethostname(),
+        "status": health.status.value,
+        "reasons": list(health.reasons),
+        "notes": list(health.notes),
+        "checked_at": now_iso(),
+        "readings": readings,
+        "nvml": raw,
+    }
+
+
 def _gpu_report(health: Health, readings: Mapping[str, Any], streams: Streams) -> str:
     """``gpu``'s human view: a row per GPU, the verdict and its reasons."""
     status = streams.paint(health.status.value, _colour(health.status.value) or "bold")
@@ -226,7 +255,6 @@ def gpu(
     Exit 0 when ok, 3 when degraded, failed or unknown, 4 when there is no NVIDIA driver.
     """
     from gridctl.errors import UnreachableError
-    from gridctl.fleet.healthcheck import now_iso
     from gridctl.fleet.nvml import read_nvml
     from gridctl.health import classify_node, exit_code_for, readings_from_nvml
 
@@ -239,21 +267,8 @@ def gpu(
             "from elsewhere use `gridctl health`",
         )
     health: Health = classify_node(readings_from_nvml(raw), model, count)
-    import socket
-
-    readings = {k: v for k, v in health.to_dict().items() if k not in ("status", "reasons", "notes")}
-    row: dict[str, Any] = {
-        "kind": "node",
-        "site": None,
-        "node": socket.gethostname(),
-        "status": health.status.value,
-        "reasons": list(health.reasons),
-        "notes": list(health.notes),
-        "checked_at": now_iso(),
-        "readings": readings,
-        "nvml": raw,
-    }
-    emit(state.streams, output, row, lambda _wide: _gpu_report(health, readings, state.streams))
+    row = _gpu_row(health, raw)
+    emit(state.streams, output, row, lambda _wide: _gpu_report(health, row["readings"], state.streams))
     code = exit_code_for([health.status])
     if code:
         raise QuietExit(code)

@@ -69,8 +69,8 @@ def show(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """Show the grid: defaults, client regions and a summary of sites (the valid ones, with the
     problems on stderr and exit 5 when some file is broken)."""
     state = state_of(ctx)
-    loaded = state.load_valid()
-    _show(state, loaded.inventory, output)
+    inv, loaded = state.load_valid()
+    _show(state, inv, output)
     finish_read(state, loaded)
 
 

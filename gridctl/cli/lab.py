@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, state_of
+from gridctl.cli.common import OutputOpt, State, state_of
 from gridctl.errors import UsageError
 from gridctl.lab.truth import DEFAULT_SEED
 from gridctl.output import Column, Format, emit, table_or_empty
@@ -68,13 +68,10 @@ def up(
     ] = str(DEFAULT_SEED),
 ) -> None:
     """Start the lab in the background; print the overlay inventory to use with -i."""
-    from gridctl.lab.service import UpOptions, parse_hidden_speed, start_lab
+    from gridctl.lab.service import UpOptions, start_lab
 
     state = state_of(ctx)
-    try:
-        seed = parse_hidden_speed(hidden_speed)
-    except ValueError as exc:
-        raise UsageError(str(exc), hint="e.g. --hidden-speed 7, or --hidden-speed off") from None
+    seed = _hidden_speed(hidden_speed)
     opts = UpOptions(
         sites=sites,
         region=from_region,
@@ -86,11 +83,26 @@ def up(
     result = start_lab(state.root, opts, state.streams.info)
     state.streams.out(str(result.overlay))
     if not result.already:
-        lab = f"gridctl {inventory_flag(state.root, state.streams.environ)}lab"
-        state.streams.info(
-            state.streams.paint("hint:", "blue", state.streams.stderr)
-            + f" gridctl -i {shlex.quote(str(result.overlay))} site ls; {lab} status; {lab} down"
-        )
+        _hint_next(state, result.overlay)
+
+
+def _hidden_speed(text: str) -> int | None:
+    """--hidden-speed: a seed, or None for off."""
+    from gridctl.lab.service import parse_hidden_speed
+
+    try:
+        return parse_hidden_speed(text)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --hidden-speed 7, or --hidden-speed off") from None
+
+
+def _hint_next(state: State, overlay: Path) -> None:
+    """A hint on stderr: how to use the lab just started, and how to stop it."""
+    lab = f"gridctl {inventory_flag(state.root, state.streams.environ)}lab"
+    state.streams.info(
+        state.streams.paint("hint:", "blue", state.streams.stderr)
+        + f" gridctl -i {shlex.quote(str(overlay))} site ls; {lab} status; {lab} down"
+    )
 
 
 def inventory_flag(root: Path, environ: Mapping[str, str]) -> str:

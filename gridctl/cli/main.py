@@ -59,7 +59,11 @@ class _FiniteFloatRange(click.FloatRange):
 
 
 def _finite(
-    number: Any, value: Any, kind: click.ParamType, param: click.Parameter | None, ctx: click.Context | None
+    number: Any,
+    value: Any,
+    kind: click.ParamType[Any, Any],
+    param: click.Parameter | None,
+    ctx: click.Context | None,
 ) -> Any:
     if isinstance(number, float) and not math.isfinite(number):
         kind.fail(f"{value!r} is not a finite number.", param, ctx)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state_of
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, list_valid, state_of
 from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
 from gridctl.errors import UsageError
-from gridctl.output import Column, Format, render_list
+from gridctl.output import Column, Format, Streams
+
+if TYPE_CHECKING:
+    from gridctl.fleet.trust import HostKeyReport
 
 app = typer.Typer(
     help="GPU nodes of the sites: list, add, remove, pin host keys (trust), provision.", no_args_is_help=True
@@ -43,15 +47,14 @@ def ls(
     from gridctl.inventory.export import node_dict
     from gridctl.inventory.targets import select_nodes
 
-    state = state_of(ctx)
-    loaded = state.load_valid()
-    rows = [node_dict(n) for n in select_nodes(loaded.inventory, target, model)]
-    state.streams.stdout.write(
-        render_list(output, rows, COLUMNS, WIDE, state.streams, name=lambda r: f"{r['site']}/{r['name']}")
+    list_valid(
+        state_of(ctx),
+        output,
+        lambda inv: [node_dict(n) for n in select_nodes(inv, target, model)],
+        (COLUMNS, WIDE),
+        "No nodes match.",
+        name=lambda r: f"{r['site']}/{r['name']}",
     )
-    if not rows and output in (Format.table, Format.wide):
-        state.streams.info("No nodes match.")
-    finish_read(state, loaded)
 
 
 def _parse_gpus(text: str) -> tuple[str, int]:
@@ -179,7 +182,6 @@ def trust(
     replaced with --replace. Exit 4 when a node could not be reached.
     """
     from gridctl.errors import ConflictError, ExitCode, QuietExit
-    from gridctl.fleet.hostkeys import pin_keys
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.fleet.trust import fetch_host_keys
     from gridctl.inventory.targets import select_nodes
@@ -194,34 +196,9 @@ def trust(
     reports = fetch_host_keys(nodes, opts, forks, timeout)
     rows = [r.to_dict() for r in reports]
     emit(state.streams, output, rows, lambda _wide: render_table(rows, TRUST_COLUMNS, state.streams))
-    for r in reports:
-        if r.verdict == "changed":
-            state.streams.warn(
-                f"HOST KEY CHANGED for {r.node.address}: pinned {', '.join(r.pinned)}, now {r.fingerprint}"
-            )
-        elif r.verdict == "unreachable":
-            state.streams.warn(f"{r.node.address}: {r.error}")
-    new = [r for r in reports if r.verdict == "new"]
+    _warn_keys(state.streams, reports)
     changed = [r for r in reports if r.verdict == "changed"]
-    to_pin = new + (changed if replace else [])
-    if to_pin and dry_run:
-        keys = f"{len(to_pin)} host key{'s' if len(to_pin) != 1 else ''}"
-        state.streams.info(f"would pin {keys} in {inv.root}/known_hosts (dry run: nothing written)")
-    elif to_pin:
-        confirm(
-            state,
-            f"Pin {len(to_pin)} host key{'s' if len(to_pin) != 1 else ''} in {inv.root}/known_hosts?",
-            yes,
-        )
-        pins = [(r.node.host, r.node.port, r.key) for r in new if r.key is not None]
-        added = pin_keys(inv.root, pins)
-        if replace and changed:
-            added += pin_keys(
-                inv.root, [(r.node.host, r.node.port, r.key) for r in changed if r.key], replace=True
-            )
-        state.streams.info(f"pinned {added} host key{'s' if added != 1 else ''}")
-    else:
-        state.streams.info("nothing to pin")
+    _pin(state, inv.root, reports, replace=replace, dry_run=dry_run, yes=yes)
     if changed and not replace:
         raise ConflictError(
             f"{len(changed)} host key{'s' if len(changed) != 1 else ''} changed and left as pinned",
@@ -229,6 +206,41 @@ def trust(
         )
     if any(r.verdict == "unreachable" for r in reports):
         raise QuietExit(ExitCode.UNREACHABLE)
+
+
+def _warn_keys(streams: Streams, reports: Sequence[HostKeyReport]) -> None:
+    """A warning per node whose key changed or that did not answer."""
+    for r in reports:
+        if r.verdict == "changed":
+            streams.warn(
+                f"HOST KEY CHANGED for {r.node.address}: pinned {', '.join(r.pinned)}, now {r.fingerprint}"
+            )
+        elif r.verdict == "unreachable":
+            streams.warn(f"{r.node.address}: {r.error}")
+
+
+def _pin(
+    state: State, root: Path, reports: Sequence[HostKeyReport], *, replace: bool, dry_run: bool, yes: bool
+) -> None:
+    """Pin the new keys (and with ``replace`` the changed ones) in known_hosts, after asking;
+    under ``dry_run`` only say how many would be."""
+    from gridctl.fleet.hostkeys import pin_keys
+
+    new = [r for r in reports if r.verdict == "new"]
+    changed = [r for r in reports if r.verdict == "changed"]
+    to_pin = new + (changed if replace else [])
+    if not to_pin:
+        state.streams.info("nothing to pin")
+        return
+    keys = f"{len(to_pin)} host key{'s' if len(to_pin) != 1 else ''}"
+    if dry_run:
+        state.streams.info(f"would pin {keys} in {root}/known_hosts (dry run: nothing written)")
+        return
+    confirm(state, f"Pin {keys} in {root}/known_hosts?", yes)
+    added = pin_keys(root, [(r.node.host, r.node.port, r.key) for r in new if r.key is not None])
+    if replace and changed:
+        added += pin_keys(root, [(r.node.host, r.node.port, r.key) for r in changed if r.key], replace=True)
+    state.streams.info(f"pinned {added} host key{'s' if added != 1 else ''}")
 
 
 from gridctl.cli.provision import provision  # noqa: E402  (its own module; registered here)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
@@ -13,7 +14,9 @@ from gridctl.errors import ExitCode, QuietExit, UsageError
 from gridctl.output import Column, Format, Streams, emit, render_table
 
 if TYPE_CHECKING:
-    from gridctl.provision.apply import NodeOutcome
+    from gridctl.fleet.ssh import SshOptions
+    from gridctl.inventory.model import Inventory, Node
+    from gridctl.provision.apply import NodeOutcome, RunOptions
     from gridctl.provision.rollout import Job
 
 CheckOpt = Annotated[bool, typer.Option("--check", help="Show the plan (files, commands); change nothing.")]
@@ -80,12 +83,8 @@ def provision(
     rollout stopped, 4 when any was unreachable.
     """
     from gridctl.cli.fleet import select_fleet
-    from gridctl.cli.progress import progress
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.provision.apply import RunOptions
-    from gridctl.provision.profile import ProfileError, shown_root
-    from gridctl.provision.rollout import build_jobs, node_timeout, run_rollout, with_wait
-    from gridctl.templating import builtin_templates_dir
 
     state = state_of(ctx)
     if not (check or yes or state.streams.interactive):
@@ -94,6 +93,34 @@ def provision(
             hint="see the plan with --check, then run again with --yes",
         )
     inv, nodes = select_fleet(state, target)
+    jobs = _jobs(state, inv, nodes, wait)
+    ssh = ssh_options_for(inv.root, accept_new, dict(state.streams.environ))
+    roll = _Rollout(state.streams, ssh, forks, timeout, wait, serial, max_fail)
+    environ = dict(state.streams.environ)
+    if check:
+        outcomes = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
+        _report(state, outcomes, output, check=True)
+        return
+    planned: dict[str, NodeOutcome] = {}
+    confirmed = None
+    if not yes:
+        plan = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
+        planned = {o.node.address: o for o in plan}
+        confirmed = _confirm_plan(state, plan)
+        jobs = [j for j in jobs if j.node.address in confirmed]
+    outcomes = roll(jobs, RunOptions(diff=diff and yes, environ=environ, confirmed=confirmed), "provision")
+    done = {o.node.address: o for o in outcomes}
+    merged = [done.get(a) or planned[a] for a in planned] if planned else outcomes
+    _report(state, merged, output, check=False)
+
+
+def _jobs(state: State, inv: Inventory, nodes: Sequence[Node], wait: float | None) -> list[Job]:
+    """Every node's profile rendered, before any node is touched: a template error (its
+    problems on stderr) or no profile on any matched node stops here."""
+    from gridctl.provision.profile import ProfileError, shown_root
+    from gridctl.provision.rollout import build_jobs, with_wait
+    from gridctl.templating import builtin_templates_dir
+
     templates = state.templates_dir
     try:
         jobs = build_jobs(inv, nodes, templates, shown_root(templates, builtin_templates_dir()))
@@ -105,43 +132,46 @@ def provision(
             f"none of the {len(jobs)} matched node(s) has a provisioning profile",
             hint="set provision.profile on the site or node in the inventory (profiles: lab, vllm, nim)",
         )
-    jobs = with_wait(jobs, wait)
-    ssh = ssh_options_for(inv.root, accept_new, dict(state.streams.environ))
-    environ = dict(state.streams.environ)
+    return with_wait(jobs, wait)
 
-    def roll(chosen: Sequence[Job], opts: RunOptions, label: str) -> list[NodeOutcome]:
-        with progress(state.streams, len(chosen), label) as advance:
+
+@dataclass(frozen=True)
+class _Rollout:
+    """Runs jobs over SSH with a progress line: a plan (check) or the real rollout."""
+
+    streams: Streams
+    ssh: SshOptions
+    forks: int
+    timeout: float
+    wait: float | None
+    serial: int | None
+    max_fail: float | None
+
+    def __call__(self, chosen: Sequence[Job], opts: RunOptions, label: str) -> list[NodeOutcome]:
+        from gridctl.cli.progress import progress
+        from gridctl.provision.rollout import node_timeout, run_rollout
+
+        with progress(self.streams, len(chosen), label) as advance:
             return run_rollout(
                 chosen,
-                ssh,
+                self.ssh,
                 opts,
-                forks,
-                node_timeout(chosen, timeout, wait, opts.check),
-                serial=None if opts.check else serial,
-                max_fail=None if opts.check else max_fail,
+                self.forks,
+                node_timeout(chosen, self.timeout, self.wait, opts.check),
+                serial=None if opts.check else self.serial,
+                max_fail=None if opts.check else self.max_fail,
                 on_done=lambda _o: advance(),
             )
 
-    if check:
-        outcomes = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
-        _report(state, outcomes, output, check=True)
-        return
-    planned: dict[str, NodeOutcome] = {}
-    confirmed = None
-    if not yes:
-        plan = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
-        planned = {o.node.address: o for o in plan}
-        pending = [o for o in plan if o.status == "would-change"]
-        if pending:
-            _write_plan(state.streams, state.streams.stderr, plan)
-            n = len(pending)
-            confirm(state, f"Apply these changes to {n} node{'s' if n != 1 else ''}?", yes=False)
-        confirmed = {o.node.address: o.signature for o in pending}
-        jobs = [j for j in jobs if j.node.address in confirmed]
-    outcomes = roll(jobs, RunOptions(diff=diff and yes, environ=environ, confirmed=confirmed), "provision")
-    done = {o.node.address: o for o in outcomes}
-    merged = [done.get(a) or planned[a] for a in planned] if planned else outcomes
-    _report(state, merged, output, check=False)
+
+def _confirm_plan(state: State, plan: Sequence[NodeOutcome]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Show the nodes that would change and ask; the confirmed nodes' plan signatures."""
+    pending = [o for o in plan if o.status == "would-change"]
+    if pending:
+        _write_plan(state.streams, state.streams.stderr, plan)
+        n = len(pending)
+        confirm(state, f"Apply these changes to {n} node{'s' if n != 1 else ''}?", yes=False)
+    return {o.node.address: o.signature for o in pending}
 
 
 def _report(state: State, outcomes: Sequence[NodeOutcome], output: Format, check: bool) -> None:

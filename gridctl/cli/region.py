@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state_of
+from gridctl.cli.common import OutputOpt, YesOpt, confirm, list_valid, show_valid, state_of
 from gridctl.cli.site import DryRunOpt, report_outcome
 from gridctl.errors import UsageError
-from gridctl.output import Column, Format, render_list, render_object
+from gridctl.output import Column, Format
+
+if TYPE_CHECKING:
+    from gridctl.inventory.model import Inventory
 
 app = typer.Typer(help="Client regions (grid.yaml): list, show, add, change, remove.", no_args_is_help=True)
 
@@ -29,7 +32,7 @@ WIDE = [
 ]
 
 
-def _rows(inv: Any) -> list[dict[str, Any]]:
+def _rows(inv: Inventory) -> list[dict[str, Any]]:
     from gridctl.inventory.export import region_dict
 
     return [
@@ -41,13 +44,9 @@ def _rows(inv: Any) -> list[dict[str, Any]]:
 @app.command("ls")
 def ls(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """List the client regions: jurisdiction, where their data may go, sites in them."""
-    state = state_of(ctx)
-    loaded = state.load_valid()
-    rows = _rows(loaded.inventory)
-    state.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, state.streams))
-    if not rows and output in (Format.table, Format.wide):
-        state.streams.info("No regions (add one with `gridctl region add`).")
-    finish_read(state, loaded)
+    list_valid(
+        state_of(ctx), output, _rows, (COLUMNS, WIDE), "No regions (add one with `gridctl region add`)."
+    )
 
 
 def _describe(r: Mapping[str, Any], wide: bool) -> str:
@@ -73,15 +72,14 @@ def show(
     """Show one client region in full."""
     from gridctl.inventory.regions import require_region
 
-    state = state_of(ctx)
-    loaded = state.load_valid()
-    inv = loaded.inventory
-    if inv.region(name) is None and loaded.problems:
-        finish_read(state, loaded, f"region '{name}'")
-    require_region(inv, name)
-    row = next(r for r in _rows(inv) if r["name"] == name)
-    state.streams.stdout.write(render_object(output, row, _describe))
-    finish_read(state, loaded)
+    def object_of(inv: Inventory) -> dict[str, Any]:
+        require_region(inv, name)
+        return next(r for r in _rows(inv) if r["name"] == name)
+
+    def found(inv: Inventory) -> bool:
+        return inv.region(name) is not None
+
+    show_valid(state_of(ctx), output, f"region '{name}'", found, object_of, _describe)
 
 
 def _parse_latency(items: list[str]) -> dict[str, float]:

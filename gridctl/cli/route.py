@@ -17,7 +17,9 @@ from gridctl.placement.engine import DEFAULT_SHAPE
 from gridctl.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
 
 if TYPE_CHECKING:
-    from gridctl.placement.engine import Decision
+    from gridctl.inventory.model import Inventory
+    from gridctl.placement.engine import Decision, Planner
+    from gridctl.placement.predict import Shape
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -31,7 +33,7 @@ FromOpt = Annotated[
 ]
 
 
-def _region_check(planner: Any, region: str) -> None:
+def _region_check(planner: Planner, region: str) -> None:
     if region not in planner.regions:  # a typo in --from: a usage error, as any bad argument
         from gridctl.suggest import did_you_mean
 
@@ -157,45 +159,22 @@ def test(
 
     Exit 4 when no site is eligible; exit 3 (a warning on stderr) when sites are eligible but
     none is predicted to meet the SLO: the request would go to the fastest and is expected to miss."""
-    from gridctl.inventory.jurisdictions import GROUPS, is_code
     from gridctl.placement.engine import Request, decision_dict
     from gridctl.routing import build_shape, live_completion, load_planner, read_body, recorded_live
 
     state = state_of(ctx)
     parsed = read_body(body, state.streams.stdin) if body is not None else None
-    if model is None:
-        model = parsed.get("model") if parsed is not None else None
-        if not isinstance(model, str) or not model:
-            raise UsageError(
-                "--model is required (or a --body with a 'model')",
-                hint="e.g. gridctl route test --from us-east --model llama-3.1-8b-instruct",
-            )
-    elif parsed is not None and parsed.get("model") not in (None, model):
-        state.streams.warn(f"--model {model} decides; the body asks for {parsed.get('model')!r}")
+    model = _requested_model(model, parsed, state.streams)
     shape = build_shape(prompt_tokens, max_tokens, parsed)
     inv = state.load()
     planner = load_planner(inv)
     _region_check(planner, region)
-    models = sorted({m.name for s in inv.sites for m in s.models})
-    if model not in models:  # a typo, not a placement problem: no SLO or capacity would help
-        from gridctl.suggest import did_you_mean
-
-        raise UsageError(
-            f"--model {model}: no site in the inventory serves it", hint=did_you_mean(model, models, "models")
-        )
-    if jurisdiction is not None:
-        jurisdiction = jurisdiction.upper()
-        if not (is_code(jurisdiction) or jurisdiction in GROUPS):
-            raise UsageError(
-                f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)",
-                hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
-            )
+    _model_check(inv, model)
+    jurisdiction = _jurisdiction(jurisdiction)
     if slo_ms is not None and not math.isfinite(slo_ms):
         raise UsageError(f"--slo-ms {slo_ms}: must be a finite number of milliseconds")
-    request = Request(region, model, jurisdiction, slo_ms)
-    decision = planner.explain(request, shape, recorded_live(inv))
+    decision = planner.explain(Request(region, model, jurisdiction, slo_ms), shape, recorded_live(inv))
     result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
-    ranked: list[dict[str, Any]] = result["ranked"]
     if live and decision.best is not None:
         result["live"] = live_completion(
             planner.sites[decision.best.site], model, region, state.streams.environ, decision.best.prediction
@@ -205,18 +184,64 @@ def test(
         output,
         result,
         lambda wide: _explanation(result, decision, jurisdiction, wide, state.streams),
-        (r["site"] for r in ranked),
+        (r["site"] for r in result["ranked"]),
     )
-    if not ranked:
+    _verdict(state.streams, decision, result)
+
+
+def _requested_model(model: str | None, body: Mapping[str, Any] | None, streams: Streams) -> str:
+    """--model, else the body's model; a warning when both are given and differ."""
+    if model is None:
+        model = body.get("model") if body is not None else None
+        if not isinstance(model, str) or not model:
+            raise UsageError(
+                "--model is required (or a --body with a 'model')",
+                hint="e.g. gridctl route test --from us-east --model llama-3.1-8b-instruct",
+            )
+    elif body is not None and body.get("model") not in (None, model):
+        streams.warn(f"--model {model} decides; the body asks for {body.get('model')!r}")
+    return model
+
+
+def _model_check(inv: Inventory, model: str) -> None:
+    models = sorted({m.name for s in inv.sites for m in s.models})
+    if model not in models:  # a typo, not a placement problem: no SLO or capacity would help
+        from gridctl.suggest import did_you_mean
+
+        raise UsageError(
+            f"--model {model}: no site in the inventory serves it", hint=did_you_mean(model, models, "models")
+        )
+
+
+def _jurisdiction(given: str | None) -> str | None:
+    """--jurisdiction upper-cased, refused unless an ISO 3166-1 code or a group."""
+    from gridctl.inventory.jurisdictions import GROUPS, is_code
+
+    if given is None:
+        return None
+    code = given.upper()
+    if not (is_code(code) or code in GROUPS):
+        raise UsageError(
+            f"--jurisdiction {code}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)",
+            hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
+        )
+    return code
+
+
+def _verdict(streams: Streams, decision: Decision, result: Mapping[str, Any]) -> None:
+    """After the explanation: exit 4 when no site is eligible, 1 when the live request
+    failed, 3 (with a warning) when the best site is expected to miss the SLO."""
+    req = decision.request
+    if not result["ranked"]:
         raise UnreachableError(
-            f"no eligible site for {model} from {region}",
+            f"no eligible site for {req.model} from {req.region}",
             hint="every site's reasons are listed above; relax --slo-ms, undrain a site, or add capacity",
         )
     if result["live"] and not result["live"]["ok"]:
         raise QuietExit(ExitCode.ERROR)
     best = decision.best
     if best is not None and not best.feasible:
-        state.streams.warn(
+        streams.warn(
             f"no site is predicted to meet the {decision.slo_ms:g} ms SLO (budget {decision.budget_ms:g} ms) "
             f"for this request: it would go to the fastest, {best.site}, predicted "
             f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
@@ -404,22 +429,14 @@ def render(
     stderr (the exit code stays 0)."""
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
-    from gridctl.placement.render import RenderOptions, parse_nameservers, parse_nginx_version, render_routing
+    from gridctl.placement.predict import Shape
+    from gridctl.placement.render import RenderOptions, parse_nginx_version, render_routing
     from gridctl.placement.table import build_routing_table
     from gridctl.routing import load_planner
 
     state = state_of(ctx)
     inv = state.load()
     host, port = parse_listen(listen)
-    if resolver:
-        resolvers = tuple(resolver)
-    elif fmt == "nginx":
-        try:
-            resolvers = parse_nameservers(Path("/etc/resolv.conf").read_text(errors="replace"))
-        except OSError:
-            resolvers = ()
-    else:
-        resolvers = RenderOptions.resolvers
     options = RenderOptions(
         listen_host=host,
         listen_port=port,
@@ -429,50 +446,81 @@ def render(
         tls_verify=not insecure,
         read_timeout_s=read_timeout,
         admin_port=admin_port,
-        resolvers=resolvers,
+        resolvers=_resolvers(resolver, fmt),
         nginx_version=parse_nginx_version(nginx_version),
     )
-    from gridctl.placement.predict import Shape
-
     shape = Shape(prompt_tokens, max_tokens, "given")
     table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups, shape)
     files = render_routing(table, fmt, state.templates_dir, options)
-    missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
-        state.streams.warn(
-            f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
-            f"{prompt_tokens} prompt + {max_tokens} output tokens; their primaries are the fastest sites: "
-            f"{', '.join(missing[:5])}{more}"
-        )
+    _warn_missed_slo(state.streams, table, shape)
     if out_dir is None:
         for text in files.values():
             state.streams.stdout.write(text)
-        return
-    from gridctl.inventory.store import write_atomic
+    elif dry_run:
+        _check_out_dir(out_dir, files)
+        _show_changes(state.streams, out_dir, files)
+    else:
+        _check_out_dir(out_dir, files)
+        _write_files(state.streams, out_dir, files)
 
+
+def _resolvers(given: list[str] | None, fmt: str) -> tuple[str, ...]:
+    """nginx's nameservers: those given, else /etc/resolv.conf's (none when unreadable)."""
+    from gridctl.placement.render import RenderOptions, parse_nameservers
+
+    if given:
+        return tuple(given)
+    if fmt != "nginx":
+        return RenderOptions.resolvers
+    try:
+        return parse_nameservers(Path("/etc/resolv.conf").read_text(errors="replace"))
+    except OSError:
+        return ()
+
+
+def _warn_missed_slo(streams: Streams, table: Mapping[str, Any], shape: Shape) -> None:
+    """A warning naming the routes where no site is predicted to meet the SLO."""
+    missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
+    if not missing:
+        return
+    more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+    routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
+    streams.warn(
+        f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
+        f"{shape.prompt_tokens} prompt + {shape.output_tokens} output tokens; their primaries are the "
+        f"fastest sites: {', '.join(missing[:5])}{more}"
+    )
+
+
+def _check_out_dir(out_dir: Path, files: Mapping[str, str]) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(
             f"--out {out_dir}: not a directory",
             hint=f"--out names a directory to write {', '.join(files)} into (it is created when missing)",
         )
-    if dry_run:
-        for name, text in files.items():
-            path = out_dir / name
-            try:
-                same = path.read_text(encoding="utf-8") == text
-                what = "unchanged" if same else "changed"
-            except OSError:
-                what = "new"
-            state.streams.out(f"{path} ({what})")
-        state.streams.info("dry run: nothing written")
-        return
+
+
+def _show_changes(streams: Streams, out_dir: Path, files: Mapping[str, str]) -> None:
+    """--dry-run: each file and whether writing it would change it."""
+    for name, text in files.items():
+        path = out_dir / name
+        try:
+            same = path.read_text(encoding="utf-8") == text
+            what = "unchanged" if same else "changed"
+        except OSError:
+            what = "new"
+        streams.out(f"{path} ({what})")
+    streams.info("dry run: nothing written")
+
+
+def _write_files(streams: Streams, out_dir: Path, files: Mapping[str, str]) -> None:
+    from gridctl.inventory.store import write_atomic
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             write_atomic(out_dir / name, text)
-            state.streams.out(str(out_dir / name))
+            streams.out(str(out_dir / name))
     except OSError as exc:
         raise UsageError(
             f"cannot write into --out {out_dir}: {exc.strerror or exc}",

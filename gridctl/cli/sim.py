@@ -202,24 +202,14 @@ def sim(
     """Simulate traffic against the inventory's sites with each placement policy, through the same
     placement engine as the daemon, and compare latency, SLO attainment, throughput and cost.
     Deterministic for a seed. Exit 4 when no policy could place any request."""
-    from gridctl.errors import UnreachableError, UsageError
+    from gridctl.cli.progress import progress
     from gridctl.inventory.state import probe_rtts
     from gridctl.sim.compare import SimOptions, parse_policies, plan_run, run_plan
 
     state = state_of(ctx)
     policies = parse_policies(policy)
     if plot is not None:
-        from gridctl.sim.plot import chart_format
-
-        try:
-            chart_format(plot)
-        except ValueError as exc:
-            svg = plot.parent / f"{plot.name.split('.')[0] or 'chart'}.svg"
-            raise UsageError(str(exc), hint=f"e.g. --plot {svg}") from None
-        if not plot.parent.is_dir():
-            raise UsageError(
-                f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the chart elsewhere"
-            )
+        _check_plot(plot)
     inv = state.load()
     opts = SimOptions(
         profile=profile,
@@ -237,8 +227,6 @@ def sim(
     plan = plan_run(inv, probe_rtts(inv.root), opts)
     if plan.profile is not None and plan.profile.source != "built-in":
         state.streams.info(f"profile {plan.profile.name} from {plan.profile.source}")
-    from gridctl.cli.progress import progress
-
     with progress(state.streams, len(policies), "simulate") as advance:
         result, series = run_plan(plan, on_policy=lambda _name: advance())
     emit(
@@ -253,9 +241,32 @@ def sim(
 
         write_chart(plot, result, series)
         state.streams.info(f"wrote {plot}")
+    _check_placed(result, plan.model)
+
+
+def _check_plot(plot: Path) -> None:
+    """--plot names an .svg or .png file in a directory that exists."""
+    from gridctl.errors import UsageError
+    from gridctl.sim.plot import chart_format
+
+    try:
+        chart_format(plot)
+    except ValueError as exc:
+        svg = plot.parent / f"{plot.name.split('.')[0] or 'chart'}.svg"
+        raise UsageError(str(exc), hint=f"e.g. --plot {svg}") from None
+    if not plot.parent.is_dir():
+        raise UsageError(
+            f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the chart elsewhere"
+        )
+
+
+def _check_placed(result: Mapping[str, Any], model: str) -> None:
+    """Exit 4 when no policy could place any request."""
+    from gridctl.errors import UnreachableError
+
     if not any(p["completed"] for p in result["policies"]):
         raise UnreachableError(
-            f"no policy could place any request for {plan.model}",
+            f"no policy could place any request for {model}",
             hint="check the model name (--model), the sites it is deployed on (--sites) and the regions' "
             "jurisdictions; `gridctl route test --from REGION -m MODEL` explains one decision",
         )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, finish_read, state_of
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, list_valid, show_valid, state_of
 from gridctl.errors import UsageError
 from gridctl.inventory.edit import Outcome
-from gridctl.output import Column, Format, render_list, render_object
+from gridctl.output import Column, Format
+
+if TYPE_CHECKING:
+    from gridctl.inventory.model import Inventory
 
 app = typer.Typer(help="Sites of the grid: list, show, add, change, drain, remove.", no_args_is_help=True)
 
@@ -76,15 +79,11 @@ def ls(
     from gridctl.inventory.state import load_health
     from gridctl.inventory.targets import select_sites
 
-    state = state_of(ctx)
-    loaded = state.load_valid()
-    inv = loaded.inventory
-    health = load_health(inv.root)["sites"]
-    rows = [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
-    state.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, state.streams))
-    if not rows and output in (Format.table, Format.wide):
-        state.streams.info("No sites match.")
-    finish_read(state, loaded)
+    def rows_of(inv: Inventory) -> list[dict[str, Any]]:
+        health = load_health(inv.root)["sites"]
+        return [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
+
+    list_valid(state_of(ctx), output, rows_of, (COLUMNS, WIDE), "No sites match.")
 
 
 def _health_text(health: Mapping[str, Any] | None) -> str:
@@ -133,15 +132,14 @@ def show(
     from gridctl.inventory.export import site_dict
     from gridctl.inventory.state import load_health
 
-    state = state_of(ctx)
-    loaded = state.load_valid()
-    inv = loaded.inventory
-    if inv.site(name) is None and loaded.problems:
-        finish_read(state, loaded, f"site '{name}'")  # perhaps in a broken file: exit 5
-    site = require_site(inv, name)
-    health = load_health(inv.root)["sites"].get(name)
-    state.streams.stdout.write(render_object(output, site_dict(site, health), _describe))
-    finish_read(state, loaded)
+    def object_of(inv: Inventory) -> dict[str, Any]:
+        site = require_site(inv, name)
+        return site_dict(site, load_health(inv.root)["sites"].get(name))
+
+    def found(inv: Inventory) -> bool:
+        return inv.site(name) is not None
+
+    show_valid(state_of(ctx), output, f"site '{name}'", found, object_of, _describe)
 
 
 def _parse_models(items: list[str]) -> dict[str, int]:
@@ -305,7 +303,7 @@ def rm(
     if dry_run:
         report_outcome(state, preview, output)
         return
-    site = require_site(state.load_valid().inventory, name)
+    site = require_site(state.load_valid()[0], name)
     nodes = f"{len(site.nodes)} node{'s' if len(site.nodes) != 1 else ''}"
     refs = len(preview.removed)
     also = f"; and {refs} reference{'s' if refs != 1 else ''} to it" if refs else ""
