@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TextIO
@@ -117,6 +117,49 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], s
     return "\n".join(lines) + "\n"
 
 
+def render(
+    fmt: Format,
+    data: Any,
+    table: Callable[[bool], str],
+    names: Iterable[str] | None = None,
+) -> str:
+    """The one ``-o`` switch, for every command. json/yaml: ``data`` itself; name: each of
+    ``names`` on a line (``None``: the command has no names, and ``-o name`` shows the table);
+    table/wide: ``table(wide)``, the command's human view. A view that must interleave stdout
+    with stderr (``exec``: each node's output as it was) writes itself and returns ""."""
+    if fmt is Format.json:
+        return dump_json(data)
+    if fmt is Format.yaml:
+        return dump_yaml(data)
+    if fmt is Format.name and names is not None:
+        return "".join(n + "\n" for n in names)
+    return table(fmt is Format.wide)
+
+
+def emit(
+    streams: Streams,
+    fmt: Format,
+    data: Any,
+    table: Callable[[bool], str],
+    names: Iterable[str] | None = None,
+) -> None:
+    """:func:`render` onto stdout."""
+    streams.stdout.write(render(fmt, data, table, names))
+
+
+def table_or_empty(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    wide_columns: Sequence[Column],
+    wide: bool,
+    streams: Streams,
+) -> str:
+    """A table of ``rows`` (with ``wide_columns`` when ``wide``); nothing at all without rows."""
+    if not rows:
+        return ""
+    return render_table(rows, [*columns, *wide_columns] if wide else columns, streams)
+
+
 def render_list(
     fmt: Format,
     rows: Sequence[Mapping[str, Any]],
@@ -126,15 +169,12 @@ def render_list(
     name: Callable[[Mapping[str, Any]], str] = lambda r: str(r["name"]),
 ) -> str:
     """A listing: json/yaml are the list of objects itself."""
-    if fmt is Format.json:
-        return dump_json(list(rows))
-    if fmt is Format.yaml:
-        return dump_yaml(list(rows))
-    if fmt is Format.name:
-        return "".join(name(r) + "\n" for r in rows)
-    if not rows:
-        return ""
-    return render_table(rows, [*columns, *wide] if fmt is Format.wide else columns, streams)
+    return render(
+        fmt,
+        list(rows),
+        lambda w: table_or_empty(rows, columns, wide, w, streams),
+        map(name, rows),
+    )
 
 
 def render_object(
@@ -144,10 +184,4 @@ def render_object(
     name: Callable[[Mapping[str, Any]], str] = lambda r: str(r["name"]),
 ) -> str:
     """A single object: json/yaml are the object; table/wide use ``describe``."""
-    if fmt is Format.json:
-        return dump_json(obj)
-    if fmt is Format.yaml:
-        return dump_yaml(obj)
-    if fmt is Format.name:
-        return name(obj) + "\n"
-    return describe(obj, fmt is Format.wide)
+    return render(fmt, obj, lambda w: describe(obj, w), map(name, [obj]))

@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, state
-from gridctl.core.errors import ExitCode, GridctlError, UnreachableError, UsageError
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.cli.common import OutputOpt, state_of
+from gridctl.core.errors import ExitCode, GridctlError, QuietExit, UnreachableError, UsageError
+from gridctl.output import Column, Format, emit, render_table
+
+if TYPE_CHECKING:
+    from gridctl.daemon.config import DaemonConfig
+    from gridctl.daemon.unit import UnitSpec
 
 app = typer.Typer(
     help="The placement daemon: an OpenAI-compatible proxy to the best site.", no_args_is_help=True
@@ -142,18 +147,17 @@ def run(
     /grid/route, /metrics and /healthz until SIGTERM (drains) or SIGINT. SIGHUP or an inventory
     change reloads without dropping requests (SIGHUP rereads --tokens and the TLS files too). Off
     loopback it needs a token (GRIDCTL_DAEMON_TOKEN or --tokens) and TLS (or --insecure-plaintext)."""
-    from gridctl.daemon.accesslog import open_access_log
-    from gridctl.daemon.config import DaemonConfig, check_security, parse_listen, parse_slo_policy, token_from
-    from gridctl.daemon.server import load_client_tokens, load_listener_tls, load_state, run_daemon
+    from gridctl.daemon.config import DaemonConfig, parse_listen, parse_slo_policy, token_from
+    from gridctl.daemon.server import run_daemon
 
-    st = state(ctx)
+    state = state_of(ctx)
     host, port = parse_listen(listen)
     config = DaemonConfig(
-        inventory=st.root,
+        inventory=state.root,
         host=host,
         port=port,
         region=region,
-        token=token_from(st.streams.environ),
+        token=token_from(state.streams.environ),
         workers=workers,
         queue_timeout_s=queue_timeout,
         probe_interval_s=probe_interval,
@@ -173,17 +177,28 @@ def run(
         tls_client_ca=tls_client_ca,
         insecure_plaintext=insecure_plaintext,
     )
+    _preflight(config)
+    if workers == 1:
+        run_daemon(config, state.streams.environ)
+        return
+    _run_workers(config, dict(state.streams.environ))
+
+
+def _preflight(config: DaemonConfig) -> None:
+    """Refuse, before serving or forking, what would fail later: an insecure listener, a
+    certificate or token file that cannot be used, an access log that cannot be written,
+    a bad inventory or region."""
+    from gridctl.daemon.accesslog import open_access_log
+    from gridctl.daemon.config import check_security
+    from gridctl.daemon.server import load_client_tokens, load_listener_tls, load_state
+
     check_security(config)
-    load_listener_tls(config)  # fail fast, before forking, on a certificate that cannot be used
+    load_listener_tls(config)
     load_client_tokens(config)
-    log = open_access_log(access_log)  # fail fast, before forking, on a file that cannot be written
+    log = open_access_log(config.access_log)
     if log is not None:
         log.close()
-    load_state(config)  # fail fast, before forking, on a bad inventory or region
-    if workers == 1:
-        run_daemon(config, st.streams.environ)
-        return
-    _run_workers(config, dict(st.streams.environ))
+    load_state(config)
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -214,7 +229,7 @@ def _finite_seconds(value: float, flag: str) -> float:
     return value
 
 
-def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def _run_workers(config: DaemonConfig, environ: dict[str, str]) -> None:
     """Fork workers sharing the port; forward SIGTERM/SIGHUP; exit when they all have."""
     import dataclasses
     import shutil
@@ -257,7 +272,7 @@ def _run_workers(config, environ: dict[str, str]) -> None:  # type: ignore[no-un
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     if worst:
-        raise typer.Exit(worst)
+        raise QuietExit(worst)
 
 
 @app.command("token-hash")
@@ -266,14 +281,14 @@ def token_hash(ctx: typer.Context) -> None:
     its line for a --tokens file: sha256:<hex>. Surrounding whitespace is not part of it."""
     from gridctl.daemon.tokens import hash_token
 
-    st = state(ctx)
-    token = st.streams.stdin.read().strip()
+    state = state_of(ctx)
+    token = state.streams.stdin.read().strip()
     if not token or any(c.isspace() for c in token):
         raise UsageError(
             "expected one token on stdin, without spaces",
             hint='printf %s "$TOKEN" | gridctl daemon token-hash >> tokens',
         )
-    st.streams.stdout.write(hash_token(token) + "\n")
+    state.streams.stdout.write(hash_token(token) + "\n")
 
 
 STATUS_COLUMNS = [
@@ -302,14 +317,32 @@ def status(
     ] = None,
 ) -> None:
     """Ask a running daemon for its live view of every site. Exit 4 when none answers."""
+    state = state_of(ctx)
+    _check_url(url)
+    data = _fetch_status(url, tls_ca, state.streams.environ)
+    emit(
+        state.streams,
+        output,
+        data,
+        lambda _wide: (
+            f"daemon {data['listen']} pid {data['pid']}: grid {data['grid']}, "
+            f"region {data['region'] or '-'}, {data['queued']} queued\n"
+            + render_table(data["sites"], STATUS_COLUMNS, state.streams)
+        ),
+        (s["site"] for s in data["sites"]),
+    )
+    if any(s["status"] != "ok" for s in data["sites"]):
+        raise QuietExit(ExitCode.UNHEALTHY)
+
+
+def _fetch_status(url: str, tls_ca: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """GET /grid/status with the client token (GRIDCTL_DAEMON_TOKEN) when there is one."""
     import httpx
 
     from gridctl.daemon.config import token_from
 
-    st = state(ctx)
-    _check_url(url)
     headers = {}
-    token = token_from(st.streams.environ)  # stripped, as `daemon run` reads it
+    token = token_from(environ)  # stripped, as `daemon run` reads it
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
@@ -331,21 +364,8 @@ def status(
             f"daemon at {url} answered HTTP {resp.status_code}: {resp.text[:200]}",
             hint="set GRIDCTL_DAEMON_TOKEN if it needs a token",
         )
-    data = resp.json()
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(data))
-    elif output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(data))
-    elif output is Format.name:
-        st.streams.stdout.write("".join(s["site"] + "\n" for s in data["sites"]))
-    else:
-        st.streams.out(
-            f"daemon {data['listen']} pid {data['pid']}: grid {data['grid']}, "
-            f"region {data['region'] or '-'}, {data['queued']} queued"
-        )
-        st.streams.stdout.write(render_table(data["sites"], STATUS_COLUMNS, st.streams))
-    if any(s["status"] != "ok" for s in data["sites"]):
-        raise typer.Exit(ExitCode.UNHEALTHY)
+    data: dict[str, Any] = resp.json()
+    return data
 
 
 @app.command("unit")
@@ -375,14 +395,12 @@ def unit(
     sandboxed to what it needs: read the inventory (and the TLS and token files), write its
     .state, bind --listen. Refused where `daemon run` would refuse to start (off loopback: a
     token from --token-file or --tokens, and TLS or --insecure-plaintext)."""
-    import jinja2
-
     from gridctl.daemon.config import parse_slo_policy
-    from gridctl.daemon.unit import UNIT_TEMPLATE, build_unit, gridctl_command, python_paths, render_unit
+    from gridctl.daemon.unit import build_unit, gridctl_command, python_paths
 
-    st = state(ctx)
+    state = state_of(ctx)
     spec = build_unit(
-        inventory=str(st.root.resolve()),
+        inventory=str(state.root.resolve()),
         python=python_paths(),
         gridctl=gridctl_command(),
         listen=listen,
@@ -397,10 +415,18 @@ def unit(
         tokens=_absolute(tokens),
         insecure_plaintext=insecure_plaintext,
     )
+    state.streams.stdout.write(_render_unit(state.templates_dir, spec))
+
+
+def _render_unit(templates: Path, spec: UnitSpec) -> str:
+    """The unit's text; a template that cannot be read or rendered named with its line."""
+    import jinja2
+
+    from gridctl.daemon.unit import UNIT_TEMPLATE, render_unit
+
     try:
-        text = render_unit(st.templates_dir, spec)
+        return render_unit(templates, spec)
     except (OSError, jinja2.TemplateError) as exc:
         line = getattr(exc, "lineno", None)
-        path = st.templates_dir / UNIT_TEMPLATE
+        path = templates / UNIT_TEMPLATE
         raise GridctlError(f"{path}{':' + str(line) if line else ''}: {exc}") from None
-    st.streams.stdout.write(text)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, state
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.cli.common import OutputOpt, State, state_of
+from gridctl.output import Column, Format, Streams, emit, render_table
 
 SENT_COLUMNS = [
     Column("FROM", lambda r: r["region"]),
@@ -43,46 +44,52 @@ def demo(
     daemon, a burst of real requests from New York and Frankfurt (where each went and why),
     then a short simulation of grid vs central placement. Stops everything it started."""
     from gridctl.demo import REGIONS, running_grid, send_burst, short_simulation
-    from gridctl.templating import builtin_example_inventory
 
-    st = state(ctx)
-    source = st.root if (st.inventory_option or st.streams.environ.get("GRIDCTL_INVENTORY")) else None
-    if source is None:
-        source = st.root if (st.root / "grid.yaml").is_file() else builtin_example_inventory()
-    info = st.streams.info
+    state = state_of(ctx)
+    source = _source(state)
+    info = state.streams.info
     info(f"demo: starting lab sites for {source} and the placement daemon (Ctrl-C stops everything)")
-    with running_grid(source, st.streams.environ, speed) as (_overlay, url):
+    with running_grid(source, state.streams.environ, speed) as (_overlay, url):
         info(f"demo: daemon at {url}; sending {per_region} requests from each of {', '.join(REGIONS)}")
         sent = send_burst(url, per_region)
     rows: list[dict[str, Any]] = [vars(s) for s in sent]
     info(f"demo: lab and daemon stopped; simulating {sim_seconds:g} s of bursty voice traffic")
     sim = short_simulation(source, sim_seconds)  # the original inventory: its scenario, its latencies
     result = {"requests": rows, "simulation": sim}
-    out = st.streams.stdout
-    if output is Format.json:
-        out.write(dump_json(result))
-    elif output is Format.yaml:
-        out.write(dump_yaml(result))
-    else:
-        out.write("Requests through the placement daemon (EU data stays in the EU):\n")
-        out.write(
-            render_table(sorted(rows, key=lambda r: (r["region"], r["site"])), SENT_COLUMNS, st.streams)
-        )
-        out.write(
-            "(predicted: the site's time for one request as the daemon saw it before the burst; here "
-            "the lab, the daemon and every client share one process, which adds its own delay: in "
-            "separate processes the prediction is within a few percent, bench/README.md)\n"
-        )
-        scen = sim["scenario"]
-        out.write(
-            f"\nSimulation: {scen['requests']} requests, {scen['duration_s']:g} s of {scen['profile']} "
-            f"({scen['slo_ms']:g} ms SLO), grid vs one central cluster ({scen['central']}):\n"
-        )
-        out.write(render_table(sim["policies"], SIM_COLUMNS, st.streams))
-        from gridctl.cli.lab import inventory_flag
+    emit(state.streams, output, result, lambda _wide: _report(rows, sim, source, state.streams))
+    _check_requests(rows)
 
-        g = f"gridctl {inventory_flag(source, st.streams.environ)}"
-        out.write(f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)\n")
+
+def _source(state: State) -> Path:
+    """The inventory the demo runs: the one given (-i, GRIDCTL_INVENTORY) or found in the
+    current directory, else the built-in example."""
+    from gridctl.templating import builtin_example_inventory
+
+    if state.inventory_option or state.streams.environ.get("GRIDCTL_INVENTORY"):
+        return state.root
+    return state.root if (state.root / "grid.yaml").is_file() else builtin_example_inventory()
+
+
+def _report(rows: list[dict[str, Any]], sim: dict[str, Any], source: Path, streams: Streams) -> str:
+    """The human view: where each request went and why, then the simulation's comparison."""
+    from gridctl.cli.lab import inventory_flag
+
+    scen = sim["scenario"]
+    g = f"gridctl {inventory_flag(source, streams.environ)}"
+    return (
+        "Requests through the placement daemon (EU data stays in the EU):\n"
+        + render_table(sorted(rows, key=lambda r: (r["region"], r["site"])), SENT_COLUMNS, streams)
+        + "(predicted: the site's time for one request as the daemon saw it before the burst; here "
+        "the lab, the daemon and every client share one process, which adds its own delay: in "
+        "separate processes the prediction is within a few percent, bench/README.md)\n"
+        f"\nSimulation: {scen['requests']} requests, {scen['duration_s']:g} s of {scen['profile']} "
+        f"({scen['slo_ms']:g} ms SLO), grid vs one central cluster ({scen['central']}):\n"
+        + render_table(sim["policies"], SIM_COLUMNS, streams)
+        + f"\nNext: {g}lab up, {g}daemon run, {g}sim --plot sim.svg (see README)\n"
+    )
+
+
+def _check_requests(rows: list[dict[str, Any]]) -> None:
     failed = [r for r in rows if r["status"] != 200]
     if failed:
         from gridctl.core.errors import GridctlError

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, state
-from gridctl.core.errors import ExitCode, UnreachableError, UsageError
-from gridctl.output import Format, dump_json, dump_yaml
+from gridctl.cli.common import OutputOpt, State, state_of
+from gridctl.core.errors import ExitCode, QuietExit, UnreachableError, UsageError
+from gridctl.output import Format, Streams, emit
+
+if TYPE_CHECKING:
+    from gridctl.core.inventory.model import Inventory, Node
+    from gridctl.fleet.execute import ExecResult
 
 ForksOpt = Annotated[int, typer.Option("--forks", "-f", min=1, max=4096, help="Nodes worked on at once.")]
 TimeoutOpt = Annotated[
@@ -24,10 +29,11 @@ FleetTarget = Annotated[
 ]
 
 
-def select_fleet(st: State, target: str | None):  # type: ignore[no-untyped-def]
+def select_fleet(state: State, target: str | None) -> tuple[Inventory, list[Node]]:
+    """The inventory and the nodes ``target`` matches; UnreachableError when none does."""
     from gridctl.core.inventory.targets import select_nodes
 
-    inv = st.load()
+    inv = state.load()
     nodes = select_nodes(inv, target)
     if not nodes:
         raise UnreachableError(
@@ -74,10 +80,10 @@ def exec_command(
     """
     from gridctl.fleet.dial import dial_early
 
-    st = state(ctx)
+    state = state_of(ctx)
     if not command:
         raise UsageError("no command given", hint="e.g. gridctl exec 'phl-*' -- uptime")
-    inv, nodes = select_fleet(st, target)
+    inv, nodes = select_fleet(state, target)
     # connect to the first nodes now; the imports below and the keys overlap with their sshd
     dialer = dial_early(nodes[:forks])
     try:
@@ -85,33 +91,45 @@ def exec_command(
         from gridctl.fleet.execute import build_remote_command, run_exec
         from gridctl.fleet.ssh import ssh_options_for
 
-        opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
+        opts = ssh_options_for(inv.root, accept_new, dict(state.streams.environ), dialer)
         remote = build_remote_command(command)
-        with progress(st.streams, len(nodes), "exec") as advance:
+        with progress(state.streams, len(nodes), "exec") as advance:
             results = run_exec(nodes, remote, opts, forks, timeout, on_done=lambda _r: advance(), tty=tty)
     finally:
         dialer.close()
-    out, err = st.streams.stdout, st.streams.stderr
-    if output in (Format.json, Format.yaml):
-        data = [r.to_dict() for r in results]
-        out.write(dump_json(data) if output is Format.json else dump_yaml(data))
-    elif output is Format.name:
-        out.write("".join(f"{r.node.site}/{r.node.name}\n" for r in results if r.status == "ok"))
-    else:
-        for r in results:
-            _print_prefixed(out, r.node.name, r.stdout)
-            _print_prefixed(err, r.node.name, r.stderr)
-            if r.error:
-                err.write(f"{r.node.name} | {st.streams.paint(r.status.upper(), 'red', err)}: {r.error}\n")
+    emit(
+        state.streams,
+        output,
+        [r.to_dict() for r in results],
+        lambda _wide: _print_results(state.streams, results),
+        (f"{r.node.site}/{r.node.name}" for r in results if r.status == "ok"),
+    )
+    _summarize(state.streams, results)
+
+
+def _summarize(streams: Streams, results: Sequence[ExecResult]) -> None:
+    """The summary line on stderr; exit 4 when any node was unreachable, 1 when any failed."""
     counts = {s: [r.node.name for r in results if r.status == s] for s in ("ok", "failed", "unreachable")}
-    st.streams.info(summary_line(counts, len(results)))
+    streams.info(summary_line(counts, len(results)))
     if counts["unreachable"]:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
     if counts["failed"]:
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
 
 
-def _print_prefixed(stream, name: str, text: str) -> None:  # type: ignore[no-untyped-def]
+def _print_results(streams: Streams, results: Sequence[ExecResult]) -> str:
+    """The human view: each node's stdout and stderr on their own streams, line by line
+    prefixed by its name, in node order (so written here, not returned: see ``emit``)."""
+    out, err = streams.stdout, streams.stderr
+    for r in results:
+        _print_prefixed(out, r.node.name, r.stdout)
+        _print_prefixed(err, r.node.name, r.stderr)
+        if r.error:
+            err.write(f"{r.node.name} | {streams.paint(r.status.upper(), 'red', err)}: {r.error}\n")
+    return ""
+
+
+def _print_prefixed(stream: TextIO, name: str, text: str) -> None:
     if not text:
         return
     lines = text.splitlines()

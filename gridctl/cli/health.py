@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, state
+from gridctl.cli.common import OutputOpt, State, state_of
 from gridctl.cli.fleet import AcceptNewOpt, ForksOpt, TimeoutOpt, summary_line
-from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
+from gridctl.core.errors import QuietExit
+from gridctl.output import Column, Format, Streams, emit, render, table_or_empty
 
 if TYPE_CHECKING:
     from gridctl.core.health import Health
@@ -66,14 +67,12 @@ WIDE = [
 
 
 def render_rows(output: Format, rows: list[dict[str, Any]], streams: Streams) -> str:
-    if output is Format.json:
-        return dump_json(rows)
-    if output is Format.yaml:
-        return dump_yaml(rows)
-    if output is Format.name:
-        return "".join(f"{r['site']}/{r['node']}\n" if r["node"] else f"{r['site']}\n" for r in rows)
-    cols = [*COLUMNS, *WIDE] if output is Format.wide else COLUMNS
-    return render_table(rows, cols, streams) if rows else ""
+    return render(
+        output,
+        rows,
+        lambda wide: table_or_empty(rows, COLUMNS, WIDE, wide, streams),
+        (f"{r['site']}/{r['node']}" if r["node"] else r["site"] for r in rows),
+    )
 
 
 def _summary(rows: Sequence[dict[str, Any]]) -> str:
@@ -111,11 +110,35 @@ def health(
     Exit 0 when all ok, 3 when any degraded, failed or unknown, 4 when any unreachable.
     Results are saved so `site ls` shows each site's last health.
     """
-    from gridctl.core.inventory.targets import select_nodes, select_sites
     from gridctl.fleet.dial import dial_early
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
+    nodes, sites = _targets(inv, target, nodes_only=nodes_only, sites_only=sites_only)
+    # connect to the first nodes now; the imports below and the keys overlap with their sshd
+    dialer = dial_early(nodes[:forks])
+    endpoints = None
+    try:
+        from gridctl.fleet.healthcheck import EndpointCheck
+        from gridctl.fleet.ssh import ssh_options_for
+
+        endpoints = EndpointCheck(sites, state.streams.environ, timeout)  # probed meanwhile
+        opts = ssh_options_for(inv.root, accept_new, dict(state.streams.environ), dialer)
+        _rounds(
+            state, inv, nodes, sites, opts, forks, timeout, output, interval if watch else None, endpoints
+        )
+    finally:
+        if endpoints is not None:
+            endpoints.close()
+        dialer.close()
+
+
+def _targets(
+    inv: Inventory, target: str | None, *, nodes_only: bool, sites_only: bool
+) -> tuple[list[Node], list[Site]]:
+    """The nodes and site endpoints to check; UnreachableError when there are none."""
+    from gridctl.core.inventory.targets import select_nodes, select_sites
+
     nodes = [] if sites_only else select_nodes(inv, target)
     sites = [] if nodes_only else select_sites(inv, target)
     if target and "/" in target:
@@ -124,24 +147,11 @@ def health(
         from gridctl.core.errors import UnreachableError
 
         raise UnreachableError(f"nothing to check for {target!r}", hint="list targets with `gridctl node ls`")
-    # connect to the first nodes now; the imports below and the keys overlap with their sshd
-    dialer = dial_early(nodes[:forks])
-    endpoints = None
-    try:
-        from gridctl.fleet.healthcheck import EndpointCheck
-        from gridctl.fleet.ssh import ssh_options_for
-
-        endpoints = EndpointCheck(sites, st.streams.environ, timeout)  # probed meanwhile
-        opts = ssh_options_for(inv.root, accept_new, dict(st.streams.environ), dialer)
-        _rounds(st, inv, nodes, sites, opts, forks, timeout, output, interval if watch else None, endpoints)
-    finally:
-        if endpoints is not None:
-            endpoints.close()
-        dialer.close()
+    return nodes, sites
 
 
 def _rounds(
-    st: State,
+    state: State,
     inv: Inventory,
     nodes: Sequence[Node],
     sites: Sequence[Site],
@@ -157,11 +167,11 @@ def _rounds(
     from gridctl.fleet.healthcheck import check_health, now_iso, record_health
 
     watch = interval is not None
-    tty = _tty(st.streams)
+    tty = _tty(state.streams)
     first: EndpointCheck | None = endpoints
     while True:
-        with progress(st.streams, len(nodes) + len(sites), "health") as advance:
-            environ = st.streams.environ
+        with progress(state.streams, len(nodes) + len(sites), "health") as advance:
+            environ = state.streams.environ
             rows = check_health(
                 inv, nodes, sites, opts, environ, forks, timeout, on_done=advance, endpoints=first
             )
@@ -169,20 +179,20 @@ def _rounds(
         checked_at = now_iso()
         record_health(inv, rows, checked_at)
         data = [r.to_dict(checked_at) for r in rows]
-        text = render_rows(output, data, st.streams)
+        text = render_rows(output, data, state.streams)
         if watch and tty:
-            st.streams.stdout.write("\x1b[H\x1b[J")  # redraw in place
+            state.streams.stdout.write("\x1b[H\x1b[J")  # redraw in place
         if watch:
-            st.streams.stdout.write(f"# {checked_at}\n")
-        st.streams.stdout.write(text)
-        st.streams.stdout.flush()
-        st.streams.info(_summary(data))
+            state.streams.stdout.write(f"# {checked_at}\n")
+        state.streams.stdout.write(text)
+        state.streams.stdout.flush()
+        state.streams.info(_summary(data))
         if interval is None:
             break
         time.sleep(interval)
     code = exit_code_for(Status(r.status) for r in rows)
     if code:
-        raise typer.Exit(code)
+        raise QuietExit(code)
 
 
 def _tty(streams: Streams) -> bool:
@@ -190,6 +200,44 @@ def _tty(streams: Streams) -> bool:
         return streams.stdout.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+GPU_COLUMNS = [
+    Column("GPU", lambda g: g["index"]),
+    Column("NAME", lambda g: g["name"]),
+    Column("TEMP", lambda g: g.get("temperature_c")),
+    Column("MEM-USED-MIB", lambda g: g.get("memory_used_mib")),
+    Column("UTIL%", lambda g: g.get("utilization_pct")),
+    Column("POWER-W", lambda g: g.get("power_draw_w")),
+    Column("ECC-UNCORR", lambda g: g.get("ecc_uncorrected_volatile")),
+]
+
+
+def _gpu_row(health: Health, raw: dict[str, Any]) -> dict[str, Any]:
+    """This machine as one row of ``health -o json``, with NVML's raw readings beside it."""
+    import socket
+
+    from gridctl.fleet.healthcheck import now_iso
+
+    readings = {k: v for k, v in health.to_dict().items() if k not in ("status", "reasons", "notes")}
+    return {
+        "kind": "node",
+        "site": None,
+        "node": socket.gethostname(),
+        "status": health.status.value,
+        "reasons": list(health.reasons),
+        "notes": list(health.notes),
+        "checked_at": now_iso(),
+        "readings": readings,
+        "nvml": raw,
+    }
+
+
+def _gpu_report(health: Health, readings: Mapping[str, Any], streams: Streams) -> str:
+    """``gpu``'s human view: a row per GPU, the verdict and its reasons."""
+    status = streams.paint(health.status.value, _colour(health.status.value) or "bold")
+    text = table_or_empty(list(readings["gpus"]), GPU_COLUMNS, (), False, streams) + f"status: {status}\n"
+    return text + "".join(f"  - {reason}\n" for reason in health.reasons)
 
 
 def gpu(
@@ -208,10 +256,9 @@ def gpu(
     """
     from gridctl.core.errors import UnreachableError
     from gridctl.core.health import classify_node, exit_code_for, readings_from_nvml
-    from gridctl.fleet.healthcheck import now_iso
     from gridctl.fleet.nvml import read_nvml
 
-    st = state(ctx)
+    state = state_of(ctx)
     raw = read_nvml()
     if raw.get("error"):
         raise UnreachableError(
@@ -220,39 +267,8 @@ def gpu(
             "from elsewhere use `gridctl health`",
         )
     health: Health = classify_node(readings_from_nvml(raw), model, count)
-    import socket
-
-    readings = {k: v for k, v in health.to_dict().items() if k not in ("status", "reasons", "notes")}
-    row: dict[str, Any] = {
-        "kind": "node",
-        "site": None,
-        "node": socket.gethostname(),
-        "status": health.status.value,
-        "reasons": list(health.reasons),
-        "notes": list(health.notes),
-        "checked_at": now_iso(),
-        "readings": readings,
-        "nvml": raw,
-    }
-    if output in (Format.json, Format.yaml):
-        st.streams.stdout.write(dump_json(row) if output is Format.json else dump_yaml(row))
-    else:
-        gpu_rows = list(readings["gpus"])
-        cols = [
-            Column("GPU", lambda g: g["index"]),
-            Column("NAME", lambda g: g["name"]),
-            Column("TEMP", lambda g: g.get("temperature_c")),
-            Column("MEM-USED-MIB", lambda g: g.get("memory_used_mib")),
-            Column("UTIL%", lambda g: g.get("utilization_pct")),
-            Column("POWER-W", lambda g: g.get("power_draw_w")),
-            Column("ECC-UNCORR", lambda g: g.get("ecc_uncorrected_volatile")),
-        ]
-        st.streams.stdout.write(render_table(gpu_rows, cols, st.streams) if gpu_rows else "")
-        st.streams.out(
-            f"status: {st.streams.paint(health.status.value, _colour(health.status.value) or 'bold')}"
-        )
-        for reason in health.reasons:
-            st.streams.out(f"  - {reason}")
+    row = _gpu_row(health, raw)
+    emit(state.streams, output, row, lambda _wide: _gpu_report(health, row["readings"], state.streams))
     code = exit_code_for([health.status])
     if code:
-        raise typer.Exit(code)
+        raise QuietExit(code)

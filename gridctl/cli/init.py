@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gridctl.cli.common import state
+from gridctl.cli.common import state_of
 from gridctl.core.errors import ConflictError
 
 
@@ -22,7 +22,7 @@ def init(
     from gridctl.core.inventory.starter import FILES
     from gridctl.inventory.atomic import write_atomic
 
-    st = state(ctx)
+    state = state_of(ctx)
     if directory.exists() and any(directory.iterdir()):
         raise ConflictError(
             f"{directory} already exists and is not empty; nothing was written",
@@ -30,13 +30,13 @@ def init(
         )
     if dry_run:
         for rel, text in FILES.items():
-            st.streams.out(f"would write {directory / rel} ({len(text.splitlines())} lines)")
-        st.streams.info("dry run: nothing written")
+            state.streams.out(f"would write {directory / rel} ({len(text.splitlines())} lines)")
+        state.streams.info("dry run: nothing written")
         return
     for rel, text in FILES.items():
         write_atomic(directory / rel, text)
-    st.streams.out(f"created inventory {directory}")
-    st.streams.info(
+    state.streams.out(f"created inventory {directory}")
+    state.streams.info(
         f"next: edit {directory}/grid.yaml and {directory}/sites/, "
         f"then `gridctl -i {directory} inventory validate`"
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, finish_read, state
+from gridctl.cli.common import OutputOpt, State, finish_read, state_of
 from gridctl.core.inventory.model import Inventory
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, emit, render_table
 
 app = typer.Typer(help="The inventory as a whole: validate, show, export.", no_args_is_help=True)
 
@@ -19,38 +19,39 @@ def validate(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """Check every file; list every problem as file:line: path: message (exit 5 when invalid)."""
     from gridctl.core.errors import InventoryError
 
-    st = state(ctx)
+    state = state_of(ctx)
     try:
-        inv = st.load()
+        inv = state.load()
     except InventoryError as exc:
-        if output in (Format.json, Format.yaml):
-            problems = [
-                {"file": p.file, "line": p.line, "path": p.path, "message": p.message} for p in exc.problems
-            ]
-            data = {"valid": False, "problems": problems}
-            st.streams.stdout.write(dump_json(data) if output is Format.json else dump_yaml(data))
+        problems = [
+            {"file": p.file, "line": p.line, "path": p.path, "message": p.message} for p in exc.problems
+        ]
+        # the problems themselves go to stderr with the error; -o json|yaml has them on stdout too
+        emit(state.streams, output, {"valid": False, "problems": problems}, lambda _wide: "")
         raise
     from gridctl.core.placement.perf import gpu_warnings
 
     nodes = sum(len(s.nodes) for s in inv.sites)
     warnings = gpu_warnings(inv)
     for w in warnings:
-        st.streams.warn(w)
-    if output in (Format.json, Format.yaml):
-        data = {
-            "valid": True,
-            "problems": [],
-            "warnings": warnings,
-            "sites": len(inv.sites),
-            "nodes": nodes,
-            "regions": len(inv.grid.regions),
-        }
-        st.streams.stdout.write(dump_json(data) if output is Format.json else dump_yaml(data))
-    else:
-        st.streams.out(
+        state.streams.warn(w)
+    data = {
+        "valid": True,
+        "problems": [],
+        "warnings": warnings,
+        "sites": len(inv.sites),
+        "nodes": nodes,
+        "regions": len(inv.grid.regions),
+    }
+    emit(
+        state.streams,
+        output,
+        data,
+        lambda _wide: (
             f"inventory {inv.root} is valid: grid {inv.grid.name}, {len(inv.grid.regions)} regions, "
-            f"{len(inv.sites)} sites, {nodes} nodes"
-        )
+            f"{len(inv.sites)} sites, {nodes} nodes\n"
+        ),
+    )
 
 
 REGION_COLUMNS = [
@@ -67,25 +68,26 @@ REGION_COLUMNS = [
 def show(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """Show the grid: defaults, client regions and a summary of sites (the valid ones, with the
     problems on stderr and exit 5 when some file is broken)."""
-    st = state(ctx)
-    loaded = st.load_valid()
-    _show(st, loaded.inventory, output)
-    finish_read(st, loaded)
+    state = state_of(ctx)
+    inv, loaded = state.load_valid()
+    _show(state, inv, output)
+    finish_read(state, loaded)
 
 
-def _show(st: State, inv: Inventory, output: Format) -> None:
+def _show(state: State, inv: Inventory, output: Format) -> None:
     from gridctl.core.inventory.export import inventory_dict
 
     data = inventory_dict(inv)
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(data))
-        return
-    if output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(data))
-        return
-    if output is Format.name:
-        st.streams.stdout.write("".join(s.name + "\n" for s in inv.sites))
-        return
+    emit(
+        state.streams,
+        output,
+        data,
+        lambda _wide: _summary(inv, data, state.streams),
+        (s.name for s in inv.sites),
+    )
+
+
+def _summary(inv: Inventory, data: dict[str, Any], streams: Streams) -> str:
     g = data["grid"]
     d = g["defaults"]
     w = d["weights"]
@@ -100,7 +102,7 @@ def _show(st: State, inv: Inventory, output: Format) -> None:
         "",
     ]
     regions = [dict(r, sites=sum(1 for s in inv.sites if s.region == r["name"])) for r in g["regions"]]
-    st.streams.stdout.write("\n".join(lines) + "\n" + render_table(regions, REGION_COLUMNS, st.streams))
+    return "\n".join(lines) + "\n" + render_table(regions, REGION_COLUMNS, streams)
 
 
 class ExportFormat(str, Enum):
@@ -121,12 +123,12 @@ def export(
     """Export the inventory for other tools (Ansible, scripts)."""
     from gridctl.core.inventory.export import build_ansible_inventory, inventory_dict
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     if format is ExportFormat.json:
-        st.streams.stdout.write(dump_json(inventory_dict(inv)))
+        state.streams.stdout.write(dump_json(inventory_dict(inv)))
     else:
-        st.streams.stdout.write(
+        state.streams.stdout.write(
             f"# Ansible inventory exported by gridctl from {inv.root}; regenerate, do not edit.\n"
             + dump_yaml(build_ansible_inventory(inv))
         )

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, state
+from gridctl.cli.common import OutputOpt, State, state_of
 from gridctl.core.errors import UsageError
 from gridctl.lab.truth import DEFAULT_SEED
-from gridctl.output import Column, Format, render_list, render_object
+from gridctl.output import Column, Format, emit, table_or_empty
 
 app = typer.Typer(
     help="The lab grid: simulated OpenAI-compatible sites on loopback, and an inventory pointing at them.",
@@ -68,13 +68,10 @@ def up(
     ] = str(DEFAULT_SEED),
 ) -> None:
     """Start the lab in the background; print the overlay inventory to use with -i."""
-    from gridctl.lab.service import UpOptions, parse_hidden_speed, start_lab
+    from gridctl.lab.service import UpOptions, start_lab
 
-    st = state(ctx)
-    try:
-        seed = parse_hidden_speed(hidden_speed)
-    except ValueError as exc:
-        raise UsageError(str(exc), hint="e.g. --hidden-speed 7, or --hidden-speed off") from None
+    state = state_of(ctx)
+    seed = _hidden_speed(hidden_speed)
     opts = UpOptions(
         sites=sites,
         region=from_region,
@@ -83,14 +80,29 @@ def up(
         timeout_s=timeout,
         hidden_speed=seed,
     )
-    result = start_lab(st.root, opts, st.streams.info)
-    st.streams.out(str(result.overlay))
+    result = start_lab(state.root, opts, state.streams.info)
+    state.streams.out(str(result.overlay))
     if not result.already:
-        lab = f"gridctl {inventory_flag(st.root, st.streams.environ)}lab"
-        st.streams.info(
-            st.streams.paint("hint:", "blue", st.streams.stderr)
-            + f" gridctl -i {shlex.quote(str(result.overlay))} site ls; {lab} status; {lab} down"
-        )
+        _hint_next(state, result.overlay)
+
+
+def _hidden_speed(text: str) -> int | None:
+    """--hidden-speed: a seed, or None for off."""
+    from gridctl.lab.service import parse_hidden_speed
+
+    try:
+        return parse_hidden_speed(text)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --hidden-speed 7, or --hidden-speed off") from None
+
+
+def _hint_next(state: State, overlay: Path) -> None:
+    """A hint on stderr: how to use the lab just started, and how to stop it."""
+    lab = f"gridctl {inventory_flag(state.root, state.streams.environ)}lab"
+    state.streams.info(
+        state.streams.paint("hint:", "blue", state.streams.stderr)
+        + f" gridctl -i {shlex.quote(str(overlay))} site ls; {lab} status; {lab} down"
+    )
 
 
 def inventory_flag(root: Path, environ: Mapping[str, str]) -> str:
@@ -144,22 +156,25 @@ def status(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     Exits 4 when the lab is not running."""
     from gridctl.lab.service import fetch_lab_status
 
-    st = state(ctx)
-    data = fetch_lab_status(st.root)
-    if output in (Format.json, Format.yaml):
-        st.streams.stdout.write(render_object(output, data, lambda _r, _w: ""))
-        return
-    if output is Format.name:
-        st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
-        return
+    state = state_of(ctx)
+    data = fetch_lab_status(state.root)
+    emit(
+        state.streams,
+        output,
+        data,
+        lambda wide: _headline(data) + table_or_empty(data["sites"], COLUMNS, WIDE, wide, state.streams),
+        (str(s["name"]) for s in data["sites"]),
+    )
+
+
+def _headline(data: dict[str, Any]) -> str:
     synthetic = f", {data['synthetic']} synthetic sites" if data["synthetic"] else ""
     seed = data.get("hidden_speed")
     hidden = "off" if seed is None else f"seed {seed}"
-    st.streams.out(
+    return (
         f"Lab pid {data['pid']}, up {data['uptime_s']:g}s, client region {data['from']}, "
         f"speed {data['speed']:g}, hidden speed {hidden}{synthetic}\nOverlay: {data['overlay']}\n"
     )
-    st.streams.stdout.write(render_list(output, data["sites"], COLUMNS, WIDE, st.streams))
 
 
 @app.command("fail")
@@ -182,9 +197,9 @@ def fail(
     """Make lab sites fail on demand, or recover (mode ok)."""
     from gridctl.lab.service import run_lab_fail
 
-    st = state(ctx)
-    for change in run_lab_fail(st.root, site, mode.value, delay_ms):
-        st.streams.out(f"lab/{change['site']} mode {change['mode']} (was {change['previous']})")
+    state = state_of(ctx)
+    for change in run_lab_fail(state.root, site, mode.value, delay_ms):
+        state.streams.out(f"lab/{change['site']} mode {change['mode']} (was {change['previous']})")
 
 
 @app.command("down")
@@ -195,19 +210,19 @@ def down(
     """Stop everything `lab up` started and remove its files. Nothing running is fine."""
     from gridctl.lab.service import stop_lab
 
-    st = state(ctx)
-    result = stop_lab(st.root, timeout)
+    state = state_of(ctx)
+    result = stop_lab(state.root, timeout)
     if result.pid is None:
         stranger = (
             f" (its recorded pid {result.stranger} is now another process, left alone)"
             if result.stranger is not None
             else ""
         )
-        st.streams.info(
+        state.streams.info(
             "the lab was not running"
             + stranger
             + (f"; removed its leftover state {result.dir}" if result.removed else "")
         )
         return
     how = " with SIGKILL" if result.killed else ""
-    st.streams.out(f"lab stopped (pid {result.pid}{how}); removed {result.dir}")
+    state.streams.out(f"lab stopped (pid {result.pid}{how}); removed {result.dir}")

@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from gridctl import __version__
 from gridctl.cli.common import State
-from gridctl.core.errors import ExitCode, GridctlError, InventoryError
+from gridctl.core.errors import ExitCode, GridctlError, InventoryError, QuietExit
 from gridctl.output import Streams
 
 # Every command, in the order `gridctl --help` lists them: name -> (module, attribute),
@@ -59,7 +59,11 @@ class _FiniteFloatRange(click.FloatRange):
 
 
 def _finite(
-    number: Any, value: Any, kind: click.ParamType, param: click.Parameter | None, ctx: click.Context | None
+    number: Any,
+    value: Any,
+    kind: click.ParamType[Any, Any],
+    param: click.Parameter | None,
+    ctx: click.Context | None,
 ) -> Any:
     if isinstance(number, float) and not math.isfinite(number):
         kind.fail(f"{value!r} is not a finite number.", param, ctx)
@@ -138,6 +142,8 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gridctl {__version__}")
+        # an eager option's callback stops the parse only through click's own Exit (as
+        # --help does); click returns its code from ``main``. Commands end with QuietExit.
         raise typer.Exit(0)
 
 
@@ -159,9 +165,9 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    st = ctx.obj if isinstance(ctx.obj, State) else State()
-    st.inventory_option, st.templates, st.debug = inventory, templates, debug
-    ctx.obj = st
+    state = ctx.obj if isinstance(ctx.obj, State) else State()
+    state.inventory_option, state.templates, state.debug = inventory, templates, debug
+    ctx.obj = state
 
 
 def _click_errors() -> tuple[type[BaseException], ...]:
@@ -235,12 +241,14 @@ def run(argv: list[str], streams: Streams | None = None) -> int:
         if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
             streams.stderr.write("\ninterrupted\n")
         return rv if isinstance(rv, int) else ExitCode.OK
+    except QuietExit as exc:  # the command has reported everything; only its exit code is left
+        return exc.code
     except GridctlError as exc:
         if debug:
             traceback.print_exc(file=streams.stderr)
         report(streams, exc)
         return exc.exit_code
-    except typer.Exit as exc:
+    except typer.Exit as exc:  # click's Exit (--help, --version) raised outside a command's main
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         streams.stderr.write("\ninterrupted\n")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, list_valid, state_of
 from gridctl.cli.site import DryRunOpt, ModelOpt, TargetArg, report_outcome
 from gridctl.core.errors import UsageError
-from gridctl.output import Column, Format, render_list
+from gridctl.output import Column, Format, Streams
+
+if TYPE_CHECKING:
+    from gridctl.fleet.trust import HostKeyReport
 
 app = typer.Typer(
     help="GPU nodes of the sites: list, add, remove, pin host keys (trust), provision.", no_args_is_help=True
@@ -43,15 +47,14 @@ def ls(
     from gridctl.core.inventory.export import node_dict
     from gridctl.core.inventory.targets import select_nodes
 
-    st = state(ctx)
-    loaded = st.load_valid()
-    rows = [node_dict(n) for n in select_nodes(loaded.inventory, target, model)]
-    st.streams.stdout.write(
-        render_list(output, rows, COLUMNS, WIDE, st.streams, name=lambda r: f"{r['site']}/{r['name']}")
+    list_valid(
+        state_of(ctx),
+        output,
+        lambda inv: [node_dict(n) for n in select_nodes(inv, target, model)],
+        (COLUMNS, WIDE),
+        "No nodes match.",
+        name=lambda r: f"{r['site']}/{r['name']}",
     )
-    if not rows and output in (Format.table, Format.wide):
-        st.streams.info("No nodes match.")
-    finish_read(st, loaded)
 
 
 def _parse_gpus(text: str) -> tuple[str, int]:
@@ -85,10 +88,10 @@ def add(
     """Add a node to a site. Re-running with the same values changes nothing."""
     from gridctl.inventory.edit import NodeSpec, add_node
 
-    st = state(ctx)
+    state = state_of(ctx)
     model, count = _parse_gpus(gpus) if gpus else (None, None)
     spec = NodeSpec(name=name, host=host, port=port, user=user, key=key, gpu_model=model, gpu_count=count)
-    report_outcome(st, add_node(st.root, site, spec, dry_run), output)
+    report_outcome(state, add_node(state.root, site, spec, dry_run), output)
 
 
 @app.command("set")
@@ -113,8 +116,8 @@ def set_(
     one with `gridctl node trust SITE/NODE` before the next contact."""
     from gridctl.inventory.edit import set_node
 
-    st = state(ctx)
-    report_outcome(st, set_node(st.root, site, name, assignments, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_node(state.root, site, name, assignments, dry_run), output)
 
 
 @app.command("rm")
@@ -130,13 +133,13 @@ def rm(
     --yes when not on a terminal)."""
     from gridctl.inventory.edit import remove_node
 
-    st = state(ctx)
-    preview = remove_node(st.root, site, name, dry_run=True)
+    state = state_of(ctx)
+    preview = remove_node(state.root, site, name, dry_run=True)
     if dry_run:
-        report_outcome(st, preview, output)
+        report_outcome(state, preview, output)
         return
-    confirm(st, f"Remove node {site}/{name}?", yes)
-    report_outcome(st, remove_node(st.root, site, name), output)
+    confirm(state, f"Remove node {site}/{name}?", yes)
+    report_outcome(state, remove_node(state.root, site, name), output)
 
 
 TRUST_COLUMNS = [
@@ -178,60 +181,66 @@ def trust(
     Asks before pinning (or --yes). A key that differs from the pinned one is only
     replaced with --replace. Exit 4 when a node could not be reached.
     """
-    from gridctl.core.errors import ConflictError, ExitCode
+    from gridctl.core.errors import ConflictError, ExitCode, QuietExit
     from gridctl.core.inventory.targets import select_nodes
-    from gridctl.fleet.hostkeys import pin_keys
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.fleet.trust import fetch_host_keys
-    from gridctl.output import dump_json, dump_yaml, render_table
+    from gridctl.output import emit, render_table
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     nodes = select_nodes(inv, target)
     if not nodes:
         raise UsageError(f"no nodes match {target!r}", hint="list them with `gridctl node ls`")
-    opts = ssh_options_for(inv.root, False, dict(st.streams.environ))
+    opts = ssh_options_for(inv.root, False, dict(state.streams.environ))
     reports = fetch_host_keys(nodes, opts, forks, timeout)
     rows = [r.to_dict() for r in reports]
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(rows))
-    elif output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(rows))
-    else:
-        st.streams.stdout.write(render_table(rows, TRUST_COLUMNS, st.streams))
-    for r in reports:
-        if r.verdict == "changed":
-            st.streams.warn(
-                f"HOST KEY CHANGED for {r.node.address}: pinned {', '.join(r.pinned)}, now {r.fingerprint}"
-            )
-        elif r.verdict == "unreachable":
-            st.streams.warn(f"{r.node.address}: {r.error}")
-    new = [r for r in reports if r.verdict == "new"]
+    emit(state.streams, output, rows, lambda _wide: render_table(rows, TRUST_COLUMNS, state.streams))
+    _warn_keys(state.streams, reports)
     changed = [r for r in reports if r.verdict == "changed"]
-    to_pin = new + (changed if replace else [])
-    if to_pin and dry_run:
-        keys = f"{len(to_pin)} host key{'s' if len(to_pin) != 1 else ''}"
-        st.streams.info(f"would pin {keys} in {inv.root}/known_hosts (dry run: nothing written)")
-    elif to_pin:
-        confirm(
-            st, f"Pin {len(to_pin)} host key{'s' if len(to_pin) != 1 else ''} in {inv.root}/known_hosts?", yes
-        )
-        pins = [(r.node.host, r.node.port, r.key) for r in new if r.key is not None]
-        added = pin_keys(inv.root, pins)
-        if replace and changed:
-            added += pin_keys(
-                inv.root, [(r.node.host, r.node.port, r.key) for r in changed if r.key], replace=True
-            )
-        st.streams.info(f"pinned {added} host key{'s' if added != 1 else ''}")
-    else:
-        st.streams.info("nothing to pin")
+    _pin(state, inv.root, reports, replace=replace, dry_run=dry_run, yes=yes)
     if changed and not replace:
         raise ConflictError(
             f"{len(changed)} host key{'s' if len(changed) != 1 else ''} changed and left as pinned",
             hint="find out why; if the nodes were reinstalled, run again with --replace",
         )
     if any(r.verdict == "unreachable" for r in reports):
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
+
+
+def _warn_keys(streams: Streams, reports: Sequence[HostKeyReport]) -> None:
+    """A warning per node whose key changed or that did not answer."""
+    for r in reports:
+        if r.verdict == "changed":
+            streams.warn(
+                f"HOST KEY CHANGED for {r.node.address}: pinned {', '.join(r.pinned)}, now {r.fingerprint}"
+            )
+        elif r.verdict == "unreachable":
+            streams.warn(f"{r.node.address}: {r.error}")
+
+
+def _pin(
+    state: State, root: Path, reports: Sequence[HostKeyReport], *, replace: bool, dry_run: bool, yes: bool
+) -> None:
+    """Pin the new keys (and with ``replace`` the changed ones) in known_hosts, after asking;
+    under ``dry_run`` only say how many would be."""
+    from gridctl.fleet.hostkeys import pin_keys
+
+    new = [r for r in reports if r.verdict == "new"]
+    changed = [r for r in reports if r.verdict == "changed"]
+    to_pin = new + (changed if replace else [])
+    if not to_pin:
+        state.streams.info("nothing to pin")
+        return
+    keys = f"{len(to_pin)} host key{'s' if len(to_pin) != 1 else ''}"
+    if dry_run:
+        state.streams.info(f"would pin {keys} in {root}/known_hosts (dry run: nothing written)")
+        return
+    confirm(state, f"Pin {keys} in {root}/known_hosts?", yes)
+    added = pin_keys(root, [(r.node.host, r.node.port, r.key) for r in new if r.key is not None])
+    if replace and changed:
+        added += pin_keys(root, [(r.node.host, r.node.port, r.key) for r in changed if r.key], replace=True)
+    state.streams.info(f"pinned {added} host key{'s' if added != 1 else ''}")
 
 
 from gridctl.cli.provision import provision  # noqa: E402  (its own module; registered here)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, state_of
 from gridctl.cli.fleet import AcceptNewOpt, FleetTarget, ForksOpt
-from gridctl.core.errors import ExitCode, UsageError
-from gridctl.output import Column, Format, Streams, dump_json, dump_yaml, render_table
+from gridctl.core.errors import ExitCode, QuietExit, UsageError
+from gridctl.output import Column, Format, Streams, emit, render_table
 
 if TYPE_CHECKING:
-    from gridctl.provision.apply import NodeOutcome
+    from gridctl.core.inventory.model import Inventory, Node
+    from gridctl.fleet.ssh import SshOptions
+    from gridctl.provision.apply import NodeOutcome, RunOptions
     from gridctl.provision.rollout import Job
 
 CheckOpt = Annotated[bool, typer.Option("--check", help="Show the plan (files, commands); change nothing.")]
@@ -80,92 +83,121 @@ def provision(
     rollout stopped, 4 when any was unreachable.
     """
     from gridctl.cli.fleet import select_fleet
-    from gridctl.cli.progress import progress
     from gridctl.fleet.ssh import ssh_options_for
     from gridctl.provision.apply import RunOptions
-    from gridctl.provision.profile import ProfileError, shown_root
-    from gridctl.provision.rollout import build_jobs, node_timeout, run_rollout, with_wait
-    from gridctl.templating import builtin_templates_dir
 
-    st = state(ctx)
-    if not (check or yes or st.streams.interactive):
+    state = state_of(ctx)
+    if not (check or yes or state.streams.interactive):
         raise UsageError(
             "provisioning changes nodes: refusing without --yes (no terminal to ask on)",
             hint="see the plan with --check, then run again with --yes",
         )
-    inv, nodes = select_fleet(st, target)
-    templates = st.templates_dir
-    try:
-        jobs = build_jobs(inv, nodes, templates, shown_root(templates, builtin_templates_dir()))
-    except ProfileError as exc:
-        st.streams.stderr.write("".join(f"{p}\n" for p in exc.problems))
-        raise
-    if not any(j.render for j in jobs):
-        raise UsageError(
-            f"none of the {len(jobs)} matched node(s) has a provisioning profile",
-            hint="set provision.profile on the site or node in the inventory (profiles: lab, vllm, nim)",
-        )
-    jobs = with_wait(jobs, wait)
-    ssh = ssh_options_for(inv.root, accept_new, dict(st.streams.environ))
-    environ = dict(st.streams.environ)
-
-    def roll(chosen: Sequence[Job], opts: RunOptions, label: str) -> list[NodeOutcome]:
-        with progress(st.streams, len(chosen), label) as advance:
-            return run_rollout(
-                chosen,
-                ssh,
-                opts,
-                forks,
-                node_timeout(chosen, timeout, wait, opts.check),
-                serial=None if opts.check else serial,
-                max_fail=None if opts.check else max_fail,
-                on_done=lambda _o: advance(),
-            )
-
+    inv, nodes = select_fleet(state, target)
+    jobs = _jobs(state, inv, nodes, wait)
+    ssh = ssh_options_for(inv.root, accept_new, dict(state.streams.environ))
+    roll = _Rollout(state.streams, ssh, forks, timeout, wait, serial, max_fail)
+    environ = dict(state.streams.environ)
     if check:
         outcomes = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
-        _report(st, outcomes, output, check=True)
+        _report(state, outcomes, output, check=True)
         return
     planned: dict[str, NodeOutcome] = {}
     confirmed = None
     if not yes:
         plan = roll(jobs, RunOptions(check=True, diff=diff, environ=environ), "plan")
         planned = {o.node.address: o for o in plan}
-        pending = [o for o in plan if o.status == "would-change"]
-        if pending:
-            _write_plan(st.streams, st.streams.stderr, plan)
-            n = len(pending)
-            confirm(st, f"Apply these changes to {n} node{'s' if n != 1 else ''}?", yes=False)
-        confirmed = {o.node.address: o.signature for o in pending}
+        confirmed = _confirm_plan(state, plan)
         jobs = [j for j in jobs if j.node.address in confirmed]
     outcomes = roll(jobs, RunOptions(diff=diff and yes, environ=environ, confirmed=confirmed), "provision")
     done = {o.node.address: o for o in outcomes}
     merged = [done.get(a) or planned[a] for a in planned] if planned else outcomes
-    _report(st, merged, output, check=False)
+    _report(state, merged, output, check=False)
 
 
-def _report(st: State, outcomes: Sequence[NodeOutcome], output: Format, check: bool) -> None:
-    out = st.streams.stdout
-    if output in (Format.json, Format.yaml):
-        data = [o.to_dict() for o in outcomes]
-        out.write(dump_json(data) if output is Format.json else dump_yaml(data))
-    elif output is Format.name:
-        out.write("".join(f"{o.node.address}\n" for o in outcomes if o.status in ("changed", "would-change")))
-    else:
-        _write_plan(st.streams, out, outcomes)
-        out.write(render_table([_row(o) for o in outcomes], COLUMNS, st.streams))
+def _jobs(state: State, inv: Inventory, nodes: Sequence[Node], wait: float | None) -> list[Job]:
+    """Every node's profile rendered, before any node is touched: a template error (its
+    problems on stderr) or no profile on any matched node stops here."""
+    from gridctl.provision.profile import ProfileError, shown_root
+    from gridctl.provision.rollout import build_jobs, with_wait
+    from gridctl.templating import builtin_templates_dir
+
+    templates = state.templates_dir
+    try:
+        jobs = build_jobs(inv, nodes, templates, shown_root(templates, builtin_templates_dir()))
+    except ProfileError as exc:
+        state.streams.stderr.write("".join(f"{p}\n" for p in exc.problems))
+        raise
+    if not any(j.render for j in jobs):
+        raise UsageError(
+            f"none of the {len(jobs)} matched node(s) has a provisioning profile",
+            hint="set provision.profile on the site or node in the inventory (profiles: lab, vllm, nim)",
+        )
+    return with_wait(jobs, wait)
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """Runs jobs over SSH with a progress line: a plan (check) or the real rollout."""
+
+    streams: Streams
+    ssh: SshOptions
+    forks: int
+    timeout: float
+    wait: float | None
+    serial: int | None
+    max_fail: float | None
+
+    def __call__(self, chosen: Sequence[Job], opts: RunOptions, label: str) -> list[NodeOutcome]:
+        from gridctl.cli.progress import progress
+        from gridctl.provision.rollout import node_timeout, run_rollout
+
+        with progress(self.streams, len(chosen), label) as advance:
+            return run_rollout(
+                chosen,
+                self.ssh,
+                opts,
+                self.forks,
+                node_timeout(chosen, self.timeout, self.wait, opts.check),
+                serial=None if opts.check else self.serial,
+                max_fail=None if opts.check else self.max_fail,
+                on_done=lambda _o: advance(),
+            )
+
+
+def _confirm_plan(state: State, plan: Sequence[NodeOutcome]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Show the nodes that would change and ask; the confirmed nodes' plan signatures."""
+    pending = [o for o in plan if o.status == "would-change"]
+    if pending:
+        _write_plan(state.streams, state.streams.stderr, plan)
+        n = len(pending)
+        confirm(state, f"Apply these changes to {n} node{'s' if n != 1 else ''}?", yes=False)
+    return {o.node.address: o.signature for o in pending}
+
+
+def _report(state: State, outcomes: Sequence[NodeOutcome], output: Format, check: bool) -> None:
+    def table(_wide: bool) -> str:
+        _write_plan(state.streams, state.streams.stdout, outcomes)
+        return render_table([_row(o) for o in outcomes], COLUMNS, state.streams)
+
+    emit(
+        state.streams,
+        output,
+        [o.to_dict() for o in outcomes],
+        table,
+        (o.node.address for o in outcomes if o.status in ("changed", "would-change")),
+    )
     counts = {s: [o.node.address for o in outcomes if o.status == s] for s in ORDER}
-    st.streams.info(_summary(counts, len(outcomes), check))
+    state.streams.info(_summary(counts, len(outcomes), check))
     for o in outcomes:
         if o.status in ("failed", "unreachable") and output in (Format.table, Format.wide):
-            label = st.streams.paint(o.status.upper(), "red", st.streams.stderr)
-            st.streams.stderr.write(f"{o.node.address} | {label}: {o.error}\n")
+            label = state.streams.paint(o.status.upper(), "red", state.streams.stderr)
+            state.streams.stderr.write(f"{o.node.address} | {label}: {o.error}\n")
             for line in o.diagnostics.splitlines():
-                st.streams.stderr.write(f"{o.node.address} |   {line}\n")
+                state.streams.stderr.write(f"{o.node.address} |   {line}\n")
     if counts["unreachable"]:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
     if counts["failed"] or any(o.status == "skipped" and o.profile for o in outcomes):
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
 
 
 def _row(o: NodeOutcome) -> dict[str, Any]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, YesOpt, confirm, finish_read, state
+from gridctl.cli.common import OutputOpt, YesOpt, confirm, list_valid, show_valid, state_of
 from gridctl.cli.site import DryRunOpt, report_outcome
 from gridctl.core.errors import UsageError
-from gridctl.output import Column, Format, render_list, render_object
+from gridctl.output import Column, Format
+
+if TYPE_CHECKING:
+    from gridctl.core.inventory.model import Inventory
 
 app = typer.Typer(help="Client regions (grid.yaml): list, show, add, change, remove.", no_args_is_help=True)
 
@@ -29,7 +32,7 @@ WIDE = [
 ]
 
 
-def _rows(inv: Any) -> list[dict[str, Any]]:
+def _rows(inv: Inventory) -> list[dict[str, Any]]:
     from gridctl.core.inventory.export import region_dict
 
     return [
@@ -41,13 +44,9 @@ def _rows(inv: Any) -> list[dict[str, Any]]:
 @app.command("ls")
 def ls(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
     """List the client regions: jurisdiction, where their data may go, sites in them."""
-    st = state(ctx)
-    loaded = st.load_valid()
-    rows = _rows(loaded.inventory)
-    st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
-    if not rows and output in (Format.table, Format.wide):
-        st.streams.info("No regions (add one with `gridctl region add`).")
-    finish_read(st, loaded)
+    list_valid(
+        state_of(ctx), output, _rows, (COLUMNS, WIDE), "No regions (add one with `gridctl region add`)."
+    )
 
 
 def _describe(r: Mapping[str, Any], wide: bool) -> str:
@@ -73,15 +72,14 @@ def show(
     """Show one client region in full."""
     from gridctl.inventory.regions import require_region
 
-    st = state(ctx)
-    loaded = st.load_valid()
-    inv = loaded.inventory
-    if inv.region(name) is None and loaded.problems:
-        finish_read(st, loaded, f"region '{name}'")
-    require_region(inv, name)
-    row = next(r for r in _rows(inv) if r["name"] == name)
-    st.streams.stdout.write(render_object(output, row, _describe))
-    finish_read(st, loaded)
+    def object_of(inv: Inventory) -> dict[str, Any]:
+        require_region(inv, name)
+        return next(r for r in _rows(inv) if r["name"] == name)
+
+    def found(inv: Inventory) -> bool:
+        return inv.region(name) is not None
+
+    show_valid(state_of(ctx), output, f"region '{name}'", found, object_of, _describe)
 
 
 def _parse_latency(items: list[str]) -> dict[str, float]:
@@ -126,10 +124,10 @@ def add(
     """Add a client region. Re-running with the same values changes nothing."""
     from gridctl.inventory.regions import RegionSpec, add_region
 
-    st = state(ctx)
+    state = state_of(ctx)
     allowed = tuple(c.strip() for a in allow or [] for c in a.split(",") if c.strip()) or None
     spec = RegionSpec(name, lat, lon, jurisdiction, allowed, _parse_latency(latency) if latency else None)
-    report_outcome(st, add_region(st.root, spec, dry_run), output)
+    report_outcome(state, add_region(state.root, spec, dry_run), output)
 
 
 @app.command("set")
@@ -150,8 +148,8 @@ def set_(
     """Change fields of a client region, keeping grid.yaml's comments and order."""
     from gridctl.inventory.regions import set_region
 
-    st = state(ctx)
-    report_outcome(st, set_region(st.root, name, assignments, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_region(state.root, name, assignments, dry_run), output)
 
 
 @app.command("rm")
@@ -165,10 +163,10 @@ def rm(
     """Remove a client region and its probe state (refused while sites are in it; asks first)."""
     from gridctl.inventory.regions import remove_region
 
-    st = state(ctx)
-    preview = remove_region(st.root, name, dry_run=True)
+    state = state_of(ctx)
+    preview = remove_region(state.root, name, dry_run=True)
     if dry_run:
-        report_outcome(st, preview, output)
+        report_outcome(state, preview, output)
         return
-    confirm(st, f"Remove region {name}?", yes)
-    report_outcome(st, remove_region(st.root, name), output)
+    confirm(state, f"Remove region {name}?", yes)
+    report_outcome(state, remove_region(state.root, name), output)

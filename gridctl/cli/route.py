@@ -5,16 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, state
-from gridctl.core.errors import ExitCode, UnreachableError, UsageError
+from gridctl.cli.common import OutputOpt, state_of
+from gridctl.core.errors import ExitCode, QuietExit, UnreachableError, UsageError
 from gridctl.core.placement.decision import DEFAULT_SHAPE
 from gridctl.core.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.output import Column, Format, Streams, emit, render_table
+
+if TYPE_CHECKING:
+    from gridctl.core.inventory.model import Inventory
+    from gridctl.core.placement.decision import Decision
+    from gridctl.core.placement.engine import Planner
+    from gridctl.core.placement.predict import Shape
 
 app = typer.Typer(
     help="Routing: explain decisions, probe round trips, render data-plane configs.", no_args_is_help=True
@@ -28,7 +34,7 @@ FromOpt = Annotated[
 ]
 
 
-def _region_check(planner: Any, region: str) -> None:
+def _region_check(planner: Planner, region: str) -> None:
     if region not in planner.regions:  # a typo in --from: a usage error, as any bad argument
         from gridctl.core.suggest import did_you_mean
 
@@ -154,25 +160,51 @@ def test(
 
     Exit 4 when no site is eligible; exit 3 (a warning on stderr) when sites are eligible but
     none is predicted to meet the SLO: the request would go to the fastest and is expected to miss."""
-    from gridctl.core.inventory.jurisdictions import GROUPS, is_code
     from gridctl.core.placement.decision import Request, decision_dict
     from gridctl.routing import build_shape, live_completion, load_planner, read_body, recorded_live
 
-    st = state(ctx)
-    parsed = read_body(body, st.streams.stdin) if body is not None else None
+    state = state_of(ctx)
+    parsed = read_body(body, state.streams.stdin) if body is not None else None
+    model = _requested_model(model, parsed, state.streams)
+    shape = build_shape(prompt_tokens, max_tokens, parsed)
+    inv = state.load()
+    planner = load_planner(inv)
+    _region_check(planner, region)
+    _model_check(inv, model)
+    jurisdiction = _jurisdiction(jurisdiction)
+    if slo_ms is not None and not math.isfinite(slo_ms):
+        raise UsageError(f"--slo-ms {slo_ms}: must be a finite number of milliseconds")
+    decision = planner.explain(Request(region, model, jurisdiction, slo_ms), shape, recorded_live(inv))
+    result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
+    if live and decision.best is not None:
+        result["live"] = live_completion(
+            planner.sites[decision.best.site], model, region, state.streams.environ, decision.best.prediction
+        ).to_dict()
+    emit(
+        state.streams,
+        output,
+        result,
+        lambda wide: _explanation(result, decision, jurisdiction, wide, state.streams),
+        (r["site"] for r in result["ranked"]),
+    )
+    _verdict(state.streams, decision, result)
+
+
+def _requested_model(model: str | None, body: Mapping[str, Any] | None, streams: Streams) -> str:
+    """--model, else the body's model; a warning when both are given and differ."""
     if model is None:
-        model = parsed.get("model") if parsed is not None else None
+        model = body.get("model") if body is not None else None
         if not isinstance(model, str) or not model:
             raise UsageError(
                 "--model is required (or a --body with a 'model')",
                 hint="e.g. gridctl route test --from us-east --model llama-3.1-8b-instruct",
             )
-    elif parsed is not None and parsed.get("model") not in (None, model):
-        st.streams.warn(f"--model {model} decides; the body asks for {parsed.get('model')!r}")
-    shape = build_shape(prompt_tokens, max_tokens, parsed)
-    inv = st.load()
-    planner = load_planner(inv)
-    _region_check(planner, region)
+    elif body is not None and body.get("model") not in (None, model):
+        streams.warn(f"--model {model} decides; the body asks for {body.get('model')!r}")
+    return model
+
+
+def _model_check(inv: Inventory, model: str) -> None:
     models = sorted({m.name for s in inv.sites for m in s.models})
     if model not in models:  # a typo, not a placement problem: no SLO or capacity would help
         from gridctl.core.suggest import did_you_mean
@@ -180,78 +212,76 @@ def test(
         raise UsageError(
             f"--model {model}: no site in the inventory serves it", hint=did_you_mean(model, models, "models")
         )
-    if jurisdiction is not None:
-        jurisdiction = jurisdiction.upper()
-        if not (is_code(jurisdiction) or jurisdiction in GROUPS):
-            raise UsageError(
-                f"--jurisdiction {jurisdiction}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)",
-                hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
-            )
-    if slo_ms is not None and not math.isfinite(slo_ms):
-        raise UsageError(f"--slo-ms {slo_ms}: must be a finite number of milliseconds")
-    request = Request(region, model, jurisdiction, slo_ms)
-    decision = planner.explain(request, shape, recorded_live(inv))
-    result: dict[str, Any] = {**decision_dict(decision, planner.sites), "live": None}
-    ranked: list[dict[str, Any]] = result["ranked"]
-    excluded: list[dict[str, Any]] = result["excluded"]
-    if live and decision.best is not None:
-        result["live"] = live_completion(
-            planner.sites[decision.best.site], model, region, st.streams.environ, decision.best.prediction
-        ).to_dict()
-    out = st.streams.stdout
-    if output is Format.json:
-        out.write(dump_json(result))
-    elif output is Format.yaml:
-        out.write(dump_yaml(result))
-    elif output is Format.name:
-        out.write("".join(r["site"] + "\n" for r in ranked))
-    else:
-        jur = f", data kept in {jurisdiction}" if jurisdiction else ""
-        out.write(
-            f"{region} -> {model} (SLO {decision.slo_ms:g} ms{jur}): {len(ranked)} eligible, "
-            f"{decision.feasible} predicted within the SLO\n"
+
+
+def _jurisdiction(given: str | None) -> str | None:
+    """--jurisdiction upper-cased, refused unless an ISO 3166-1 code or a group."""
+    from gridctl.core.inventory.jurisdictions import GROUPS, is_code
+
+    if given is None:
+        return None
+    code = given.upper()
+    if not (is_code(code) or code in GROUPS):
+        raise UsageError(
+            f"--jurisdiction {code}: not an ISO 3166-1 alpha-2 code or group (EU, EEA)",
+            hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
         )
-        req = result["request"]
-        out.write(
-            f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
-            f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
-            f"{result['slo_margin']:.0%} margin)\n"
-        )
-        if ranked:
-            out.write(
-                "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
-                "fastest first\n"
-            )
-            columns, wide = _ranked_columns(decision.budget_ms)
-            out.write(
-                render_table(ranked, [*columns, *wide] if output is Format.wide else columns, st.streams)
-            )
-        if excluded:
-            out.write("\n" + render_table(excluded, EXCLUDED, st.streams))
-        if result["live"]:
-            lv = result["live"]
-            if lv["ok"]:
-                out.write(
-                    f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
-                    f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
-                )
-            else:
-                out.write(f"\nlive: {lv['site']} FAILED: {lv['error']}\n")
-    if not ranked:
+    return code
+
+
+def _verdict(streams: Streams, decision: Decision, result: Mapping[str, Any]) -> None:
+    """After the explanation: exit 4 when no site is eligible, 1 when the live request
+    failed, 3 (with a warning) when the best site is expected to miss the SLO."""
+    req = decision.request
+    if not result["ranked"]:
         raise UnreachableError(
-            f"no eligible site for {model} from {region}",
+            f"no eligible site for {req.model} from {req.region}",
             hint="every site's reasons are listed above; relax --slo-ms, undrain a site, or add capacity",
         )
     if result["live"] and not result["live"]["ok"]:
-        raise typer.Exit(ExitCode.ERROR)
+        raise QuietExit(ExitCode.ERROR)
     best = decision.best
     if best is not None and not best.feasible:
-        st.streams.warn(
+        streams.warn(
             f"no site is predicted to meet the {decision.slo_ms:g} ms SLO (budget {decision.budget_ms:g} ms) "
             f"for this request: it would go to the fastest, {best.site}, predicted "
             f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
         )
-        raise typer.Exit(ExitCode.UNHEALTHY)
+        raise QuietExit(ExitCode.UNHEALTHY)
+
+
+def _explanation(
+    result: Mapping[str, Any], decision: Decision, jurisdiction: str | None, wide: bool, streams: Streams
+) -> str:
+    """``route test``'s human view: the request and its budget, the ranked sites, the
+    excluded ones with their reasons, the live answer."""
+    ranked, excluded, req = result["ranked"], result["excluded"], result["request"]
+    jur = f", data kept in {jurisdiction}" if jurisdiction else ""
+    text = (
+        f"{decision.request.region} -> {decision.request.model} (SLO {decision.slo_ms:g} ms{jur}): "
+        f"{len(ranked)} eligible, {decision.feasible} predicted within the SLO\n"
+        f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
+        f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
+        f"{result['slo_margin']:.0%} margin)\n"
+    )
+    if ranked:
+        text += (
+            "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
+            "fastest first\n"
+        )
+        columns, wide_columns = _ranked_columns(decision.budget_ms)
+        text += render_table(ranked, [*columns, *wide_columns] if wide else columns, streams)
+    if excluded:
+        text += "\n" + render_table(excluded, EXCLUDED, streams)
+    lv = result["live"]
+    if lv and lv["ok"]:
+        text += (
+            f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
+            f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
+        )
+    elif lv:
+        text += f"\nlive: {lv['site']} FAILED: {lv['error']}\n"
+    return text
 
 
 PROBE_COLUMNS = [
@@ -282,30 +312,29 @@ def probe(
     from gridctl.inventory.state import write_probes
     from gridctl.routing import load_planner, measure_rtt
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     _region_check(load_planner(inv, use_probes=False), region)
     sites = select_sites(inv, target)
-    with progress(st.streams, len(sites), "probe") as advance:
-        results = measure_rtt(sites, region, st.streams.environ, samples, timeout, on_done=advance)
+    with progress(state.streams, len(sites), "probe") as advance:
+        results = measure_rtt(sites, region, state.streams.environ, samples, timeout, on_done=advance)
     at = now_iso()
     rows = [r.to_dict(at) for r in results]
     write_probes(inv.root, region, {r["site"]: r for r in rows if r["rtt_ms"] is not None})
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(rows))
-    elif output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(rows))
-    elif output is Format.name:
-        st.streams.stdout.write("".join(r["site"] + "\n" for r in rows))
-    else:
-        st.streams.stdout.write(render_table(rows, PROBE_COLUMNS, st.streams))
+    emit(
+        state.streams,
+        output,
+        rows,
+        lambda _wide: render_table(rows, PROBE_COLUMNS, state.streams),
+        (r["site"] for r in rows),
+    )
     failed = [r["site"] for r in rows if r["rtt_ms"] is None]
-    st.streams.info(
+    state.streams.info(
         f"saved {len(rows) - len(failed)} round trips from {region}"
         + (f"; no answer from {', '.join(failed)}" if failed else "")
     )
     if failed:
-        raise typer.Exit(ExitCode.UNREACHABLE)
+        raise QuietExit(ExitCode.UNREACHABLE)
 
 
 @app.command("render")
@@ -399,24 +428,16 @@ def render(
     such requests each can run at once within the SLO; backups follow in the decision's order.
     A route where no site meets the SLO gets the fastest sites as primaries, with a warning on
     stderr (the exit code stays 0)."""
+    from gridctl.core.placement.predict import Shape
     from gridctl.core.placement.table import build_routing_table
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
-    from gridctl.placement.render import RenderOptions, parse_nameservers, parse_nginx_version, render_routing
+    from gridctl.placement.render import RenderOptions, parse_nginx_version, render_routing
     from gridctl.routing import load_planner
 
-    st = state(ctx)
-    inv = st.load()
+    state = state_of(ctx)
+    inv = state.load()
     host, port = parse_listen(listen)
-    if resolver:
-        resolvers = tuple(resolver)
-    elif fmt == "nginx":
-        try:
-            resolvers = parse_nameservers(Path("/etc/resolv.conf").read_text(errors="replace"))
-        except OSError:
-            resolvers = ()
-    else:
-        resolvers = RenderOptions.resolvers
     options = RenderOptions(
         listen_host=host,
         listen_port=port,
@@ -426,50 +447,81 @@ def render(
         tls_verify=not insecure,
         read_timeout_s=read_timeout,
         admin_port=admin_port,
-        resolvers=resolvers,
+        resolvers=_resolvers(resolver, fmt),
         nginx_version=parse_nginx_version(nginx_version),
     )
-    from gridctl.core.placement.predict import Shape
-
     shape = Shape(prompt_tokens, max_tokens, "given")
     table = build_routing_table(load_planner(inv), health_by_site(inv.root), primaries, backups, shape)
-    files = render_routing(table, fmt, st.templates_dir, options)
-    missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
-        st.streams.warn(
-            f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
-            f"{prompt_tokens} prompt + {max_tokens} output tokens; their primaries are the fastest sites: "
-            f"{', '.join(missing[:5])}{more}"
-        )
+    files = render_routing(table, fmt, state.templates_dir, options)
+    _warn_missed_slo(state.streams, table, shape)
     if out_dir is None:
         for text in files.values():
-            st.streams.stdout.write(text)
-        return
-    from gridctl.inventory.atomic import write_atomic
+            state.streams.stdout.write(text)
+    elif dry_run:
+        _check_out_dir(out_dir, files)
+        _show_changes(state.streams, out_dir, files)
+    else:
+        _check_out_dir(out_dir, files)
+        _write_files(state.streams, out_dir, files)
 
+
+def _resolvers(given: list[str] | None, fmt: str) -> tuple[str, ...]:
+    """nginx's nameservers: those given, else /etc/resolv.conf's (none when unreadable)."""
+    from gridctl.placement.render import RenderOptions, parse_nameservers
+
+    if given:
+        return tuple(given)
+    if fmt != "nginx":
+        return RenderOptions.resolvers
+    try:
+        return parse_nameservers(Path("/etc/resolv.conf").read_text(errors="replace"))
+    except OSError:
+        return ()
+
+
+def _warn_missed_slo(streams: Streams, table: Mapping[str, Any], shape: Shape) -> None:
+    """A warning naming the routes where no site is predicted to meet the SLO."""
+    missing = [f"{r['region']}/{r['model']}" for r in table["routes"] if r["primary"] and not r["meets_slo"]]
+    if not missing:
+        return
+    more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+    routes = "1 route has" if len(missing) == 1 else f"{len(missing)} routes have"
+    streams.warn(
+        f"{routes} no site predicted to meet the {table['slo_ms']:g} ms SLO for "
+        f"{shape.prompt_tokens} prompt + {shape.output_tokens} output tokens; their primaries are the "
+        f"fastest sites: {', '.join(missing[:5])}{more}"
+    )
+
+
+def _check_out_dir(out_dir: Path, files: Mapping[str, str]) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(
             f"--out {out_dir}: not a directory",
             hint=f"--out names a directory to write {', '.join(files)} into (it is created when missing)",
         )
-    if dry_run:
-        for name, text in files.items():
-            path = out_dir / name
-            try:
-                same = path.read_text(encoding="utf-8") == text
-                what = "unchanged" if same else "changed"
-            except OSError:
-                what = "new"
-            st.streams.out(f"{path} ({what})")
-        st.streams.info("dry run: nothing written")
-        return
+
+
+def _show_changes(streams: Streams, out_dir: Path, files: Mapping[str, str]) -> None:
+    """--dry-run: each file and whether writing it would change it."""
+    for name, text in files.items():
+        path = out_dir / name
+        try:
+            same = path.read_text(encoding="utf-8") == text
+            what = "unchanged" if same else "changed"
+        except OSError:
+            what = "new"
+        streams.out(f"{path} ({what})")
+    streams.info("dry run: nothing written")
+
+
+def _write_files(streams: Streams, out_dir: Path, files: Mapping[str, str]) -> None:
+    from gridctl.inventory.atomic import write_atomic
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             write_atomic(out_dir / name, text)
-            st.streams.out(str(out_dir / name))
+            streams.out(str(out_dir / name))
     except OSError as exc:
         raise UsageError(
             f"cannot write into --out {out_dir}: {exc.strerror or exc}",

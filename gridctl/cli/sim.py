@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, state
-from gridctl.output import Column, Format, dump_json, dump_yaml, render_table
+from gridctl.cli.common import OutputOpt, state_of
+from gridctl.output import Column, Format, Streams, emit, render_table
 
 ALL_POLICIES = "grid,nearest,central,round-robin"
 
@@ -108,6 +108,16 @@ def _headline(result: dict[str, Any]) -> str:
     return line + "\n"
 
 
+def _comparison(result: dict[str, Any], wide: bool, streams: Streams) -> str:
+    """``sim``'s human view: the scenario, a row per policy, each site's utilisation."""
+    cols = [*POLICY_COLUMNS, *POLICY_WIDE] if wide else POLICY_COLUMNS
+    text = _headline(result) + render_table(result["policies"], cols, streams)
+    rows, site_cols = _site_rows(result)
+    if rows:
+        text += "\nutilisation of each site (requests served)\n" + render_table(rows, site_cols, streams)
+    return text
+
+
 def sim(
     ctx: typer.Context,
     profile: Annotated[
@@ -192,25 +202,15 @@ def sim(
     """Simulate traffic against the inventory's sites with each placement policy, through the same
     placement engine as the daemon, and compare latency, SLO attainment, throughput and cost.
     Deterministic for a seed. Exit 4 when no policy could place any request."""
-    from gridctl.core.errors import UnreachableError, UsageError
+    from gridctl.cli.progress import progress
     from gridctl.inventory.state import probe_rtts
     from gridctl.sim.compare import SimOptions, parse_policies, plan_run, run_plan
 
-    st = state(ctx)
+    state = state_of(ctx)
     policies = parse_policies(policy)
     if plot is not None:
-        from gridctl.sim.plot import chart_format
-
-        try:
-            chart_format(plot)
-        except ValueError as exc:
-            svg = plot.parent / f"{plot.name.split('.')[0] or 'chart'}.svg"
-            raise UsageError(str(exc), hint=f"e.g. --plot {svg}") from None
-        if not plot.parent.is_dir():
-            raise UsageError(
-                f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the chart elsewhere"
-            )
-    inv = st.load()
+        _check_plot(plot)
+    inv = state.load()
     opts = SimOptions(
         profile=profile,
         trace=trace,
@@ -226,34 +226,47 @@ def sim(
     )
     plan = plan_run(inv, probe_rtts(inv.root), opts)
     if plan.profile is not None and plan.profile.source != "built-in":
-        st.streams.info(f"profile {plan.profile.name} from {plan.profile.source}")
-    from gridctl.cli.progress import progress
-
-    with progress(st.streams, len(policies), "simulate") as advance:
+        state.streams.info(f"profile {plan.profile.name} from {plan.profile.source}")
+    with progress(state.streams, len(policies), "simulate") as advance:
         result, series = run_plan(plan, on_policy=lambda _name: advance())
-    out = st.streams.stdout
-    if output is Format.json:
-        out.write(dump_json(result))
-    elif output is Format.yaml:
-        out.write(dump_yaml(result))
-    elif output is Format.name:
-        out.write("".join(p["policy"] + "\n" for p in result["policies"]))
-    else:
-        out.write(_headline(result))
-        cols = [*POLICY_COLUMNS, *POLICY_WIDE] if output is Format.wide else POLICY_COLUMNS
-        out.write(render_table(result["policies"], cols, st.streams))
-        rows, site_cols = _site_rows(result)
-        if rows:
-            out.write("\nutilisation of each site (requests served)\n")
-            out.write(render_table(rows, site_cols, st.streams))
+    emit(
+        state.streams,
+        output,
+        result,
+        lambda wide: _comparison(result, wide, state.streams),
+        (p["policy"] for p in result["policies"]),
+    )
     if plot is not None:
         from gridctl.sim.plot import write_chart
 
         write_chart(plot, result, series)
-        st.streams.info(f"wrote {plot}")
+        state.streams.info(f"wrote {plot}")
+    _check_placed(result, plan.model)
+
+
+def _check_plot(plot: Path) -> None:
+    """--plot names an .svg or .png file in a directory that exists."""
+    from gridctl.core.errors import UsageError
+    from gridctl.sim.plot import chart_format
+
+    try:
+        chart_format(plot)
+    except ValueError as exc:
+        svg = plot.parent / f"{plot.name.split('.')[0] or 'chart'}.svg"
+        raise UsageError(str(exc), hint=f"e.g. --plot {svg}") from None
+    if not plot.parent.is_dir():
+        raise UsageError(
+            f"--plot {plot}: no directory {plot.parent}", hint="create it, or write the chart elsewhere"
+        )
+
+
+def _check_placed(result: Mapping[str, Any], model: str) -> None:
+    """Exit 4 when no policy could place any request."""
+    from gridctl.core.errors import UnreachableError
+
     if not any(p["completed"] for p in result["policies"]):
         raise UnreachableError(
-            f"no policy could place any request for {plan.model}",
+            f"no policy could place any request for {model}",
             hint="check the model name (--model), the sites it is deployed on (--sites) and the regions' "
             "jurisdictions; `gridctl route test --from REGION -m MODEL` explains one decision",
         )

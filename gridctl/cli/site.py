@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gridctl.cli import complete
-from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, finish_read, state
+from gridctl.cli.common import OutputOpt, State, YesOpt, confirm, list_valid, show_valid, state_of
 from gridctl.core.errors import UsageError
 from gridctl.inventory.edit import Outcome
-from gridctl.output import Column, Format, render_list, render_object
+from gridctl.output import Column, Format
+
+if TYPE_CHECKING:
+    from gridctl.core.inventory.model import Inventory
 
 app = typer.Typer(help="Sites of the grid: list, show, add, change, drain, remove.", no_args_is_help=True)
 
@@ -76,15 +79,11 @@ def ls(
     from gridctl.core.inventory.targets import select_sites
     from gridctl.inventory.state import load_health
 
-    st = state(ctx)
-    loaded = st.load_valid()
-    inv = loaded.inventory
-    health = load_health(inv.root)["sites"]
-    rows = [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
-    st.streams.stdout.write(render_list(output, rows, COLUMNS, WIDE, st.streams))
-    if not rows and output in (Format.table, Format.wide):
-        st.streams.info("No sites match.")
-    finish_read(st, loaded)
+    def rows_of(inv: Inventory) -> list[dict[str, Any]]:
+        health = load_health(inv.root)["sites"]
+        return [site_dict(s, health.get(s.name)) for s in select_sites(inv, target, model)]
+
+    list_valid(state_of(ctx), output, rows_of, (COLUMNS, WIDE), "No sites match.")
 
 
 def _health_text(health: Mapping[str, Any] | None) -> str:
@@ -133,15 +132,14 @@ def show(
     from gridctl.inventory.edit import require_site
     from gridctl.inventory.state import load_health
 
-    st = state(ctx)
-    loaded = st.load_valid()
-    inv = loaded.inventory
-    if inv.site(name) is None and loaded.problems:
-        finish_read(st, loaded, f"site '{name}'")  # perhaps in a broken file: exit 5
-    site = require_site(inv, name)
-    health = load_health(inv.root)["sites"].get(name)
-    st.streams.stdout.write(render_object(output, site_dict(site, health), _describe))
-    finish_read(st, loaded)
+    def object_of(inv: Inventory) -> dict[str, Any]:
+        site = require_site(inv, name)
+        return site_dict(site, load_health(inv.root)["sites"].get(name))
+
+    def found(inv: Inventory) -> bool:
+        return inv.site(name) is not None
+
+    show_valid(state_of(ctx), output, f"site '{name}'", found, object_of, _describe)
 
 
 def _parse_models(items: list[str]) -> dict[str, int]:
@@ -207,7 +205,7 @@ def add(
     """Add a site. Re-running with the same values changes nothing; different values are refused."""
     from gridctl.inventory.edit import SiteSpec, add_site
 
-    st = state(ctx)
+    state = state_of(ctx)
     spec = SiteSpec(
         name=name,
         kind=kind,
@@ -221,45 +219,46 @@ def add(
         cost_per_gpu_hour=cost_per_gpu_hour,
         api_key_env=api_key_env,
     )
-    report_outcome(st, add_site(st.root, spec, dry_run), output)
+    report_outcome(state, add_site(state.root, spec, dry_run), output)
 
 
-def report_outcome(st: State, outcome: Outcome, output: Format = Format.table) -> None:
+def report_outcome(state: State, outcome: Outcome, output: Format = Format.table) -> None:
     """How every write reports: ``site/NAME configured (...)`` and what went with it; under
     ``--dry-run`` the diff of each file first. ``-o json|yaml``: :meth:`Outcome.to_dict`."""
-    from gridctl.output import dump_json, dump_yaml
+    from gridctl.output import emit
 
     for note in outcome.notes:
-        st.streams.warn(note)
+        state.streams.warn(note)
     if outcome.existing and outcome.changed:
         n = len(outcome.existing)
         done = "would be written" if outcome.dry_run else "written"
-        st.streams.warn(
-            f"inventory {st.root} has {n} problem{'s' if n != 1 else ''} in files this change does not "
+        state.streams.warn(
+            f"inventory {state.root} has {n} problem{'s' if n != 1 else ''} in files this change does not "
             f"touch ({done} anyway); fix them soon:"
         )
         for problem in outcome.existing:
-            st.streams.stderr.write(f"  {problem}\n")
-    if output is Format.json:
-        st.streams.stdout.write(dump_json(outcome.to_dict()))
-        return
-    if output is Format.yaml:
-        st.streams.stdout.write(dump_yaml(outcome.to_dict()))
-        return
-    if output is Format.name:
-        st.streams.out(f"{outcome.kind}/{outcome.name}")
-        return
-    if outcome.dry_run:
-        for f in outcome.files:
-            st.streams.stdout.write(f.diff)
-    text = f"{outcome.kind}/{outcome.name} {outcome.action}"
+            state.streams.stderr.write(f"  {problem}\n")
+    emit(
+        state.streams,
+        output,
+        outcome.to_dict(),
+        lambda _wide: _outcome_text(outcome),
+        [f"{outcome.kind}/{outcome.name}"],
+    )
+
+
+def _outcome_text(outcome: Outcome) -> str:
+    """A write's human view: under --dry-run each file's diff, then what was done."""
+    text = "".join(f.diff for f in outcome.files) if outcome.dry_run else ""
+    text += f"{outcome.kind}/{outcome.name} {outcome.action}"
     if outcome.details:
         text += f" ({'; '.join(outcome.details)})"
     if outcome.dry_run:
         text += " (dry run: nothing written)"
-    st.streams.out(text)
+    text += "\n"
     for item in outcome.removed:
-        st.streams.out(f"  {'would remove' if outcome.dry_run else 'removed'} {item}")
+        text += f"  {'would remove' if outcome.dry_run else 'removed'} {item}\n"
+    return text
 
 
 @app.command("set")
@@ -283,8 +282,8 @@ def set_(
     a number field refuses text. No YAML quoting needed."""
     from gridctl.inventory.edit import set_site
 
-    st = state(ctx)
-    report_outcome(st, set_site(st.root, name, assignments, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_site(state.root, name, assignments, dry_run), output)
 
 
 @app.command("rm")
@@ -299,17 +298,17 @@ def rm(
     keys and its .state (asks first; --yes when not on a terminal)."""
     from gridctl.inventory.edit import remove_site, require_site
 
-    st = state(ctx)
-    preview = remove_site(st.root, name, dry_run=True)
+    state = state_of(ctx)
+    preview = remove_site(state.root, name, dry_run=True)
     if dry_run:
-        report_outcome(st, preview, output)
+        report_outcome(state, preview, output)
         return
-    site = require_site(st.load_valid().inventory, name)
+    site = require_site(state.load_valid()[0], name)
     nodes = f"{len(site.nodes)} node{'s' if len(site.nodes) != 1 else ''}"
     refs = len(preview.removed)
     also = f"; and {refs} reference{'s' if refs != 1 else ''} to it" if refs else ""
-    confirm(st, f"Remove site {name} ({nodes}, {site.file}{also})?", yes)
-    report_outcome(st, remove_site(st.root, name), output)
+    confirm(state, f"Remove site {name} ({nodes}, {site.file}{also})?", yes)
+    report_outcome(state, remove_site(state.root, name), output)
 
 
 @app.command("drain")
@@ -322,8 +321,8 @@ def drain(
     """Take a site out of routing (drain: true)."""
     from gridctl.inventory.edit import set_drain
 
-    st = state(ctx)
-    report_outcome(st, set_drain(st.root, name, True, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_drain(state.root, name, True, dry_run), output)
 
 
 @app.command("undrain")
@@ -336,5 +335,5 @@ def undrain(
     """Put a drained site back into routing (drain: false)."""
     from gridctl.inventory.edit import set_drain
 
-    st = state(ctx)
-    report_outcome(st, set_drain(st.root, name, False, dry_run), output)
+    state = state_of(ctx)
+    report_outcome(state, set_drain(state.root, name, False, dry_run), output)

@@ -59,6 +59,16 @@ class UnreachableError(GridctlError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class QuietExit(GridctlError):
+    """The command has already said everything (its result, its warnings, its summary): end
+    with exit ``code`` and no ``error:`` line. How a command that ran to the end reports a
+    verdict such as 3 (unhealthy) or 4 (unreachable); the CLI entry point returns ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code
+
+
 @dataclass(frozen=True, order=True)
 class Problem:
     """One validation problem, located in a file of the inventory."""
