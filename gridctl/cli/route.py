@@ -11,14 +11,14 @@ import typer
 
 from gridctl.cli import complete
 from gridctl.cli.common import OutputOpt, state_of
-from gridctl.core.errors import ExitCode, QuietExit, UnreachableError, UsageError
+from gridctl.cli.route_view import explanation, verdict
+from gridctl.core.errors import ExitCode, QuietExit, UsageError
 from gridctl.core.placement.decision import DEFAULT_SHAPE
 from gridctl.core.placement.predict import DEFAULT_OUTPUT_TOKENS, MAX_TOKENS
 from gridctl.output import Column, Format, Streams, emit, render_table
 
 if TYPE_CHECKING:
     from gridctl.core.inventory.model import Inventory
-    from gridctl.core.placement.decision import Decision
     from gridctl.core.placement.engine import Planner
     from gridctl.core.placement.predict import Shape
 
@@ -42,61 +42,6 @@ def _region_check(planner: Planner, region: str) -> None:
             f"--from {region}: no client region named '{region}'",
             hint=did_you_mean(region, sorted(planner.regions), "regions"),
         )
-
-
-def _money(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _ms(key: str) -> Column:
-    return Column(key.upper().replace("_", "-"), lambda r: f"{r[key]:.1f}")
-
-
-def _slo_column(budget_ms: float) -> Column:
-    def verdict(r: Mapping[str, Any]) -> str:
-        return "meets" if r["feasible"] else f"misses (+{r['predicted_ms'] - budget_ms:.0f} ms)"
-
-    return Column("SLO", verdict, lambda v: None if v == "meets" else "yellow")
-
-
-def _ranked_columns(budget_ms: float) -> tuple[list[Column], list[Column]]:
-    table = [
-        Column("RANK", lambda r: r["rank"]),
-        Column("SITE", lambda r: r["site"]),
-        Column("GPU", lambda r: r["gpu"]),
-        Column("REPLICAS", lambda r: r["replicas"]),
-        _ms("rtt_ms"),
-        _ms("queue_ms"),
-        _ms("prefill_ms"),
-        _ms("decode_ms"),
-        Column("E2E-MS", lambda r: f"{r['predicted_ms']:.1f}"),
-        _slo_column(budget_ms),
-        Column(
-            "COST/1K-TOK",
-            lambda r: "-" if r["cost_per_1k_tokens"] is None else f"{r['cost_per_1k_tokens']:.3g}",
-        ),
-    ]
-    wide = [
-        Column("KIND", lambda r: r["kind"]),
-        Column("JURIS", lambda r: r["jurisdiction"]),
-        Column("FROM", lambda r: r["latency_source"]),
-        _ms("ttft_ms"),
-        Column("TP", lambda r: r["tensor_parallel"]),
-        Column("LOAD", lambda r: f"{r['load']['running']}+{r['load']['waiting']}/{r['load']['capacity']}"),
-        Column("CACHED", lambda r: r["cached_tokens"]),
-        Column(
-            "CAL",
-            lambda r: f"{r['calibration']['first_factor']:.2f}/{r['calibration']['decode_factor']:.2f}",
-        ),
-        Column("COST/REQ", lambda r: _money(r["cost_per_request"], 6)),
-    ]
-    return table, wide
-
-
-EXCLUDED = [
-    Column("EXCLUDED", lambda r: r["site"]),
-    Column("REASONS", lambda r: "; ".join(r["reasons"])),
-]
 
 
 @app.command("test")
@@ -184,10 +129,10 @@ def test(
         state.streams,
         output,
         result,
-        lambda wide: _explanation(result, decision, jurisdiction, wide, state.streams),
+        lambda wide: explanation(result, decision, jurisdiction, wide, state.streams),
         (r["site"] for r in result["ranked"]),
     )
-    _verdict(state.streams, decision, result)
+    verdict(state.streams, decision, result)
 
 
 def _requested_model(model: str | None, body: Mapping[str, Any] | None, streams: Streams) -> str:
@@ -227,61 +172,6 @@ def _jurisdiction(given: str | None) -> str | None:
             hint="e.g. --jurisdiction DE, or --jurisdiction EU for any EU member state",
         )
     return code
-
-
-def _verdict(streams: Streams, decision: Decision, result: Mapping[str, Any]) -> None:
-    """After the explanation: exit 4 when no site is eligible, 1 when the live request
-    failed, 3 (with a warning) when the best site is expected to miss the SLO."""
-    req = decision.request
-    if not result["ranked"]:
-        raise UnreachableError(
-            f"no eligible site for {req.model} from {req.region}",
-            hint="every site's reasons are listed above; relax --slo-ms, undrain a site, or add capacity",
-        )
-    if result["live"] and not result["live"]["ok"]:
-        raise QuietExit(ExitCode.ERROR)
-    best = decision.best
-    if best is not None and not best.feasible:
-        streams.warn(
-            f"no site is predicted to meet the {decision.slo_ms:g} ms SLO (budget {decision.budget_ms:g} ms) "
-            f"for this request: it would go to the fastest, {best.site}, predicted "
-            f"{best.prediction.e2e_ms:.0f} ms, and is expected to miss"
-        )
-        raise QuietExit(ExitCode.UNHEALTHY)
-
-
-def _explanation(
-    result: Mapping[str, Any], decision: Decision, jurisdiction: str | None, wide: bool, streams: Streams
-) -> str:
-    """``route test``'s human view: the request and its budget, the ranked sites, the
-    excluded ones with their reasons, the live answer."""
-    ranked, excluded, req = result["ranked"], result["excluded"], result["request"]
-    jur = f", data kept in {jurisdiction}" if jurisdiction else ""
-    text = (
-        f"{decision.request.region} -> {decision.request.model} (SLO {decision.slo_ms:g} ms{jur}): "
-        f"{len(ranked)} eligible, {decision.feasible} predicted within the SLO\n"
-        f"request: {req['prompt_tokens']} prompt tokens, {req['max_tokens']} output tokens "
-        f"({req['output_tokens_from']}); budget {decision.budget_ms:g} ms (the SLO less its "
-        f"{result['slo_margin']:.0%} margin)\n"
-    )
-    if ranked:
-        text += (
-            "e2e = rtt + queue + prefill + decode; within the SLO cheapest first, then the others "
-            "fastest first\n"
-        )
-        columns, wide_columns = _ranked_columns(decision.budget_ms)
-        text += render_table(ranked, [*columns, *wide_columns] if wide else columns, streams)
-    if excluded:
-        text += "\n" + render_table(excluded, EXCLUDED, streams)
-    lv = result["live"]
-    if lv and lv["ok"]:
-        text += (
-            f"\nlive: {lv['site']} answered, TTFT {lv['ttft_ms']:.1f} ms, "
-            f"total {lv['total_ms']:.1f} ms: {lv['text']!r}\n"
-        )
-    elif lv:
-        text += f"\nlive: {lv['site']} FAILED: {lv['error']}\n"
-    return text
 
 
 PROBE_COLUMNS = [
