@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from gridctl.core.metrics import NO_LOAD, parse_site_metrics
 from gridctl.daemon.accesslog import (
     AccessLog,
     Trace,
@@ -57,7 +58,7 @@ from gridctl.daemon.openai_api import (
     models_response,
 )
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
-from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
+from gridctl.daemon.state import GridState, SiteState, parse_calibration
 from gridctl.daemon.tokens import Tokens, load_tokens
 from gridctl.errors import GridctlError, InventoryError, UsageError
 from gridctl.net.client import Pool, UpstreamError

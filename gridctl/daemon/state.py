@@ -24,12 +24,13 @@ place as things happen:
 from __future__ import annotations
 
 import math
-import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridctl.core.metrics import SiteLoad
+from gridctl.core.metrics import parse_site_metrics as parse_site_metrics  # its old home
 from gridctl.daemon.breaker import Breaker, Ewma
 from gridctl.daemon.config import DaemonConfig
 from gridctl.errors import GridctlError
@@ -38,55 +39,6 @@ from gridctl.net.tls import TlsFileError, load_client_context
 from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 from gridctl.placement.prefix import Chain, SentIndex, text_chain
-
-_SAMPLE = re.compile(
-    r"^vllm:(num_requests_running|num_requests_waiting|gpu_cache_usage_perc|kv_cache_usage_perc)"
-    r"(?:\{([^}]*)\})?\s+([0-9.eE+-]+|NaN)\s*$",
-    re.M,
-)
-_MODEL_NAME = re.compile(r'model_name="((?:[^"\\]|\\.)*)"')
-
-
-@dataclass(frozen=True)
-class SiteLoad:
-    """A site's own load, from its vLLM /metrics: running and waiting requests per model
-    (the ``model_name`` label; a sample without it counts for every model), KV-cache usage."""
-
-    running: Mapping[str, int]
-    waiting: Mapping[str, int]
-    waiting_total: float | None  # None: the site exports no queue
-    kv_usage: float | None
-
-    def for_model(self, model: str) -> tuple[int, int]:
-        return self.running.get(model, self.running.get("", 0)), self.waiting.get(
-            model, self.waiting.get("", 0)
-        )
-
-
-def parse_site_metrics(text: str) -> SiteLoad:
-    """The Prometheus text of a vLLM (or lab) site -> its :class:`SiteLoad`. Pure."""
-    running: dict[str, int] = {}
-    waiting: dict[str, int] = {}
-    kv: list[float] = []
-    waited = False
-    for name, labels, value in _SAMPLE.findall(text):
-        x = float(value)
-        if not math.isfinite(x):
-            continue
-        if name in ("gpu_cache_usage_perc", "kv_cache_usage_perc"):
-            kv.append(x)
-            continue
-        found = _MODEL_NAME.search(labels or "")
-        model = found.group(1) if found else ""
-        into = running if name == "num_requests_running" else waiting
-        waited = waited or name == "num_requests_waiting"
-        into[model] = into.get(model, 0) + max(0, round(x))
-    return SiteLoad(
-        running, waiting, float(sum(waiting.values())) if waited else None, max(kv) if kv else None
-    )
-
-
-NO_LOAD = SiteLoad({}, {}, None, None)
 
 
 def site_health(probe_ok: bool | None, recorded: str | None, breaker: str) -> str:
