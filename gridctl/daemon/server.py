@@ -26,7 +26,6 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -47,6 +46,7 @@ from gridctl.daemon.accesslog import (
     say,
     stderr_writer,
 )
+from gridctl.daemon.admission import RoomQueue, parse_count, parse_placement
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
 from gridctl.daemon.openai_api import (
@@ -57,7 +57,8 @@ from gridctl.daemon.openai_api import (
     model_id,
     models_response,
 )
-from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
+from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy
+from gridctl.daemon.relay import completion_tokens
 from gridctl.daemon.state import GridState, SiteState, parse_calibration
 from gridctl.daemon.tokens import Tokens, load_tokens
 from gridctl.errors import GridctlError, InventoryError, UsageError
@@ -65,21 +66,13 @@ from gridctl.net.client import Pool, UpstreamError
 from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
 from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
 from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
-from gridctl.placement.engine import Request as Placement
-from gridctl.placement.predict import MAX_TOKENS, Shape, predict
+from gridctl.placement.predict import MAX_TOKENS, OutputTokens, Shape, predict
 
 CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
 CALIBRATION_PROMPT_TOKENS = 2
 CALIBRATION_TOKENS = 4
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
-
-
-def _count(text: str) -> int:
-    """A token count from a query string: digits only (no sign, spaces or underscores), bounded."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) > MAX_TOKENS:
-        raise ValueError(text)
-    return int(text)
 
 
 def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridState:
@@ -198,6 +191,8 @@ class Daemon:
         self.log = log or _log_line
         self._log_handler = _SayHandler()
         self.metrics = Metrics()
+        self.room = RoomQueue(config.queue_max)  # requests waiting for a site with room
+        self.outputs = OutputTokens()  # each model's observed answer lengths
         self.state: GridState
         self.should_exit: asyncio.Event | None = None  # created in serve(), inside the loop
         self.reload_requested = False
@@ -223,7 +218,9 @@ class Daemon:
         before, files = raise_file_limit()
         clients = client_connections(files)
         self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
-        self.proxy = Proxy(lambda: self.state, self.metrics, self.pool, cfg, self.environ)
+        self.proxy = Proxy(
+            lambda: self.state, self.metrics, self.pool, cfg, self.environ, self.room, self.outputs
+        )
         self.routes = self._routes()
         self.http = HttpServer(
             self._dispatch,
@@ -391,7 +388,7 @@ class Daemon:
             "model_in_flight": [
                 [n, m, sig.in_flight] for n, s in state.sites.items() for m, sig in s.signals.items()
             ],
-            "queued": self.proxy.queued,
+            "queued": self.room.queued,
         }
         if self.access_log is not None:
             self.metrics.log_dropped[()] = self.access_log.dropped
@@ -619,7 +616,7 @@ class Daemon:
                 "region": self.config.region,
                 "listen": f"{self.config.host}:{self.bound_port}",
                 "pid": os.getpid(),
-                "queued": self.proxy.queued,
+                "queued": self.room.queued,
                 "slo_policy": self.config.slo_policy,
                 "stale": [self.state.stale[rel] for rel in sorted(self.state.stale)],
                 "sites": sites,
@@ -639,14 +636,12 @@ class Daemon:
         if region not in self.state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
         try:
-            slo = float(q["slo_ms"]) if "slo_ms" in q else None
-            if slo is not None and not (math.isfinite(slo) and slo > 0):
-                raise ValueError(slo)
+            req = parse_placement(region, model, q.get("jurisdiction"), q.get("slo_ms"))
         except ValueError:
             return error_json(400, "slo_ms must be a positive number", "invalid_request_error")
         try:
-            prompt = _count(q.get("prompt_tokens", str(DEFAULT_SHAPE.prompt_tokens)))
-            output = _count(q["max_tokens"]) if "max_tokens" in q else None
+            prompt = parse_count(q.get("prompt_tokens", str(DEFAULT_SHAPE.prompt_tokens)))
+            output = parse_count(q["max_tokens"]) if "max_tokens" in q else None
         except ValueError:
             return error_json(
                 400,
@@ -654,11 +649,9 @@ class Daemon:
                 "invalid_request_error",
             )
         if output is None:  # as a request without max_tokens: the model's observed quantile
-            shape = Shape(prompt, *self.proxy.outputs.estimate(model))
+            shape = Shape(prompt, *self.outputs.estimate(model))
         else:
             shape = Shape(prompt, output, "max_tokens")
-        juris = q.get("jurisdiction")
-        req = Placement(region, model, juris.upper() if juris else None, slo)
         decision = self.state.explain(req, shape, None, time.monotonic(), q.get("session") or None)
         return json_response(decision_dict(decision, self.state.planner.sites))
 

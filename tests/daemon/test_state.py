@@ -7,7 +7,7 @@ import pytest
 from gridctl.core.metrics import parse_site_metrics
 from gridctl.daemon.breaker import Breaker
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.proxy import OutputCounter, completion_tokens
+from gridctl.daemon.relay import OutputCounter, completion_tokens
 from gridctl.daemon.state import GridState, parse_calibration, site_health
 from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import Request, SiteSignals
