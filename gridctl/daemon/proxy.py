@@ -35,7 +35,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gridctl.daemon.accesslog import Trace
@@ -270,19 +270,9 @@ class Proxy:
                 continue
             handed_off = False  # a streamed answer ends (and is accounted) after this returns
             due = site_deadline_s(cfg, attempt.prediction, streaming)
-            st = attempt.st
             try:
                 try:
-                    upstream = await self.pool.request(
-                        "POST",
-                        st.site.endpoint.rstrip("/") + request.path,
-                        site_headers(request.headers, st.site.auth_headers(self.environ), req.region),
-                        request.body,
-                        head_timeout=due,
-                        read_timeout=cfg.header_timeout_s,
-                        connect_timeout=cfg.connect_timeout_s,
-                        tls=st.tls,
-                    )
+                    upstream = await self._send(request, attempt, req.region, due)
                     sse = "text/event-stream" in (upstream.header("content-type", "") or "")
                     if (streaming or sse) and upstream.status < 500 and upstream.has_body:
                         # a stream is due by its first byte: until then, the next site may answer
@@ -304,6 +294,21 @@ class Proxy:
                     attempt.end()
         return error_json(
             502, "every site tried failed before answering", "upstream_error", attempts=attempts
+        )
+
+    def _send(self, request: HttpRequest, attempt: Attempt, region: str, due: float) -> Awaitable[Response]:
+        """The request to the attempt's site, to await: its answer once the head is in, within
+        ``due`` seconds (UpstreamError else). A plain function: no coroutine of its own."""
+        cfg, st = self.config, attempt.st
+        return self.pool.request(
+            "POST",
+            st.site.endpoint.rstrip("/") + request.path,
+            site_headers(request.headers, st.site.auth_headers(self.environ), region),
+            request.body,
+            head_timeout=due,
+            read_timeout=cfg.header_timeout_s,
+            connect_timeout=cfg.connect_timeout_s,
+            tls=st.tls,
         )
 
     def _attempt(

@@ -73,12 +73,13 @@ from gridctl.daemon.state import GridState
 from gridctl.daemon.tokens import Tokens
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.net.server import HttpServer, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.net.server import Request as HttpRequest
 from gridctl.net.tls import RotatingContext
 from gridctl.placement.engine import DEFAULT_SHAPE, decision_dict
 from gridctl.placement.predict import MAX_TOKENS, OutputTokens, Shape
 
-Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+Handler = Callable[[HttpRequest], Awaitable[Response | StreamingResponse]]
 
 
 class Daemon:
@@ -278,7 +279,7 @@ class Daemon:
 
     # -- each inference request: its id, its counters, its access log line ----------------
 
-    async def _inference(self, request: Request) -> Response | StreamingResponse:
+    async def _inference(self, request: HttpRequest) -> Response | StreamingResponse:
         headers = request.headers
         rid = parse_request_id(headers.get("x-request-id")) or new_request_id()
         headers["x-request-id"] = rid  # what the site gets
@@ -335,7 +336,7 @@ class Daemon:
             )
         return None
 
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+    async def _dispatch(self, request: HttpRequest) -> Response | StreamingResponse:
         methods = self.routes.get(request.path)
         if methods is None and model_id(request.path) is not None:
             methods = {"GET": self._models}  # GET /v1/models/{id}
@@ -357,7 +358,7 @@ class Daemon:
             resp = await handler(request)
         return _with_request_id(resp, request.headers)
 
-    async def _models(self, request: Request) -> Response:
+    async def _models(self, request: HttpRequest) -> Response:
         """``GET /v1/models`` and ``GET /v1/models/{id}`` (gridctl/daemon/openai_api.py)."""
         state, created = self.state, build_created(self._signature)
         models = {
@@ -371,7 +372,7 @@ class Daemon:
         }
         return models_response(models, model_id(request.path))
 
-    async def _status(self, request: Request) -> Response:
+    async def _status(self, request: HttpRequest) -> Response:
         now = time.monotonic()
         sites = [s.to_dict(self.state.recorded.get(n), now) for n, s in sorted(self.state.sites.items())]
         return json_response(
@@ -387,7 +388,7 @@ class Daemon:
             }
         )
 
-    async def _route(self, request: Request) -> Response:
+    async def _route(self, request: HttpRequest) -> Response:
         q = dict(parse_qsl(request.query))
         model = q.get("model")
         region = q.get("region") or request.headers.get("x-grid-region") or self.config.region
@@ -419,7 +420,7 @@ class Daemon:
         decision = self.state.explain(req, shape, None, time.monotonic(), q.get("session") or None)
         return json_response(decision_dict(decision, self.state.planner.sites))
 
-    async def _metrics(self, request: Request) -> Response:
+    async def _metrics(self, request: HttpRequest) -> Response:
         now = time.monotonic()
         state = self.state
         up = {
@@ -448,7 +449,7 @@ class Daemon:
             (("x-content-type-options", "nosniff"),),
         )
 
-    async def _healthz(self, request: Request) -> Response:
+    async def _healthz(self, request: HttpRequest) -> Response:
         return json_response({"status": "ok", "sites": len(self.state.sites)})
 
 

@@ -36,7 +36,8 @@ from gridctl.daemon.config import DaemonConfig
 from gridctl.errors import GridctlError
 from gridctl.inventory.model import Inventory, Site
 from gridctl.net.tls import TlsFileError, load_client_context
-from gridctl.placement.engine import Decision, Planner, Ranking, Request, SiteSignals
+from gridctl.placement.engine import Decision, Planner, Ranking, SiteSignals
+from gridctl.placement.engine import Request as Placement
 from gridctl.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 from gridctl.placement.prefix import Chain, SentIndex, text_chain
 
@@ -288,7 +289,7 @@ class GridState:
 
     def order(
         self,
-        request: Request,
+        request: Placement,
         shape: Shape,
         cached: Mapping[str, int] | None,
         session: str | None,
@@ -298,18 +299,18 @@ class GridState:
         return self.planner.order(request, shape, self.live(request.model, now), cached, session)
 
     def predict(
-        self, request: Request, shape: Shape, site: str, cached_tokens: int, now: float
+        self, request: Placement, shape: Shape, site: str, cached_tokens: int, now: float
     ) -> Prediction | None:
         """The prediction a request is sent to ``site`` with (for its header and calibration)."""
         return self.planner.predict(request, shape, site, self.live(request.model, now), cached_tokens)
 
-    def eligible_ignoring_load(self, request: Request, shape: Shape, now: float) -> bool:
+    def eligible_ignoring_load(self, request: Placement, shape: Shape, now: float) -> bool:
         """Would any site serve this request if none were busy? (429 vs 503)"""
         idle = {n: SiteSignals(health=sig.health) for n, sig in self.live(request.model, now).items()}
         return bool(self.planner.order(request, shape, idle).sites)
 
     def feasible_when_free(
-        self, request: Request, shape: Shape, cached: Mapping[str, int] | None, now: float
+        self, request: Placement, shape: Shape, cached: Mapping[str, int] | None, now: float
     ) -> bool:
         """Would a site be predicted to meet the SLO once this daemon's own requests there
         ended (the sites' queues, health and calibration as they are)? Strict: wait, or refuse."""
@@ -323,7 +324,7 @@ class GridState:
 
     def explain(
         self,
-        request: Request,
+        request: Placement,
         shape: Shape,
         cached: Mapping[str, int] | None,
         now: float,

@@ -28,8 +28,9 @@ from gridctl.net.messages import (
     error_response,
     head_too_large,
     parse_error,
+    transfer_encoding_error,
 )
-from gridctl.net.syntax import HOST, STRICT, parse_codings
+from gridctl.net.syntax import HOST, STRICT
 
 log = logging.getLogger("gridctl.net.server")
 
@@ -245,15 +246,9 @@ class Connection(asyncio.Protocol):
         length = 0
         te = headers.get("transfer-encoding")
         if te is not None:  # llhttp has refused it beside a Content-Length
-            codings = parse_codings(te)
-            if version == "HTTP/1.0" or codings[-1:] != ["chunked"] or "chunked" in codings[:-1]:
-                # RFC 9112 sections 6.1 and 6.3: no reliable framing (llhttp reads HTTP/1.0's as chunked)
-                what = "in an HTTP/1.0 request" if version == "HTTP/1.0" else "(chunked must come last, once)"
-                raise self._fail(400, f"Transfer-Encoding {te[:40]!r} {what}", "invalid_transfer_encoding")
-            if len(codings) > 1:
-                raise self._fail(
-                    501, f"unsupported Transfer-Encoding {te[:40]!r}", "unsupported_transfer_encoding"
-                )
+            framing = transfer_encoding_error(te, version)
+            if framing is not None:
+                raise self._refuse(framing)
             self.chunked = True
         elif "content-length" in headers:  # digits only: llhttp checked them
             length = int(headers["content-length"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import httptools
 
-from gridctl.net.syntax import MAX_HEAD, MAX_HEADER_LINE, MAX_HEADERS, MAX_TARGET
+from gridctl.net.syntax import MAX_HEAD, MAX_HEADER_LINE, MAX_HEADERS, MAX_TARGET, parse_codings
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -218,3 +218,16 @@ async def aclose(chunks: AsyncIterator[bytes]) -> None:
     close = getattr(chunks, "aclose", None)
     if close is not None:
         await close()
+
+
+def transfer_encoding_error(te: str, version: str) -> HttpError | None:
+    """What is wrong with a request's Transfer-Encoding, if anything: chunked must come last,
+    once, in HTTP/1.1 (RFC 9112 sections 6.1 and 6.3), and no other coding is supported."""
+    codings = parse_codings(te)
+    if version == "HTTP/1.0" or codings[-1:] != ["chunked"] or "chunked" in codings[:-1]:
+        # no reliable framing (llhttp reads HTTP/1.0's as chunked)
+        what = "in an HTTP/1.0 request" if version == "HTTP/1.0" else "(chunked must come last, once)"
+        return HttpError(400, f"Transfer-Encoding {te[:40]!r} {what}", "invalid_transfer_encoding")
+    if len(codings) > 1:
+        return HttpError(501, f"unsupported Transfer-Encoding {te[:40]!r}", "unsupported_transfer_encoding")
+    return None
