@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 
+from gridctl.core.sitestate import SiteState
 from gridctl.daemon.accesslog import Trace
 from gridctl.daemon.admission import RoomQueue
 from gridctl.daemon.metrics import Metrics
-from gridctl.daemon.state import SiteState
 from gridctl.placement.engine import SiteSignals
 from gridctl.placement.predict import OutputTokens, Prediction, Shape
 from gridctl.placement.prefix import SentIndex

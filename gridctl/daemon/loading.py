@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gridctl.core.sitestate import GridState, parse_calibration
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.state import GridState, parse_calibration
+from gridctl.daemon.state import load_site_contexts
 from gridctl.daemon.tokens import Tokens, load_tokens
 from gridctl.errors import GridctlError, InventoryError, UsageError
 from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
@@ -52,6 +53,7 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
             f"no client region '{config.region}' in {config.inventory}",
             hint=f"regions: {', '.join(r.name for r in inv.grid.regions)}",
         )
+    contexts = load_site_contexts(inv)  # before anything changes: a bad file fails the reload
     calibration = None
     if previous is None:
         calibration = parse_calibration(load_calibration(inv.root), time.monotonic(), time.time())
@@ -64,6 +66,7 @@ def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridS
         calibration,
         files=loaded.texts,
         stale=stale,
+        contexts=contexts,
     )
 
 

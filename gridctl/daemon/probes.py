@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from gridctl.core.metrics import NO_LOAD, parse_site_metrics
+from gridctl.core.sitestate import GridState, SiteState
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.loading import save_calibration
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.relay import completion_tokens
-from gridctl.daemon.state import GridState, SiteState
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool, UpstreamError
 from gridctl.placement.predict import Shape, predict

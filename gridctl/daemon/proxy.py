@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from gridctl.core.sitestate import GridState
 from gridctl.daemon.accesslog import Trace
 from gridctl.daemon.admission import RoomQueue, parse_placement, refuse_miss
 from gridctl.daemon.attempt import Attempt, Ledger
@@ -52,7 +53,6 @@ from gridctl.daemon.relay import (
     prompt_tokens,
     site_headers,
 )
-from gridctl.daemon.state import GridState
 from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
 from gridctl.net.server import Request as HttpRequest
 from gridctl.net.server import Response as Answer

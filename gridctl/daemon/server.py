@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from gridctl.core.sitestate import GridState
 from gridctl.daemon.accesslog import (
     AccessLog,
     SayHandler,
@@ -69,7 +70,6 @@ from gridctl.daemon.openai_api import (
 )
 from gridctl.daemon.probes import Prober
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy
-from gridctl.daemon.state import GridState
 from gridctl.daemon.tokens import Tokens
 from gridctl.errors import GridctlError
 from gridctl.net.client import Pool

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gridctl.core.metrics import parse_site_metrics
+from gridctl.core.sitestate import GridState, parse_calibration, site_health
 from gridctl.daemon.breaker import Breaker
 from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.relay import OutputCounter, completion_tokens
-from gridctl.daemon.state import GridState, parse_calibration, site_health
 from gridctl.inventory.load import load_inventory
 from gridctl.placement.engine import Request, SiteSignals
 from gridctl.placement.engine import write_signals as build_signals
@@ -168,7 +168,7 @@ def test_a_hostile_calibration_file_is_no_evidence_never_a_hang(tmp_path) -> Non
     assert load_calibration(tmp_path) == {}  # a device: not read (it never ends)
     path.unlink()
     path.write_text('{"sites": {"a": {"m": {"first_factor": 1e300, "samples": 1e400}}}}')
-    from gridctl.daemon.state import parse_calibration
+    from gridctl.core.sitestate import parse_calibration
 
     [[cal]] = [list(m.values()) for m in parse_calibration(load_calibration(tmp_path), 0.0).values()]
     assert cal.factors(0.0)[0] == pytest.approx(10.0)  # clamped
