@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import queue
@@ -52,7 +53,8 @@ def _utc(wall: float) -> str:
     second = ms // 1000
     if _second[0] != second:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return _second[1] + _MILLIS[ms - second * 1000]
+    text: str = _second[1]
+    return text + _MILLIS[ms - second * 1000]
 
 
 def _name(value: str | None) -> str:
@@ -309,6 +311,15 @@ def say(text: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
+
+
+class SayHandler(logging.Handler):
+    """The ``gridctl`` loggers' records (a handler's traceback...) through :func:`say`, not
+    logging's blocking write to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            say(self.format(record))
 
 
 class AccessLog:

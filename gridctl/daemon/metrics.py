@@ -232,17 +232,20 @@ class Metrics:
         """``model_in_flight``: (site, model) -> requests; ``calibration``: (site, model) ->
         (first, decode) factors now. The parse errors are a counter (:meth:`merged`)."""
         out: list[str] = []
+        self._render_counters(out)
+        self._render_histograms(out)
+        _render_gauges(out, in_flight, up, queued, model_in_flight or {}, calibration or {})
+        return "\n".join(out) + "\n"
 
-        def head(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} {kind}")
-
+    def _render_counters(self, out: list[str]) -> None:
         for name, (labels, text) in COUNTERS.items():
-            head(name, "counter", text)
+            _head(out, name, "counter", text)
             for k, n in sorted((_key(k), n) for k, n in self.counters[name].items()):
                 out.append(f"{name}{_labels(labels, k)} {int(n) if float(n).is_integer() else n}")
+
+    def _render_histograms(self, out: list[str]) -> None:
         for name, (labels, text) in HISTOGRAMS.items():
-            head(name, "histogram", text)
+            _head(out, name, "histogram", text)
             rows = sorted(((_key(k), h) for k, h in self.histograms[name].items()), key=lambda kh: kh[0])
             for k, h in rows:
                 cumulative = 0
@@ -253,27 +256,45 @@ class Metrics:
                     out.append(f"{name}_bucket{bucket} {cumulative}")
                 out.append(f"{name}_sum{_labels(labels, k)} {h.total:.6f}")
                 out.append(f"{name}_count{_labels(labels, k)} {h.n}")
-        head("gridctl_in_flight", "gauge", "Requests in flight to each site (all workers).")
-        for site, n in sorted(in_flight.items()):
-            out.append(f"gridctl_in_flight{_labels(('site',), (site,))} {n}")
-        head("gridctl_model_in_flight", "gauge", "Requests in flight to each site, by model (all workers).")
-        for (site, model), n in sorted((model_in_flight or {}).items()):
-            out.append(f"gridctl_model_in_flight{_labels(('site', 'model'), (site, model))} {n}")
-        head(
-            "gridctl_calibration_factor",
-            "gauge",
-            "Observed over table-predicted time at each site (part: first token, decode); 1 is the table.",
-        )
-        for (site, model), (first, decode) in sorted((calibration or {}).items()):
-            for part, value in (("first", first), ("decode", decode)):
-                where = _labels(("site", "model", "part"), (site, model, part))
-                out.append(f"gridctl_calibration_factor{where} {value:.4f}")
-        head("gridctl_site_up", "gauge", "1 when the site is eligible for traffic (healthy, circuit closed).")
-        for site, n in sorted(up.items()):
-            out.append(f"gridctl_site_up{_labels(('site',), (site,))} {n}")
-        head("gridctl_queued", "gauge", "Requests waiting for a site with room (all workers).")
-        out.append(f"gridctl_queued {queued}")
-        return "\n".join(out) + "\n"
+
+
+def _head(out: list[str], name: str, kind: str, text: str) -> None:
+    out.append(f"# HELP {name} {text}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def _render_gauges(
+    out: list[str],
+    in_flight: Mapping[str, int],
+    up: Mapping[str, int],
+    queued: int,
+    model_in_flight: Mapping[tuple[str, str], int],
+    calibration: Mapping[tuple[str, str], tuple[float, float]],
+) -> None:
+    """The gauges: what is in flight now (all workers), calibration, which sites are up, the queue."""
+    _head(out, "gridctl_in_flight", "gauge", "Requests in flight to each site (all workers).")
+    for site, n in sorted(in_flight.items()):
+        out.append(f"gridctl_in_flight{_labels(('site',), (site,))} {n}")
+    _head(out, "gridctl_model_in_flight", "gauge", "Requests in flight to each site, by model (all workers).")
+    for (site, model), n in sorted(model_in_flight.items()):
+        out.append(f"gridctl_model_in_flight{_labels(('site', 'model'), (site, model))} {n}")
+    _head(
+        out,
+        "gridctl_calibration_factor",
+        "gauge",
+        "Observed over table-predicted time at each site (part: first token, decode); 1 is the table.",
+    )
+    for (site, model), (first, decode) in sorted(calibration.items()):
+        for part, value in (("first", first), ("decode", decode)):
+            where = _labels(("site", "model", "part"), (site, model, part))
+            out.append(f"gridctl_calibration_factor{where} {value:.4f}")
+    _head(
+        out, "gridctl_site_up", "gauge", "1 when the site is eligible for traffic (healthy, circuit closed)."
+    )
+    for site, n in sorted(up.items()):
+        out.append(f"gridctl_site_up{_labels(('site',), (site,))} {n}")
+    _head(out, "gridctl_queued", "gauge", "Requests waiting for a site with room (all workers).")
+    out.append(f"gridctl_queued {queued}")
 
 
 def sum_gauges(

@@ -33,7 +33,7 @@ CLOSEST_CUTOFF = 0.5  # difflib's similarity ratio a suggestion must reach
 
 def build_error(
     message: str, kind: str, param: str | None = None, code: str | None = None, **extra: Any
-) -> dict:
+) -> dict[str, Any]:
     """An OpenAI error object: ``{"error": {message, type, param, code, ...extra}}``."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code, **extra}}
 

@@ -32,16 +32,13 @@ answer that is not streamed is held whole up to ``max_answer_bytes``: over it, 5
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import re
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from gridctl.core.placement.decision import EMPTY, SLO_MARGIN, Ranking
+from gridctl.core.placement.decision import Ranking
 from gridctl.core.placement.decision import Request as Placement
 from gridctl.core.placement.predict import (
     OutputTokens,
@@ -52,118 +49,27 @@ from gridctl.core.placement.predict import (
     hung_after_s,
     prompt_text,
 )
-from gridctl.core.placement.signals import SiteSignals
+from gridctl.core.sitestate import GridState
+from gridctl.daemon.accesslog import Trace
+from gridctl.daemon.admission import RoomQueue, parse_placement, refuse_miss
+from gridctl.daemon.attempt import Attempt, Ledger
 from gridctl.daemon.config import SLO_POLICIES, DaemonConfig
 from gridctl.daemon.metrics import Metrics
-from gridctl.daemon.openai_api import build_error, error_json, model_not_found, parse_body
-from gridctl.daemon.state import GridState, SiteState
-from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
-from gridctl.net.server import Request, StreamingResponse
-from gridctl.net.server import Response as Answer
-
-if TYPE_CHECKING:
-    from gridctl.daemon.accesslog import Trace
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
+from gridctl.daemon.openai_api import error_json, model_not_found, parse_body
+from gridctl.daemon.relay import (
+    StreamRelay,
+    client_headers,
+    completion_tokens,
+    first_bytes,
+    prompt_tokens,
+    site_headers,
 )
-# request headers a site never sees (plus every x-grid-* constraint header)
-DROP_TO_SITE = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
-DROP_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-type", "server", "date"}
+from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
+from gridctl.net.server import Request as HttpRequest
+from gridctl.net.server import Response as Answer
+from gridctl.net.server import StreamingResponse
+
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-
-
-# at most 9 digits: a site's "prompt_tokens": <5,000 digits> must not reach int()'s digit limit
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d{1,9})(?!\d)')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,9})(?!\d)')
-_ROLE = re.compile(rb'"role"\s*:')
-_TEXT_CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
-_EMPTY_DELTA = re.compile(rb'"delta"\s*:\s*\{\s*\}')
-_EMPTY_TEXT = re.compile(rb'"text"\s*:\s*""')
-_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_CARRY_MAX = 64 * 1024
-
-
-def completion_tokens(body: bytes) -> int | None:
-    """``usage.completion_tokens`` of an answer's body, when the site reported it."""
-    found = _COMPLETION_TOKENS.findall(body)
-    return int(found[-1]) if found else None
-
-
-def prompt_tokens(body: bytes) -> int | None:
-    """``usage.prompt_tokens`` of an answer's body, when the site reported it."""
-    found = _PROMPT_TOKENS.findall(body)
-    return int(found[-1]) if found else None
-
-
-class OutputCounter:
-    """A streamed answer's output tokens, counted as its pieces pass (no JSON parse).
-
-    Server-Sent Events: the last ``usage.completion_tokens`` when the site sends one (vLLM
-    with ``stream_options.include_usage``), else the ``data:`` events that carry a token:
-    not ``[DONE]``, not the opening role-only event, not an empty final event, not the
-    usage-only event. Another body: its ``usage`` when present. Pure: fed bytes."""
-
-    __slots__ = ("sse", "events", "usage", "prompt", "_carry")
-
-    def __init__(self, sse: bool) -> None:
-        self.sse = sse
-        self.events = 0
-        self.usage: int | None = None
-        self.prompt: int | None = None  # usage.prompt_tokens, when the site sent it
-        self._carry = b""
-
-    def feed(self, piece: bytes) -> bool:
-        """Count ``piece``; True when it holds the answer's first token."""
-        data = self._carry + piece if self._carry else piece
-        if not self.sse:
-            tokens = completion_tokens(data)
-            if tokens is not None:
-                self.usage = tokens
-                self.prompt = prompt_tokens(data)
-            self._carry = data[-64:]
-            return False
-        lines = data.split(b"\n")
-        last = lines.pop()
-        self._carry = last if len(last) <= _CARRY_MAX else b""
-        before = self.events
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if not payload or payload == b"[DONE]":
-                continue
-            if b"completion_tokens" in payload:
-                tokens = completion_tokens(payload)
-                if tokens is not None:
-                    self.usage = tokens
-                    self.prompt = prompt_tokens(payload)
-            if _NO_CHOICES.search(payload):
-                continue  # the usage-only event
-            if _ROLE.search(payload) and not _TEXT_CONTENT.search(payload):
-                continue  # the opening event: the role, no token yet
-            if _EMPTY_DELTA.search(payload) or (
-                _EMPTY_TEXT.search(payload) and b'"finish_reason":null' not in payload
-            ):
-                continue  # the final event: a finish reason, no token
-            self.events += 1
-        return before == 0 and self.events > 0
-
-    def tokens(self) -> int | None:
-        if self.usage is not None:
-            return self.usage
-        return self.events if self.sse and self.events else None
 
 
 def _parses(body: bytes) -> bool:
@@ -175,48 +81,15 @@ def _parses(body: bytes) -> bool:
 
 
 class _BrokeOff(Exception):
-    """A site's whole (non-streamed) answer ended before its end: a failure of that site."""
-
-
-class Attempt:
-    """One try of a request at one site: what it was sent with, for its accounting, and the
-    breaker's trial it owns (its number, when it is the half-open site's trial), given back
-    however the attempt ends (:meth:`Breaker.on_end`)."""
-
-    __slots__ = (
-        "st", "sig", "name", "model", "start", "prediction", "chain", "miss", "shape", "trial", "trace",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        st: SiteState,
-        sig: SiteSignals,
-        name: str,
-        model: str,
-        start: float,
-        prediction: Prediction | None,
-        chain: list[tuple[bytes, int]],
-        miss: bool,
-        shape: Shape | None = None,
-    ) -> None:
-        self.st, self.sig, self.name, self.model, self.start = st, sig, name, model, start
-        self.prediction, self.chain, self.miss, self.shape = prediction, chain, miss, shape
-        self.trial: int | None = None
-        self.trace: Trace | None = None  # the request's, for the access log
-
-    def headers(self) -> list[tuple[str, str]]:
-        out = [("x-grid-site", self.name)]
-        if self.prediction is not None:
-            out.append(("x-grid-predicted-ms", str(round(self.prediction.e2e_ms))))
-        if self.miss:
-            out.append(("x-grid-slo", "expected-miss"))
-        return out
+    """A site failed before any byte reached the client (a 5xx, or a whole answer that ended
+    before its end): a failure of that site; the next one may answer."""
 
 
 class Proxy:
     """The inference path. It gets what it uses: ``book`` (the current :class:`GridState`:
     sites, placement, prefix index; a reload replaces it), the metrics, the client pool,
-    the configuration and the environment (the sites' API keys)."""
+    the configuration, the environment (the sites' API keys), the queue for room and the
+    models' observed output lengths (the daemon reads both too: status, metrics, route)."""
 
     def __init__(
         self,
@@ -225,23 +98,70 @@ class Proxy:
         pool: Pool,
         config: DaemonConfig,
         environ: Mapping[str, str],
-        outputs: OutputTokens | None = None,
+        room: RoomQueue,
+        outputs: OutputTokens,
     ) -> None:
         self.book = book
         self.metrics = metrics
         self.pool = pool
         self.config = config
         self.environ = environ
-        self.outputs = outputs if outputs is not None else OutputTokens()
-        self.queued = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.room = room
+        self.outputs = outputs
+        self.ledger = Ledger(metrics, outputs)
 
     # -- the inference path -----------------------------------------------------------
 
-    async def handle(self, request: Request, trace: Trace | None = None) -> Answer | StreamingResponse:
+    async def handle(self, request: HttpRequest, trace: Trace | None = None) -> Answer | StreamingResponse:
+        asked = self._parse(request, trace)
+        if isinstance(asked, Answer):
+            return asked
+        body, req, policy = asked
+        state = self.book()  # one snapshot for the whole request, even across a reload
+        if req.region not in state.planner.regions:
+            return error_json(400, f"unknown client region '{req.region}'", "invalid_request_error")
+        if req.model not in state.models:  # 404, not retried; a known model with no site now is 503
+            return model_not_found(req.model, state.models)
+        text = prompt_text(body)
+        chain = state.prompt_chain(text)
+        embedding = request.path == "/v1/embeddings"
+        shape = estimate_shape(body, text, embedding, self.outputs.estimate(req.model))
+        cached = state.cached_tokens(req.model, chain)
+        session = request.headers.get("x-grid-session") or None
+        deadline = time.monotonic() + self.config.queue_timeout_s
+
+        def decide() -> Ranking:
+            return state.order(req, shape, cached, session, time.monotonic())
+
+        ranking = decide()
+        if not ranking.sites:
+            waited = await self._when_full(state, req, shape, cached, decide, deadline)
+            if isinstance(waited, Answer):
+                return waited
+            ranking = waited
+        # strict judges only a request whose size it knows (max_tokens, or what the model's answers
+        # have been): before any evidence, the default size is a guess, and the request is served
+        if policy == "strict" and shape.output_source != "default":
+            strict = await self._strict(state, req, shape, cached, ranking, decide, deadline)
+            if isinstance(strict, Answer):
+                return strict
+            ranking = strict
+            order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
+        else:
+            order = list(ranking.sites)
+        if trace is not None:
+            trace.slo_ms = req.slo_ms or state.planner.default_slo_ms
+        streaming = body.get("stream") is True
+        return await self._forward(
+            request, state, req, shape, cached, order, ranking.feasible, chain, streaming, trace
+        )
+
+    def _parse(
+        self, request: HttpRequest, trace: Trace | None
+    ) -> tuple[dict[str, Any], Placement, str] | Answer:
+        """The request's body, what it asks of placement and its SLO policy, or the 400 to answer."""
         cfg = self.config
-        raw = request.body  # the server answered 413 already when it was over the limit
-        parsed = parse_body(raw)
+        parsed = parse_body(request.body)  # the server answered 413 already when it was over the limit
         if isinstance(parsed, Answer):
             return parsed
         body, model = parsed
@@ -256,9 +176,9 @@ class Proxy:
                 "invalid_request_error",
             )
         try:
-            slo = float(headers["x-grid-slo-ms"]) if "x-grid-slo-ms" in headers else None
-            if slo is not None and not (math.isfinite(slo) and slo > 0):
-                raise ValueError(slo)
+            req = parse_placement(
+                region, model, headers.get("x-grid-jurisdiction"), headers.get("x-grid-slo-ms")
+            )
         except ValueError:
             return error_json(
                 400, "x-grid-slo-ms must be a positive number of milliseconds", "invalid_request_error"
@@ -268,159 +188,68 @@ class Proxy:
             return error_json(
                 400, f"x-grid-slo-policy must be one of {', '.join(SLO_POLICIES)}", "invalid_request_error"
             )
-        jurisdiction = headers.get("x-grid-jurisdiction")
-        req = Placement(region, model, jurisdiction.upper() if jurisdiction else None, slo)
-        state = self.book()  # one snapshot for the whole request, even across a reload
-        if region not in state.planner.regions:
-            return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
-        if model not in state.models:  # 404, not retried; a known model with no site now is 503
-            return model_not_found(model, state.models)
-        text = prompt_text(body)
-        chain = state.prompt_chain(text)
-        embedding = request.path == "/v1/embeddings"
-        shape = estimate_shape(body, text, embedding, self.outputs.estimate(model))
-        cached = state.cached_tokens(model, chain)
-        session = headers.get("x-grid-session") or None
-        deadline = time.monotonic() + cfg.queue_timeout_s
+        return body, req, policy
 
-        def decide() -> Ranking:
-            return state.order(req, shape, cached, session, time.monotonic())
-
-        ranking = decide()
+    async def _when_full(
+        self,
+        state: GridState,
+        req: Placement,
+        shape: Shape,
+        cached: Mapping[str, int],
+        decide: Callable[[], Ranking],
+        deadline: float,
+    ) -> Ranking | Answer:
+        """No site has room: 503 when none would serve the request even idle, else wait in the
+        queue for room (429 when none frees by the deadline)."""
+        if not state.eligible_ignoring_load(req, shape, time.monotonic()):
+            self.metrics.shed["no-eligible-site"] += 1
+            decision = state.explain(req, shape, cached, time.monotonic())
+            reasons = {e.site: list(e.reasons) for e in decision.excluded}
+            return error_json(
+                503,
+                f"no eligible site for {req.model} from {req.region}",
+                "no_eligible_site",
+                headers=(("retry-after", str(max(1, math.ceil(self.config.probe_interval_s)))),),
+                code="no_eligible_site",
+                reasons=reasons,
+            )
+        ranking = await self.room.wait(decide, deadline)
         if not ranking.sites:
-            if not state.eligible_ignoring_load(req, shape, time.monotonic()):
-                self.metrics.shed["no-eligible-site"] += 1
-                decision = state.explain(req, shape, cached, time.monotonic())
-                reasons = {e.site: list(e.reasons) for e in decision.excluded}
-                return error_json(
-                    503,
-                    f"no eligible site for {model} from {region}",
-                    "no_eligible_site",
-                    headers=(("retry-after", str(max(1, math.ceil(cfg.probe_interval_s)))),),
-                    code="no_eligible_site",
-                    reasons=reasons,
-                )
-            ranking = await self._wait_for_room(decide, deadline)
-            if not ranking.sites:
-                self.metrics.shed["all-sites-full"] += 1
-                return error_json(
-                    429,
-                    "every eligible site is full; retry shortly",
-                    "rate_limit_exceeded",
-                    headers=(("retry-after", "1"),),
-                )
-        # strict judges only a request whose size it knows (max_tokens, or what the model's answers
-        # have been): before any evidence, the default size is a guess, and the request is served
-        if policy == "strict" and shape.output_source != "default":
-            if ranking.feasible == 0:
-                if not state.feasible_when_free(req, shape, cached, time.monotonic()):
-                    self.metrics.shed["slo-unattainable"] += 1
-                    return self._refuse_miss(req, ranking, state.planner.default_slo_ms, busy=False)
-                # the sites that could meet it are only busy with our own requests: wait for one
-                ranking = await self._wait_for_room(decide, deadline, feasible=True)
-                if ranking.feasible == 0:
-                    self.metrics.shed["slo-expected-miss"] += 1
-                    return self._refuse_miss(req, ranking, state.planner.default_slo_ms, busy=True)
-            order = list(ranking.sites[: ranking.feasible])  # fail over only to sites that can meet it
-        else:
-            order = list(ranking.sites)
-        if trace is not None:
-            trace.slo_ms = slo or state.planner.default_slo_ms
-        streaming = body.get("stream") is True
-        return await self._forward(
-            request, state, req, shape, cached, order, ranking.feasible, chain, streaming, trace
-        )
-
-    def _refuse_miss(self, req: Placement, ranking: Ranking, default_slo_ms: float, busy: bool) -> Answer:
-        """Strict: 429 with Retry-After when the sites that could meet the SLO are busy; 400 when
-        no site could meet it even free (retrying would not help)."""
-        slo = req.slo_ms or default_slo_ms
-        budget = slo * (1.0 - SLO_MARGIN)
-        extra: dict[str, Any] = {"slo_ms": slo}
-        if ranking.sites:
-            best, ms = ranking.sites[0], ranking.predicted_ms[0]
-            fastest = f"the fastest, {best}, is predicted at {ms:.0f} ms"
-            extra.update(site=best, predicted_ms=round(ms, 1))
-        else:
-            fastest = "every site that could meet it is full"
-        within = f"a site must be predicted within {budget:g} ms, the SLO less its {SLO_MARGIN:.0%} margin"
-        if busy:
+            self.metrics.shed["all-sites-full"] += 1
             return error_json(
                 429,
-                f"no site is predicted to meet the {slo:g} ms SLO for {req.model} from {req.region} "
-                f"now ({fastest}; {within}): the sites that could are busy; retry shortly, or send "
-                "x-grid-slo-policy: best-effort to be served anyway",
+                "every eligible site is full; retry shortly",
                 "rate_limit_exceeded",
                 headers=(("retry-after", "1"),),
-                code="slo_expected_miss",
-                **extra,
             )
-        return error_json(
-            400,
-            f"no site can meet the {slo:g} ms SLO for {req.model} from {req.region}, even idle "
-            f"({fastest}; {within}): allow more with x-grid-slo-ms, ask for fewer tokens "
-            "(max_tokens), or send x-grid-slo-policy: best-effort to be served anyway",
-            "invalid_request_error",
-            code="slo_unattainable",
-            **extra,
-        )
+        return ranking
 
-    async def _wait_for_room(
-        self, decide: Callable[[], Ranking], deadline: float, feasible: bool = False
-    ) -> Ranking:
-        """Wait (bounded) until a slot frees and the decision has a site (``feasible``: a site
-        predicted to meet the SLO); EMPTY on the deadline or a full queue."""
-        if self.queued >= self.config.queue_max:
-            return EMPTY
-        loop = asyncio.get_running_loop()
-        self.queued += 1
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return EMPTY
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.append(fut)
-                woken = False
-                try:
-                    async with asyncio.timeout(left):
-                        await fut
-                    woken = True
-                except TimeoutError:
-                    return EMPTY
-                finally:
-                    if not fut.done():
-                        fut.cancel()
-                    elif not woken:
-                        # woken, but leaving (timed out or the client hung up) without the slot
-                        # it was woken for: pass the wake-up on to the next in the queue
-                        self._release()
-                ranking = decide()
-                if ranking.feasible if feasible else ranking.sites:
-                    return ranking
-        finally:
-            self.queued -= 1
-
-    def _release(self) -> None:
-        """A request to a site ended: wake one queued request to look for room."""
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-    def _site_headers(self, request: Request, st: SiteState, region: str) -> list[tuple[str, str]]:
-        headers = request.headers
-        named = headers.get("connection")  # headers the client marked as hop-by-hop
-        drop = DROP_TO_SITE | {t.strip().lower() for t in named.split(",")} if named else DROP_TO_SITE
-        out = [(k, v) for k, v in headers.items() if k not in drop and not k.startswith("x-grid-")]
-        out.extend(st.site.auth_headers(self.environ).items())
-        out.append(("x-grid-client-region", region))  # lab sites simulate the distance; others ignore it
-        return out
+    async def _strict(
+        self,
+        state: GridState,
+        req: Placement,
+        shape: Shape,
+        cached: Mapping[str, int],
+        ranking: Ranking,
+        decide: Callable[[], Ranking],
+        deadline: float,
+    ) -> Ranking | Answer:
+        """Strict: a ranking with sites predicted to meet the SLO, waited for when they are busy
+        with this daemon's own requests; else the refusal."""
+        if ranking.feasible == 0:
+            if not state.feasible_when_free(req, shape, cached, time.monotonic()):
+                self.metrics.shed["slo-unattainable"] += 1
+                return refuse_miss(req, ranking, state.planner.default_slo_ms, busy=False)
+            # the sites that could meet it are only busy with our own requests: wait for one
+            ranking = await self.room.wait(decide, deadline, feasible=True)
+            if ranking.feasible == 0:
+                self.metrics.shed["slo-expected-miss"] += 1
+                return refuse_miss(req, ranking, state.planner.default_slo_ms, busy=True)
+        return ranking
 
     async def _forward(
         self,
-        request: Request,
+        request: HttpRequest,
         state: GridState,
         req: Placement,
         shape: Shape,
@@ -431,78 +260,85 @@ class Proxy:
         streaming: bool = False,
         trace: Trace | None = None,
     ) -> Answer | StreamingResponse:
+        """The request to each site of ``order`` in turn until one answers: a site's failure
+        before any byte reached the client fails over to the next."""
         cfg = self.config
         attempts: list[dict[str, str]] = []
         for n, name in enumerate(order):
-            st = state.sites.get(name)
-            sig = st.signals.get(req.model) if st is not None else None
-            if st is None or sig is None:  # removed by a reload while we waited
+            attempt = self._attempt(state, req, shape, cached, name, n >= feasible, chain, trace, attempts)
+            if attempt is None:  # removed by a reload while we waited
                 continue
-            if attempts:  # counted by the site that failed
-                self.metrics.failovers[attempts[-1]["site"]] += 1
-            url = st.site.endpoint.rstrip("/") + request.path
-            start = time.monotonic()
-            prediction = state.predict(req, shape, name, cached.get(name, 0), start)
-            attempt = Attempt(st, sig, name, req.model, start, prediction, chain, n >= feasible, shape)
-            attempt.trace = trace
-            if trace is not None:
-                trace.tried.append(name)
-            sig.in_flight += 1
-            st.requests += 1
-            attempt.trial = st.breaker.on_attempt(start)
             handed_off = False  # a streamed answer ends (and is accounted) after this returns
-            due = site_deadline_s(cfg, prediction, streaming)
+            due = site_deadline_s(cfg, attempt.prediction, streaming)
             try:
                 try:
-                    upstream = await self.pool.request(
-                        "POST",
-                        url,
-                        self._site_headers(request, st, req.region),
-                        request.body,
-                        head_timeout=due,
-                        read_timeout=cfg.header_timeout_s,
-                        connect_timeout=cfg.connect_timeout_s,
-                        tls=st.tls,
-                    )
+                    upstream = await self._send(request, attempt, req.region, due)
                     sse = "text/event-stream" in (upstream.header("content-type", "") or "")
                     if (streaming or sse) and upstream.status < 500 and upstream.has_body:
                         # a stream is due by its first byte: until then, the next site may answer
-                        await upstream.wait_body(max(0.0, start + due - time.monotonic()))
+                        await upstream.wait_body(max(0.0, attempt.start + due - time.monotonic()))
+                    answer = await self._relay(upstream, attempt, streaming, attempt.start + due)
                 except UpstreamTimeout:
-                    self._failed(st, attempts, name, _hung_message(name, due, cfg, prediction, streaming))
-                    continue
-                except UpstreamError as exc:
-                    self._failed(st, attempts, name, str(exc))
-                    continue
-                if upstream.status >= 500:
-                    detail = (await _first_bytes(upstream, 200)).decode("utf-8", "replace")
-                    self._failed(st, attempts, name, f"HTTP {upstream.status}: {detail}")
-                    continue
-                try:
-                    answer = await self._relay(upstream, attempt, streaming, start + due)
-                except _BrokeOff as exc:  # nothing reached the client yet: the next site may answer
-                    self._failed(st, attempts, name, str(exc))
-                    continue
-                handed_off = isinstance(answer, StreamingResponse)
-                return answer
+                    error = _hung_message(name, due, cfg, attempt.prediction, streaming)
+                except (UpstreamError, _BrokeOff) as exc:  # nothing reached the client yet
+                    error = str(exc)
+                else:
+                    handed_off = isinstance(answer, StreamingResponse)
+                    return answer
+                self.ledger.failed(attempt, attempts, error)  # the next site may answer
             except asyncio.CancelledError:  # the client hung up while we waited for the site
-                self._account(attempt, None, 0, None, gone=True)
+                self.ledger.account(attempt, None, 0, None, gone=True)
                 raise
             finally:
                 if not handed_off:  # ended here, however (answer, failure, client gone, error)
-                    st.breaker.on_end(attempt.trial)
-                    sig.in_flight -= 1
-                    self._release()
+                    attempt.end()
         return error_json(
             502, "every site tried failed before answering", "upstream_error", attempts=attempts
         )
 
-    def _failed(self, st: SiteState, attempts: list[dict[str, str]], name: str, error: str) -> None:
-        st.failures += 1
-        st.error_rate.add(1.0)
-        st.breaker.on_failure(time.monotonic())
-        self.metrics.site_failures[name] += 1
-        attempts.append({"site": name, "error": error})
+    def _send(self, request: HttpRequest, attempt: Attempt, region: str, due: float) -> Awaitable[Response]:
+        """The request to the attempt's site, to await: its answer once the head is in, within
+        ``due`` seconds (UpstreamError else). A plain function: no coroutine of its own."""
+        cfg, st = self.config, attempt.st
+        return self.pool.request(
+            "POST",
+            st.site.endpoint.rstrip("/") + request.path,
+            site_headers(request.headers, st.site.auth_headers(self.environ), region),
+            request.body,
+            head_timeout=due,
+            read_timeout=cfg.header_timeout_s,
+            connect_timeout=cfg.connect_timeout_s,
+            tls=st.tls,
+        )
+
+    def _attempt(
+        self,
+        state: GridState,
+        req: Placement,
+        shape: Shape,
+        cached: Mapping[str, int],
+        name: str,
+        miss: bool,
+        chain: list[tuple[bytes, int]],
+        trace: Trace | None,
+        attempts: list[dict[str, str]],
+    ) -> Attempt | None:
+        """The next try, at ``name``, begun (None: a reload removed the site or its model)."""
+        st = state.sites.get(name)
+        sig = st.signals.get(req.model) if st is not None else None
+        if st is None or sig is None:
+            return None
+        if attempts:  # counted by the site that failed
+            self.metrics.failovers[attempts[-1]["site"]] += 1
+        start = time.monotonic()
+        prediction = state.predict(req, shape, name, cached.get(name, 0), start)
+        attempt = Attempt(
+            st, sig, name, req.model, start, prediction, chain, miss, shape, state.prefixes, self.room, trace
+        )
+        if trace is not None:
+            trace.tried.append(name)
+        attempt.begin()
+        return attempt
 
     async def _relay(
         self, upstream: Response, attempt: Attempt, streaming: bool, deadline: float
@@ -514,7 +350,10 @@ class Proxy:
         after its head is as hung), then sent at once. A whole answer that breaks off, stalls
         or, ending at a close, does not parse as the JSON it says it is raises
         :class:`_BrokeOff`: no byte of it has reached the client, so the request fails over."""
-        headers = _client_headers(upstream.headers)
+        if upstream.status >= 500:  # the site's failure: the next site may answer
+            detail = (await first_bytes(upstream, 200)).decode("utf-8", "replace")
+            raise _BrokeOff(f"HTTP {upstream.status}: {detail}")
+        headers = client_headers(upstream.headers)
         if upstream.status >= 400:  # the site's own error: not an answer that missed the SLO
             attempt.miss = False
         headers.extend(attempt.headers())
@@ -522,10 +361,12 @@ class Proxy:
             self.metrics.expected_miss[attempt.model] += 1
         content_type = upstream.header("content-type", "") or ""
         if not upstream.has_body:  # 204, 304: nothing to relay, and no framing may be sent
-            self._account(attempt, time.monotonic(), upstream.status, None)
+            self.ledger.account(attempt, time.monotonic(), upstream.status, None)
             return Answer(upstream.status, b"", content_type, headers)
         if streaming or "text/event-stream" in content_type:
-            return StreamingResponse(_Relay(self, upstream, attempt), upstream.status, content_type, headers)
+            return StreamingResponse(
+                StreamRelay(self.ledger, upstream, attempt), upstream.status, content_type, headers
+            )
         try:
             body = await upstream.read(limit=self.config.max_answer_bytes, deadline=deadline)
         except AnswerTooLarge as exc:  # neither a success nor the site's failure: not accounted
@@ -547,54 +388,8 @@ class Proxy:
         if upstream.ends_at_close and "json" in content_type and not _parses(body):
             raise _BrokeOff("closed its answer before the end of its JSON (a clean close, no length)")
         tokens, prompt = completion_tokens(body), prompt_tokens(body)
-        self._account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
+        self.ledger.account(attempt, time.monotonic(), upstream.status, None, tokens=tokens, prompt=prompt)
         return Answer(upstream.status, body, content_type, headers)
-
-    def _account(
-        self,
-        attempt: Attempt,
-        first: float | None,
-        status: int,
-        cut: BaseException | None,
-        gone: bool = False,
-        tokens: int | None = None,
-        first_token: float | None = None,
-        prompt: int | None = None,
-    ) -> None:
-        """One attempt ended: breaker, moving averages, prefix index, metrics, and what its
-        timing teaches the site's calibration (answers that completed with a 2xx only)."""
-        st, name, start = attempt.st, attempt.name, attempt.start
-        metrics = self.metrics
-        now = time.monotonic()
-        if cut is not None:
-            metrics.stream_cuts[(name, attempt.model)] += 1
-            st.breaker.on_failure(now)
-            st.failures += 1
-            st.error_rate.add(1.0)
-        elif not gone:
-            st.breaker.on_success()
-            st.error_rate.add(0.0)
-            st.latency_s.add(now - start)
-            if first is not None:
-                st.ttft_s.add(first - start)
-            if status < 400:
-                if attempt.chain:
-                    self.book().prefixes.record(name, attempt.model, attempt.chain)
-                shape = attempt.shape
-                if tokens is not None and shape is not None and shape.output_source == "max_tokens":
-                    tokens = min(tokens, shape.output_tokens)  # a site cannot have said more than asked
-                elif tokens is not None and shape is not None and shape.output_tokens > 0:
-                    # only answers to requests that set no limit say how long answers run unasked
-                    self.outputs.record(attempt.model, tokens)
-                if shape is not None and shape.output_tokens == 0:
-                    tokens = 0  # an embedding: no decode step
-                # an answer whose length is unknown says nothing about the time per token
-                if attempt.prediction is not None and tokens is not None and 200 <= status < 300:
-                    ttft_ms = (first_token - start) * 1000.0 if first_token is not None else None
-                    st.learn(attempt.model, attempt.prediction, now, ttft_ms, (now - start) * 1000.0, tokens)
-        if attempt.trace is not None:  # the request's counters and log line, when it ends
-            outcome = "cut" if cut is not None else "client-gone" if gone else "ok"
-            attempt.trace.answered(name, first_token, prompt, tokens, outcome, attempt.miss)
 
 
 def site_deadline_s(cfg: DaemonConfig, prediction: Prediction | None, streaming: bool) -> float:
@@ -615,106 +410,3 @@ def _hung_message(
     )
     what = "first byte of its stream" if streaming else "answer's head"
     return f"site {name} sent no {what} within {due:.3g} s ({why}): taken for hung, failed over"
-
-
-def _client_headers(site: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A site's headers that its client may see: no hop-by-hop one, none its Connection header
-    names, and no x-grid-* (those are the daemon's to say: x-grid-site, x-grid-slo...)."""
-    drop = DROP_TO_CLIENT
-    named = [v for k, v in site if k == "connection"]
-    if named:
-        drop = drop | {t.strip().lower() for v in named for t in v.split(",")}
-    return [(k, v) for k, v in site if k not in drop and not k.startswith("x-grid-")]
-
-
-async def _first_bytes(upstream: Response, limit: int) -> bytes:
-    """Up to ``limit`` bytes of a body (an error's detail), never waiting for the rest of it."""
-    got = bytearray()
-    pieces = upstream.chunks()
-    try:
-        async for piece in pieces:
-            got += piece
-            if len(got) >= limit:
-                break
-    except UpstreamError as exc:
-        got += f" (its body broke off: {exc})".encode()
-    finally:
-        await pieces.aclose()
-        upstream.release()
-    return bytes(got[: limit + 200])
-
-
-class _Relay:
-    """A streamed answer's body, piece by piece as the site sends it. It owns the attempt
-    from the moment the handler returns: whatever ends it (the last piece, the site breaking
-    off, the client hanging up, the server closing) accounts for it once, frees the slot and
-    gives back the breaker's trial it holds.
-
-    A site that breaks off a stream is blamed (breaker, error rate) and the client gets an SSE
-    error event, on a line of its own even when the cut came inside an event; a client that
-    hangs up is not the site's fault."""
-
-    def __init__(self, proxy: Proxy, upstream: Response, attempt: Attempt) -> None:
-        self.proxy, self.upstream, self.attempt = proxy, upstream, attempt
-        self.name = attempt.name
-        self.pieces = upstream.chunks()
-        self.counter = OutputCounter(True)
-        self.tail = b"\n\n"  # the end of what was relayed: an event is complete after a blank line
-        self.first: float | None = None  # the first byte
-        self.first_token: float | None = None  # the first token event (a stream's TTFT)
-        self.ended = False  # the body is over (complete or cut)
-        self.accounted = False
-
-    def __aiter__(self) -> _Relay:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.ended:
-            self._end(None, gone=False)
-            raise StopAsyncIteration
-        try:
-            piece = await self.pieces.__anext__()
-        except StopAsyncIteration:
-            self.ended = True
-            self._end(None, gone=False)
-            raise
-        except UpstreamError as exc:
-            self.ended = True
-            self._end(exc, gone=False)
-            event = build_error(f"site {self.name} cut the stream: {exc}", "upstream_cut", site=self.name)
-            end = b"" if self.tail.endswith(b"\n\n") else b"\n\n"  # close the event it cut
-            return end + f"data: {json.dumps(event)}\n\n".encode()
-        if piece:
-            self.tail = (self.tail + piece)[-2:]
-        now = time.monotonic()
-        if self.first is None:
-            self.first = now
-        if self.counter.feed(piece) and self.first_token is None:
-            self.first_token = now
-        return piece
-
-    async def aclose(self) -> None:
-        """Called by the server when the response ends, however it ends (even cancelled)."""
-        try:
-            with contextlib.suppress(Exception):
-                await self.pieces.aclose()
-        finally:
-            self.upstream.release()
-            self._end(None, gone=not self.ended)
-
-    def _end(self, cut: BaseException | None, gone: bool) -> None:
-        if self.accounted:
-            return
-        self.accounted = True
-        a = self.attempt
-        try:
-            c = self.counter
-            self.proxy._account(
-                a, self.first, self.upstream.status, cut, gone, c.tokens(), self.first_token, c.prompt
-            )
-        finally:
-            if a.trace is not None:
-                a.trace.end(self.upstream.status)
-            a.st.breaker.on_end(a.trial)
-            a.sig.in_flight -= 1
-            self.proxy._release()

@@ -17,6 +17,9 @@ toward its table row, so a site predicted too slow to get traffic comes back.
 SIGHUP also rereads the front door's files: ``--tokens`` (a token is rotated without a restart)
 and ``--tls-cert``/``--tls-key``/``--tls-client-ca`` (new connections get the new ones). A file
 that fails to load keeps what was loaded before, and the log says why.
+
+Its parts: ``loading.py`` (what is loaded and reloaded), ``probes.py`` (the probe rounds),
+``proxy.py`` (the inference path); here the lifecycle and the HTTP surface.
 """
 
 from __future__ import annotations
@@ -24,25 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
-import math
 import os
-import random
 import signal
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from gridctl.core.errors import GridctlError, InventoryError, UsageError
+from gridctl.core.errors import GridctlError
 from gridctl.core.placement.decision import DEFAULT_SHAPE, decision_dict
-from gridctl.core.placement.decision import Request as Placement
-from gridctl.core.placement.predict import MAX_TOKENS, Shape, predict
+from gridctl.core.placement.predict import MAX_TOKENS, OutputTokens, Shape
+from gridctl.core.sitestate import GridState
 from gridctl.daemon.accesslog import (
     AccessLog,
+    SayHandler,
     Trace,
     new_request_id,
     open_access_log,
@@ -50,7 +49,19 @@ from gridctl.daemon.accesslog import (
     say,
     stderr_writer,
 )
+from gridctl.daemon.admission import RoomQueue, parse_count, parse_placement
 from gridctl.daemon.config import DaemonConfig
+from gridctl.daemon.loading import (
+    client_connections,
+    inventory_signature,
+    raise_file_limit,
+    reload_front,
+    reload_state,
+    save_calibration,
+)
+from gridctl.daemon.loading import load_client_tokens as load_client_tokens  # the CLI's import
+from gridctl.daemon.loading import load_listener_tls as load_listener_tls
+from gridctl.daemon.loading import load_state as load_state
 from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
 from gridctl.daemon.openai_api import (
     MODELS_PATH,
@@ -60,143 +71,33 @@ from gridctl.daemon.openai_api import (
     model_id,
     models_response,
 )
-from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy, completion_tokens
-from gridctl.daemon.state import NO_LOAD, GridState, SiteState, parse_calibration, parse_site_metrics
-from gridctl.daemon.tokens import Tokens, load_tokens
-from gridctl.net.client import Pool, UpstreamError
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse, json_response
-from gridctl.net.tls import RotatingContext, TlsFileError, load_server_context
+from gridctl.daemon.probes import Prober
+from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy
+from gridctl.daemon.tokens import Tokens
+from gridctl.net.client import Pool
+from gridctl.net.server import HttpServer, Response, ServerConfig, StreamingResponse, json_response
+from gridctl.net.server import Request as HttpRequest
+from gridctl.net.tls import RotatingContext
 
-CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
-CALIBRATION_PROMPT_TOKENS = 2
-CALIBRATION_TOKENS = 4
-
-Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
-
-
-def _count(text: str) -> int:
-    """A token count from a query string: digits only (no sign, spaces or underscores), bounded."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) > MAX_TOKENS:
-        raise ValueError(text)
-    return int(text)
-
-
-def load_state(config: DaemonConfig, previous: GridState | None = None) -> GridState:
-    """The inventory and what ``.state`` holds; a first load (no ``previous``) also reads
-    the calibration an earlier run wrote, a reload keeps the running one's.
-
-    A first load must be valid as a whole. A reload goes per file: a file that is broken on
-    disk runs on its last good version (the one ``previous`` was built from; a new broken file
-    is left out) while the other files' changes take effect; ``GridState.stale`` says which
-    and why. When even that does not validate, InventoryError, and the caller keeps running."""
-    from gridctl.inventory.load import load_keeping_last_good, load_partial
-    from gridctl.inventory.state import health_by_site, load_calibration, probe_rtts
-
-    stale: dict[str, dict[str, Any]] = {}
-    if previous is None:
-        loaded = load_partial(config.inventory)
-        if loaded.problems:
-            raise InventoryError(list(loaded.problems), str(config.inventory))
-    else:
-        loaded, broken = load_keeping_last_good(config.inventory, previous.files)
-        for rel, problems in broken.items():
-            kept = "last good version" if rel in previous.files else "left out (no good version yet)"
-            stale[rel] = {"file": rel, "running": kept, "problems": [str(p) for p in problems]}
-    inv = loaded.inventory
-    assert inv is not None
-    if config.region and inv.region(config.region) is None:
-        raise GridctlError(
-            f"no client region '{config.region}' in {config.inventory}",
-            hint=f"regions: {', '.join(r.name for r in inv.grid.regions)}",
-        )
-    calibration = None
-    if previous is None:
-        calibration = parse_calibration(load_calibration(inv.root), time.monotonic(), time.time())
-    return GridState(
-        inv,
-        config,
-        probe_rtts(inv.root),
-        health_by_site(inv.root),
-        previous,
-        calibration,
-        files=loaded.texts,
-        stale=stale,
-    )
-
-
-def load_listener_tls(config: DaemonConfig) -> ssl.SSLContext | None:
-    """The listener's TLS context from --tls-cert/--tls-key/--tls-client-ca; None without them."""
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    ca = str(config.tls_client_ca) if config.tls_client_ca is not None else None
-    try:
-        return load_server_context(str(config.tls_cert), str(config.tls_key), ca)
-    except TlsFileError as exc:
-        raise UsageError(
-            str(exc), hint="give PEM files: the certificate chain, its key, the client CA"
-        ) from None
-
-
-def load_client_tokens(config: DaemonConfig) -> Tokens:
-    """The tokens that let a client in: GRIDCTL_DAEMON_TOKEN's and --tokens' hashes."""
-    digests = load_tokens(config.tokens_file) if config.tokens_file is not None else ()
-    return Tokens(digests, config.token)
-
-
-def save_calibration(state: GridState) -> None:
-    """What calibration learned, into ``.state/calibration.json`` (merged with other workers')."""
-    from gridctl.inventory.state import write_calibration
-
-    now, wall = time.monotonic(), round(time.time(), 3)
-    entries = {
-        site: {model: {**entry, "written_at": wall} for model, entry in models.items()}
-        for site, models in state.calibration_dict(now).items()
-    }
-    if entries:
-        write_calibration(state.inv.root, entries)
-
-
-def raise_file_limit() -> tuple[int, int]:
-    """RLIMIT_NOFILE's soft limit raised to its hard limit (systemd and most shells start a
-    process at 1,024 whatever the hard limit): (the soft limit before, after)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    infinite = resource.RLIM_INFINITY
-    target = hard if hard != infinite else 1 << 20
-    if soft != infinite and soft < target:
-        with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps it below the hard limit
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft, (1 << 20 if after == infinite else after)
-
-
-def client_connections(files: int) -> int:
-    """Client connections served at once under a limit of ``files`` open files: half, less a
-    reserve for the listening sockets, the inventory and logs; each client in flight holds a
-    connection to its site too (and the pool keeps some idle)."""
-    return max(16, (files - 64) // 2)
-
-
-def inventory_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    paths = [root / "grid.yaml", *sorted((root / "sites").glob("*.y*ml"))]
-    sig = []
-    for p in paths:
-        with contextlib.suppress(OSError):
-            st = p.stat()
-            sig.append((p.name, st.st_mtime_ns, st.st_size))
-    return tuple(sig)
+Handler = Callable[[HttpRequest], Awaitable[Response | StreamingResponse]]
 
 
 class Daemon:
     def __init__(
-        self, config: DaemonConfig, environ: Mapping[str, str] | None = None, log: Any = None
+        self,
+        config: DaemonConfig,
+        environ: Mapping[str, str] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.environ = dict(environ if environ is not None else os.environ)
-        self.log = log or _log_line
-        self._log_handler = _SayHandler()
+        # one write per line (--workers processes share stderr), from a thread: a stalled reader of
+        # stderr must not stop the event loop, nor a gone one the shutdown (accesslog.FdWriter)
+        self.log = log or say
+        self._log_handler = SayHandler()
         self.metrics = Metrics()
+        self.room = RoomQueue(config.queue_max)  # requests waiting for a site with room
+        self.outputs = OutputTokens()  # each model's observed answer lengths
         self.state: GridState
         self.should_exit: asyncio.Event | None = None  # created in serve(), inside the loop
         self.reload_requested = False
@@ -212,17 +113,51 @@ class Daemon:
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         self.should_exit = asyncio.Event()
         logging.getLogger("gridctl").addHandler(self._log_handler)
-        self.access_log = open_access_log(self.config.access_log)
-        self.state = load_state(self.config)
-        self._signature = inventory_signature(self.config.inventory)
+        before, files, clients = await self._start_up()
+        # what start-up built (modules, inventory, tables) lives as long as the process: out of
+        # the collector's sight, the collections each request's garbage triggers stay small
+        gc.collect()
+        gc.freeze()
+        self.log(
+            f"gridctl daemon listening on {self.http.url} "
+            f"(region {self.config.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
+        )
+        raised = f"raised from {before}" if files > before else "its soft limit was not raised"
+        self.log(
+            f"open files: up to {files} ({raised}); up to {clients} client connections, then 503 to new ones"
+        )
+        self._install_signals()
+        tasks = [
+            asyncio.create_task(self.prober.run()),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._flush_loop()),
+        ]
+        self.started = True
+        if ready is not None:
+            ready.set()
+        try:
+            await self.should_exit.wait()  # set by a signal or request_exit()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await self.shutdown()
+
+    async def _start_up(self) -> tuple[int, int, int]:
+        """Load what the daemon runs on and bind its listener: (the open-file limit before it
+        was raised, after, the client connections served at once)."""
         cfg = self.config
+        self.access_log = open_access_log(cfg.access_log)
+        self.state = load_state(cfg)
+        self._signature = inventory_signature(cfg.inventory)
         self.tokens = load_client_tokens(cfg)
         listener = load_listener_tls(cfg)
         self.tls = RotatingContext(listener) if listener is not None else None
         before, files = raise_file_limit()
         clients = client_connections(files)
         self.pool = Pool(connect_timeout=cfg.connect_timeout_s)
-        self.proxy = Proxy(lambda: self.state, self.metrics, self.pool, cfg, self.environ)
+        book = self._book
+        self.proxy = Proxy(book, self.metrics, self.pool, cfg, self.environ, self.room, self.outputs)
+        self.prober = Prober(book, self.pool, cfg, self.environ, self.metrics, self.started_at)
         self.routes = self._routes()
         self.http = HttpServer(
             self._dispatch,
@@ -242,33 +177,11 @@ class Daemon:
         )
         await self.http.start()
         self.bound_port = self.http.port
-        # what start-up built (modules, inventory, tables) lives as long as the process: out of
-        # the collector's sight, the collections each request's garbage triggers stay small
-        gc.collect()
-        gc.freeze()
-        self.log(
-            f"gridctl daemon listening on {self.http.url} "
-            f"(region {cfg.region or '-'}, {len(self.state.sites)} sites, pid {os.getpid()})"
-        )
-        raised = f"raised from {before}" if files > before else "its soft limit was not raised"
-        self.log(
-            f"open files: up to {files} ({raised}); up to {clients} client connections, then 503 to new ones"
-        )
-        self._install_signals()
-        tasks = [
-            asyncio.create_task(self._probe_loop()),
-            asyncio.create_task(self._watch_loop()),
-            asyncio.create_task(self._flush_loop()),
-        ]
-        self.started = True
-        if ready is not None:
-            ready.set()
-        try:
-            await self.should_exit.wait()  # set by a signal or request_exit()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await self.shutdown()
+        return before, files, clients
+
+    def _book(self) -> GridState:
+        """The current state (a reload replaces it; a request keeps the one it started with)."""
+        return self.state
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish within the bound, close."""
@@ -312,43 +225,11 @@ class Daemon:
         self.reload_requested = True
 
     async def reload(self, why: str) -> None:
-        try:
-            new = await asyncio.to_thread(load_state, self.config, self.state)
-        except GridctlError as exc:
-            self.log(f"reload ({why}) failed, keeping the running inventory: {exc.message}")
-            for problem in getattr(exc, "problems", [])[:20]:
-                self.log(f"  {problem}")
-            return
-        self.state = new  # in-flight requests keep the snapshot they started with
-        for entry in new.stale.values():
-            n = len(entry["problems"])
-            self.log(
-                f"{entry['file']} is broken on disk ({n} problem{'s' if n != 1 else ''}); "
-                f"running: {entry['running']}"
-            )
-            for problem in entry["problems"][:20]:
-                self.log(f"  {problem}")
-        stale = f", {len(new.stale)} stale file{'s' if len(new.stale) != 1 else ''}" if new.stale else ""
-        self.log(f"reloaded inventory ({why}): {len(new.sites)} sites{stale}")
+        self.state = await reload_state(self.config, self.state, why, self.log)
 
     def reload_front(self) -> None:
         """Reread --tokens and the listener's TLS files; one that fails keeps the running one."""
-        cfg = self.config
-        if cfg.tokens_file is not None:
-            try:
-                self.tokens = load_client_tokens(cfg)
-                self.log(f"reloaded {len(self.tokens.digests)} token hashes from {cfg.tokens_file}")
-            except GridctlError as exc:
-                self.log(f"reload of --tokens failed, keeping the running tokens: {exc.message}")
-        if self.tls is not None:
-            try:
-                listener = load_listener_tls(cfg)
-            except GridctlError as exc:
-                self.log(f"reload of the TLS files failed, keeping the running certificate: {exc.message}")
-            else:
-                assert listener is not None
-                self.tls.current = listener  # for new connections; open ones keep theirs
-                self.log(f"reloaded the TLS certificate from {cfg.tls_cert}")
+        self.tokens = reload_front(self.config, self.tokens, self.tls, self.log)
 
     async def _watch_loop(self) -> None:
         while True:
@@ -390,7 +271,7 @@ class Daemon:
             "model_in_flight": [
                 [n, m, sig.in_flight] for n, s in state.sites.items() for m, sig in s.signals.items()
             ],
-            "queued": self.proxy.queued,
+            "queued": self.room.queued,
         }
         if self.access_log is not None:
             self.metrics.log_dropped[()] = self.access_log.dropped
@@ -398,7 +279,7 @@ class Daemon:
 
     # -- each inference request: its id, its counters, its access log line ----------------
 
-    async def _inference(self, request: Request) -> Response | StreamingResponse:
+    async def _inference(self, request: HttpRequest) -> Response | StreamingResponse:
         headers = request.headers
         rid = parse_request_id(headers.get("x-request-id")) or new_request_id()
         headers["x-request-id"] = rid  # what the site gets
@@ -436,124 +317,6 @@ class Daemon:
         if self.access_log is not None:
             self.access_log.write(trace)
 
-    async def _probe_loop(self) -> None:
-        saved = time.monotonic()
-        while True:
-            await asyncio.gather(
-                *(self._probe(name) for name in list(self.state.sites)), return_exceptions=True
-            )
-            now = time.monotonic()
-            self.state.refresh_factors(now)  # corrections decay toward the table without traffic
-            if now - saved >= self.config.calibration_save_s:
-                saved = now
-                with contextlib.suppress(OSError, GridctlError):
-                    await asyncio.to_thread(save_calibration, self.state)
-            interval = self.config.probe_interval_s
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # jitter: daemons do not probe in step
-
-    async def _probe(self, name: str) -> None:
-        st = self.state.sites.get(name)
-        if st is None:
-            return
-        site = st.site
-        base = site.endpoint.rstrip("/")
-        timeout = self.config.probe_timeout_s
-        problem = site.api_key_problem(self.environ)
-        if problem is not None:  # never sent: the site is out until its key is fixed
-            st.probe_ok, st.probe_error, st.probe_rtt_ms = False, problem, None
-            return
-        headers = list(site.auth_headers(self.environ).items())
-        start = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                r = await self.pool.request(
-                    "GET",
-                    base + site.health_path,
-                    headers,
-                    head_timeout=timeout,
-                    connect_timeout=timeout,
-                    tls=st.tls,
-                )
-                await r.read()
-            ok = 200 <= r.status < 300
-            st.probe_error = None if ok else f"health route returned HTTP {r.status}"
-        except TimeoutError:
-            ok = False
-            st.probe_error = f"no answer from its health route within {timeout:g} s"
-        except UpstreamError as exc:
-            ok = False
-            st.probe_error = f"{type(exc).__name__}: {exc}"
-        st.probe_ok = ok
-        st.probe_rtt_ms = round((time.monotonic() - start) * 1000, 3) if ok else None
-        if ok and st.metrics_supported:
-            try:
-                async with asyncio.timeout(timeout):
-                    r = await self.pool.request(
-                        "GET",
-                        base + "/metrics",
-                        headers,
-                        head_timeout=timeout,
-                        connect_timeout=timeout,
-                        tls=st.tls,
-                    )
-                    data = await r.read()
-                if r.status == 404:
-                    st.metrics_supported = False
-                    st.set_load(NO_LOAD)
-                    return
-                st.set_load(parse_site_metrics(data.decode("utf-8", "replace")))
-            except (UpstreamError, TimeoutError, ValueError):
-                st.set_load(NO_LOAD)
-        elif not ok:
-            st.set_load(NO_LOAD)
-        if ok:
-            await self._calibration_probe(st, headers)
-
-    async def _calibration_probe(self, st: SiteState, headers: list[tuple[str, str]]) -> None:
-        """Evidence for calibration where traffic gives none: each model of the site whose last
-        answer is older than ``calibration_probe_s`` (or, before any, the daemon's age) gets a
-        4-token completion, timed and learnt from like any answer (a site faster than its table
-        row, or recovered, is found even though placement stopped choosing it)."""
-        every = self.config.calibration_probe_s
-        if every <= 0 or st.probe_rtt_ms is None:
-            return
-        now = time.monotonic()
-        for model in list(st.signals):
-            cal = st.cal(model)
-            last = cal.at if cal.at is not None else self.started_at
-            serving = self.state.planner.serving(st.site.name, model)
-            if now - last < every or serving is None:
-                continue
-            sig = st.signals[model]
-            shape = Shape(CALIBRATION_PROMPT_TOKENS, CALIBRATION_TOKENS, "given")
-            load = max(sig.in_flight, sig.running)
-            predicted = predict(serving, shape, st.probe_rtt_ms, load, sig.waiting)
-            ask = {"model": model, "prompt": CALIBRATION_PROMPT, "max_tokens": CALIBRATION_TOKENS}
-            body = json.dumps({**ask, "stream": False}).encode()
-            region = [("x-grid-client-region", self.config.region)] if self.config.region else []
-            send = [*headers, ("content-type", "application/json"), *region]
-            start = time.monotonic()
-            timeout = self.config.probe_timeout_s + predicted.e2e_ms * 3 / 1000.0
-            try:
-                async with asyncio.timeout(timeout):
-                    r = await self.pool.request(
-                        "POST",
-                        st.site.endpoint.rstrip("/") + "/v1/completions",
-                        send,
-                        body,
-                        head_timeout=timeout,
-                        connect_timeout=self.config.probe_timeout_s,
-                        tls=st.tls,
-                    )
-                    data = await r.read()
-            except (TimeoutError, UpstreamError):
-                continue  # the health probe and the breaker judge the site; this only measures
-            if 200 <= r.status < 300:
-                end = time.monotonic()
-                tokens = completion_tokens(data)
-                st.learn(model, predicted, end, None, (end - start) * 1000.0, tokens)
-                self.metrics.calibration_probes[(st.site.name, model)] += 1
-
     # -- the HTTP surface ----------------------------------------------------------------
 
     def _routes(self) -> dict[str, dict[str, Handler]]:
@@ -573,7 +336,7 @@ class Daemon:
             )
         return None
 
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+    async def _dispatch(self, request: HttpRequest) -> Response | StreamingResponse:
         methods = self.routes.get(request.path)
         if methods is None and model_id(request.path) is not None:
             methods = {"GET": self._models}  # GET /v1/models/{id}
@@ -595,7 +358,7 @@ class Daemon:
             resp = await handler(request)
         return _with_request_id(resp, request.headers)
 
-    async def _models(self, request: Request) -> Response:
+    async def _models(self, request: HttpRequest) -> Response:
         """``GET /v1/models`` and ``GET /v1/models/{id}`` (gridctl/daemon/openai_api.py)."""
         state, created = self.state, build_created(self._signature)
         models = {
@@ -609,7 +372,7 @@ class Daemon:
         }
         return models_response(models, model_id(request.path))
 
-    async def _status(self, request: Request) -> Response:
+    async def _status(self, request: HttpRequest) -> Response:
         now = time.monotonic()
         sites = [s.to_dict(self.state.recorded.get(n), now) for n, s in sorted(self.state.sites.items())]
         return json_response(
@@ -618,14 +381,14 @@ class Daemon:
                 "region": self.config.region,
                 "listen": f"{self.config.host}:{self.bound_port}",
                 "pid": os.getpid(),
-                "queued": self.proxy.queued,
+                "queued": self.room.queued,
                 "slo_policy": self.config.slo_policy,
                 "stale": [self.state.stale[rel] for rel in sorted(self.state.stale)],
                 "sites": sites,
             }
         )
 
-    async def _route(self, request: Request) -> Response:
+    async def _route(self, request: HttpRequest) -> Response:
         q = dict(parse_qsl(request.query))
         model = q.get("model")
         region = q.get("region") or request.headers.get("x-grid-region") or self.config.region
@@ -638,14 +401,12 @@ class Daemon:
         if region not in self.state.planner.regions:
             return error_json(400, f"unknown client region '{region}'", "invalid_request_error")
         try:
-            slo = float(q["slo_ms"]) if "slo_ms" in q else None
-            if slo is not None and not (math.isfinite(slo) and slo > 0):
-                raise ValueError(slo)
+            req = parse_placement(region, model, q.get("jurisdiction"), q.get("slo_ms"))
         except ValueError:
             return error_json(400, "slo_ms must be a positive number", "invalid_request_error")
         try:
-            prompt = _count(q.get("prompt_tokens", str(DEFAULT_SHAPE.prompt_tokens)))
-            output = _count(q["max_tokens"]) if "max_tokens" in q else None
+            prompt = parse_count(q.get("prompt_tokens", str(DEFAULT_SHAPE.prompt_tokens)))
+            output = parse_count(q["max_tokens"]) if "max_tokens" in q else None
         except ValueError:
             return error_json(
                 400,
@@ -653,15 +414,13 @@ class Daemon:
                 "invalid_request_error",
             )
         if output is None:  # as a request without max_tokens: the model's observed quantile
-            shape = Shape(prompt, *self.proxy.outputs.estimate(model))
+            shape = Shape(prompt, *self.outputs.estimate(model))
         else:
             shape = Shape(prompt, output, "max_tokens")
-        juris = q.get("jurisdiction")
-        req = Placement(region, model, juris.upper() if juris else None, slo)
         decision = self.state.explain(req, shape, None, time.monotonic(), q.get("session") or None)
         return json_response(decision_dict(decision, self.state.planner.sites))
 
-    async def _metrics(self, request: Request) -> Response:
+    async def _metrics(self, request: HttpRequest) -> Response:
         now = time.monotonic()
         state = self.state
         up = {
@@ -690,23 +449,8 @@ class Daemon:
             (("x-content-type-options", "nosniff"),),
         )
 
-    async def _healthz(self, request: Request) -> Response:
+    async def _healthz(self, request: HttpRequest) -> Response:
         return json_response({"status": "ok", "sites": len(self.state.sites)})
-
-
-def _log_line(text: str) -> None:
-    # one write per line (--workers processes share stderr), from a thread: a stalled reader of
-    # stderr must not stop the event loop, nor a gone one the shutdown (accesslog.FdWriter)
-    say(text)
-
-
-class _SayHandler(logging.Handler):
-    """The ``gridctl`` loggers' records (a handler's traceback...) through :func:`say`, not
-    logging's blocking write to stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            say(self.format(record))
 
 
 R = TypeVar("R", bound=Response | StreamingResponse)
@@ -723,7 +467,7 @@ def _with_request_id(resp: R, headers: Mapping[str, str]) -> R:
     return resp
 
 
-def _loop_factory(environ: Mapping[str, str]) -> Any:
+def _loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (bench/README.md: about 20-25% less CPU per
     request); GRIDCTL_DAEMON_LOOP=asyncio keeps the standard one."""
     if environ.get("GRIDCTL_DAEMON_LOOP", "auto") == "asyncio":

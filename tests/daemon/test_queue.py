@@ -1,37 +1,35 @@
-"""The daemon's wait for room (Proxy._wait_for_room) as plain asyncio: a wake-up is never lost."""
+"""The daemon's wait for room (admission.RoomQueue) as plain asyncio: a wake-up is never lost."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 from gridctl.core.placement.decision import EMPTY, Ranking
-from gridctl.daemon.proxy import Proxy
+from gridctl.daemon.admission import RoomQueue
 
 
-def make_proxy(room: dict[str, int]) -> tuple[Proxy, Callable[[], Ranking]]:
-    config = SimpleNamespace(queue_max=10)
-    proxy = Proxy(lambda: None, None, None, config, {})  # type: ignore[arg-type, return-value]
+def make_queue(room: dict[str, int]) -> tuple[RoomQueue, Callable[[], Ranking]]:
+    queue = RoomQueue(10)
 
     def decide() -> Ranking:
         return Ranking(("site",), 1, (100.0,)) if room["free"] > 0 else EMPTY
 
-    return proxy, decide
+    return queue, decide
 
 
 def test_a_woken_request_whose_client_hangs_up_passes_the_wake_up_on() -> None:
     async def main() -> tuple[tuple[str, ...], float, bool]:
         room = {"free": 0}
-        proxy, decide = make_proxy(room)
+        queue, decide = make_queue(room)
         start = time.monotonic()
-        gone = asyncio.create_task(proxy._wait_for_room(decide, start + 5))
-        other = asyncio.create_task(proxy._wait_for_room(decide, start + 5))
+        gone = asyncio.create_task(queue.wait(decide, start + 5))
+        other = asyncio.create_task(queue.wait(decide, start + 5))
         await asyncio.sleep(0.05)
-        assert proxy.queued == 2
+        assert queue.queued == 2
         room["free"] = 1  # a request ended: one slot
-        proxy._release()  # wakes the first waiter...
+        queue.release()  # wakes the first waiter...
         gone.cancel()  # ...whose client hangs up before it runs
         try:
             await gone
@@ -48,8 +46,8 @@ def test_a_woken_request_whose_client_hangs_up_passes_the_wake_up_on() -> None:
 
 def test_waiters_time_out_empty_and_leave_the_queue() -> None:
     async def main() -> tuple[tuple[str, ...], int]:
-        proxy, decide = make_proxy({"free": 0})
-        ranking = await proxy._wait_for_room(decide, time.monotonic() + 0.1)
-        return ranking.sites, proxy.queued
+        queue, decide = make_queue({"free": 0})
+        ranking = await queue.wait(decide, time.monotonic() + 0.1)
+        return ranking.sites, queue.queued
 
     assert asyncio.run(main()) == ((), 0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gridctl.core.breaker import Breaker
+from gridctl.core.metrics import parse_site_metrics
 from gridctl.core.placement.decision import Request
 from gridctl.core.placement.predict import Calibration, Shape
 from gridctl.core.placement.signals import SiteSignals
 from gridctl.core.placement.signals import write_signals as build_signals
+from gridctl.core.sitestate import GridState, parse_calibration, site_health
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.proxy import OutputCounter, completion_tokens
-from gridctl.daemon.state import GridState, parse_calibration, parse_site_metrics, site_health
+from gridctl.daemon.relay import OutputCounter, completion_tokens
 from gridctl.inventory.load import load_inventory
 from tests.conftest import EXAMPLE
 from tests.daemon.upstream import CHUNKS
@@ -168,7 +169,7 @@ def test_a_hostile_calibration_file_is_no_evidence_never_a_hang(tmp_path) -> Non
     assert load_calibration(tmp_path) == {}  # a device: not read (it never ends)
     path.unlink()
     path.write_text('{"sites": {"a": {"m": {"first_factor": 1e300, "samples": 1e400}}}}')
-    from gridctl.daemon.state import parse_calibration
+    from gridctl.core.sitestate import parse_calibration
 
     [[cal]] = [list(m.values()) for m in parse_calibration(load_calibration(tmp_path), 0.0).values()]
     assert cal.factors(0.0)[0] == pytest.approx(10.0)  # clamped
