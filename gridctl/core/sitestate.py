@@ -27,10 +27,9 @@ place as things happen:
 from __future__ import annotations
 
 import math
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gridctl.core.breaker import Breaker, Ewma
 from gridctl.core.inventory.model import Inventory, Site
@@ -41,6 +40,9 @@ from gridctl.core.placement.engine import Planner
 from gridctl.core.placement.predict import PRIOR, Calibration, Prediction, Shape, calibrate
 from gridctl.core.placement.prefix import Chain, SentIndex, text_chain
 from gridctl.core.placement.signals import SiteSignals
+
+if TYPE_CHECKING:  # a value the shell builds (daemon/state.py) and hands in
+    import ssl
 
 
 class StateSettings(Protocol):
