@@ -21,8 +21,8 @@ from gridctl.core.placement.decision import Request
 from gridctl.core.placement.engine import Planner
 from gridctl.core.placement.predict import Calibration, Shape
 from gridctl.core.placement.prefix import SentIndex
+from gridctl.core.sitestate import GridState
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.state import GridState
 from gridctl.inventory.load import load_inventory
 from gridctl.sim.policy import SiteView, build_signals, index_capacity
 from gridctl.sim.traffic import prompt_chain
@@ -65,7 +65,7 @@ def daemon_order(states, blocks, prompt: str, shape: Shape, slo):
     """The daemon's state written by its own writers: the request path's in-flight count, the
     probe's verdict, the breaker's failures, the sites' /metrics through its parser, the prefix
     index fed the prompt's text. Calibration has no writer but an answer, so it is set."""
-    from gridctl.daemon.state import parse_site_metrics
+    from gridctl.core.metrics import parse_site_metrics
 
     gs = GridState(INV, DaemonConfig(inventory=EXAMPLE))
     for name, s in states.items():

@@ -190,7 +190,7 @@ def _preflight(config: DaemonConfig) -> None:
     a bad inventory or region."""
     from gridctl.daemon.accesslog import open_access_log
     from gridctl.daemon.config import check_security
-    from gridctl.daemon.server import load_client_tokens, load_listener_tls, load_state
+    from gridctl.daemon.loading import load_client_tokens, load_listener_tls, load_state
 
     check_security(config)
     load_listener_tls(config)

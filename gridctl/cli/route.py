@@ -322,7 +322,8 @@ def render(
     from gridctl.core.placement.table import build_routing_table
     from gridctl.daemon.config import parse_listen
     from gridctl.inventory.state import health_by_site
-    from gridctl.placement.render import RenderOptions, parse_nginx_version, render_routing
+    from gridctl.placement.render import render_routing
+    from gridctl.placement.view import RenderOptions, parse_nginx_version
     from gridctl.routing import load_planner
 
     state = state_of(ctx)
@@ -357,7 +358,7 @@ def render(
 
 def _resolvers(given: list[str] | None, fmt: str) -> tuple[str, ...]:
     """nginx's nameservers: those given, else /etc/resolv.conf's (none when unreadable)."""
-    from gridctl.placement.render import RenderOptions, parse_nameservers
+    from gridctl.placement.view import RenderOptions, parse_nameservers
 
     if given:
         return tuple(given)

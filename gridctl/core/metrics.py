@@ -2,7 +2,7 @@
 
 The daemon scrapes each site at every probe round and hands the
 text here; what comes back is what placement reads as the site's own queue
-(:meth:`gridctl.daemon.state.SiteState.set_load`). Standard library only.
+(:meth:`gridctl.core.sitestate.SiteState.set_load`). Standard library only.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from gridctl.core.placement.decision import EMPTY, SLO_MARGIN, Ranking
 from gridctl.core.placement.decision import Request as Placement
 from gridctl.core.placement.predict import MAX_TOKENS
 from gridctl.daemon.openai_api import error_json
-from gridctl.net.server import Response as Answer
+from gridctl.net.messages import Response as Answer
 
 
 def parse_placement(region: str, model: str, jurisdiction: str | None, slo_ms: str | None) -> Placement:

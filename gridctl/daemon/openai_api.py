@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from gridctl.net.server import Response, json_response, no_retry
+from gridctl.net.messages import Response, json_response, no_retry
 
 MODELS_PATH = "/v1/models"
 CLOSEST = 3  # model names suggested for an unknown one

@@ -25,7 +25,8 @@ from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.loading import save_calibration
 from gridctl.daemon.metrics import Metrics
 from gridctl.daemon.relay import completion_tokens
-from gridctl.net.client import Pool, UpstreamError
+from gridctl.net.client import Pool
+from gridctl.net.errors import UpstreamError
 
 CALIBRATION_PROMPT = "Say OK."  # the calibration probe's completion: a short prompt, 4 tokens
 CALIBRATION_PROMPT_TOKENS = 2

@@ -64,10 +64,12 @@ from gridctl.daemon.relay import (
     prompt_tokens,
     site_headers,
 )
-from gridctl.net.client import AnswerTooLarge, Pool, Response, UpstreamError, UpstreamTimeout
-from gridctl.net.server import Request as HttpRequest
-from gridctl.net.server import Response as Answer
-from gridctl.net.server import StreamingResponse
+from gridctl.net.client import Pool
+from gridctl.net.errors import AnswerTooLarge, UpstreamError, UpstreamTimeout
+from gridctl.net.messages import Request as HttpRequest
+from gridctl.net.messages import Response as Answer
+from gridctl.net.messages import StreamingResponse
+from gridctl.net.response import Response
 
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 

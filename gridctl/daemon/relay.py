@@ -17,7 +17,8 @@ import time
 
 from gridctl.daemon.attempt import Attempt, Ledger
 from gridctl.daemon.openai_api import build_error
-from gridctl.net.client import Response, UpstreamError
+from gridctl.net.errors import UpstreamError
+from gridctl.net.response import Response
 
 HOP_BY_HOP = frozenset(
     {

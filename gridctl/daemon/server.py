@@ -54,14 +54,14 @@ from gridctl.daemon.config import DaemonConfig
 from gridctl.daemon.loading import (
     client_connections,
     inventory_signature,
+    load_client_tokens,
+    load_listener_tls,
+    load_state,
     raise_file_limit,
     reload_front,
     reload_state,
     save_calibration,
 )
-from gridctl.daemon.loading import load_client_tokens as load_client_tokens  # the CLI's import
-from gridctl.daemon.loading import load_listener_tls as load_listener_tls
-from gridctl.daemon.loading import load_state as load_state
 from gridctl.daemon.metrics import Metrics, alive, load_snapshots, sum_gauges, write_snapshot
 from gridctl.daemon.openai_api import (
     MODELS_PATH,
@@ -75,8 +75,9 @@ from gridctl.daemon.probes import Prober
 from gridctl.daemon.proxy import INFERENCE_PATHS, Proxy
 from gridctl.daemon.tokens import Tokens
 from gridctl.net.client import Pool
-from gridctl.net.server import HttpServer, Response, ServerConfig, StreamingResponse, json_response
-from gridctl.net.server import Request as HttpRequest
+from gridctl.net.messages import Request as HttpRequest
+from gridctl.net.messages import Response, ServerConfig, StreamingResponse, json_response
+from gridctl.net.server import HttpServer
 from gridctl.net.tls import RotatingContext
 
 Handler = Callable[[HttpRequest], Awaitable[Response | StreamingResponse]]

@@ -10,12 +10,6 @@ import ssl
 
 from gridctl.core.errors import GridctlError
 from gridctl.core.inventory.model import Inventory
-from gridctl.core.metrics import parse_site_metrics as parse_site_metrics  # its old home
-from gridctl.core.sitestate import GridState as GridState
-from gridctl.core.sitestate import SiteState as SiteState
-from gridctl.core.sitestate import StateSettings as StateSettings
-from gridctl.core.sitestate import parse_calibration as parse_calibration
-from gridctl.core.sitestate import site_health as site_health
 from gridctl.net.tls import TlsFileError, load_client_context
 
 

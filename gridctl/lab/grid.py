@@ -23,7 +23,8 @@ from gridctl.core.inventory.model import Inventory
 from gridctl.lab.formats import error_body
 from gridctl.lab.site import SimSite, SiteSpec, build_site_specs
 from gridctl.lab.truth import DEFAULT_SEED
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, json_response
+from gridctl.net.messages import Request, Response, ServerConfig, json_response
+from gridctl.net.server import HttpServer
 
 T = TypeVar("T")
 

@@ -65,7 +65,7 @@ from gridctl.lab.formats import (
 from gridctl.lab.gpu import Admission, ModelState
 from gridctl.lab.metrics import render_site_metrics
 from gridctl.lab.truth import DEFAULT_SEED, noise, speed_factor
-from gridctl.net.server import DropConnection, Request, Response, StreamingResponse, json_response
+from gridctl.net.messages import DropConnection, Request, Response, StreamingResponse, json_response
 
 REGION_HEADER = "x-grid-client-region"
 DAEMON_REGION_HEADER = "x-grid-region"  # what clients send the placement daemon; honoured if passed on

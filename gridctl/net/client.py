@@ -41,16 +41,13 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from gridctl.net.errors import AnswerTooLarge as AnswerTooLarge
-from gridctl.net.errors import ClosedBeforeAnswer
-from gridctl.net.errors import ConnectError as ConnectError
-from gridctl.net.errors import Disconnected as Disconnected
-from gridctl.net.errors import ProtocolError as ProtocolError
-from gridctl.net.errors import UpstreamError as UpstreamError
-from gridctl.net.errors import UpstreamTimeout as UpstreamTimeout
-from gridctl.net.response import HEAD, Conn, Key
-from gridctl.net.response import MAX_INTERIM as MAX_INTERIM
-from gridctl.net.response import Response as Response
+from gridctl.net.errors import (
+    ClosedBeforeAnswer,
+    ConnectError,
+    Disconnected,
+    ProtocolError,
+)
+from gridctl.net.response import HEAD, Conn, Key, Response
 from gridctl.net.syntax import CONTROL, TOKEN
 
 # a reused connection closed this soon after the request was written was closed by the site

@@ -41,16 +41,10 @@ import asyncio
 from collections import Counter
 
 from gridctl.net.connection import Connection
-from gridctl.net.messages import RETRYABLE_4XX as RETRYABLE_4XX
-from gridctl.net.messages import DropConnection as DropConnection
-from gridctl.net.messages import Handler as Handler
-from gridctl.net.messages import Request as Request
-from gridctl.net.messages import Response as Response
-from gridctl.net.messages import ServerConfig as ServerConfig
-from gridctl.net.messages import StreamingResponse as StreamingResponse
-from gridctl.net.messages import error_response as error_response
-from gridctl.net.messages import json_response as json_response
-from gridctl.net.messages import no_retry as no_retry
+from gridctl.net.messages import (
+    Handler,
+    ServerConfig,
+)
 
 _TLS_SHUTDOWN_S = 1.0
 

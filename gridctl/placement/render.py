@@ -55,27 +55,8 @@ from gridctl.placement.view import (
     build_sites,
     build_view,
     check_options,
-    parse_nameservers,
-    parse_nginx_version,
 )
 from gridctl.templating import build_environment
-
-__all__ = [  # with the view's names that callers of render_routing also use
-    "CHECKED_VERSIONS",
-    "DEFAULT_OPTIONS",
-    "FORMATS",
-    "OUTPUT_FILES",
-    "RenderError",
-    "RenderOptions",
-    "TemplateError",
-    "build_context",
-    "build_error_body",
-    "build_view",
-    "first_byte_timeout_s",
-    "parse_nameservers",
-    "parse_nginx_version",
-    "render_routing",
-]
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "nginx", "haproxy", "envoy")
 OUTPUT_FILES: Mapping[str, str] = {

@@ -15,7 +15,7 @@ from gridctl.daemon.openai_api import (
     models_response,
     parse_body,
 )
-from gridctl.net.server import Response
+from gridctl.net.messages import Response
 
 KNOWN = ["llama-3.1-70b-instruct", "llama-3.1-8b-instruct", "parakeet-tdt-0.6b-v2"]
 

@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.server import Daemon, load_listener_tls
+from gridctl.daemon.loading import load_listener_tls
+from gridctl.daemon.server import Daemon
 from gridctl.daemon.tokens import Tokens, hash_token
 from gridctl.net.tls import RotatingContext
 from tests.conftest import cli_env, run_cli

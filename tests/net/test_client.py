@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from gridctl.net.client import ConnectError, Disconnected, Pool, ProtocolError, UpstreamTimeout
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse
+from gridctl.net.client import Pool
+from gridctl.net.errors import ConnectError, Disconnected, ProtocolError, UpstreamTimeout
+from gridctl.net.messages import Request, Response, ServerConfig, StreamingResponse
+from gridctl.net.server import HttpServer
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 TEST_TIMEOUT_S = 5.0  # a hung test fails instead of hanging the suite
@@ -1180,7 +1182,7 @@ def test_a_large_body_arrives_intact_and_the_connection_is_reused(run: Run) -> N
 
 
 def test_a_flood_of_1xx_heads_is_a_protocol_error_after_a_few(run: Run) -> None:
-    from gridctl.net.client import MAX_INTERIM
+    from gridctl.net.response import MAX_INTERIM
 
     sent: list[int] = []
 
@@ -1204,7 +1206,7 @@ def test_a_flood_of_1xx_heads_is_a_protocol_error_after_a_few(run: Run) -> None:
 
 
 def test_exactly_the_allowed_1xx_heads_still_reach_the_answer(run: Run) -> None:
-    from gridctl.net.client import MAX_INTERIM
+    from gridctl.net.response import MAX_INTERIM
 
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" * MAX_INTERIM
     final = ok(b"final")
@@ -1221,7 +1223,7 @@ def test_exactly_the_allowed_1xx_heads_still_reach_the_answer(run: Run) -> None:
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_read_whole_over_its_limit_is_refused(run: Run, framing: str) -> None:
-    from gridctl.net.client import AnswerTooLarge
+    from gridctl.net.errors import AnswerTooLarge
 
     size = 1 << 20
     streamed: list[int] = []

@@ -27,8 +27,10 @@ import h11
 import pytest
 import yaml
 
-from gridctl.net.client import Pool, UpstreamError
-from gridctl.net.server import HttpServer, Request, Response, ServerConfig, StreamingResponse
+from gridctl.net.client import Pool
+from gridctl.net.errors import UpstreamError
+from gridctl.net.messages import Request, Response, ServerConfig, StreamingResponse
+from gridctl.net.server import HttpServer
 
 CORPUS = Path(__file__).parent / "corpus"
 CASE_TIMEOUT_S = 3.0  # a bound on one case: a hung case fails instead of hanging the suite

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.net.client import Pool, UpstreamError
-from gridctl.net.server import Request, Response, ServerConfig
+from gridctl.net.client import Pool
+from gridctl.net.errors import UpstreamError
+from gridctl.net.messages import Request, Response, ServerConfig
 from tests.net.test_conformance import REQUEST_CASES, RESPONSE_CASES, ServerThread, Site, build_bytes
 
 BOUND_S = 5.0  # a liveness bound: past it, a side is hung

@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from gridctl.net.server import (
+from gridctl.net.messages import (
     DropConnection,
-    HttpServer,
     Request,
     Response,
     ServerConfig,
     StreamingResponse,
     json_response,
 )
+from gridctl.net.server import HttpServer
 
 
 class TrackedChunks:

@@ -34,14 +34,16 @@ from gridctl.placement.render import (
     CHECKED_VERSIONS,
     FORMATS,
     OUTPUT_FILES,
+    TemplateError,
+    first_byte_timeout_s,
+    render_routing,
+)
+from gridctl.placement.view import (
     RenderError,
     RenderOptions,
-    TemplateError,
     build_view,
-    first_byte_timeout_s,
     parse_nameservers,
     parse_nginx_version,
-    render_routing,
 )
 from tests.conftest import EXAMPLE, REPO, cli_env
 

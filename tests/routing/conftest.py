@@ -29,7 +29,8 @@ from gridctl.core.placement.engine import Planner
 from gridctl.core.placement.predict import Shape
 from gridctl.core.placement.table import build_routing_table
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.render import RenderOptions, render_routing
+from gridctl.placement.render import render_routing
+from gridctl.placement.view import RenderOptions
 from tests.conftest import REPO
 from tests.routing.dns import StubDns
 from tests.routing.upstream import Upstream

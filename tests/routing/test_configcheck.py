@@ -14,7 +14,8 @@ import certifi
 from gridctl.core.placement.engine import Planner
 from gridctl.core.placement.table import build_routing_table
 from gridctl.inventory.load import load_inventory
-from gridctl.placement.render import CHECKED_VERSIONS, DEFAULT_OPTIONS, RenderOptions, render_routing
+from gridctl.placement.render import CHECKED_VERSIONS, render_routing
+from gridctl.placement.view import DEFAULT_OPTIONS, RenderOptions
 from tests.conftest import EXAMPLE, REPO
 from tests.placement.test_render import SHAPE
 from tests.routing.conftest import TEMPLATES, LabGrid, envoy_binary, nginx_options
