@@ -16,7 +16,8 @@ BODY = b'{"id":"x","object":"chat.completion","choices":[]}'
 
 
 async def serve_gridctl(port: int) -> None:
-    from gridctl.net.server import HttpServer, Request, Response, ServerConfig
+    from gridctl.net.messages import Request, Response, ServerConfig
+    from gridctl.net.server import HttpServer
 
     async def handler(req: Request) -> Response:
         return Response(200, BODY, "application/json")
