@@ -297,3 +297,30 @@ def test_the_contract_sees_a_forbidden_import() -> None:
 def test_no_module_over_500_lines(mod: Module) -> None:
     lines = len(mod.path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_MODULE_LINES, f"{mod.rel} has {lines} lines"
+
+
+MAX_BODY_LINES = 60
+# the per-site loop of the decision is written out inline: it is the daemon's hot path, and
+# bench/daemon_instructions.py counts what each extra call in it costs per request
+LONG_BY_MEASURE = {"gridctl/core/placement/engine.py:order"}
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the end: the signature (a Typer
+    command's options) and the docstring do not count."""
+    body = fn.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return (fn.end_lineno or fn.lineno) - body[0].lineno + 1
+
+
+def test_functions_read_top_to_bottom() -> None:
+    """No function body over 60 lines: a longer one is split where the split names a step."""
+    long = []
+    for mod in MODULES.values():
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                where = f"{mod.rel}:{node.name}"
+                if _body_lines(node) > MAX_BODY_LINES and where not in LONG_BY_MEASURE:
+                    long.append(f"{where} ({_body_lines(node)} lines)")
+    assert long == []
