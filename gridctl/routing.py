@@ -12,7 +12,7 @@ import http.client
 import json
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -167,6 +167,12 @@ def describe_error(exc: Exception) -> str:
         return "RemoteProtocolError: Server disconnected without sending a response."
     if isinstance(exc, ConnectionError):  # reset, broken pipe
         return f"ReadError: {exc}"
+    if isinstance(exc, http.client.IncompleteRead):  # closed before the end its framing announced
+        cut = "RemoteProtocolError: peer closed connection without sending complete message body"
+        if exc.expected is None:
+            return f"{cut} (incomplete chunked read)"
+        got = len(exc.partial)
+        return f"{cut} (received {got} bytes, expected {got + exc.expected})"
     if isinstance(exc, http.client.HTTPException):  # an answer that is not HTTP/1.x
         return f"RemoteProtocolError: {type(exc).__name__}: {str(exc).strip()}"
     return f"{type(exc).__name__}: {exc}"
@@ -302,7 +308,7 @@ def _post_completion(
 def _read_events(resp: http.client.HTTPResponse, stream: _Stream) -> None:
     """Read the server-sent events up to ``[DONE]`` (or the end), gathering the deltas' text and
     the time of the first one into ``stream``."""
-    while line := resp.readline():
+    for line in _lines(resp):
         text = line.decode("utf-8", "replace").rstrip("\r\n")
         if not text.startswith("data:"):
             continue
@@ -317,6 +323,21 @@ def _read_events(resp: http.client.HTTPResponse, stream: _Stream) -> None:
         if delta and stream.ttft_ms is None:
             stream.ttft_ms = (time.perf_counter() - stream.start) * 1000
         stream.parts.append(delta)
+
+
+def _lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The body's lines as they arrive. Raises ``http.client.IncompleteRead`` when the site
+    closed before the end its framing announced (its last chunk, its Content-Length), as httpx
+    raised RemoteProtocolError: ``readline`` would take a cut chunked body for its end."""
+    rest, got = b"", 0
+    while piece := resp.read1(65536):  # a chunked body cut short raises IncompleteRead here
+        got += len(piece)
+        *lines, rest = (rest + piece).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+    if resp.length:  # a Content-Length not reached: read1 only stops at the close
+        raise http.client.IncompleteRead(b"\0" * got, resp.length)
 
 
 def _hung(site: Site, exc: ConnectFailed | TimeoutError, due: float, why: str, start: float) -> str:

@@ -124,3 +124,62 @@ def test_route_probe_and_live_failures_read_as_they_did_on_httpx() -> None:
     finally:
         frozen.close()
         listener.close()
+
+
+def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_httpx_did() -> None:
+    """An answer cut before the end its framing announced (a chunked stream without its last
+    chunk, a body shorter than its Content-Length) is the site's failure, not a stream that
+    ended without [DONE] (issue 16: http.client's readline takes a cut chunked stream for its
+    end)."""
+    import socket
+    import threading
+
+    from gridctl.routing import live_completion, measure_rtt
+
+    event = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answers = {
+        "chunked": chunked + b"%x\r\n" % len(event) + event + b"\r\n",
+        "length": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 100\r\n\r\n"
+        + event,
+    }
+    listeners = {}
+
+    def answer_then_close(listener: socket.socket, answer: bytes) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)  # a FIN, then the rest of the request read: no reset
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    for kind, answer in answers.items():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listeners[kind] = listener
+        threading.Thread(target=answer_then_close, args=(listener, answer), daemon=True).start()
+    site = list(load_inventory(EXAMPLE).sites)[0]
+    cut = "RemoteProtocolError: peer closed connection without sending complete message body"
+    expected = {
+        "chunked": f"{cut} (incomplete chunked read)",
+        "length": f"{cut} (received {len(event)} bytes, expected 100)",
+    }
+    try:
+        for kind, error in expected.items():
+            url = f"http://127.0.0.1:{listeners[kind].getsockname()[1]}"
+            live = live_completion(replace(site, endpoint=url), "m", "us-east", {}, timeout=2.0)
+            assert (live.ok, live.status_code, live.error, live.text) == (False, None, error, "hi"), live
+            assert live.ttft_ms is not None and live.total_ms is None
+            (probe,) = measure_rtt([replace(site, endpoint=url)], "us-east", {}, samples=1, timeout=2.0)
+            assert probe.error == error and probe.rtt_ms is None, (kind, probe)
+    finally:
+        for listener in listeners.values():
+            listener.close()
