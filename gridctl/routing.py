@@ -173,6 +173,9 @@ def describe_error(exc: Exception) -> str:
             return f"{cut} (incomplete chunked read)"
         got = len(exc.partial)
         return f"{cut} (received {got} bytes, expected {got + exc.expected})"
+    if isinstance(exc, http.client.BadStatusLine):  # its line as h11 quotes it, no line end
+        line = bytearray(str(exc).rstrip("\r\n").encode("latin-1", "replace"))
+        return f"RemoteProtocolError: illegal status line: {line!r}"
     if isinstance(exc, http.client.HTTPException):  # an answer that is not HTTP/1.x
         return f"RemoteProtocolError: {type(exc).__name__}: {str(exc).strip()}"
     return f"{type(exc).__name__}: {exc}"

@@ -183,3 +183,41 @@ def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_
     finally:
         for listener in listeners.values():
             listener.close()
+
+
+def test_route_probe_and_live_say_an_answer_that_is_not_http_as_httpx_did() -> None:
+    """A status line that is not HTTP's reads as httpx (h11) wrote it (issue 16)."""
+    import socket
+    import threading
+
+    from gridctl.routing import live_completion, measure_rtt
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def not_http() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HELLO THERE\r\n\r\n")
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    threading.Thread(target=not_http, daemon=True).start()
+    site = replace(
+        list(load_inventory(EXAMPLE).sites)[0], endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"
+    )
+    error = "RemoteProtocolError: illegal status line: bytearray(b'HELLO THERE')"
+    try:
+        (probe,) = measure_rtt([site], "us-east", {}, samples=1, timeout=2.0)
+        assert probe.error == error, probe
+        live = live_completion(site, "m", "us-east", {}, timeout=2.0)
+        assert live.error == error, live
+    finally:
+        listener.close()
