@@ -155,6 +155,9 @@ class ProbeResult:
         }
 
 
+HTTPX_ALPN = ("http/1.1",)  # what httpx offered in its TLS handshakes, which these probes keep
+
+
 def describe_error(exc: Exception) -> str:
     """A failed request as ``route probe`` and ``route test --live`` show it: the kind of
     failure (the names these commands have always printed), then the library's words."""
@@ -210,7 +213,7 @@ def _probe_site(
     if problem:  # http.client would refuse the header, quoting the key
         return ProbeResult(site.name, None, (), problem)
     try:
-        conn = client.connection(url, timeout, site_context(site))
+        conn = client.connection(url, timeout, site_context(site), HTTPX_ALPN)
     except TlsFileError as exc:
         return ProbeResult(site.name, None, (), str(exc))
     try:
@@ -373,7 +376,7 @@ def live_completion(
     if problem:  # http.client would refuse the header, quoting the key
         return LiveResult(site.name, False, None, None, None, "", problem)
     try:
-        conn = EndpointClient().connection(url, min(due, CONNECT_TIMEOUT_S), site_context(site))
+        conn = EndpointClient().connection(url, min(due, CONNECT_TIMEOUT_S), site_context(site), HTTPX_ALPN)
     except TlsFileError as exc:
         return LiveResult(site.name, False, None, None, None, "", str(exc))
     stream = _Stream(time.perf_counter())

@@ -221,3 +221,51 @@ def test_route_probe_and_live_say_an_answer_that_is_not_http_as_httpx_did() -> N
         assert live.error == error, live
     finally:
         listener.close()
+
+
+def test_route_probe_and_live_offer_http_1_1_by_alpn_as_httpx_did(tmp_path) -> None:
+    """httpx (httpcore) set ALPN http/1.1 on every TLS context it connected with, the site's
+    own included; a server that selects by ALPN sees the same ClientHello (issue 16)."""
+    import socket
+    import threading
+
+    from gridctl.core.inventory.model import TlsFiles
+    from gridctl.routing import live_completion, measure_rtt
+    from tests.routing.tls import make_ca, server_context
+
+    ca = make_ca(tmp_path)
+    ctx = server_context(ca, tmp_path, "127.0.0.1")
+    ctx.set_alpn_protocols(["http/1.1"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    offered: list[str | None] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as conn:
+                    offered.append(conn.selected_alpn_protocol())
+                    while conn.recv(65536):
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    site = replace(
+        list(load_inventory(EXAMPLE).sites)[0],
+        endpoint=f"https://127.0.0.1:{listener.getsockname()[1]}",
+        tls=TlsFiles(ca=str(ca.cert)),
+    )
+    try:
+        (probe,) = measure_rtt([site], "us-east", {}, samples=1, timeout=2.0)
+        assert probe.error is None, probe
+        live = live_completion(site, "m", "us-east", {}, timeout=2.0)
+        assert live.status_code == 404, live
+        assert offered == ["http/1.1", "http/1.1"]
+    finally:
+        listener.close()
