@@ -12,7 +12,7 @@ import http.client
 import json
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -155,6 +155,9 @@ class ProbeResult:
         }
 
 
+HTTPX_ALPN = ("http/1.1",)  # what httpx offered in its TLS handshakes, which these probes keep
+
+
 def describe_error(exc: Exception) -> str:
     """A failed request as ``route probe`` and ``route test --live`` show it: the kind of
     failure (the names these commands have always printed), then the library's words."""
@@ -167,6 +170,15 @@ def describe_error(exc: Exception) -> str:
         return "RemoteProtocolError: Server disconnected without sending a response."
     if isinstance(exc, ConnectionError):  # reset, broken pipe
         return f"ReadError: {exc}"
+    if isinstance(exc, http.client.IncompleteRead):  # closed before the end its framing announced
+        cut = "RemoteProtocolError: peer closed connection without sending complete message body"
+        if exc.expected is None:
+            return f"{cut} (incomplete chunked read)"
+        got = len(exc.partial)
+        return f"{cut} (received {got} bytes, expected {got + exc.expected})"
+    if isinstance(exc, http.client.BadStatusLine):  # its line as h11 quotes it, no line end
+        line = bytearray(str(exc).rstrip("\r\n").encode("latin-1", "replace"))
+        return f"RemoteProtocolError: illegal status line: {line!r}"
     if isinstance(exc, http.client.HTTPException):  # an answer that is not HTTP/1.x
         return f"RemoteProtocolError: {type(exc).__name__}: {str(exc).strip()}"
     return f"{type(exc).__name__}: {exc}"
@@ -201,7 +213,7 @@ def _probe_site(
     if problem:  # http.client would refuse the header, quoting the key
         return ProbeResult(site.name, None, (), problem)
     try:
-        conn = client.connection(url, timeout, site_context(site))
+        conn = client.connection(url, timeout, site_context(site), HTTPX_ALPN)
     except TlsFileError as exc:
         return ProbeResult(site.name, None, (), str(exc))
     try:
@@ -302,7 +314,7 @@ def _post_completion(
 def _read_events(resp: http.client.HTTPResponse, stream: _Stream) -> None:
     """Read the server-sent events up to ``[DONE]`` (or the end), gathering the deltas' text and
     the time of the first one into ``stream``."""
-    while line := resp.readline():
+    for line in _lines(resp):
         text = line.decode("utf-8", "replace").rstrip("\r\n")
         if not text.startswith("data:"):
             continue
@@ -317,6 +329,21 @@ def _read_events(resp: http.client.HTTPResponse, stream: _Stream) -> None:
         if delta and stream.ttft_ms is None:
             stream.ttft_ms = (time.perf_counter() - stream.start) * 1000
         stream.parts.append(delta)
+
+
+def _lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The body's lines as they arrive. Raises ``http.client.IncompleteRead`` when the site
+    closed before the end its framing announced (its last chunk, its Content-Length), as httpx
+    raised RemoteProtocolError: ``readline`` would take a cut chunked body for its end."""
+    rest, got = b"", 0
+    while piece := resp.read1(65536):  # a chunked body cut short raises IncompleteRead here
+        got += len(piece)
+        *lines, rest = (rest + piece).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+    if resp.length:  # a Content-Length not reached: read1 only stops at the close
+        raise http.client.IncompleteRead(b"\0" * got, resp.length)
 
 
 def _hung(site: Site, exc: ConnectFailed | TimeoutError, due: float, why: str, start: float) -> str:
@@ -349,7 +376,7 @@ def live_completion(
     if problem:  # http.client would refuse the header, quoting the key
         return LiveResult(site.name, False, None, None, None, "", problem)
     try:
-        conn = EndpointClient().connection(url, min(due, CONNECT_TIMEOUT_S), site_context(site))
+        conn = EndpointClient().connection(url, min(due, CONNECT_TIMEOUT_S), site_context(site), HTTPX_ALPN)
     except TlsFileError as exc:
         return LiveResult(site.name, False, None, None, None, "", str(exc))
     stream = _Stream(time.perf_counter())

@@ -13,6 +13,8 @@ before its SSH fan-out starts (it made health 1.14x ``xargs ssh`` at 50 nodes).
 What every connection made here does, as the ``httpx.Client(trust_env=False)`` it replaced did:
 
 - no proxy from the environment (``http.client`` reads none), redirects are answers, not followed;
+- ALPN: none offered, unless the caller names it (route probe and --live offer ``http/1.1``,
+  as httpx did on every context, the site's own included; health never offered any);
 - https verified against the site's own context when its inventory names ``tls_ca`` /
   ``tls_cert`` (:func:`site_context`, built by ``gridctl.net.tls``), else certifi's CA bundle,
   loaded on first use only, so plain-HTTP runs never read it;
@@ -53,15 +55,19 @@ class EndpointClient:
         url: str,
         timeout: float,
         tls: ssl.SSLContext | None = None,
+        alpn: tuple[str, ...] = (),
     ) -> http.client.HTTPConnection:
         """An unopened connection to ``url``'s host, each wait bounded by ``timeout``
         (:func:`open_connection` opens it; http.client reopens it when the server closed it
         after a response); ``tls``: the site's own context (:func:`site_context`), else
-        certifi's bundle."""
+        certifi's bundle; ``alpn``: the protocols its TLS handshake offers (none: no ALPN)."""
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port
         if parts.scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=tls or self._context())
+            context = tls or self._context()
+            if alpn:
+                context.set_alpn_protocols(list(alpn))
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
     def _context(self) -> ssl.SSLContext:

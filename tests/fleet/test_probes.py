@@ -124,3 +124,148 @@ def test_route_probe_and_live_failures_read_as_they_did_on_httpx() -> None:
     finally:
         frozen.close()
         listener.close()
+
+
+def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_httpx_did() -> None:
+    """An answer cut before the end its framing announced (a chunked stream without its last
+    chunk, a body shorter than its Content-Length) is the site's failure, not a stream that
+    ended without [DONE] (issue 16: http.client's readline takes a cut chunked stream for its
+    end)."""
+    import socket
+    import threading
+
+    from gridctl.routing import live_completion, measure_rtt
+
+    event = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answers = {
+        "chunked": chunked + b"%x\r\n" % len(event) + event + b"\r\n",
+        "length": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 100\r\n\r\n"
+        + event,
+    }
+    listeners = {}
+
+    def answer_then_close(listener: socket.socket, answer: bytes) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)  # a FIN, then the rest of the request read: no reset
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    for kind, answer in answers.items():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listeners[kind] = listener
+        threading.Thread(target=answer_then_close, args=(listener, answer), daemon=True).start()
+    site = list(load_inventory(EXAMPLE).sites)[0]
+    cut = "RemoteProtocolError: peer closed connection without sending complete message body"
+    expected = {
+        "chunked": f"{cut} (incomplete chunked read)",
+        "length": f"{cut} (received {len(event)} bytes, expected 100)",
+    }
+    try:
+        for kind, error in expected.items():
+            url = f"http://127.0.0.1:{listeners[kind].getsockname()[1]}"
+            live = live_completion(replace(site, endpoint=url), "m", "us-east", {}, timeout=2.0)
+            assert (live.ok, live.status_code, live.error, live.text) == (False, None, error, "hi"), live
+            assert live.ttft_ms is not None and live.total_ms is None
+            (probe,) = measure_rtt([replace(site, endpoint=url)], "us-east", {}, samples=1, timeout=2.0)
+            assert probe.error == error and probe.rtt_ms is None, (kind, probe)
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_route_probe_and_live_say_an_answer_that_is_not_http_as_httpx_did() -> None:
+    """A status line that is not HTTP's reads as httpx (h11) wrote it (issue 16)."""
+    import socket
+    import threading
+
+    from gridctl.routing import live_completion, measure_rtt
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def not_http() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HELLO THERE\r\n\r\n")
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    threading.Thread(target=not_http, daemon=True).start()
+    site = replace(
+        list(load_inventory(EXAMPLE).sites)[0], endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"
+    )
+    error = "RemoteProtocolError: illegal status line: bytearray(b'HELLO THERE')"
+    try:
+        (probe,) = measure_rtt([site], "us-east", {}, samples=1, timeout=2.0)
+        assert probe.error == error, probe
+        live = live_completion(site, "m", "us-east", {}, timeout=2.0)
+        assert live.error == error, live
+    finally:
+        listener.close()
+
+
+def test_route_probe_and_live_offer_http_1_1_by_alpn_as_httpx_did(tmp_path) -> None:
+    """httpx (httpcore) set ALPN http/1.1 on every TLS context it connected with, the site's
+    own included; a server that selects by ALPN sees the same ClientHello (issue 16)."""
+    import socket
+    import threading
+
+    from gridctl.core.inventory.model import TlsFiles
+    from gridctl.routing import live_completion, measure_rtt
+    from tests.routing.tls import make_ca, server_context
+
+    ca = make_ca(tmp_path)
+    ctx = server_context(ca, tmp_path, "127.0.0.1")
+    ctx.set_alpn_protocols(["http/1.1"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    offered: list[str | None] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as conn:
+                    offered.append(conn.selected_alpn_protocol())
+                    while conn.recv(65536):
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    site = replace(
+        list(load_inventory(EXAMPLE).sites)[0],
+        endpoint=f"https://127.0.0.1:{listener.getsockname()[1]}",
+        tls=TlsFiles(ca=str(ca.cert)),
+    )
+    try:
+        (probe,) = measure_rtt([site], "us-east", {}, samples=1, timeout=2.0)
+        assert probe.error is None, probe
+        live = live_completion(site, "m", "us-east", {}, timeout=2.0)
+        assert live.status_code == 404, live
+        assert offered == ["http/1.1", "http/1.1"]
+    finally:
+        listener.close()
