@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import ssl
 import time
@@ -11,6 +12,31 @@ from gridctl.fleet.http_client import EndpointClient
 from gridctl.fleet.probes import probe_endpoint
 from gridctl.inventory.load import load_inventory
 from tests.conftest import EXAMPLE
+from tests.daemon.upstream import RawThreadedSite
+
+
+class RawAnswer(RawThreadedSite):
+    """A loopback site that reads a request's head and sends ``answer`` as raw bytes (a FIN,
+    then the rest of the request read: no reset), or with ``answer`` None closes at once."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self.answer = answer
+        self._start()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.answer is None:  # reads the request, answers nothing
+                await reader.read(65536)
+                return
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(self.answer)
+            writer.write_eof()
+            while await reader.read(65536):
+                pass
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
 
 def test_https_endpoints_are_verified_against_certifi_and_http_ones_load_no_tls() -> None:
@@ -81,34 +107,17 @@ def test_endpoint_check_started_early_counts_every_site_once() -> None:
 
 
 def test_route_probe_and_live_failures_read_as_they_did_on_httpx() -> None:
-    import socket
-    import threading
 
     from gridctl.routing import live_completion, measure_rtt
     from tests.fleet.sshd import FrozenServer, free_port
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def close_each() -> None:  # reads the request, answers nothing
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.close()
-
-    threading.Thread(target=close_each, daemon=True).start()
+    closing = RawAnswer(None)
     site = list(load_inventory(EXAMPLE).sites)[0]
     frozen = FrozenServer()
     expected = {
         f"http://127.0.0.1:{free_port()}": "ConnectError: [Errno 111] Connection refused",
         f"http://127.0.0.1:{frozen.port}": "ReadTimeout: timed out",
-        f"http://127.0.0.1:{listener.getsockname()[1]}": (
-            "RemoteProtocolError: Server disconnected without sending a response."
-        ),
+        closing.url: ("RemoteProtocolError: Server disconnected without sending a response."),
     }
     try:
         for url, error in expected.items():
@@ -123,7 +132,7 @@ def test_route_probe_and_live_failures_read_as_they_did_on_httpx() -> None:
                 assert live.error == error, (url, live)
     finally:
         frozen.close()
-        listener.close()
+        closing.close()
 
 
 def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_httpx_did() -> None:
@@ -131,8 +140,6 @@ def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_
     chunk, a body shorter than its Content-Length) is the site's failure, not a stream that
     ended without [DONE] (issue 16: http.client's readline takes a cut chunked stream for its
     end)."""
-    import socket
-    import threading
 
     from gridctl.routing import live_completion, measure_rtt
 
@@ -143,29 +150,7 @@ def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_
         "length": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 100\r\n\r\n"
         + event,
     }
-    listeners = {}
-
-    def answer_then_close(listener: socket.socket, answer: bytes) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            conn.sendall(answer)
-            conn.shutdown(socket.SHUT_WR)  # a FIN, then the rest of the request read: no reset
-            while conn.recv(65536):
-                pass
-            conn.close()
-
-    for kind, answer in answers.items():
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listeners[kind] = listener
-        threading.Thread(target=answer_then_close, args=(listener, answer), daemon=True).start()
+    sites = {kind: RawAnswer(answer) for kind, answer in answers.items()}
     site = list(load_inventory(EXAMPLE).sites)[0]
     cut = "RemoteProtocolError: peer closed connection without sending complete message body"
     expected = {
@@ -174,45 +159,24 @@ def test_route_probe_and_live_say_a_site_closed_before_the_end_of_its_answer_as_
     }
     try:
         for kind, error in expected.items():
-            url = f"http://127.0.0.1:{listeners[kind].getsockname()[1]}"
+            url = sites[kind].url
             live = live_completion(replace(site, endpoint=url), "m", "us-east", {}, timeout=2.0)
             assert (live.ok, live.status_code, live.error, live.text) == (False, None, error, "hi"), live
             assert live.ttft_ms is not None and live.total_ms is None
             (probe,) = measure_rtt([replace(site, endpoint=url)], "us-east", {}, samples=1, timeout=2.0)
             assert probe.error == error and probe.rtt_ms is None, (kind, probe)
     finally:
-        for listener in listeners.values():
-            listener.close()
+        for raw in sites.values():
+            raw.close()
 
 
 def test_route_probe_and_live_say_an_answer_that_is_not_http_as_httpx_did() -> None:
     """A status line that is not HTTP's reads as httpx (h11) wrote it (issue 16)."""
-    import socket
-    import threading
 
     from gridctl.routing import live_completion, measure_rtt
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def not_http() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.sendall(b"HELLO THERE\r\n\r\n")
-            conn.shutdown(socket.SHUT_WR)
-            while conn.recv(65536):
-                pass
-            conn.close()
-
-    threading.Thread(target=not_http, daemon=True).start()
-    site = replace(
-        list(load_inventory(EXAMPLE).sites)[0], endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}"
-    )
+    raw = RawAnswer(b"HELLO THERE\r\n\r\n")
+    site = replace(list(load_inventory(EXAMPLE).sites)[0], endpoint=raw.url)
     error = "RemoteProtocolError: illegal status line: bytearray(b'HELLO THERE')"
     try:
         (probe,) = measure_rtt([site], "us-east", {}, samples=1, timeout=2.0)
@@ -220,7 +184,7 @@ def test_route_probe_and_live_say_an_answer_that_is_not_http_as_httpx_did() -> N
         live = live_completion(site, "m", "us-east", {}, timeout=2.0)
         assert live.error == error, live
     finally:
-        listener.close()
+        raw.close()
 
 
 def test_route_probe_and_live_offer_http_1_1_by_alpn_as_httpx_did(tmp_path) -> None:
