@@ -77,6 +77,9 @@ UNIX_SOCKET_MAX = 107  # sun_path is 108 bytes with its NUL
 
 # The versions of each data plane the rendered files are checked against, by the tests that
 # load them and send traffic through them (tests/routing). Each file says so in its header.
+# HAProxy tries a request on at most this many sites of a tier (the template's ``retries 3``
+# and the first try); a route's front backend waits for a tier's every try (tier_timeout_s).
+HAPROXY_TRIES = 4
 CHECKED_VERSIONS: Mapping[str, str] = {"nginx": "1.22.1", "haproxy": "2.6.12", "envoy": "1.40.0"}
 # nginx re-resolves a name in an upstream (`server NAME resolve`, keeping its connections
 # alive) from this version on (open source); before it, a name is resolved at run time only
@@ -133,6 +136,8 @@ def build_context(
         "read_timeout_s": read_timeout,
         "read_timeout_note": _read_timeout_note(options.read_timeout_s, table.get("slo_ms"), read_timeout),
         "checked": CHECKED_VERSIONS[fmt],
+        "tier_timeout_s": HAPROXY_TRIES * (options.connect_timeout_s + read_timeout) + 1,
+        "tier_prefix": f"gridctl-{options.listen_host}:{options.listen_port}-route",
         "nginx_resolve": options.nginx_version >= NGINX_RESOLVE_SINCE,
         "nginx_version": ".".join(str(n) for n in options.nginx_version),
         "needs_resolver": any(s.named for s in sites),

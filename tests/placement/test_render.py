@@ -318,19 +318,67 @@ def test_sites_of_a_route_with_different_paths_are_refused_where_a_route_has_one
     assert err.value.hint and "nginx" in err.value.hint
 
 
+def haproxy_sections(text: str) -> dict[str, list[str]]:
+    """Each backend/listen section of a rendered haproxy.cfg, by name: its indented lines."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("backend ", "listen ", "frontend ", "defaults", "global")):
+            current = sections.setdefault(line.split()[-1], [])
+        elif line.startswith("    ") and not line.lstrip().startswith("#"):
+            current.append(line.strip())
+    return sections
+
+
 def test_haproxy_names_servers_by_host_header_and_checks_tls() -> None:
     text = render_routing(table(mixed_route()), "haproxy", TEMPLATES)["haproxy.cfg"]
-    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("    server ")}
+    lines = {
+        line.split()[1]: line
+        for line in text.splitlines()
+        if line.startswith("    server ") and "abns@" not in line
+    }
     assert set(lines) == {"a.example.net", "10.0.0.2:8000", "b.example.net:8443"}
     assert (
         " weight 60 check ssl sni str(a.example.net) check-sni a.example.net verify required"
         in (lines["a.example.net"])
     )
-    assert "ssl" not in lines["10.0.0.2:8000"].split("#")[0] and "backup" in lines["b.example.net:8443"]
+    assert "ssl" not in lines["10.0.0.2:8000"].split("#")[0]
     assert "http-send-name-header Host" in text
     # a request is buffered whole, so that a retry after a closed connection can send it again
     assert "    option http-buffer-request\n" in text
     assert "observe layer7 error-limit 1 on-error mark-down" in text
+
+
+def test_haproxy_sends_a_request_its_primaries_failed_on_to_the_backups_tier() -> None:
+    # HAProxy marks a server down by a request's last answer only: with one tier, a request
+    # whose primaries all answer 503 is lost. Two tiers: the route's backend tries the
+    # primaries' listener, then (balance first, one retry) the backups' listener.
+    sections = haproxy_sections(render_routing(table(mixed_route()), "haproxy", TEMPLATES)["haproxy.cfg"])
+    front = sections["lab__m"]
+    assert "balance first" in front and "retries 1" in front
+    assert "retry-on conn-failure empty-response junk-response 502 503 504" in front
+    tiers = [line.split()[2] for line in front if line.startswith("server ")]
+    assert [t.rsplit("-", 1)[1] for t in tiers] == ["primaries", "backups"]
+    assert all(t.startswith("abns@gridctl-127.0.0.1:8080-route") for t in tiers)
+    for name, sites in (
+        ("primaries", {"a.example.net", "10.0.0.2:8000"}),
+        ("backups", {"b.example.net:8443"}),
+    ):
+        tier = sections[f"lab__m__{name}"]
+        assert f"bind {tiers[0 if name == 'primaries' else 1]}" in tier
+        served = {line.split()[1] for line in tier if line.startswith("server ")}
+        assert served == sites and not any(" backup" in line for line in tier)
+        assert "option httpchk" in tier and "http-send-name-header Host" in tier
+    # the front outlasts a tier's every try: 4 x (connect 2 s + first byte 2 s) + 1
+    assert "timeout server 17s" in front
+    # a route without backups keeps one backend, its sites checked and sent to directly
+    one = haproxy_sections(
+        render_routing(
+            table(one_route("lab", "m", [site("a", "http://10.0.0.1:8000", 100)])), "haproxy", TEMPLATES
+        )["haproxy.cfg"]
+    )
+    assert "lab__m__primaries" not in one and "balance roundrobin" in one["lab__m"]
+    assert "abns@" not in " ".join(one["lab__m"])
 
 
 def test_nginx_resolves_site_names_in_upstreams_from_1_27_3() -> None:
@@ -387,11 +435,15 @@ def timeouts(fmt: str, opts: RenderOptions = DEFAULT) -> list[str]:
 def test_every_data_plane_times_out_a_silent_site_after_the_same_seconds() -> None:
     # the example's SLO is 500 ms: 4 x 0.5 s is under the 2 s floor
     assert timeouts("nginx") == ["proxy_read_timeout 2s;", "proxy_read_timeout 3s;"]  # hops, then front
-    assert timeouts("haproxy") == ["timeout server 2s"]
+    assert (
+        timeouts("haproxy")[0] == "timeout server 2s"
+    )  # each site; a route's two tiers wait 4 x (2 + 2) + 1
+    assert set(timeouts("haproxy")[1:]) == {"timeout server 17s"}
     assert timeouts("envoy") == ["per_try_timeout: 2s", "per_try_idle_timeout: 2s"]
     opts = RenderOptions(read_timeout_s=45)
     assert timeouts("nginx", opts) == ["proxy_read_timeout 45s;", "proxy_read_timeout 46s;"]
-    assert timeouts("haproxy", opts) == ["timeout server 45s"]
+    assert timeouts("haproxy", opts)[0] == "timeout server 45s"
+    assert set(timeouts("haproxy", opts)[1:]) == {"timeout server 189s"}
     assert timeouts("envoy", opts) == ["per_try_timeout: 45s", "per_try_idle_timeout: 45s"]
     nginx = render_routing(example_table(), "nginx", TEMPLATES, opts)["nginx.conf"]
     assert (
