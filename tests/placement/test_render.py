@@ -357,6 +357,8 @@ def test_haproxy_sends_a_request_its_primaries_failed_on_to_the_backups_tier() -
     front = sections["lab__m"]
     assert "balance first" in front and "retries 1" in front
     assert "retry-on conn-failure empty-response junk-response 502 503 504" in front
+    # with no primary up, the backups' tier at once: a request too long for a buffer is not retried
+    assert "use-server backups if { nbsrv(lab__m__primaries) eq 0 }" in front
     tiers = [line.split()[2] for line in front if line.startswith("server ")]
     assert [t.rsplit("-", 1)[1] for t in tiers] == ["primaries", "backups"]
     assert all(t.startswith("abns@gridctl-127.0.0.1:8080-route") for t in tiers)
