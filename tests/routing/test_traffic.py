@@ -115,6 +115,28 @@ def test_failover_to_a_backup_when_the_primaries_are_stopped(proxy: Proxy, lab_g
             assert resp.json()["site"] == "west-1"
 
 
+def test_a_long_request_goes_to_a_backup_when_the_primaries_are_stopped(
+    proxy: Proxy, lab_grid: LabGrid
+) -> None:
+    # A long chat's body (64 kB) is bigger than HAProxy's buffer (16 kB), so HAProxy cannot
+    # send it again once a site had it: it must pick a backup before sending, not by a retry
+    # after the primaries' tier answered "no site up". The first request after the primaries
+    # stopped finds them refusing connections; the next ones find them marked down.
+    r = route(lab_grid.table, "lab-east", PARAKEET)
+    assert [s["site"] for s in r["primary"]] == ["east-1", "east-2"] and r["backup"][0]["site"] == "west-1"
+    for name in ("east-1", "east-2"):
+        lab_grid.sites[name].stop()
+    long = chat(PARAKEET)
+    long["messages"][0]["content"] = "x" * 65536
+    with client(proxy) as c:
+        for _ in range(3):
+            resp = c.post("/v1/chat/completions", json=long, headers=headers("lab-east", PARAKEET))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["site"] == "west-1"
+    seen = lab_grid.sites["west-1"].completions()
+    assert [len(s.body["messages"][0]["content"]) for s in seen[-3:]] == [65536] * 3
+
+
 def test_a_stream_passes_through_unbuffered(proxy: Proxy, lab_grid: LabGrid) -> None:
     hold_id = f"stream-{proxy.name}"
     with (
