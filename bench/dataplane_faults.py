@@ -75,12 +75,42 @@ def row(c: Counts) -> str:
     )
 
 
+LONG_KB = 100  # a long chat: past HAProxy's own 16 kB buffer, within the rendered 128 kB
+LONG_FAULTS = ("503-one", "503-all", "hang")  # what a data plane learns only from an answer
+
+
+def long_chats(planes: list[str], requests: int, kb: int) -> str:
+    """The faults that need a request sent again after an answer, with a long message: the
+    table of each data plane, and HAProxy once more with its own default buffer (16 kB)."""
+    header = "| data plane | fault | sent | answered by | lost | duplicated | tries |"
+    rule = "|---|---|---:|---|---:|---:|---:|"
+    print(f"\nlong chats ({kb} kB message, not streamed)\n{header}\n{rule}")
+    lines = [header, rule]
+    runs = [(plane, NAMES[plane], {}) for plane in planes]
+    if "haproxy" in planes:
+        runs.append(("haproxy", "HAProxy, --haproxy-buffer-kb 16", {"haproxy_buffer_kb": 16}))
+    for plane, name, render in runs:
+        for fault in LONG_FAULTS:
+            c = run_case(plane, fault, False, requests, prompt="x" * (kb * 1024), **render)
+            line = f"| {name} | {fault} | {c.sent} | {c.answered_text()} | {c.lost} | {c.duplicated} | {c.tries} |"
+            print(line, flush=True)
+            lines.append(line)
+    return (
+        f"### Long chats: a {kb} kB message\n\nThe faults a data plane learns of only from an answer "
+        "(a 503, a hang), so that it must send the request again, with one message of "
+        f"{kb} kB (`--long-kb`), not streamed. HAProxy sends a request again only if it fits in "
+        "its buffer: 128 kB as rendered (`route render --haproxy-buffer-kb`), 16 kB by its own "
+        "default (last rows).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=REQUESTS, help="requests per case")
     p.add_argument(
         "--planes", default=",".join(ALL_PLANES), help="comma-separated: nginx, haproxy, envoy, daemon"
     )
+    p.add_argument("--long-kb", type=int, default=LONG_KB, help="the long chats' message, kB (second table)")
     p.add_argument("--write-readme", action="store_true")
     args = p.parse_args(argv)
     planes = [x for x in args.planes.split(",") if x]
@@ -105,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(total)
         totals.append(total)
         sections.append(f"### {NAMES[plane]}\n\n" + "\n".join(lines) + f"\n\n{total}.\n")
+    sections.append(long_chats(planes, args.requests, args.long_kb))
     if args.write_readme:
         cmd = "python bench/dataplane_faults.py --write-readme"
         body = (

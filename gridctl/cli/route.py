@@ -292,6 +292,17 @@ def render(
     admin_port: Annotated[
         int, typer.Option("--admin-port", min=1, max=65535, help="Envoy: its admin interface's port.")
     ] = 9901,
+    haproxy_buffer_kb: Annotated[
+        int,
+        typer.Option(
+            "--haproxy-buffer-kb",
+            min=16,
+            max=1024,
+            metavar="KB",
+            help="HAProxy: its buffer, the longest request (a long chat) it can send again after "
+            "a site answered 503 or timed out; each request in flight holds a few of them.",
+        ),
+    ] = 128,
     resolver: Annotated[
         list[str] | None,
         typer.Option(
@@ -338,6 +349,7 @@ def render(
         tls_verify=not insecure,
         read_timeout_s=read_timeout,
         admin_port=admin_port,
+        haproxy_buffer_kb=haproxy_buffer_kb,
         resolvers=_resolvers(resolver, fmt),
         nginx_version=parse_nginx_version(nginx_version),
     )

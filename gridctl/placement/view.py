@@ -58,6 +58,9 @@ class RenderOptions:
     read_timeout_s: int | None = None
     client_timeout_s: int = 300  # HAProxy: the longest silence from a client (it waits for answers)
     admin_port: int = 9901  # Envoy's admin interface, on listen_host
+    # HAProxy: its buffer (tune.bufsize), the longest request it can send again after a site's
+    # 503 or timeout (a long chat's body); memory per request in flight is a few times this
+    haproxy_buffer_kb: int = 128
     worker_processes: str = "auto"  # nginx
     # nginx: the nameservers it resolves site names with at run time (it reads no
     # /etc/resolv.conf; `route render` passes its nameservers unless --resolver)
@@ -138,6 +141,8 @@ def check_options(options: RenderOptions) -> None:
             f"Envoy's admin port {options.admin_port} is the port it listens on for requests",
             hint="choose another --admin-port (or --listen)",
         )
+    if not 16 <= options.haproxy_buffer_kb <= 1024:
+        raise UsageError(f"HAProxy's buffer of {options.haproxy_buffer_kb} kB is outside 16-1024 kB")
     for field in ("read_timeout_s", "client_timeout_s", "connect_timeout_s", "resolver_valid_s"):
         value = getattr(options, field)
         if value is not None and not 1 <= value <= 86400:

@@ -75,6 +75,7 @@ INT_OPTIONS = [
     ["route", "render", "--primaries"],
     ["route", "render", "--backups"],
     ["route", "render", "--admin-port"],
+    ["route", "render", "--haproxy-buffer-kb"],
     ["route", "probe", "--samples"],
     ["sim", "--seed"],
 ]

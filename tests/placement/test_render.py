@@ -639,3 +639,13 @@ def test_the_example_table_is_not_changed_by_rendering() -> None:
     for fmt in FORMATS:
         render_routing(t, fmt, TEMPLATES)
     assert t == before
+
+
+def test_haproxy_buffer_holds_a_long_chat_and_is_bounded() -> None:
+    # HAProxy sends a request again (a 503, a timeout) only if it fits in its buffer
+    text = render_routing(table(mixed_route()), "haproxy", TEMPLATES)["haproxy.cfg"]
+    assert "    tune.bufsize 131072\n" in text.split("defaults")[0]
+    small = render_routing(table(mixed_route()), "haproxy", TEMPLATES, RenderOptions(haproxy_buffer_kb=16))
+    assert "    tune.bufsize 16384\n" in small["haproxy.cfg"]
+    with pytest.raises(UsageError, match="outside 16-1024 kB"):
+        render_routing(table(mixed_route()), "haproxy", TEMPLATES, RenderOptions(haproxy_buffer_kb=8))

@@ -77,6 +77,18 @@ def check_case(plane: str, fault: str, stream: bool) -> Counts:
     return counts
 
 
+LONG_CHAT = "x" * (100 * 1024)  # one message past HAProxy's own 16 kB buffer, within the rendered 128 kB
+LONG_FAULTS = ("503-one", "503-all", "hang")  # a data plane learns of these from an answer only
+
+
+def check_long_case(plane: str, fault: str, n: int = 4, **render: Any) -> Counts:
+    """A case whose failover sends a long chat again after an answer: nothing lost."""
+    counts = run_case(plane, fault, False, n, prompt=LONG_CHAT, **render)
+    assert (counts.sent, counts.lost, counts.duplicated) == (n, 0, 0), counts
+    assert set(counts.answered) <= expected_answerers(fault), counts
+    return counts
+
+
 def expected_answerers(fault: str) -> set[str]:
     """Who may answer: the primaries left healthy, else the backups."""
     return {"west-1", "west-2"} if fault == "503-all" else {"east-2"}
@@ -99,8 +111,18 @@ class Counts:
         return ", ".join(f"{site} {n}" for site, n in sorted(self.answered.items())) or "-"
 
 
-def run_case(plane: str, fault: str, stream: bool, n: int = REQUESTS, workdir: Path | None = None) -> Counts:
-    """One case of the matrix, on its own lab grid and data plane (both stopped after)."""
+def run_case(
+    plane: str,
+    fault: str,
+    stream: bool,
+    n: int = REQUESTS,
+    workdir: Path | None = None,
+    prompt: str = "hi",
+    **render: Any,
+) -> Counts:
+    """One case of the matrix, on its own lab grid and data plane (both stopped after).
+    ``prompt``: each request's one message (a long chat's, past a data plane's buffer);
+    ``render``: more RenderOptions for the data plane's config."""
     scratch = workdir or short_tempdir(f"grid-fault-{plane}-")
     sites = {name: Upstream(name) for name in SITES}
     proxy = None
@@ -115,7 +137,7 @@ def run_case(plane: str, fault: str, stream: bool, n: int = REQUESTS, workdir: P
             table = lab_table(inventory)
             if fault == "unresolvable":
                 _rename(table, "east-1", "east-1.invalid")
-            proxy = STARTERS[plane](table, scratch, read_timeout_s=READ_TIMEOUT_S)
+            proxy = STARTERS[plane](table, scratch, read_timeout_s=READ_TIMEOUT_S, **render)
         for name in faulty_sites(fault):
             if fault in ("503-one", "503-all"):
                 sites[name].fault = "503"
@@ -124,7 +146,7 @@ def run_case(plane: str, fault: str, stream: bool, n: int = REQUESTS, workdir: P
             elif fault == "killed":
                 sites[name].stop()
         started = time.monotonic()
-        counts = _send(plane, fault, stream, n, proxy.url)
+        counts = _send(plane, fault, stream, n, proxy.url, prompt)
         counts.seconds = time.monotonic() - started
         _count_sites(counts, sites, n)
         return counts
@@ -167,9 +189,9 @@ def _rename(table: dict[str, Any], site: str, host: str) -> None:
                 s["endpoint"]["url"] = f"{s['endpoint']['scheme']}://{host}:{s['endpoint']['port']}"
 
 
-def _send(plane: str, fault: str, stream: bool, n: int, url: str) -> Counts:
+def _send(plane: str, fault: str, stream: bool, n: int, url: str, prompt: str) -> Counts:
     counts = Counts(plane, fault, stream)
-    body = {"model": LLAMA, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": LLAMA, "stream": stream, "messages": [{"role": "user", "content": prompt}]}
     with httpx.Client(base_url=url, trust_env=False, timeout=20) as client:
         for i in range(n):
             headers = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.routing.conftest import require
-from tests.routing.faults import FAULTS, check_case
+from tests.routing.faults import FAULTS, LONG_FAULTS, check_case, check_long_case
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -17,3 +17,9 @@ from tests.routing.faults import FAULTS, check_case
 def test_envoy_loses_and_duplicates_nothing_while_a_healthy_site_exists(fault: str, stream: bool) -> None:
     require("envoy")
     check_case("envoy", fault, stream)
+
+
+@pytest.mark.parametrize("fault", LONG_FAULTS)
+def test_envoy_sends_a_long_chat_again_after_an_answer_that_fails_over(fault: str) -> None:
+    require("envoy")
+    check_long_case("envoy", fault)
