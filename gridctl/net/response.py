@@ -316,7 +316,7 @@ class Conn(asyncio.Protocol):
             self.paused = False
         fut = self.loop.create_future()
         self.waiter = fut
-        timer = self.loop.call_later(timeout, _expire, fut, f"no {what} within {limit or timeout:g} s")
+        timer = self.loop.call_later(timeout, _expire, fut, what, limit or timeout)
         try:
             await fut
         finally:
@@ -332,9 +332,10 @@ class Conn(asyncio.Protocol):
         self.eof = True
 
 
-def _expire(fut: asyncio.Future[None], message: str) -> None:
+def _expire(fut: asyncio.Future[None], what: str, allowance: float) -> None:
+    """The wait of :meth:`Conn.more` ran out (its message written only then: most waits end)."""
     if not fut.done():
-        fut.set_exception(UpstreamTimeout(message))
+        fut.set_exception(UpstreamTimeout(f"no {what} within {allowance:g} s"))
 
 
 class Response:
