@@ -22,11 +22,11 @@ from gridctl.net.errors import (
     UpstreamTimeout,
 )
 from gridctl.net.syntax import (
-    CONTROL_BYTES,
     MAX_HEAD,
     MAX_HEADER_LINE,
     MAX_HEADERS,
     STRICT,
+    has_control_byte,
     parse_codings,
 )
 
@@ -207,9 +207,7 @@ class Conn(asyncio.Protocol):
             raise _Stop
 
     def on_status(self, reason: bytes) -> None:
-        if CONTROL_BYTES.search(
-            reason
-        ):  # RFC 9112 section 4: no control character but tab (llhttp takes them)
+        if has_control_byte(reason):  # RFC 9112 section 4: no control character but tab (llhttp takes them)
             raise self._fail("a control character in the status line from the site")
 
     def on_header(self, name: bytes, value: bytes) -> None:
