@@ -226,12 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1000, help="requests counted per kind (default 1000)")
     p.add_argument("--warmup", type=int, default=100, help="uncounted requests first (default 100)")
     p.add_argument("--write-readme", action="store_true", help="rewrite this section of bench/README.md")
+    p.add_argument("--keep", metavar="DIR", type=Path, help="keep callgrind's dumps and logs in DIR")
+    p.add_argument(
+        "--only-daemon", action="store_true", help="count the shipped daemon only (while exploring)"
+    )
     args = p.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             print(f"error: {tool} not found\nhint: apt-get install valgrind", file=sys.stderr)
             return 2
     tmp = Path(tempfile.mkdtemp(prefix="daemon-instr-"))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="daemon-instr-", dir=args.keep))
     backend_port = free_port()
     site = subprocess.Popen(
         [PY, str(HERE / "daemon" / "fake_site.py"), str(backend_port)],
@@ -248,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 Target("daemon", daemon, env, REPO),
                 Target("daemon --access-log off", [*daemon, "--access-log", "off"], env, REPO),
             ]
+            if args.only_daemon:
+                del targets[1:]
             if base is not None:
                 benv = base.env(env)
                 run_import_check(PY, base, benv)
@@ -262,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         site.terminate()
         site.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"callgrind dumps kept in {tmp}", file=sys.stderr)
     return 0
 
 

@@ -50,16 +50,28 @@ _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _CARRY_MAX = 64 * 1024
 
 
+def _last(pattern: re.Pattern[bytes], key: bytes, body: bytes) -> int | None:
+    """The number of ``pattern``'s last match in ``body``, as ``findall(body)[-1]`` gives it,
+    searched from the end (where a site puts its usage) for ``key``, the literal the pattern
+    starts with: one match cannot hold the start of another, so the last place the pattern
+    matches is findall's last match."""
+    i = body.rfind(key)
+    while i >= 0:
+        m = pattern.match(body, i)
+        if m is not None:
+            return int(m.group(1))
+        i = body.rfind(key, 0, i + len(key) - 1)
+    return None
+
+
 def completion_tokens(body: bytes) -> int | None:
     """``usage.completion_tokens`` of an answer's body, when the site reported it."""
-    found = _COMPLETION_TOKENS.findall(body)
-    return int(found[-1]) if found else None
+    return _last(_COMPLETION_TOKENS, b'"completion_tokens"', body)
 
 
 def prompt_tokens(body: bytes) -> int | None:
     """``usage.prompt_tokens`` of an answer's body, when the site reported it."""
-    found = _PROMPT_TOKENS.findall(body)
-    return int(found[-1]) if found else None
+    return _last(_PROMPT_TOKENS, b'"prompt_tokens"', body)
 
 
 class OutputCounter:

@@ -294,7 +294,12 @@ class Daemon:
         except Exception:
             trace.end(500)  # the server answers 500 and logs the traceback
             raise
-        resp.headers = (*(h for h in resp.headers if h[0] != "x-request-id"), ("x-request-id", rid))
+        answer = resp.headers
+        for name, _ in answer:  # a site's own id gives way to the daemon's (most answers have none)
+            if name == "x-request-id":
+                answer = tuple(h for h in answer if h[0] != "x-request-id")
+                break
+        resp.headers = (*answer, ("x-request-id", rid))
         if not isinstance(resp, StreamingResponse):  # a stream ends when its relay does
             trace.end(resp.status)
         return resp

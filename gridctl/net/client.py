@@ -65,6 +65,7 @@ class Pool:
         self._idle: dict[Key, deque[Conn]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._targets: dict[str, tuple[tuple[str, str, int], str, str]] = {}
+        self._names: set[str] = set()  # header names that passed TOKEN
         self.connects = 0  # new connections opened (for tests and the benchmark)
         self.closed = False
 
@@ -85,10 +86,15 @@ class Pool:
         (scheme, hostname, port), target, host = self._target(url)
         key = (scheme, hostname, port, tls if scheme == "https" else None)
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
+        names = self._names  # header names that passed TOKEN once: a few, kept (bounded)
         for name, value in headers:
-            if not TOKEN.fullmatch(name) or CONTROL.search(value):
-                # a CR or LF here would end the head early and smuggle what follows
-                raise ProtocolError(f"refusing to send header {name[:40]!r}: a control character in it")
+            if name not in names:
+                if TOKEN.fullmatch(name) is None:
+                    raise _bad_header(name)
+                if len(names) < 4096:
+                    names.add(name)
+            if not value.isprintable() and CONTROL.search(value):  # printable: no control character
+                raise _bad_header(name)
             lines.append(f"{name}: {value}\r\n")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"content-length: {len(body)}\r\n")
@@ -215,3 +221,8 @@ class Pool:
             while idle:
                 idle.pop().close()
         self._idle.clear()
+
+
+def _bad_header(name: str) -> ProtocolError:
+    # a CR or LF here would end the head early and smuggle what follows
+    return ProtocolError(f"refusing to send header {name[:40]!r}: a control character in it")

@@ -30,7 +30,7 @@ from gridctl.net.messages import (
     parse_error,
     transfer_encoding_error,
 )
-from gridctl.net.syntax import HOST, STRICT
+from gridctl.net.syntax import STRICT, valid_host
 
 log = logging.getLogger("gridctl.net.server")
 
@@ -240,7 +240,7 @@ class Connection(asyncio.Protocol):
         if host is None:
             if version == "HTTP/1.1":
                 raise self._fail(400, "an HTTP/1.1 request without a Host header", "invalid_host")
-        elif not HOST.fullmatch(host):
+        elif not valid_host(host):
             raise self._fail(400, f"bad Host header {host[:80]!r}", "invalid_host")
         keep = p.should_keep_alive()
         length = 0

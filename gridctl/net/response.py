@@ -22,11 +22,11 @@ from gridctl.net.errors import (
     UpstreamTimeout,
 )
 from gridctl.net.syntax import (
-    CONTROL_BYTES,
     MAX_HEAD,
     MAX_HEADER_LINE,
     MAX_HEADERS,
     STRICT,
+    has_control_byte,
     parse_codings,
 )
 
@@ -207,9 +207,7 @@ class Conn(asyncio.Protocol):
             raise _Stop
 
     def on_status(self, reason: bytes) -> None:
-        if CONTROL_BYTES.search(
-            reason
-        ):  # RFC 9112 section 4: no control character but tab (llhttp takes them)
+        if has_control_byte(reason):  # RFC 9112 section 4: no control character but tab (llhttp takes them)
             raise self._fail("a control character in the status line from the site")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -316,7 +314,7 @@ class Conn(asyncio.Protocol):
             self.paused = False
         fut = self.loop.create_future()
         self.waiter = fut
-        timer = self.loop.call_later(timeout, _expire, fut, f"no {what} within {limit or timeout:g} s")
+        timer = self.loop.call_later(timeout, _expire, fut, what, limit or timeout)
         try:
             await fut
         finally:
@@ -332,9 +330,10 @@ class Conn(asyncio.Protocol):
         self.eof = True
 
 
-def _expire(fut: asyncio.Future[None], message: str) -> None:
+def _expire(fut: asyncio.Future[None], what: str, allowance: float) -> None:
+    """The wait of :meth:`Conn.more` ran out (its message written only then: most waits end)."""
     if not fut.done():
-        fut.set_exception(UpstreamTimeout(message))
+        fut.set_exception(UpstreamTimeout(f"no {what} within {allowance:g} s"))
 
 
 class Response:

@@ -17,6 +17,34 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 section 7.2: Host = uri-host [ ":" port ] (an IP literal, or a reg-name: RFC 3986), maybe empty
 HOST = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+# what passed HOST or had no control byte, kept: a client sends one Host, a site one reason
+# phrase, request after request (a set lookup, not a regex, each time; bounded, filled once)
+_GOOD_HOSTS: set[str] = set()
+_CLEAN_REASONS: set[bytes] = set()
+_SEEN_MAX = 1024
+
+
+def valid_host(host: str) -> bool:
+    """Whether a Host header's value matches ``HOST``."""
+    if host in _GOOD_HOSTS:
+        return True
+    if HOST.fullmatch(host) is None:
+        return False
+    if len(_GOOD_HOSTS) < _SEEN_MAX:
+        _GOOD_HOSTS.add(host)
+    return True
+
+
+def has_control_byte(reason: bytes) -> bool:
+    """Whether ``reason`` (a status line's) holds a control byte but tab (``CONTROL_BYTES``)."""
+    if reason in _CLEAN_REASONS:
+        return False
+    if CONTROL_BYTES.search(reason) is not None:
+        return True
+    if len(_CLEAN_REASONS) < _SEEN_MAX:
+        _CLEAN_REASONS.add(reason)
+    return False
+
 
 # limits of a head, read by either side (the server's are ServerConfig fields with these defaults)
 MAX_HEAD = 64 << 10  # the whole head: start line, header lines (and, after a chunked body, its trailers)

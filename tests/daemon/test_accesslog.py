@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,6 +45,43 @@ def test_format_line_is_the_json_of_build_line(
     line = format_line(t)
     assert line == json.dumps(build_line(t), separators=(",", ":"))
     assert json.loads(line)["request_id"] == rid
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    total=st.floats(min_value=0, max_value=1e7) | st.integers(0, 10**8).map(lambda n: n / 10),
+    slo_ms=st.floats(allow_nan=True) | st.integers(min_value=-10, max_value=10**7),
+    nudge=st.sampled_from([0.0, 0.05, -0.05, 0.0500001, -0.0500001, 0.051, -0.051, 1e-9, -1e-9]),
+)
+def test_slo_met_without_rounding_is_slo_met_rounded(total: float, slo_ms: float, nudge: float) -> None:
+    """The fast comparison and ``round(total, 1) <= slo_ms`` agree, near the SLO above all."""
+    from gridctl.daemon.accesslog import _met
+
+    near = slo_ms + nudge if math.isfinite(slo_ms) and abs(slo_ms) < 1e12 else total
+    for t in (total, near):
+        assert _met(t, slo_ms) == (round(t, 1) <= slo_ms), (t, slo_ms)
+
+
+def test_lines_in_a_row_that_share_some_fields_are_each_the_json_of_their_record() -> None:
+    """What format_line keeps from the line before (region, model, site, status, outcome; the
+    SLO's text, by identity: 500 and 500.0 are equal, their JSON is not) never leaks into a
+    line whose fields differ."""
+    rows = [
+        ("bench", "m", "s", 200, "ok", 500.0, False, ["s"]),
+        ("bench", "m", "s", 200, "ok", 500, False, ["s"]),
+        ("bench", "m", "s", 200, "ok", 500, True, ["s"]),
+        ("bench", "m", "s", 502, "cut", 500, True, ["s", "t"]),
+        ("other", "m", "t", 502, "cut", None, None, []),
+        ("other", "m" * 300, None, 499, "client-gone", None, None, []),
+        (None, None, None, 0, "ok", 250.5, None, []),
+        ("bench", "m", "s", 200, "ok", 500.0, False, ["s"]),
+    ]
+    for i, (region, model, site, status, outcome, slo_ms, miss, tried) in enumerate(rows * 2):
+        t = Trace(f"id-{i}" if i % 2 else f"{i:032x}", region, lambda _: None)
+        t.model, t.site, t.status, t.outcome, t.tried = model, site, status, outcome, tried
+        t.slo_ms, t.expected_miss, t.finished = slo_ms, miss, t.start + 0.01 * i
+        t.first_token = None if i % 3 else t.start + 0.001
+        assert format_line(t) == json.dumps(build_line(t), separators=(",", ":"))
 
 
 def test_generated_request_ids_are_128_bit_hex_and_distinct() -> None:

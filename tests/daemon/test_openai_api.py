@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridctl.daemon.openai_api import (
     build_created,
@@ -77,6 +79,34 @@ def test_a_body_without_a_model_is_a_400(raw: bytes) -> None:
     resp = parse_body(raw)
     assert isinstance(resp, Response) and resp.status == 400
     assert "'model'" in _error(resp)["message"]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+_RAW = st.builds(
+    lambda value, ends, cut: (ends[0] + json.dumps(value).encode() + ends[1])[: cut or None],
+    st.dictionaries(st.text(max_size=5), _JSON, max_size=4) | _JSON,
+    st.tuples(*[st.sampled_from([b"", b" ", b"\r\n", b"\x0c", b"x", b"\x00", b"\xef\xbb\xbf", b"}"])] * 2),
+    st.integers(min_value=-3, max_value=0),
+) | st.binary(max_size=12).map(lambda b: b"{" + b)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_RAW)
+def test_a_body_reads_as_json_loads_reads_it(raw: bytes) -> None:
+    """The scanner's short way gives what json.loads gives, or the same error."""
+    from gridctl.daemon.openai_api import _loads
+
+    try:
+        want: object = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            _loads(raw)
+    else:
+        assert _loads(raw) == want
 
 
 def test_parse_body_gives_the_body_and_its_model() -> None:

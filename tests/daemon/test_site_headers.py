@@ -32,6 +32,7 @@ SITE_HEADERS = (
     b"X-Secret: internal-route-42\r\n"
     b"Keep-Alive: timeout=5\r\n"
     b"X-Upstream: yes\r\n"
+    b"X-Request-Id: the-sites-own\r\n"
 )
 
 
@@ -105,6 +106,7 @@ def test_a_sites_grid_headers_and_connection_named_headers_never_reach_the_clien
     assert "x-secret" not in r.headers and "keep-alive" not in r.headers  # named by its Connection header
     assert "X-Secret" not in r.headers.get("connection", "")
     assert r.headers["x-upstream"] == "yes"  # the rest of the site's headers pass
+    assert len(ids := r.headers.get_list("x-request-id")) == 1 and ids != ["the-sites-own"]  # the daemon's
 
 
 def test_a_site_answering_invalid_http_is_failed_over_and_refused_requests_are_counted_by_kind(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridctl.core.breaker import Breaker
 from gridctl.core.metrics import parse_site_metrics
@@ -12,7 +14,13 @@ from gridctl.core.placement.signals import SiteSignals
 from gridctl.core.placement.signals import write_signals as build_signals
 from gridctl.core.sitestate import GridState, parse_calibration, site_health
 from gridctl.daemon.config import DaemonConfig
-from gridctl.daemon.relay import OutputCounter, completion_tokens
+from gridctl.daemon.relay import (
+    _COMPLETION_TOKENS,
+    _PROMPT_TOKENS,
+    OutputCounter,
+    completion_tokens,
+    prompt_tokens,
+)
 from gridctl.inventory.load import load_inventory
 from tests.conftest import EXAMPLE
 from tests.daemon.upstream import CHUNKS
@@ -67,6 +75,30 @@ def test_output_tokens_are_counted_from_the_stream_or_taken_from_usage() -> None
     plain.feed(b'{"choices":[],"usage":{"completion_')
     plain.feed(b'tokens":5}}')
     assert plain.tokens() == 5
+
+
+_PIECES = [
+    b'"completion_tokens"',
+    b'"prompt_tokens"',
+    b":",
+    b" ",
+    b"\\",
+    b'"',
+    b"7",
+    b"1234567890",
+    b"x",
+    b",",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30))
+def test_usage_tokens_searched_from_the_end_are_findalls_last(pieces: list[bytes]) -> None:
+    """Searched back from the end for the key, the tokens are what findall's last match says."""
+    body = b"".join(pieces)
+    for find, pattern in ((completion_tokens, _COMPLETION_TOKENS), (prompt_tokens, _PROMPT_TOKENS)):
+        found = pattern.findall(body)
+        assert find(body) == (int(found[-1]) if found else None), body
 
 
 def test_health_and_signals_from_plain_readings() -> None:
