@@ -53,6 +53,10 @@ from gridctl.net.syntax import CONTROL, TOKEN
 # a reused connection closed this soon after the request was written was closed by the site
 # while idle (the two crossed): the request is sent again. Later, the site had it: never again.
 _STALE_WINDOW_S = 0.5
+# the header names that passed TOKEN, kept: at most this many, of at most this length (a longer
+# one is checked each time), so a client sending new 8 KiB names holds 1 MiB, not 32 MiB
+NAMES_MAX = 4096
+NAME_KEPT_LEN = 256
 
 
 class Pool:
@@ -91,7 +95,7 @@ class Pool:
             if name not in names:
                 if TOKEN.fullmatch(name) is None:
                     raise _bad_header(name)
-                if len(names) < 4096:
+                if len(names) < NAMES_MAX and len(name) <= NAME_KEPT_LEN:
                     names.add(name)
             if not value.isprintable() and CONTROL.search(value):  # printable: no control character
                 raise _bad_header(name)

@@ -22,6 +22,9 @@ HOST = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9
 _GOOD_HOSTS: set[str] = set()
 _CLEAN_REASONS: set[bytes] = set()
 _SEEN_MAX = 1024
+# a longer value is checked each time, never kept: a hostile client or site filling the sets
+# with 8 KiB values would hold 8 MiB each; at most 256 chars a value, they hold at most 256 KiB
+_SEEN_LEN = 256
 
 
 def valid_host(host: str) -> bool:
@@ -30,7 +33,7 @@ def valid_host(host: str) -> bool:
         return True
     if HOST.fullmatch(host) is None:
         return False
-    if len(_GOOD_HOSTS) < _SEEN_MAX:
+    if len(_GOOD_HOSTS) < _SEEN_MAX and len(host) <= _SEEN_LEN:
         _GOOD_HOSTS.add(host)
     return True
 
@@ -41,7 +44,7 @@ def has_control_byte(reason: bytes) -> bool:
         return False
     if CONTROL_BYTES.search(reason) is not None:
         return True
-    if len(_CLEAN_REASONS) < _SEEN_MAX:
+    if len(_CLEAN_REASONS) < _SEEN_MAX and len(reason) <= _SEEN_LEN:
         _CLEAN_REASONS.add(reason)
     return False
 

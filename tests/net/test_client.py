@@ -454,6 +454,27 @@ def test_a_header_that_would_split_the_head_is_refused_before_a_byte_is_sent(
     run(main())
 
 
+def test_header_names_kept_are_short_ones_and_each_name_is_still_checked(run: Run) -> None:
+    """A client sending new 8 KiB header names (the daemon forwards them) fills the pool's set
+    of checked names with none of them; a long name is checked, and sent, each time."""
+
+    async def main() -> None:
+        async with Script(answering(ok(b"first"), ok(b"second"))) as s:
+            pool = Pool()
+            long_name = "x-" + "n" * 8000
+            resp = await pool.request("GET", s.url(), [("x-short", "1"), (long_name, "2")])
+            assert await resp.read() == b"first"
+            assert "x-short" in pool._names and long_name not in pool._names
+            with pytest.raises(ProtocolError, match="refusing to send header"):
+                await pool.request("GET", s.url(), [(long_name + " ", "1")])
+            resp = await pool.request("GET", s.url(), [(long_name, "3")])
+            assert await resp.read() == b"second"
+            assert s.requests[1].endswith(f"{long_name}: 3\r\n\r\n".encode())
+            pool.close()
+
+    run(main())
+
+
 def test_connect_refused_is_a_connect_error_at_once(run: Run) -> None:
     with socket.socket() as sock:  # bound, not listening: the kernel refuses connections to it
         sock.bind(("127.0.0.1", 0))
