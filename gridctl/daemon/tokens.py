@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridctl.core.errors import UsageError
@@ -69,20 +69,25 @@ class Tokens:
 
     digests: tuple[bytes, ...] = ()
     plain: str | None = None
+    _plain_digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.plain is not None:
+            object.__setattr__(self, "_plain_digest", hashlib.sha256(self.plain.encode()).digest())
 
     def __bool__(self) -> bool:
         return bool(self.digests) or self.plain is not None
 
     def allows(self, authorization: str) -> bool:
-        """Whether an ``Authorization`` header carries a known bearer token (constant time)."""
+        """Whether an ``Authorization`` header carries a known bearer token (constant time).
+        The presented token is hashed and its digest compared with each known one: digests have
+        one length, so the time taken reveals neither a token nor its length."""
         scheme, _, token = authorization.partition(" ")
         ok = scheme.lower() == "bearer"
-        presented = token.strip().encode("utf-8", "replace")
+        digest = hashlib.sha256(token.strip().encode("utf-8", "replace")).digest()
         found = False
-        if self.plain is not None:
-            found |= hmac.compare_digest(presented, self.plain.encode())
-        if self.digests:  # (whether there are any is no secret: skipping the hash leaks nothing)
-            digest = hashlib.sha256(presented).digest()
-            for known in self.digests:
-                found |= hmac.compare_digest(digest, known)
+        if self._plain_digest is not None:
+            found |= hmac.compare_digest(digest, self._plain_digest)
+        for known in self.digests:
+            found |= hmac.compare_digest(digest, known)
         return ok and found
