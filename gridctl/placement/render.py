@@ -75,11 +75,11 @@ REGION_HEADER = "x-grid-region"
 MODEL_HEADER = "x-grid-model"
 UNIX_SOCKET_MAX = 107  # sun_path is 108 bytes with its NUL
 
+# HAProxy tries a request on at most this many sites of a tier (the first try and the
+# template's ``retries``); a route's front backend waits for a tier's every try (tier_timeout_s).
+HAPROXY_TRIES = 4
 # The versions of each data plane the rendered files are checked against, by the tests that
 # load them and send traffic through them (tests/routing). Each file says so in its header.
-# HAProxy tries a request on at most this many sites of a tier (the template's ``retries 3``
-# and the first try); a route's front backend waits for a tier's every try (tier_timeout_s).
-HAPROXY_TRIES = 4
 CHECKED_VERSIONS: Mapping[str, str] = {"nginx": "1.22.1", "haproxy": "2.6.12", "envoy": "1.40.0"}
 # nginx re-resolves a name in an upstream (`server NAME resolve`, keeping its connections
 # alive) from this version on (open source); before it, a name is resolved at run time only
@@ -136,6 +136,7 @@ def build_context(
         "read_timeout_s": read_timeout,
         "read_timeout_note": _read_timeout_note(options.read_timeout_s, table.get("slo_ms"), read_timeout),
         "checked": CHECKED_VERSIONS[fmt],
+        "haproxy_retries": HAPROXY_TRIES - 1,
         "tier_timeout_s": HAPROXY_TRIES * (options.connect_timeout_s + read_timeout) + 1,
         "tier_prefix": f"gridctl-{options.listen_host}:{options.listen_port}-route",
         "nginx_resolve": options.nginx_version >= NGINX_RESOLVE_SINCE,
