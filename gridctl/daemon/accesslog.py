@@ -8,10 +8,12 @@ The access log line holds the request's metadata only, never a prompt or a compl
 time (UTC), request id, client region, model, site, status, outcome, TTFT and total in ms,
 prompt and completion tokens (as the site's usage reported them), the sites tried in order,
 the SLO and whether the answer was predicted to meet it and did. Lines are gathered in memory
-and written whole (one ``write`` of complete lines, at most a pipe's atomic size to stderr,
-so workers sharing it never interleave within a line) every half second, when the buffer
-fills, and at shutdown, by a thread: a stalled reader delays the log, never the requests
-(past 64 chunks waiting, lines are dropped and counted).
+and handed to a thread 256 KiB at a time (every half second, when the buffer fills, and at
+shutdown), which writes them whole: complete lines in each ``write``, at most a pipe's atomic
+size to a pipe or socket, so workers sharing it never interleave within a line. A stalled
+reader delays the log, never the requests (past 16 chunks waiting, lines are dropped and
+counted). Handing over seldom is the point: each hand-over wakes the thread, and the thread
+takes the interpreter's lock from the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 import os
 import queue
 import random
+import stat
 import sys
 import threading
 import time
@@ -35,7 +38,7 @@ from gridctl.core.errors import GridctlError
 MAX_REQUEST_ID = 128
 ACCESS_LOG_OFF, ACCESS_LOG_STDERR = "off", "stderr"
 _PIPE_BUF = 4096  # POSIX: a write of at most this to a pipe is never interleaved with another
-_FILE_CHUNK = 64 * 1024
+_CHUNK = 256 * 1024  # lines gathered before a hand-over to the writer's thread
 MAX_MODEL_CHARS = 200  # a model name the client sent, as the log keeps it
 _ENCODE = json.JSONEncoder(
     separators=(",", ":")
@@ -46,6 +49,14 @@ _floor = math.floor  # int(x) for x >= 0, without int()'s argument parsing
 _MILLIS = tuple(f".{n:03d}Z" for n in range(1000))  # a lookup: cheaper than formatting an int
 _ESCAPED: dict[str, str] = {}  # site names (the inventory's), JSON-escaped once: a lookup per line
 _ESCAPED_MAX = 4096
+_forks = [0]  # how many forks made this process: a writer made before one serves its parent
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _utc(wall: float) -> str:
@@ -247,25 +258,32 @@ class FdWriter:
     pipe to a stuck log shipper, a hung NFS file) or is gone never blocks or breaks the
     caller: ``put`` queues and returns; past ``QUEUED`` chunks waiting, or when a write fails,
     the lines are dropped and counted in ``dropped``. Never raises. The thread starts on the
-    first ``put`` (so one made before ``fork`` serves the child only once it writes)."""
+    first ``put`` (so one made before ``fork`` serves the child only once it writes). A chunk
+    goes out in one ``write`` to a file or terminal; to a pipe or socket (or a descriptor
+    fstat cannot tell), in writes of at most ``PIPE_BUF`` bytes cut at line ends."""
 
-    QUEUED = 64  # chunks waiting for a slow reader: 256 KiB of stderr, 4 MiB of a file
+    QUEUED = 16  # chunks waiting for a slow reader: 4 MiB of 256 KiB chunks
 
     def __init__(self, fd: int, close: bool = False) -> None:
         self.fd, self._close = fd, close
         self.dropped = 0
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(self.QUEUED)
         self._writer: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._fork = _forks[0]
         self._lock = threading.Lock()
-        self.writing = 0  # lines of the chunk the thread is writing now
+        self.writing = 0  # lines of the chunk the thread is writing now, not yet written
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            mode = 0
+        self.atomic = 0 if stat.S_ISREG(mode) or stat.S_ISCHR(mode) else _PIPE_BUF  # 0: whole
 
     def put(self, text: str, lines: int) -> None:
         """Queue ``text`` (``lines`` complete lines) to be written whole, in order."""
         with self._lock:
-            if self._writer is None or self._pid != os.getpid():  # none yet, or a fork's copy
+            if self._writer is None or self._fork != _forks[0]:  # none yet, or a fork's copy
                 self._queue = queue.Queue(self.QUEUED)
-                self._pid = os.getpid()
+                self._fork = _forks[0]
                 self._writer = threading.Thread(target=self._drain, name="gridctl-log-writer", daemon=True)
                 self._writer.start()
             elif not self._writer.is_alive():
@@ -277,22 +295,32 @@ class FdWriter:
             self.dropped += lines
 
     def _drain(self) -> None:
-        q = self._queue
+        q, fd, atomic = self._queue, self.fd, self.atomic
         while (item := q.get()) is not None:
             data = item[0].encode("utf-8", "replace")
+            view, start, size = memoryview(data), 0, len(data)
             self.writing = item[1]
             try:
-                while data:
-                    data = data[os.write(self.fd, data) :]
+                while start < size:
+                    end = size
+                    if atomic and size - start > atomic:  # to the last line end within PIPE_BUF,
+                        end = data.rfind(b"\n", start, start + atomic) + 1  # else a long line alone
+                        end = end or data.find(b"\n", start) + 1 or size
+                    piece = view[start:end]
+                    while piece:
+                        piece = piece[os.write(fd, piece) :]
+                    if end < size:
+                        self.writing = max(0, self.writing - data.count(b"\n", start, end))
+                    start = end
             except OSError:  # a full disk, a reader gone: counted, and never said on that descriptor
-                self.dropped += item[1]
+                self.dropped += self.writing
             self.writing = 0
 
     def close(self, timeout: float = 2.0) -> int:
         """Write what is queued, waiting at most ``timeout`` s for the reader; what is still
         waiting then is dropped and counted. Returns ``dropped``."""
         writer = self._writer
-        if writer is not None and self._pid == os.getpid():
+        if writer is not None and self._fork == _forks[0]:
             with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=timeout)
             writer.join(timeout)
@@ -405,7 +433,7 @@ def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | No
         if stderr is None:
             writer = stderr_writer()
             if writer is not None:
-                return AccessLog(writer, _PIPE_BUF, own=False)
+                return AccessLog(writer, _CHUNK, own=False)
         return AccessLog(stderr or sys.stderr, _PIPE_BUF, own=False)
     try:
         fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -414,4 +442,4 @@ def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | No
             f"cannot open the access log {where}: {exc.strerror or exc}",
             hint="give a writable file, --access-log stderr, or --access-log off",
         ) from None
-    return AccessLog(FdWriter(fd, close=True), _FILE_CHUNK, own=True)
+    return AccessLog(FdWriter(fd, close=True), _CHUNK, own=True)

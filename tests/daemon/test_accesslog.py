@@ -221,3 +221,110 @@ def test_lines_still_waiting_at_close_are_counted() -> None:
         assert 20_000 <= written + log.dropped <= 20_000 + _PIPE_BUF // 100
     finally:
         os.close(read)
+
+
+def test_a_pipe_gets_writes_of_at_most_pipe_buf_cut_at_line_ends_a_file_one_write() -> None:
+    import os
+    import socket
+    import tempfile
+
+    from gridctl.daemon.accesslog import _PIPE_BUF, FdWriter
+
+    read, write = os.pipe()
+    a, b = socket.socketpair()
+    with tempfile.TemporaryFile() as fh:
+        try:
+            assert FdWriter(write).atomic == _PIPE_BUF
+            assert FdWriter(a.fileno()).atomic == _PIPE_BUF
+            assert FdWriter(fh.fileno()).atomic == 0  # a regular file: one write, whole
+            assert FdWriter(os.open(os.devnull, os.O_WRONLY), close=True).atomic == 0
+        finally:
+            for fd in (read, write):
+                os.close(fd)
+            a.close()
+            b.close()
+
+
+def test_workers_sharing_a_pipe_never_interleave_within_a_line() -> None:
+    """--workers forks: every worker writes 64 KiB chunks to the one stderr pipe; the reader
+    (a log shipper) must get every line whole. (A line over PIPE_BUF cannot be: POSIX makes
+    only writes of at most PIPE_BUF to a pipe atomic.)"""
+    import os
+    import threading
+
+    from gridctl.daemon.accesslog import _CHUNK, _PIPE_BUF, AccessLog, FdWriter
+
+    read, write = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(read, 1 << 16), b"")))
+    reader.start()
+    children = []
+    for worker in range(3):
+        pid = os.fork()
+        if pid == 0:  # a worker: its lines, gathered in chunks, then out
+            try:
+                os.close(read)
+                log = AccessLog(FdWriter(write, close=True), _CHUNK, own=True)
+                for i in range(2_000):
+                    t = _trace(i)
+                    t.region = "r" * (i % 4 * 1000)  # lines of 0.3-3.3 KB
+                    t.id = f"w{worker}-{i}"
+                    log.write(t)
+                log.close(timeout=30)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    os.close(write)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    reader.join(30)
+    os.close(read)
+    lines = b"".join(got).decode().splitlines()
+    ids = [json.loads(line)["request_id"] for line in lines]  # a torn line would not parse
+    assert sorted(ids) == sorted(f"w{w}-{i}" for w in range(3) for i in range(2_000))
+    for w in range(3):  # and each worker's in order
+        assert [x for x in ids if x.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(2_000)]
+    assert max(len(line) for line in lines) > _PIPE_BUF * 3 // 4
+
+
+def test_a_line_longer_than_pipe_buf_is_written_whole_between_its_neighbours() -> None:
+    import os
+
+    from gridctl.daemon.accesslog import _CHUNK, AccessLog, FdWriter
+
+    read, write = os.pipe()
+    log = AccessLog(FdWriter(write, close=True), _CHUNK, own=True)
+    for i in range(60):
+        t = _trace(i)
+        t.region = "r" * (10_000 if i == 30 else i * 10)  # 45 KB in all: the pipe holds it
+        log.write(t)
+    log.close()
+    with os.fdopen(read, "rb") as fh:
+        lines = fh.read().decode().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"req-{i}" for i in range(60)]
+    assert json.loads(lines[30])["region"] == "r" * 10_000
+    assert log.dropped == 0
+
+
+def test_a_writer_made_before_a_fork_writes_for_the_child_too() -> None:
+    """The stderr writer is made (and its thread started) in the parent; a forked worker has
+    a copy without the thread, and starts its own on its first line."""
+    import os
+
+    from gridctl.daemon.accesslog import FdWriter
+
+    read, write = os.pipe()
+    writer = FdWriter(write)
+    writer.put("parent\n", 1)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            writer.put("child\n", 1)
+            writer.close(timeout=10)
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    writer.close(timeout=10)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        assert sorted(fh.read().decode().splitlines()) == ["child", "parent"]
