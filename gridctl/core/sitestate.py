@@ -302,8 +302,13 @@ class GridState:
     def predict(
         self, request: Placement, shape: Shape, site: str, cached_tokens: int, now: float
     ) -> Prediction | None:
-        """The prediction a request is sent to ``site`` with (for its header and calibration)."""
-        return self.planner.predict(request, shape, site, self.live(request.model, now), cached_tokens)
+        """The prediction a request is sent to ``site`` with (for its header and calibration).
+        Only the site's load and calibration enter it, never its health or breaker: its signals
+        as they are, without :meth:`live`'s refresh of every site serving the model."""
+        st = self.sites.get(site)
+        sig = st.signals.get(request.model) if st is not None else None
+        live = {site: sig} if sig is not None else {}
+        return self.planner.predict(request, shape, site, live, cached_tokens)
 
     def eligible_ignoring_load(self, request: Placement, shape: Shape, now: float) -> bool:
         """Would any site serve this request if none were busy? (429 vs 503)"""

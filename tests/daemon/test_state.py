@@ -205,3 +205,31 @@ def test_a_hostile_calibration_file_is_no_evidence_never_a_hang(tmp_path) -> Non
 
     [[cal]] = [list(m.values()) for m in parse_calibration(load_calibration(tmp_path), 0.0).values()]
     assert cal.factors(0.0)[0] == pytest.approx(10.0)  # clamped
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    load=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(0, 300)), min_size=1),
+    factors=st.tuples(st.floats(-2, 2), st.floats(-2, 2)),
+    failed=st.booleans(),
+    opened=st.booleans(),
+    cached=st.integers(0, 5000),
+    now=st.floats(0, 1e5),
+)
+def test_a_prediction_is_the_planners_over_the_whole_live_snapshot(  # type: ignore[no-untyped-def]
+    inv, load, factors, failed, opened, cached, now
+) -> None:
+    """The prediction reads the site's own signals without refreshing every site's health:
+    the same as the planner's over the full snapshot, whatever the health and breakers."""
+    state = grid(inv)
+    req = Request("us-east", M8)
+    names = [n for n, _ in state._by_model[M8]]
+    for name, (in_flight, running, waiting) in zip(names, load, strict=False):
+        state.observe(name, M8, in_flight=in_flight, running=running, waiting=waiting, probe_ok=not failed)
+        state.observe(name, M8, calibration=Calibration(factors[0], factors[1], 30, now))
+        if opened:
+            state.observe(name, M8, breaker_opened_at=now)
+    shape = Shape(2000, 64)
+    for name in [*names, "no-such-site"]:
+        whole = state.planner.predict(req, shape, name, state.live(M8, now), cached)
+        assert state.predict(req, shape, name, cached, now) == whole
