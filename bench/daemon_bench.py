@@ -78,6 +78,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def switches(pids: list[int]) -> int:
+    """Voluntary context switches of every thread of ``pids`` so far (a thread that blocks, on
+    a lock, the GIL or epoll, switches once each time)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+    return total
+
+
 def child_pids(pid: int) -> list[int]:
     out = []
     for p in Path("/proc").iterdir():
@@ -238,9 +252,9 @@ def run_wrk(t: Target, conc: int, duration: float, lua: Path) -> dict:
         str(lua),
         f"http://127.0.0.1:{t.port}/v1/chat/completions",
     ]
-    c0 = cpu_seconds(t.pids)
+    c0, s0 = cpu_seconds(t.pids), switches(t.pids)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
-    cpu = cpu_seconds(t.pids) - c0
+    cpu, switched = cpu_seconds(t.pids) - c0, switches(t.pids) - s0
     n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errs = re.search(r"Socket errors: (.*)", out)
@@ -253,6 +267,7 @@ def run_wrk(t: Target, conc: int, duration: float, lua: Path) -> dict:
         "socket_errors": errs.group(1).strip() if errs else "",
         "cpu_ms_per_req": cpu / n * 1000 if n else None,
         "cpu_util": cpu / duration,
+        "switches_per_req": switched / n if n else None,
     }
 
 
@@ -393,6 +408,11 @@ def baseline_lines(daemon: Target, base: Target, direct: Target) -> list[str]:
         f"- concurrency-128 throughput ≥ 90% of direct: daemon {fmt(ds, '.0f', '%')} "
         f"{verdict(ds >= 90 if ds is not None else None)}, vs baseline {fmt(bs, '.0f', '%')} "
         f"({fmt(ds - bs if ds is not None and bs is not None else None, '+.0f', ' points')})"
+    )
+    dw, bw = daemon.med("ns128", "switches_per_req"), base.med("ns128", "switches_per_req")
+    lines.append(
+        f"- voluntary context switches per request at c=128 (every thread of the process; no "
+        f"target): daemon {fmt(dw, '.3f')} vs baseline {fmt(bw, '.3f')}"
     )
     d1 = direct.med("ns1", "p50_ms")
     add = {
