@@ -257,17 +257,22 @@ class FdWriter:
     """Text to a file descriptor from a thread of its own, so a reader that stalls (a full
     pipe to a stuck log shipper, a hung NFS file) or is gone never blocks or breaks the
     caller: ``put`` queues and returns; past ``QUEUED`` chunks waiting, or when a write fails,
-    the lines are dropped and counted in ``dropped``. Never raises. The thread starts on the
-    first ``put`` (so one made before ``fork`` serves the child only once it writes). A chunk
-    goes out in one ``write`` to a file or terminal; to a pipe or socket (or a descriptor
-    fstat cannot tell), in writes of at most ``PIPE_BUF`` bytes cut at line ends."""
+    the lines are dropped and counted in ``dropped`` (the bound is on the text waiting, so a
+    burst of short messages, a failed reload's problems, fits as the chunks do). Never raises.
+    The thread starts on the first ``put`` (so one made before ``fork`` serves the child only
+    once it writes). A chunk goes out in one ``write`` to a file or terminal; to a pipe or
+    socket (or a descriptor fstat cannot tell), in writes of at most ``PIPE_BUF`` bytes cut at
+    line ends (a longer line alone, which POSIX does not keep whole)."""
 
     QUEUED = 16  # chunks waiting for a slow reader: 4 MiB of 256 KiB chunks
+    ITEM = 256  # what a hand-over counts for beyond its text: a short message is not free
 
     def __init__(self, fd: int, close: bool = False) -> None:
         self.fd, self._close = fd, close
         self.dropped = 0
-        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(self.QUEUED)
+        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self.limit = self.QUEUED * _CHUNK  # what may wait: characters, each hand-over ITEM more
+        self._sent = self._taken = 0  # what put queued, what the thread took: one writer each
         self._writer: threading.Thread | None = None
         self._fork = _forks[0]
         self._lock = threading.Lock()
@@ -282,24 +287,29 @@ class FdWriter:
         """Queue ``text`` (``lines`` complete lines) to be written whole, in order."""
         with self._lock:
             if self._writer is None or self._fork != _forks[0]:  # none yet, or a fork's copy
-                self._queue = queue.Queue(self.QUEUED)
+                self._queue = queue.Queue()
+                self._sent = self._taken = 0
                 self._fork = _forks[0]
                 self._writer = threading.Thread(target=self._drain, name="gridctl-log-writer", daemon=True)
                 self._writer.start()
             elif not self._writer.is_alive():
                 self.dropped += lines
                 return
-        try:
+            cost = len(text) + self.ITEM
+            if self._sent - self._taken + cost > self.limit:
+                self.dropped += lines
+                return
+            self._sent += cost
             self._queue.put_nowait((text, lines))
-        except queue.Full:
-            self.dropped += lines
 
     def _drain(self) -> None:
         q, fd, atomic = self._queue, self.fd, self.atomic
         while (item := q.get()) is not None:
+            self._taken += len(item[0]) + self.ITEM
             data = item[0].encode("utf-8", "replace")
             view, start, size = memoryview(data), 0, len(data)
             self.writing = item[1]
+            done = 0  # bytes written
             try:
                 while start < size:
                     end = size
@@ -308,12 +318,15 @@ class FdWriter:
                         end = end or data.find(b"\n", start) + 1 or size
                     piece = view[start:end]
                     while piece:
-                        piece = piece[os.write(fd, piece) :]
+                        n = os.write(fd, piece)
+                        piece, done = piece[n:], done + n
                     if end < size:
                         self.writing = max(0, self.writing - data.count(b"\n", start, end))
                     start = end
             except OSError:  # a full disk, a reader gone: counted, and never said on that descriptor
-                self.dropped += self.writing
+                # the lines not written whole (a write may have taken part of a chunk first;
+                # a message of several lines counts as its one)
+                self.dropped += min(item[1], data.count(b"\n", done))
             self.writing = 0
 
     def close(self, timeout: float = 2.0) -> int:

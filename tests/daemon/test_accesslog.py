@@ -328,3 +328,69 @@ def test_a_writer_made_before_a_fork_writes_for_the_child_too() -> None:
     os.close(write)
     with os.fdopen(read, "rb") as fh:
         assert sorted(fh.read().decode().splitlines()) == ["child", "parent"]
+
+
+def test_a_burst_of_short_messages_waits_for_a_stalled_reader_it_is_not_dropped() -> None:
+    """A failed reload says one line per problem, in one go: 31 short messages are a few KB,
+    far below what may wait for a reader (16 chunks), even while the thread is stuck in a write."""
+    import contextlib
+    import fcntl
+    import os
+
+    from gridctl.daemon.accesslog import FdWriter
+
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    filler = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:  # the pipe full: the reader stalls
+            filler += os.write(write, b"." * 4096)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags)
+    writer = FdWriter(write)
+    messages = ["reload (SIGHUP) failed, keeping the running inventory"]
+    messages += [f"  sites.yaml: problem {i}" for i in range(30)]
+    for text in messages:
+        writer.put(text + "\n", 1)
+    assert writer.dropped == 0
+    got = [os.read(read, filler)]
+    writer.close(timeout=10)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        got.append(fh.read())
+    assert b"".join(got)[filler:].decode().splitlines() == messages
+    assert writer.dropped == 0
+
+
+def test_a_chunk_cut_short_by_a_full_file_counts_only_the_lines_not_written() -> None:
+    """A regular file gets a chunk in one write; past the file size limit (or a full disk) that
+    write takes what fits, the next fails: the lines written whole are not dropped ones."""
+    import os
+    import resource
+    import tempfile
+
+    from gridctl.daemon.accesslog import FdWriter
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "access.log")
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (100_050, 100_050))  # SIGXFSZ: ignored
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                writer = FdWriter(fd, close=True)
+                writer.put(("x" * 99 + "\n") * 2_000, 2_000)  # 200 KB
+                os.write(write, str(writer.close(timeout=10)).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        assert os.waitpid(pid, 0)[1] == 0
+        with os.fdopen(read, "rb") as fh:
+            dropped = int(fh.read())
+        with open(path, "rb") as fh:
+            data = fh.read()
+        assert len(data) == 100_050  # 1,000 lines whole, and part of one
+        assert dropped == 2_000 - data.count(b"\n") == 1_000
