@@ -354,11 +354,13 @@ class FdWriter:
 
 
 _stderr: list[FdWriter | None] = [None]
+_gathered: list[Any] = [None, 0]  # the access log gathering lines for stderr, and its thread
 
 
 def stderr_writer() -> FdWriter | None:
     """This process's writer of stderr (None when stderr has no descriptor, as under capture):
-    the access log on stderr and the daemon's own messages share it, in order."""
+    the access log on stderr and the daemon's own messages share it, in order (a message
+    from the event loop's thread follows the access lines gathered before it)."""
     w = _stderr[0]
     if w is None:
         try:
@@ -374,6 +376,9 @@ def say(text: str) -> None:
     for a captured stderr, written at once, errors ignored)."""
     w = stderr_writer()
     if w is not None:
+        log, owner = _gathered
+        if log is not None and owner == threading.get_ident():  # the loop's own message:
+            log.flush()  # the access lines of requests that ended before it go first
         w.put(text + "\n", 1)
         return
     with contextlib.suppress(OSError, ValueError):
@@ -431,6 +436,8 @@ class AccessLog:
         """Hand over what is gathered; a log of its own (a file) is written out and closed,
         saying on stderr how many lines it dropped, if any."""
         self.flush()
+        if _gathered[0] is self:
+            _gathered[0] = None
         if self._own and isinstance(self.sink, FdWriter):
             dropped = self.sink.close(timeout)
             if dropped:
@@ -446,7 +453,9 @@ def open_access_log(where: str, stderr: IO[str] | None = None) -> AccessLog | No
         if stderr is None:
             writer = stderr_writer()
             if writer is not None:
-                return AccessLog(writer, _CHUNK, own=False)
+                log = AccessLog(writer, _CHUNK, own=False)
+                _gathered[:] = log, threading.get_ident()  # see say()
+                return log
         return AccessLog(stderr or sys.stderr, _PIPE_BUF, own=False)
     try:
         fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

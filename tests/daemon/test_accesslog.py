@@ -394,3 +394,32 @@ def test_a_chunk_cut_short_by_a_full_file_counts_only_the_lines_not_written() ->
             data = fh.read()
         assert len(data) == 100_050  # 1,000 lines whole, and part of one
         assert dropped == 2_000 - data.count(b"\n") == 1_000
+
+
+def test_a_message_follows_the_access_lines_of_requests_that_ended_before_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """stderr holds both: a daemon message ("stopped", a reload's problems) must not jump
+    ahead of the access lines still gathered for the next hand-over."""
+    import os
+
+    from gridctl.daemon import accesslog
+
+    read, write = os.pipe()
+    writer = accesslog.FdWriter(write, close=True)
+    monkeypatch.setattr(accesslog, "_stderr", [writer])
+    log = accesslog.open_access_log("stderr")
+    assert log is not None and log.sink is writer
+    log.write(_trace(0))
+    log.write(_trace(1))
+    accesslog.say("gridctl daemon: a message")
+    log.write(_trace(2))
+    log.close()
+    writer.close()
+    with os.fdopen(read, "rb") as fh:
+        lines = fh.read().decode().splitlines()
+    assert lines[2] == "gridctl daemon: a message"
+    assert [json.loads(line)["request_id"] for i, line in enumerate(lines) if i != 2] == [
+        "req-0",
+        "req-1",
+        "req-2",
+    ]
+    assert accesslog._gathered[0] is None  # closed: a later message flushes nothing of it
