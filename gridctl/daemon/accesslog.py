@@ -11,7 +11,7 @@ the SLO and whether the answer was predicted to meet it and did. Lines are gathe
 and handed to a thread 256 KiB at a time (every half second, when the buffer fills, and at
 shutdown), which writes them whole: complete lines in each ``write``, at most a pipe's atomic
 size to a pipe or socket, so workers sharing it never interleave within a line. A stalled
-reader delays the log, never the requests (past 16 chunks waiting, lines are dropped and
+reader delays the log, never the requests (past 4 MiB waiting, lines are dropped and
 counted). Handing over seldom is the point: each hand-over wakes the thread, and the thread
 takes the interpreter's lock from the event loop.
 """
@@ -334,8 +334,7 @@ class FdWriter:
         waiting then is dropped and counted. Returns ``dropped``."""
         writer = self._writer
         if writer is not None and self._fork == _forks[0]:
-            with contextlib.suppress(queue.Full):
-                self._queue.put(None, timeout=timeout)
+            self._queue.put_nowait(None)  # the queue is unbounded (put bounds what waits)
             writer.join(timeout)
             if writer.is_alive():  # the reader never came back: what waits is lost, and counted
                 self.dropped += self.writing
