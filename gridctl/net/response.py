@@ -389,6 +389,15 @@ class Response:
         if limit is not None and self.content_length is not None and self.content_length > limit:
             self.release()
             raise AnswerTooLarge(f"answer of {self.content_length} bytes is over the limit of {limit}")
+        conn = self._conn
+        if conn is not None and conn.state == DONE and conn.failure is None:
+            # the whole body came with the head (most answers): no generator, no wait
+            body = conn.take() if conn.pieces else b""
+            if limit is not None and len(body) > limit:
+                self.release()
+                raise AnswerTooLarge(f"answer over the limit of {limit} bytes")
+            self._finish()
+            return body
         parts: list[bytes] = []
         size = 0
         pieces = self.chunks(deadline)
