@@ -299,9 +299,7 @@ class GridState:
         """The placement decision over the live snapshot: sites to try, best first."""
         return self.planner.order(request, shape, self.live(request.model, now), cached, session)
 
-    def predict(
-        self, request: Placement, shape: Shape, site: str, cached_tokens: int, now: float
-    ) -> Prediction | None:
+    def predict(self, request: Placement, shape: Shape, site: str, cached_tokens: int) -> Prediction | None:
         """The prediction a request is sent to ``site`` with (for its header and calibration).
         Only the site's load and calibration enter it, never its health or breaker: its signals
         as they are, without :meth:`live`'s refresh of every site serving the model."""

@@ -333,7 +333,7 @@ class Proxy:
         if attempts:  # counted by the site that failed
             self.metrics.failovers[attempts[-1]["site"]] += 1
         start = time.monotonic()
-        prediction = state.predict(req, shape, name, cached.get(name, 0), start)
+        prediction = state.predict(req, shape, name, cached.get(name, 0))
         attempt = Attempt(
             st, sig, name, req.model, start, prediction, chain, miss, shape, state.prefixes, self.room, trace
         )

@@ -163,8 +163,8 @@ def test_the_snapshot_reads_breaker_load_calibration_and_prefix(inv) -> None:  #
     assert cached == {second: 62 * 64}  # 62 blocks of 256 characters, 4 characters a token
     assert state.cached_tokens(M8, state.prompt_chain("x" + prompt)) == {}  # another prefix: no block
     assert state.cached_tokens("llama-3.1-70b-instruct", state.prompt_chain(prompt)) == {}  # another model
-    p_cold = state.predict(req, long, second, 0, 0.0)
-    p_hot = state.predict(req, long, second, cached[second], 0.0)
+    p_cold = state.predict(req, long, second, 0)
+    p_hot = state.predict(req, long, second, cached[second])
     assert p_cold is not None and p_hot is not None and p_hot.prefill_ms < p_cold.prefill_ms / 3
     state.observe(first, M8, running=90, waiting=40)  # the site's own queue, from its /metrics
     ranking = state.order(req, SHORT, None, None, 60_000.0)
@@ -232,4 +232,4 @@ def test_a_prediction_is_the_planners_over_the_whole_live_snapshot(  # type: ign
     shape = Shape(2000, 64)
     for name in [*names, "no-such-site"]:
         whole = state.planner.predict(req, shape, name, state.live(M8, now), cached)
-        assert state.predict(req, shape, name, cached, now) == whole
+        assert state.predict(req, shape, name, cached) == whole
